@@ -1,0 +1,29 @@
+"""kerascomp: physically smaller and faster Keras CNNs for TFLite/LiteRT.
+
+Public API::
+
+    small = kerascomp.clone_compressed(model, method="fga", target_flops=0.25)
+    small.fit(...)
+    kerascomp.export_tflite(small, "small.tflite")
+    kerascomp.benchmark_tflite("small.tflite")
+"""
+from kerascomp.api import Compressed, CompressionWarning, clone_compressed, compress, strip
+from kerascomp.bench.host import BenchmarkResult, benchmark_tflite, compare_tflite
+from kerascomp.cost import CostReport, cost
+from kerascomp.errors import (BenchmarkError, BudgetError, CompressionError, ExportError, InvalidArgumentError,
+                              InvalidWeightsError, UnsupportedModelError)
+from kerascomp.export.tflite import ExportResult, ParityWarning, export_tflite
+from kerascomp.graph.flavour import default_keras as _default_keras
+from kerascomp.layers import custom_objects, layers_for
+
+__version__ = "0.1.0"
+
+# Register kerascomp's layers with this process's default Keras so .keras files load after `import kerascomp`.
+layers_for(_default_keras())
+
+__all__ = [
+    "clone_compressed", "compress", "strip", "export_tflite", "benchmark_tflite", "compare_tflite", "cost",
+    "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",
+    "CompressionError", "InvalidArgumentError", "UnsupportedModelError", "InvalidWeightsError", "BudgetError",
+    "ExportError", "BenchmarkError", "CompressionWarning", "ParityWarning",
+]

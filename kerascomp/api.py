@@ -1,0 +1,169 @@
+"""The public entry points: ``compress``, ``clone_compressed`` and ``strip``."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kerascomp.errors import CompressionError, InvalidArgumentError, InvalidWeightsError, UnsupportedModelError
+from kerascomp.graph.ir import Graph
+from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
+from kerascomp.methods.base import Budget, CompressionReport
+from kerascomp.methods.fga import FGAOptions, fga_pass
+
+METHODS = ("fga",)
+
+
+class CompressionWarning(UserWarning):
+    """Emitted when layers are left uncompressed; the message lists them with their reasons."""
+
+
+@dataclass
+class Compressed:
+    """The result of :func:`compress`: the new model and the per-layer report."""
+
+    model: Any
+    report: CompressionReport
+
+
+def check_finite(graph: Graph) -> None:
+    for spec in graph.layers.values():
+        for index, weight in enumerate(spec.weights):
+            if np.issubdtype(np.asarray(weight).dtype, np.floating) and not np.all(np.isfinite(weight)):
+                bad = int(np.size(weight) - np.isfinite(weight).sum())
+                raise InvalidWeightsError(
+                    f"layer {spec.name!r} ({spec.class_name}) has {bad} NaN/inf values in weight #{index} "
+                    f"(shape {np.shape(weight)}). Fix or retrain the model before compressing it.")
+
+
+def input_batch(graph: Graph, data: Any, argument: str = "data", limit: int = 512) -> Any:
+    """Normalise ``data`` (array, ``(x, y)`` tuple or ``tf.data.Dataset``) to model-input arrays, checking shapes."""
+    if data is None:
+        return None
+    if isinstance(data, tuple) and len(data) == 2 and not _is_tensor_like(data):
+        data = data[0]
+    if hasattr(data, "as_numpy_iterator") and hasattr(data, "take"):
+        batches, rows = [], 0
+        for batch in data.as_numpy_iterator():
+            if isinstance(batch, tuple):
+                batch = batch[0]
+            batches.append(batch)
+            rows += len(batch[0] if isinstance(batch, list) else batch)
+            if rows >= limit:
+                break
+        if not batches:
+            raise InvalidArgumentError(f"{argument} is an empty dataset.")
+        if isinstance(batches[0], list):
+            data = [np.concatenate([b[i] for b in batches]) for i in range(len(batches[0]))]
+        else:
+            data = np.concatenate(batches)
+    arrays = data if isinstance(data, list) else [data]
+    if len(arrays) != len(graph.inputs):
+        raise InvalidArgumentError(f"{argument} holds {len(arrays)} input array(s) but the model has "
+                                   f"{len(graph.inputs)} inputs ({graph.inputs}).")
+    checked = []
+    for array, name in zip(arrays, graph.inputs):
+        if not _is_tensor_like(array):
+            raise InvalidArgumentError(f"{argument} must be a numpy array, an (x, y) tuple or a tf.data.Dataset of "
+                                       f"inputs; got {type(array).__name__}.")
+        array = np.asarray(array)
+        expected = graph.input_specs[name]["batch_shape"][1:]
+        if array.ndim != len(expected) + 1 or any(e is not None and e != a for e, a in zip(expected, array.shape[1:])):
+            raise InvalidArgumentError(f"{argument} has shape {array.shape} but model input {name!r} expects "
+                                       f"(batch, {', '.join(str(e) for e in expected)}).")
+        checked.append(array[:limit].astype(np.float32) if np.issubdtype(array.dtype, np.number) else array[:limit])
+    return checked if isinstance(data, list) else checked[0]
+
+
+def _is_tensor_like(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"))
+
+
+def _read_checked(model: Any) -> Graph:
+    if model is None or not hasattr(model, "get_config"):
+        raise InvalidArgumentError(f"expected a Keras model as the first argument, got {type(model).__name__}.")
+    graph = read_model(model)
+    check_finite(graph)
+    return graph
+
+
+def compress(model: Any, method: str = "fga", target_flops: float | None = None, target_params: float | None = None,
+             data: Any = None, verbose: int = 1, **options: Any) -> Compressed:
+    """Compress a copy of ``model`` and return it with its per-layer report. ``model`` is not modified.
+
+    See :func:`clone_compressed` for the arguments.
+    """
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}.")
+    if target_flops is None and target_params is None:
+        target_flops = 0.25
+    budget = Budget.from_targets(target_flops, target_params)
+    graph = _read_checked(model)
+    batch = input_batch(graph, data)
+    try:
+        fga_options = FGAOptions(**options)
+    except TypeError as error:
+        raise InvalidArgumentError(f"unknown option for method='fga': {error}. Known: "
+                                   f"{sorted(FGAOptions.__dataclass_fields__)}.") from None
+    if fga_options.min_channels_per_group < 1:
+        raise InvalidArgumentError(f"min_channels_per_group must be >= 1, got {fga_options.min_channels_per_group}.")
+    shapes = infer_shapes(graph)
+    compressed_graph, report = fga_pass(graph, shapes, budget, batch, fga_options, verbose)
+    if not any(d.action != "kept" for d in report.layers) and budget.fraction < 1.0:
+        kept = "; ".join(f"{d.layer}: {d.reason}" for d in report.kept()) or "the model has no conv layers"
+        raise UnsupportedModelError(f"method={method!r} found nothing to compress in model {model.name!r} ({kept}).")
+    new_model = write_model(compressed_graph)
+    report.seconds = time.perf_counter() - started
+    kept = report.kept()
+    if kept:
+        listed = ", ".join(f"{d.layer} ({d.reason})" for d in kept[:8]) + (" ..." if len(kept) > 8 else "")
+        warnings.warn(f"kerascomp {method}: {len(kept)} layer(s) with MACs left uncompressed: {listed}",
+                      CompressionWarning, stacklevel=3)
+    if verbose:
+        print(report)
+    return Compressed(new_model, report)
+
+
+def clone_compressed(model: Any, method: str = "fga", target_flops: float | None = 0.25,
+                     target_params: float | None = None, data: Any = None, verbose: int = 1, **options: Any) -> Any:
+    """Return a new, compressed model whose MACs (or params) are at most the target fraction of ``model``'s.
+
+    ``model`` is never modified. The result is a model of the same Keras flavour, ready for
+    ``compile`` and ``fit``; pass it through :func:`strip` (``export_tflite`` does) for plain layers.
+
+    Args:
+        model: a built Sequential or functional Keras 3 or tf_keras model.
+        method: ``"fga"`` (filter-group approximation).
+        target_flops: fraction of the original MACs to keep, in (0, 1]. Ignored if ``target_params`` is given.
+        target_params: fraction of the original params to keep, in (0, 1].
+        data: optional inputs (numpy array, ``(x, y)`` or ``tf.data.Dataset``) enabling data-driven refinement.
+        verbose: 0 silences the progress bars and the report table.
+        **options: method options, see :class:`kerascomp.methods.fga.FGAOptions`.
+
+    Example::
+
+        small = kerascomp.clone_compressed(model, method="fga", target_flops=0.5, data=x_train[:256])
+        small.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        small.fit(x_train, y_train, epochs=1)
+        kerascomp.export_tflite(small, "small.tflite")
+    """
+    if target_params is not None:
+        target_flops = None
+    return compress(model, method, target_flops, target_params, data, verbose, **options).model
+
+
+def strip(model: Any) -> Any:
+    """Return an equivalent model made only of standard Keras layers (for the TFLite converter)."""
+    from kerascomp.strip import strip_graph
+
+    if model is None or not hasattr(model, "get_config"):
+        raise InvalidArgumentError(f"strip expects a Keras model, got {type(model).__name__}.")
+    graph = read_model(model)
+    return write_model(strip_graph(graph))
+
+
+__all__ = ["compress", "clone_compressed", "strip", "Compressed", "CompressionWarning", "CompressionError"]

@@ -1,0 +1,1 @@
+"""Benchmarking .tflite files: the LiteRT host runner."""

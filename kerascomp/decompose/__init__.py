@@ -1,0 +1,1 @@
+"""Pure numpy maths of the compression methods. Nothing here imports Keras."""

@@ -1,0 +1,1 @@
+"""Conversion to .tflite with the TF converter, quantisation and the LiteRT parity check."""

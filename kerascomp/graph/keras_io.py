@@ -1,0 +1,299 @@
+"""Read a Keras model into the IR and write an IR back into a model of the same Keras flavour.
+
+Reading goes through ``model.get_config()`` (the public serialisation format) and
+``layer.get_weights()``. Writing rebuilds each layer from its class and config and calls it
+functionally, so both Keras 3 and tf_keras are served by the same code.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
+from kerascomp.graph.flavour import keras_of
+from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref, iter_leaves, map_leaves
+
+_GRAPH_MODEL_CLASSES = {"Functional", "Sequential"}
+
+
+def module_for(graph: Graph) -> ModuleType:
+    if graph.flavour == "tf_keras":
+        import tf_keras
+
+        return tf_keras
+    import keras
+
+    return keras
+
+
+def _node_name(layer: str, call_index: int) -> str:
+    return layer if call_index == 0 else f"{layer}@{call_index}"
+
+
+def _check_model(model: Any) -> ModuleType:
+    keras = keras_of(model)
+    if not isinstance(model, keras.Model):
+        raise InvalidArgumentError(
+            f"expected a Keras model, got the layer {getattr(model, 'name', model)!r} of class "
+            f"{type(model).__name__}. Wrap it in a keras.Model (functional or Sequential).")
+    classes = {cls.__name__ for cls in type(model).__mro__}
+    if not classes & _GRAPH_MODEL_CLASSES:
+        raise UnsupportedModelError(
+            f"model {model.name!r} is a subclassed model ({type(model).__name__}); kerascomp needs a graph it can "
+            "read. Rebuild it with the functional API or keras.Sequential (subclassed *layers* inside are fine).")
+    if not model.built or not getattr(model, "inputs", None):
+        raise UnsupportedModelError(
+            f"model {model.name!r} is not built, so its layer shapes are unknown. Build it with keras.Input "
+            "(e.g. keras.Sequential([keras.Input(shape), ...])) or call it once on a batch.")
+    return keras
+
+
+def _model_config(model: Any) -> dict:
+    try:
+        return model.get_config()
+    except NotImplementedError as error:
+        bad = [layer.name for layer in model.layers if not _has_config(layer)]
+        raise UnsupportedModelError(
+            f"model {model.name!r} cannot be serialised: layer(s) {bad or '?'} have no get_config(). kerascomp "
+            "rebuilds models from layer configs; implement get_config() on those custom layers.") from error
+
+
+def _has_config(layer: Any) -> bool:
+    try:
+        layer.get_config()
+        return True
+    except NotImplementedError:
+        return False
+
+
+def _layer_spec(model: Any, entry: dict) -> LayerSpec:
+    name = entry["config"].get("name") or entry.get("name")
+    layer = model.get_layer(name)
+    config = dict(entry["config"])
+    return LayerSpec(name=layer.name, cls=type(layer), config=config,
+                     weights=[np.array(w) for w in layer.get_weights()])
+
+
+def _is_history_triple(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str)
+            and isinstance(value[1], int) and isinstance(value[2], int))
+
+
+def _parse_refs(structure: Any) -> Any:
+    """Turn a serialised output/input structure of [layer, node_index, tensor_index] into Refs."""
+    if _is_history_triple(structure):
+        return Ref(_node_name(structure[0], structure[1]), structure[2])
+    if isinstance(structure, dict):
+        return {key: _parse_refs(value) for key, value in structure.items()}
+    return [_parse_refs(value) for value in structure]
+
+
+def _parse_keras3_call(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value.get("class_name") == "__keras_tensor__":
+            layer, call_index, tensor_index = value["config"]["keras_history"]
+            return Ref(_node_name(layer, call_index), tensor_index)
+        return {key: _parse_keras3_call(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_parse_keras3_call(item) for item in value]
+    return value
+
+
+def _parse_call(call: Any) -> tuple[list, dict]:
+    if isinstance(call, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
+        return _parse_keras3_call(call.get("args", [])), _parse_keras3_call(call.get("kwargs", {}))
+    # tf_keras: [[layer, node_index, tensor_index, kwargs], ...]; one entry means a single tensor argument.
+    refs = [Ref(_node_name(item[0], item[1]), item[2]) for item in call]
+    kwargs = dict(call[0][3]) if call and len(call[0]) > 3 and call[0][3] else {}
+    if any(isinstance(leaf, (list, dict)) for leaf in iter_leaves(kwargs)):
+        raise UnsupportedModelError("a tf_keras layer call passes tensors as keyword arguments; not supported.")
+    return ([refs[0]] if len(refs) == 1 else [refs]), kwargs
+
+
+def _toposort(nodes: list[Node], inputs: list[str]) -> list[Node]:
+    by_name = {node.name: node for node in nodes}
+    done: set[str] = set()
+    ordered: list[Node] = []
+    visiting: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in done:
+            return
+        if name in visiting or name not in by_name:
+            raise UnsupportedModelError(f"the graph is malformed around node {name!r} (cycle or dangling input).")
+        visiting.add(name)
+        for ref in by_name[name].input_refs():
+            visit(ref.node)
+        visiting.discard(name)
+        done.add(name)
+        ordered.append(by_name[name])
+
+    for name in inputs:
+        visit(name)
+    for node in nodes:
+        visit(node.name)
+    return ordered
+
+
+def _input_spec(entry: dict) -> dict:
+    config = entry["config"]
+    shape = config.get("batch_shape", config.get("batch_input_shape"))
+    return {"batch_shape": list(shape), "dtype": config.get("dtype", "float32") if isinstance(config.get("dtype"), str)
+            else "float32", "sparse": bool(config.get("sparse", False))}
+
+
+def read_model(model: Any) -> Graph:
+    """Read a built Sequential or functional model into a :class:`Graph` (the model is not touched)."""
+    keras = _check_model(model)
+    config = _model_config(model)
+    flavour = keras.__name__
+    entries = config["layers"]
+    is_sequential = isinstance(model, keras.Sequential)
+    nodes: list[Node] = []
+    layers: dict[str, LayerSpec] = {}
+    input_specs: dict[str, dict] = {}
+    inputs: list[str] = []
+
+    if is_sequential:
+        if not entries or entries[0]["class_name"] != "InputLayer":
+            shape = [None if d is None else int(d) for d in model.inputs[0].shape]
+            entries = [{"class_name": "InputLayer", "config": {"batch_shape": shape, "name": "input"}}] + entries
+        previous = None
+        for entry in entries:
+            if entry["class_name"] == "InputLayer":
+                name = entry["config"]["name"]
+                input_specs[name] = _input_spec(entry)
+                inputs.append(name)
+                nodes.append(Node(name=name, layer=name))
+                layers[name] = LayerSpec(name=name, cls=type(None), config=dict(entry["config"]))
+                previous = name
+                continue
+            spec = _layer_spec(model, entry)
+            layers[spec.name] = spec
+            nodes.append(Node(name=spec.name, layer=spec.name, args=[Ref(previous)]))
+            previous = spec.name
+        outputs: Any = Ref(previous)
+    else:
+        for entry in entries:
+            name = entry["config"].get("name") or entry["name"]
+            if entry["class_name"] == "InputLayer":
+                input_specs[name] = _input_spec(entry)
+                layers[name] = LayerSpec(name=name, cls=type(None), config=dict(entry["config"]))
+                nodes.append(Node(name=name, layer=name))
+                continue
+            spec = _layer_spec(model, entry)
+            layers[name] = spec
+            for call_index, call in enumerate(entry["inbound_nodes"]):
+                args, kwargs = _parse_call(call)
+                nodes.append(Node(name=_node_name(name, call_index), layer=name, args=args, kwargs=kwargs))
+        input_refs = _parse_refs(config["input_layers"])
+        inputs = [ref.node for ref in iter_leaves(input_refs)]
+        outputs = _parse_refs(config["output_layers"])
+        if flavour == "tf_keras" and isinstance(outputs, list) and len(outputs) == 1 and not isinstance(model.outputs, list):
+            outputs = outputs[0]
+        if isinstance(outputs, list) and len(outputs) == 1 and len(model.outputs) == 1 and not _returns_list(model):
+            outputs = outputs[0]
+        nodes = _toposort(nodes, inputs)
+    return Graph(name=model.name, flavour=flavour, nodes=nodes, layers=layers, inputs=inputs,
+                 outputs=outputs, input_specs=input_specs, sequential=is_sequential)
+
+
+def _returns_list(model: Any) -> bool:
+    structure = getattr(model, "_outputs_struct", None)
+    if structure is None:
+        structure = getattr(model, "_nested_outputs", None)
+    return isinstance(structure, (list, tuple))
+
+
+def is_input(spec: LayerSpec) -> bool:
+    return spec.cls is type(None)
+
+
+def _make_layer(spec: LayerSpec, keras: ModuleType) -> Any:
+    try:
+        return spec.cls.from_config(dict(spec.config))
+    except Exception as error:  # a user layer whose from_config cannot read its own get_config
+        raise UnsupportedModelError(
+            f"layer {spec.name!r} ({spec.class_name}) cannot be rebuilt from its config: {error}. "
+            "Make its get_config()/from_config() round-trip.") from error
+
+
+def _set_weights(layer: Any, spec: LayerSpec) -> None:
+    try:
+        layer.set_weights(spec.weights)
+    except ValueError as error:
+        raise UnsupportedModelError(
+            f"layer {spec.name!r} ({spec.class_name}) rejected its weights after rebuilding: {error}") from error
+
+
+def _is_chain(graph: Graph) -> bool:
+    previous = None
+    for node in graph.nodes:
+        if previous is not None and (node.args != [Ref(previous)] or node.kwargs):
+            return False
+        previous = node.name
+    return len(graph.inputs) == 1 and graph.outputs == Ref(previous) and len(set(n.layer for n in graph.nodes)) == len(graph.nodes)
+
+
+def write_model(graph: Graph) -> Any:
+    """Build a fresh model of the graph's Keras flavour with the graph's weights."""
+    keras = module_for(graph)
+    if graph.sequential and _is_chain(graph):
+        input_spec = graph.input_specs[graph.inputs[0]]
+        created = {node.layer: _make_layer(graph.spec(node), keras) for node in graph.nodes[1:]}
+        model = keras.Sequential([keras.Input(batch_shape=tuple(input_spec["batch_shape"]), dtype=input_spec["dtype"])]
+                                 + list(created.values()), name=graph.name)
+    else:
+        created, tensors = _call_graph(graph, keras)
+        model_inputs = [tensors[name][0] for name in graph.inputs]
+        model = keras.Model(model_inputs[0] if len(model_inputs) == 1 else model_inputs,
+                            map_leaves(lambda leaf: _resolve(tensors, leaf), graph.outputs), name=graph.name)
+    for name, layer in created.items():
+        _set_weights(layer, graph.layers[name])
+    return model
+
+
+def infer_shapes(graph: Graph) -> dict[str, list[tuple]]:
+    """Output shapes of every node (batch dimension included), by building the graph symbolically."""
+    _, tensors = _call_graph(graph, module_for(graph))
+    return {name: [tuple(t.shape) for t in outputs] for name, outputs in tensors.items()}
+
+
+def _resolve(tensors: dict[str, list], leaf: Any) -> Any:
+    return tensors[leaf.node][leaf.index] if isinstance(leaf, Ref) else leaf
+
+
+def _call_graph(graph: Graph, keras: ModuleType) -> tuple[dict[str, Any], dict[str, list]]:
+    """Create every layer once and call it for each of its nodes, in order, on symbolic tensors."""
+    created: dict[str, Any] = {}
+    tensors: dict[str, list] = {}
+    for node in graph.nodes:
+        spec = graph.spec(node)
+        if is_input(spec):
+            input_spec = graph.input_specs[node.name]
+            tensors[node.name] = [keras.Input(batch_shape=tuple(input_spec["batch_shape"]),
+                                              dtype=input_spec["dtype"], name=node.name)]
+            continue
+        layer = created.get(node.layer)
+        if layer is None:
+            layer = created[node.layer] = _make_layer(spec, keras)
+        args = map_leaves(lambda leaf: _resolve(tensors, leaf), node.args)
+        kwargs = map_leaves(lambda leaf: _resolve(tensors, leaf), node.kwargs)
+        result = layer(*args, **kwargs)
+        tensors[node.name] = list(result) if isinstance(result, (list, tuple)) else [result]
+    return created, tensors
+
+
+def sample_node_inputs(graph: Graph, node_names: list[str], data: Any, max_samples: int) -> dict[str, np.ndarray]:
+    """The first input tensor of each named node, computed on up to ``max_samples`` rows of ``data``."""
+    probe = graph.copy()
+    refs = [probe.node(name).input_refs()[0] for name in node_names]
+    probe.outputs = refs
+    probe.sequential = False
+    model = write_model(probe)
+    inputs = [array[:max_samples] for array in data] if isinstance(data, list) else data[:max_samples]
+    outputs = model.predict(inputs, batch_size=32, verbose=0)
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    return {name: np.asarray(value) for name, value in zip(node_names, outputs)}

@@ -1,0 +1,1 @@
+"""Compression methods: each is a pass from IR to IR."""

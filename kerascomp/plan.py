@@ -1,0 +1,84 @@
+"""Global budget allocation shared by every method.
+
+Each compressible layer offers candidates ``(cost, error)`` (its original form being the
+candidate with error 0). :func:`allocate` picks one candidate per layer minimising the summed
+error subject to ``fixed_cost + sum(cost) <= budget``, by Lagrangian relaxation: for a
+multiplier ``lam`` every layer independently takes ``argmin(error + lam * cost)``; the total
+cost is non-increasing in ``lam``, so a bisection on ``log(lam)`` finds the smallest
+multiplier that meets the budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kerascomp.errors import BudgetError
+
+
+@dataclass
+class Candidates:
+    """The options of one layer: parallel arrays of cost and error (index 0 need not be the original)."""
+
+    layer: str
+    cost: np.ndarray
+    error: np.ndarray
+
+
+def _choose(candidates: list[Candidates], lam: float) -> list[int]:
+    return [int(np.argmin(c.error + lam * c.cost)) for c in candidates]
+
+
+def _total(candidates: list[Candidates], choice: list[int]) -> float:
+    return float(sum(c.cost[i] for c, i in zip(candidates, choice)))
+
+
+def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, what: str = "MACs") -> list[int]:
+    """Index of the chosen candidate per layer so the total cost stays within ``budget``.
+
+    Raises :class:`BudgetError` when even the cheapest candidate of every layer is over budget.
+    """
+    cheapest = [int(np.argmin(c.cost)) for c in candidates]
+    floor = fixed_cost + _total(candidates, cheapest)
+    if floor > budget:
+        raise BudgetError(
+            f"the {what} target cannot be met: the cheapest option of every compressible layer still totals "
+            f"{floor:,.0f} {what} against a budget of {budget:,.0f} ({fixed_cost:,.0f} of it in layers this "
+            "method leaves alone). Relax the target or enable more layers (see the report of kept layers).")
+    scale = max(float(sum(np.max(c.cost) for c in candidates)), 1.0)
+    low, high = -12.0, 12.0  # log10 of lam * scale
+    choice = _choose(candidates, 10.0 ** high / scale)
+    if fixed_cost + _total(candidates, choice) > budget:
+        return cheapest
+    for _ in range(80):
+        middle = 0.5 * (low + high)
+        trial = _choose(candidates, 10.0 ** middle / scale)
+        if fixed_cost + _total(candidates, trial) <= budget:
+            high, choice = middle, trial
+        else:
+            low = middle
+    return _fill_slack(candidates, choice, budget - fixed_cost)
+
+
+def _fill_slack(candidates: list[Candidates], choice: list[int], budget: float) -> list[int]:
+    """Greedy upgrades with the unspent budget: best error reduction per extra cost first."""
+    choice = list(choice)
+    spent = _total(candidates, choice)
+    while True:
+        best, best_gain = None, 0.0
+        for position, c in enumerate(candidates):
+            current = choice[position]
+            extra = c.cost - c.cost[current]
+            gain = c.error[current] - c.error
+            feasible = (extra > 0) & (extra <= budget - spent) & (gain > 0)
+            if not feasible.any():
+                continue
+            ratio = np.where(feasible, gain / np.maximum(extra, 1e-12), -np.inf)
+            index = int(np.argmax(ratio))
+            if ratio[index] > best_gain:
+                best, best_gain = (position, index), ratio[index]
+        if best is None:
+            return choice
+        position, index = best
+        spent += candidates[position].cost[index] - candidates[position].cost[choice[position]]
+        choice[position] = index
