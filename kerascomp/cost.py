@@ -4,6 +4,11 @@ MACs are counted for the layers that do dense arithmetic (convolutions, Dense an
 own layers); element-wise layers (BN, activations, Add, pooling) count 0 MACs, as in the
 usual "multiply-adds" figures of the MobileNet and ResNet papers. Params are all weights a
 layer holds (``model.count_params()``), so BN's moving statistics are included.
+
+Independent check (tests/test_cost.py): TF's graph profiler float ops of the frozen tf_keras
+ResNet50 and MobileNetV2 at 224x224, divided by 2, agree with these totals within 1%
+(3.858 GMACs and 300.8 MMACs). On Keras 3's graph of MobileNetV2 the profiler reports 2.3%
+more, because Keras 3 lowers DepthwiseConv2D differently; the layer shapes are identical.
 """
 from __future__ import annotations
 

@@ -1,0 +1,226 @@
+"""The ``kerascomp`` command: ``compress``, ``export``, ``bench`` and ``demo``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+DEMO_MODEL = "resnet20_cifar10.keras"
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _load_model(path: str):
+    import kerascomp
+    from kerascomp.errors import InvalidArgumentError
+    from kerascomp.graph.flavour import default_keras
+
+    keras = default_keras()
+    if not Path(path).is_file():
+        raise InvalidArgumentError(f"model file {path} does not exist.")
+    return keras.models.load_model(path, custom_objects=kerascomp.custom_objects(keras), compile=False)
+
+
+def _load_inputs(path: str | None, limit: int):
+    import numpy as np
+
+    if path is None:
+        return None
+    with np.load(path) as archive:
+        key = next((k for k in ("x", "x_calibration", "x_train", "x_test") if k in archive.files), archive.files[0])
+        return archive[key][:limit].astype("float32")
+
+
+def demo_model_path() -> Path:
+    return Path(str(resources.files("kerascomp") / "assets" / DEMO_MODEL))
+
+
+def cmd_compress(args) -> int:
+    import kerascomp
+
+    model = _load_model(args.model)
+    result = kerascomp.compress(model, method=args.method, target_flops=None if args.target_params else args.target_flops,
+                                target_params=args.target_params, data=_load_inputs(args.data, 256),
+                                verbose=0 if args.quiet else 1, min_channels_per_group=args.min_channels_per_group,
+                                pointwise=args.pointwise)
+    if args.quiet:
+        print(result.report)
+    result.model.save(args.output)
+    if args.report_json:
+        Path(args.report_json).write_text(result.report.to_json())
+    print(f"saved {args.output}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import kerascomp
+
+    model = _load_model(args.model)
+    result = kerascomp.export_tflite(model, args.output, quantize=args.quantize,
+                                     representative_data=_load_inputs(args.calibration, 500), int8_io=args.int8_io)
+    print(result)
+    return 0
+
+
+def bench_table(results, markdown: bool = False) -> str:
+    from kerascomp.report import table
+
+    base = results[0].median_ms
+    rows = [[Path(r.path).name, f"{r.size_bytes / 1024:.1f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}",
+             f"{base / r.median_ms:.2f}x"] for r in results]
+    return table(["model", "size KiB", "median ms", "p90 ms", "speedup vs first"], rows, markdown=markdown)
+
+
+def cmd_bench(args) -> int:
+    import kerascomp
+
+    results = kerascomp.compare_tflite(args.models, num_threads=args.threads, runs=args.runs,
+                                       xnnpack=not args.no_xnnpack)
+    print(bench_table(results))
+    print(f"({args.threads} thread(s), XNNPACK {'off' if args.no_xnnpack else 'on'}, {args.runs} runs each, interleaved)")
+    if args.json:
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(bench_table(results, markdown=True) + "\n")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    import numpy as np
+
+    import kerascomp
+    from kerascomp.data import find_data, load_npz
+    from kerascomp.report import table
+
+    started = time.time()
+    model = _load_model(args.model or str(demo_model_path()))
+    data_path = find_data(args.data)
+    print(f"model: {model.name} ({args.model or 'shipped demo model'}); data: {data_path or 'none (set --data or KERASCOMP_DATA)'}")
+    calibration = None
+    if data_path is not None:
+        data = load_npz(data_path)
+        x_test = data["x_test"][: args.eval_images].astype("float32")
+        y_test = data["y_test"][: args.eval_images].astype("int32")
+        calibration = data["x_train"][:256].astype("float32")
+
+    small = kerascomp.compress(model, method="fga", target_flops=args.target_flops, data=calibration,
+                               verbose=args.verbose).model
+
+    accuracy = {}
+    if data_path is not None:
+        from kerascomp.graph.flavour import keras_of
+
+        keras = keras_of(model)
+
+        def evaluate(m):
+            return float(np.mean(np.argmax(m.predict(x_test, batch_size=250, verbose=0), 1) == y_test))
+
+        accuracy["original"] = evaluate(model)
+        accuracy["compressed"] = evaluate(small)
+        steps = args.finetune_steps
+        if steps > 0:
+            from kerascomp.data import augmented_dataset
+
+            train = augmented_dataset(data["x_train"], data["y_train"], 128).repeat().take(steps)
+            schedule = keras.optimizers.schedules.CosineDecay(args.finetune_lr, steps)
+            small.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=False)
+            print(f"finetuning {steps} steps of batch 128 ...")
+            small.fit(train, epochs=1, verbose=2 if args.verbose else 0)
+            accuracy["finetuned"] = evaluate(small)
+
+
+    output = Path(args.output_dir or tempfile.mkdtemp(prefix="kerascomp-demo-"))
+    output.mkdir(parents=True, exist_ok=True)
+    original_export = kerascomp.export_tflite(model, output / "original.tflite")
+    small_export = kerascomp.export_tflite(small, output / "fga.tflite")
+    timings = kerascomp.compare_tflite([original_export.path, small_export.path], num_threads=1, runs=args.runs)
+    before, after = kerascomp.cost(model), kerascomp.cost(small)
+    rows = [["MACs", f"{before.macs:,}", f"{after.macs:,}", f"{after.macs / before.macs:.3f}"],
+            ["params", f"{before.params:,}", f"{after.params:,}", f"{after.params / before.params:.3f}"],
+            [".tflite bytes", f"{original_export.size_bytes:,}", f"{small_export.size_bytes:,}",
+             f"{small_export.size_bytes / original_export.size_bytes:.3f}"],
+            ["LiteRT median ms (1 thread)", f"{timings[0].median_ms:.3f}", f"{timings[1].median_ms:.3f}",
+             f"{timings[1].median_ms / timings[0].median_ms:.3f}"]]
+    for key in ("compressed", "finetuned"):
+        if key in accuracy:
+            rows.append([f"top-1 ({key}, {len(x_test)} test images)", f"{accuracy['original']:.4f}",
+                         f"{accuracy[key]:.4f}", f"{accuracy[key] - accuracy['original']:+.4f}"])
+    print()
+    print(table(["", "original", "fga", "ratio / change"], rows))
+    ideal = before.macs / after.macs
+    measured = timings[0].median_ms / timings[1].median_ms
+    print(f"speedup {measured:.2f}x measured vs {ideal:.2f}x ideal from MACs "
+          f"(realised fraction {measured / ideal:.2f}); files in {output}; {time.time() - started:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kerascomp", description="Compress Keras CNNs for TFLite/LiteRT.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    compress = commands.add_parser("compress", help="compress a .keras model")
+    compress.add_argument("model")
+    compress.add_argument("-o", "--output", required=True)
+    compress.add_argument("--method", default="fga", choices=["fga"])
+    compress.add_argument("--target-flops", type=float, default=0.25)
+    compress.add_argument("--target-params", type=float, default=None)
+    compress.add_argument("--data", help=".npz with inputs (x, x_train or x_test) for data-driven refinement")
+    compress.add_argument("--min-channels-per-group", type=int, default=16)
+    compress.add_argument("--pointwise", action="store_true", help="also factor 1x1 convs")
+    compress.add_argument("--report-json")
+    compress.add_argument("-q", "--quiet", action="store_true")
+    compress.set_defaults(run=cmd_compress)
+
+    export = commands.add_parser("export", help="convert a .keras model to .tflite and check it in LiteRT")
+    export.add_argument("model")
+    export.add_argument("-o", "--output", required=True)
+    export.add_argument("--quantize", choices=["float16", "dynamic", "int8"])
+    export.add_argument("--calibration", help=".npz with calibration inputs (needed for int8)")
+    export.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (with --quantize int8)")
+    export.set_defaults(run=cmd_export)
+
+    bench = commands.add_parser("bench", help="time .tflite files with LiteRT, interleaved")
+    bench.add_argument("models", nargs="+")
+    bench.add_argument("--threads", type=int, default=1)
+    bench.add_argument("--runs", type=int, default=50)
+    bench.add_argument("--no-xnnpack", action="store_true")
+    bench.add_argument("--json")
+    bench.add_argument("--markdown")
+    bench.set_defaults(run=cmd_bench)
+
+    demo = commands.add_parser("demo", help="compress, finetune, export and benchmark the shipped CIFAR-10 model")
+    demo.add_argument("--model", help="a .keras model instead of the shipped one")
+    demo.add_argument("--data", help="cifar10.npz (default: $KERASCOMP_DATA)")
+    demo.add_argument("--target-flops", type=float, default=0.5)
+    demo.add_argument("--finetune-steps", type=int, default=100)
+    demo.add_argument("--finetune-lr", type=float, default=0.01)
+    demo.add_argument("--eval-images", type=int, default=2000)
+    demo.add_argument("--runs", type=int, default=100)
+    demo.add_argument("--output-dir")
+    demo.add_argument("--verbose", type=int, default=0)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    args = build_parser().parse_args(argv)
+    from kerascomp.errors import CompressionError
+
+    try:
+        return args.run(args)
+    except CompressionError as error:
+        print(f"kerascomp: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from kerascomp.graph.flavour import default_keras  # noqa: E402
+from kerascomp.zoo import cifar_resnet  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def keras():
+    """The Keras flavour under test: tf_keras when TF_USE_LEGACY_KERAS=1, else Keras 3."""
+    return default_keras()
+
+
+def weights_hash(model) -> str:
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model) -> tuple:
+    return (weights_hash(model), repr(model.get_config()), tuple(layer.trainable for layer in model.layers))
+
+
+@pytest.fixture
+def small_resnet(keras):
+    keras.utils.set_random_seed(0)
+    model = cifar_resnet(depth=8, width=16, input_shape=(16, 16, 3), keras_module=keras)
+    _randomise_bn(model)
+    return model
+
+
+def _randomise_bn(model, seed=0):
+    """Give BN layers non-trivial statistics so equivalence tests are not vacuous."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape),
+                               rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype("float32")
+
+
+@pytest.fixture(scope="session")
+def cifar_path():
+    path = SHARED_DATA / "cifar10.npz"
+    if not path.is_file():
+        pytest.skip("../shared/data/cifar10.npz is not present")
+    return path

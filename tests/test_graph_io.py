@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
+from kerascomp.graph.ir import Ref
+from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
+
+from conftest import weights_hash
+
+
+def _assert_same(original, rebuilt, inputs):
+    assert type(rebuilt).__module__.split(".")[0] == type(original).__module__.split(".")[0]
+    assert weights_hash(rebuilt) == weights_hash(original)
+    expected, produced = original(inputs), rebuilt(inputs)
+    expected = expected if isinstance(expected, (list, tuple)) else [expected]
+    produced = produced if isinstance(produced, (list, tuple)) else [produced]
+    assert len(expected) == len(produced)
+    for e, p in zip(expected, produced):
+        np.testing.assert_array_equal(np.asarray(e), np.asarray(p))
+
+
+def test_functional_resnet_round_trip(small_resnet, images):
+    _assert_same(small_resnet, write_model(read_model(small_resnet)), images)
+
+
+def test_multi_input_multi_output_and_shared_layer(keras):
+    image, extra = keras.Input((8, 8, 3), name="image"), keras.Input((4,), name="extra")
+    shared = keras.layers.Conv2D(3, 3, padding="same", name="shared")
+    first = shared(image)
+    second = shared(first)
+    merged = keras.layers.Add(name="add")([first, second])
+    pooled = keras.layers.GlobalAveragePooling2D(name="gap")(merged)
+    joined = keras.layers.Concatenate(name="cat")([pooled, extra])
+    model = keras.Model([image, extra], [keras.layers.Dense(2, name="head")(joined), pooled])
+    graph = read_model(model)
+    assert [n.name for n in graph.nodes if n.layer == "shared"] == ["shared", "shared@1"]
+    assert graph.outputs == [Ref("head"), Ref("gap")]
+    rebuilt = write_model(graph)
+    assert len(rebuilt.get_layer("shared").get_weights()) == 2  # still one shared layer object
+    rng = np.random.default_rng(0)
+    _assert_same(model, rebuilt, [rng.normal(size=(2, 8, 8, 3)), rng.normal(size=(2, 4))])
+
+
+def test_sequential_stays_sequential(keras):
+    model = keras.Sequential([keras.Input((6, 6, 2)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])
+    rebuilt = write_model(read_model(model))
+    assert isinstance(rebuilt, keras.Sequential)
+    _assert_same(model, rebuilt, np.random.default_rng(0).normal(size=(3, 6, 6, 2)).astype("float32"))
+
+
+def test_nested_model_round_trips_as_one_layer(keras):
+    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.ReLU()], name="backbone")
+    outer = keras.Sequential([keras.Input((8, 8, 3)), inner, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    graph = read_model(outer)
+    assert graph.layers["backbone"].class_name == "Sequential"
+    _assert_same(outer, write_model(graph), np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32"))
+
+
+def test_infer_shapes(small_resnet):
+    shapes = infer_shapes(read_model(small_resnet))
+    assert shapes["stem_conv"] == [(None, 16, 16, 16)]
+    assert shapes["s3b1_conv1"] == [(None, 4, 4, 64)]
+    assert shapes["logits"] == [(None, 10)]
+
+
+def test_subclassed_model_is_refused(keras):
+    class Tiny(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Tiny()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(UnsupportedModelError, match="subclassed model"):
+        read_model(model)
+
+
+def test_unbuilt_model_is_refused(keras):
+    model = keras.Sequential([keras.layers.Dense(2)])
+    with pytest.raises(UnsupportedModelError, match="not built"):
+        read_model(model)
+
+
+def test_non_model_is_refused():
+    with pytest.raises(InvalidArgumentError, match="expected a Keras model"):
+        read_model(np.zeros(3))
+
+
+def test_custom_layer_without_get_config_is_refused(keras):
+    class NoConfig(keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+        def get_config(self):
+            raise NotImplementedError
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, NoConfig(name="scaler")(inputs))
+    with pytest.raises(UnsupportedModelError, match="scaler"):
+        read_model(model)
+
+
+def test_custom_layer_with_config_round_trips(keras):
+    class Scale(keras.layers.Layer):
+        def __init__(self, factor, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(Scale(3.0, name="scale")(inputs)))
+    rebuilt = write_model(read_model(model))
+    assert type(rebuilt.get_layer("scale")) is Scale
+    _assert_same(model, rebuilt, np.ones((2, 4), "float32"))
