@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kerascomp.errors import CompressionError, InvalidArgumentError, InvalidWeightsError, UnsupportedModelError
+from kerascomp.errors import CompressionError, InvalidArgumentError, InvalidWeightsError
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods.base import Budget, CompressionReport
@@ -113,15 +113,12 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
         raise InvalidArgumentError(f"min_channels_per_group must be >= 1, got {fga_options.min_channels_per_group}.")
     shapes = infer_shapes(graph)
     compressed_graph, report = fga_pass(graph, shapes, budget, batch, fga_options, verbose)
-    if not any(d.action != "kept" for d in report.layers) and budget.fraction < 1.0:
-        kept = "; ".join(f"{d.layer}: {d.reason}" for d in report.kept()) or "the model has no conv layers"
-        raise UnsupportedModelError(f"method={method!r} found nothing to compress in model {model.name!r} ({kept}).")
     new_model = write_model(compressed_graph)
     report.seconds = time.perf_counter() - started
     kept = report.kept()
     if kept:
         listed = ", ".join(f"{d.layer} ({d.reason})" for d in kept[:8]) + (" ..." if len(kept) > 8 else "")
-        warnings.warn(f"kerascomp {method}: {len(kept)} layer(s) with MACs left uncompressed: {listed}",
+        warnings.warn(f"kerascomp {method}: {len(kept)} layer(s) with MACs left uncompressed: {listed}. See the report (kerascomp.compress(...).report) for every layer.",
                       CompressionWarning, stacklevel=3)
     if verbose:
         print(report)
@@ -158,7 +155,7 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
 
 def strip(model: Any) -> Any:
     """Return an equivalent model made only of standard Keras layers (for the TFLite converter)."""
-    from kerascomp.strip import strip_graph
+    from kerascomp.methods.strip import strip_graph
 
     if model is None or not hasattr(model, "get_config"):
         raise InvalidArgumentError(f"strip expects a Keras model, got {type(model).__name__}.")

@@ -33,7 +33,8 @@ def _total(candidates: list[Candidates], choice: list[int]) -> float:
     return float(sum(c.cost[i] for c, i in zip(candidates, choice)))
 
 
-def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, what: str = "MACs") -> list[int]:
+def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, what: str = "MACs",
+             hint: str = "") -> list[int]:
     """Index of the chosen candidate per layer so the total cost stays within ``budget``.
 
     Raises :class:`BudgetError` when even the cheapest candidate of every layer is over budget.
@@ -44,7 +45,7 @@ def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, wha
         raise BudgetError(
             f"the {what} target cannot be met: the cheapest option of every compressible layer still totals "
             f"{floor:,.0f} {what} against a budget of {budget:,.0f} ({fixed_cost:,.0f} of it in layers this "
-            "method leaves alone). Relax the target or enable more layers (see the report of kept layers).")
+            "method leaves alone). Relax the target or enable more layers. " + hint)
     scale = max(float(sum(np.max(c.cost) for c in candidates)), 1.0)
     low, high = -12.0, 12.0  # log10 of lam * scale
     choice = _choose(candidates, 10.0 ** high / scale)

@@ -67,7 +67,7 @@ class CompressionReport:
         return self.params_after / self.params_before if self.params_before else 1.0
 
     def kept(self) -> list[LayerDecision]:
-        """Layers with MACs that the method left as they were, each with its reason."""
+        """Layers with MACs the method could not compress, each with its reason (not those it chose to keep dense)."""
         return [d for d in self.layers if d.action == "kept"]
 
     def rows(self) -> list[list[str]]:

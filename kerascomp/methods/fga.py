@@ -13,6 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kerascomp.cost import graph_cost
+from kerascomp.errors import UnsupportedModelError
 from kerascomp.decompose import fga as fga_math
 from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import module_for, sample_node_inputs
@@ -173,11 +174,16 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         if len(layer.options) == 1:
             reasons[layer.spec.name] = "too small: no groups/rank choice is cheaper than the dense conv"
 
+    if not payable and budget.fraction < 1.0:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in reasons.items()) or "the model has no conv layers"
+        raise UnsupportedModelError(f"method='fga' found nothing to compress in model {graph.name!r} ({listed}).")
     metric_total = before.macs if budget.metric == "flops" else before.params
     compressible = sum(layer.candidates.cost[0] for layer in payable)
     what = "MACs" if budget.metric == "flops" else "params"
+    kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list(reasons.items())[:6])
     choice = allocate([layer.candidates for layer in payable], metric_total - compressible,
-                      budget.fraction * metric_total, what=what)
+                      budget.fraction * metric_total, what=what,
+                      hint=f"Left alone: {kept_summary}." if kept_summary else "")
 
     result = graph.copy()
     chosen: dict[str, LayerSpec] = {}
@@ -187,7 +193,6 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         groups, rank = layer.options[index]
         name = layer.spec.name
         if groups == 0:
-            reasons[name] = "the budget allocation kept it dense (cheapest error per MAC elsewhere)"
             continue
         originals[name] = layer.spec
         chosen[name] = _fga_spec(layer.spec, groups, rank, keras)
@@ -211,7 +216,9 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
                                            costs[name].macs, new.macs, costs[name].params, new.params,
                                            errors[name], detail))
         else:
-            decisions.append(LayerDecision(name, spec.class_name, "kept", costs[name].macs, new.macs,
+            # "dense": compressible, but the allocation spent the budget elsewhere; "kept": not compressible.
+            action = "kept" if name in reasons else "dense"
+            decisions.append(LayerDecision(name, spec.class_name, action, costs[name].macs, new.macs,
                                            costs[name].params, new.params, reason=reasons.get(name, "")))
     report = CompressionReport("fga", budget, decisions, before.macs, sum(c.macs for c in after.values()),
                                before.params, sum(c.params for c in after.values()))

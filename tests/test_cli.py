@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+
+from kerascomp.cli import demo_model_path, main
+
+
+@pytest.fixture
+def model_file(small_resnet, tmp_path):
+    path = tmp_path / "model.keras"
+    small_resnet.save(path)
+    return path
+
+
+def test_compress_export_bench(model_file, tmp_path, images, capsys):
+    np.savez(tmp_path / "calib.npz", x=images)
+    out = tmp_path / "small.keras"
+    assert main(["compress", str(model_file), "--target-flops", "0.5", "-o", str(out), "--quiet",
+                 "--report-json", str(tmp_path / "report.json")]) == 0
+    table = capsys.readouterr().out
+    assert "MACs before" in table and "fga g=" in table and "rel. error" in table
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["macs_ratio"] <= 0.5
+    assert main(["export", str(out), "-o", str(tmp_path / "small.tflite")]) == 0
+    assert main(["export", str(model_file), "-o", str(tmp_path / "big.tflite")]) == 0
+    assert main(["export", str(out), "-o", str(tmp_path / "q.tflite"), "--quantize", "int8",
+                 "--calibration", str(tmp_path / "calib.npz")]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(tmp_path / "big.tflite"), str(tmp_path / "small.tflite"), "--runs", "5",
+                 "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "bench.md")]) == 0
+    printed = capsys.readouterr().out
+    assert "speedup vs first" in printed and "1.00x" in printed
+    assert len(json.loads((tmp_path / "bench.json").read_text())) == 2
+    assert (tmp_path / "bench.md").read_text().startswith("| model |")
+
+
+def test_cli_reports_errors(model_file, tmp_path, capsys):
+    assert main(["compress", str(model_file), "--target-flops", "2", "-o", str(tmp_path / "x.keras")]) == 2
+    assert "target_flops=2.0 is outside (0, 1]" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "absent.tflite")]) == 2
+
+
+def test_shipped_demo_model_exists_and_is_small():
+    path = demo_model_path()
+    assert path.is_file()
+    assert path.stat().st_size < 5 * 2**20
+
+
+@pytest.mark.slow
+def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KERASCOMP_DATA", raising=False)
+    assert main(["demo", "--runs", "5", "--output-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "realised fraction" in printed and "LiteRT median ms" in printed
+    assert (tmp_path / "fga.tflite").stat().st_size < (tmp_path / "original.tflite").stat().st_size

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+import kerascomp
+from kerascomp.errors import BenchmarkError, InvalidArgumentError
+
+
+@pytest.fixture
+def compressed(small_resnet):
+    return kerascomp.clone_compressed(small_resnet, target_flops=0.4, verbose=0)
+
+
+def test_fp32_export_matches_keras(compressed, tmp_path, images):
+    result = kerascomp.export_tflite(compressed, tmp_path / "m.tflite", representative_data=images)
+    assert result.size_bytes == (tmp_path / "m.tflite").stat().st_size
+    assert result.max_abs_error < 1e-4
+    produced = kerascomp.export.tflite.run_tflite(result.path, [images[:4]])[0]
+    np.testing.assert_allclose(produced, np.asarray(compressed(images[:4])), atol=1e-4)
+
+
+def test_compressed_file_is_smaller(small_resnet, compressed, tmp_path):
+    original = kerascomp.export_tflite(small_resnet, tmp_path / "a.tflite")
+    small = kerascomp.export_tflite(compressed, tmp_path / "b.tflite")
+    ratio = compressed.count_params() / small_resnet.count_params()
+    assert small.size_bytes < original.size_bytes
+    assert small.size_bytes / original.size_bytes == pytest.approx(ratio, abs=0.1)
+
+
+@pytest.mark.parametrize("mode,int8_io", [("float16", False), ("dynamic", False), ("int8", False), ("int8", True)])
+def test_quantised_exports_run(compressed, tmp_path, images, mode, int8_io):
+    result = kerascomp.export_tflite(compressed, tmp_path / f"{mode}.tflite", quantize=mode,
+                                     representative_data=images, int8_io=int8_io)
+    assert result.quantize == mode
+    assert np.isfinite(result.max_abs_error)
+    assert result.top1_agreement is not None and result.top1_agreement >= 0.5
+    timing = kerascomp.benchmark_tflite(result.path, runs=5)
+    assert timing.median_ms > 0
+
+
+def test_int8_needs_calibration(compressed, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="representative_data"):
+        kerascomp.export_tflite(compressed, tmp_path / "q.tflite", quantize="int8")
+
+
+def test_bad_quantize_mode(compressed, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="quantize='int4'"):
+        kerascomp.export_tflite(compressed, tmp_path / "q.tflite", quantize="int4")
+
+
+def test_unwritable_path_and_no_partial_file(compressed, tmp_path):
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        kerascomp.export_tflite(compressed, tmp_path / "missing" / "m.tflite")
+    assert not (tmp_path / "missing").exists()
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
+    from kerascomp.export import tflite
+
+    target = tmp_path / "m.tflite"
+
+    def broken_replace(source, destination):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tflite.os, "replace", broken_replace)
+    with pytest.raises(KeyboardInterrupt):
+        tflite._atomic_write(target, b"x" * 100)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_compares_interleaved(small_resnet, compressed, tmp_path):
+    a = kerascomp.export_tflite(small_resnet, tmp_path / "a.tflite").path
+    b = kerascomp.export_tflite(compressed, tmp_path / "b.tflite").path
+    results = kerascomp.compare_tflite([a, b], runs=10, rounds=2)
+    assert [r.runs for r in results] == [10, 10]
+    assert all(r.p90_ms >= r.median_ms > 0 for r in results)
+    no_xnnpack = kerascomp.benchmark_tflite(b, runs=3, xnnpack=False)
+    assert no_xnnpack.xnnpack is False and no_xnnpack.median_ms > 0
+
+
+def test_bench_rejects_corrupt_and_missing_files(tmp_path):
+    corrupt = tmp_path / "corrupt.tflite"
+    corrupt.write_bytes(b"this is not a flatbuffer" * 10)
+    with pytest.raises(BenchmarkError, match="corrupt.tflite"):
+        kerascomp.benchmark_tflite(corrupt)
+    with pytest.raises(BenchmarkError, match="no such file"):
+        kerascomp.benchmark_tflite(tmp_path / "absent.tflite")
+    with pytest.raises(InvalidArgumentError, match="num_threads"):
+        kerascomp.benchmark_tflite(corrupt, num_threads=0)
