@@ -136,3 +136,17 @@ def test_shared_conv_stays_shared(keras):
     assert graph.layers["shared"].class_name == "FilterGroupConv2D"
     assert len([n for n in graph.nodes if n.layer == "shared"]) == 2
     assert kerascomp.cost(small).macs <= 0.5 * kerascomp.cost(model).macs
+
+
+def test_nested_backbone_is_compressed(keras, images):
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = keras.layers.Conv2D(64, 3, padding="same", name="c2")(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    model = keras.Sequential([keras.Input((16, 16, 3)), backbone, keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(10)])
+    result = kerascomp.compress(model, target_flops=0.5, verbose=0)
+    assert {d.layer for d in result.report.layers if d.action.startswith("fga")} >= {"c2"}
+    assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(model).macs
+    exported = kerascomp.export_tflite(result.model, __import__("tempfile").mkdtemp() + "/nested.tflite")
+    assert exported.max_abs_error < 1e-4 * max(1.0, float(np.abs(result.model(images)).max()))

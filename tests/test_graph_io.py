@@ -49,12 +49,27 @@ def test_sequential_stays_sequential(keras):
     _assert_same(model, rebuilt, np.random.default_rng(0).normal(size=(3, 6, 6, 2)).astype("float32"))
 
 
-def test_nested_model_round_trips_as_one_layer(keras):
-    inner = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3), keras.layers.ReLU()], name="backbone")
-    outer = keras.Sequential([keras.Input((8, 8, 3)), inner, keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+def test_nested_models_are_inlined(keras):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    backbone = keras.Model(inputs, keras.layers.Add(name="add")([x, keras.layers.ReLU(name="relu")(x)]), name="backbone")
+    outer = keras.Sequential([keras.Input((8, 8, 3)), backbone, keras.layers.GlobalAveragePooling2D(name="gap"),
+                              keras.layers.Dense(2, name="conv_2")])
     graph = read_model(outer)
-    assert graph.layers["backbone"].class_name == "Sequential"
-    _assert_same(outer, write_model(graph), np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32"))
+    assert "backbone" not in graph.layers and {"conv", "relu", "add", "gap"} <= set(graph.layers)
+    rebuilt = write_model(graph)
+    assert rebuilt.count_params() == outer.count_params()
+    inputs = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(rebuilt(inputs)), np.asarray(outer(inputs)), atol=1e-6)
+
+
+def test_nested_model_called_twice_stays_one_layer(keras):
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)], name="block")
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, inner(inner(inputs)))
+    graph = read_model(model)
+    assert graph.layers["block"].class_name == "Sequential"
+    _assert_same(model, write_model(graph), np.ones((2, 4), "float32"))
 
 
 def test_infer_shapes(small_resnet):

@@ -7,7 +7,7 @@ functionally, so both Keras 3 and tf_keras are served by the same code.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -81,31 +81,34 @@ def _is_history_triple(value: Any) -> bool:
             and isinstance(value[1], int) and isinstance(value[2], int))
 
 
-def _parse_refs(structure: Any) -> Any:
+NodeNamer = Callable[[str, int], str]
+
+
+def _parse_refs(structure: Any, name_of: NodeNamer) -> Any:
     """Turn a serialised output/input structure of [layer, node_index, tensor_index] into Refs."""
     if _is_history_triple(structure):
-        return Ref(_node_name(structure[0], structure[1]), structure[2])
+        return Ref(name_of(structure[0], structure[1]), structure[2])
     if isinstance(structure, dict):
-        return {key: _parse_refs(value) for key, value in structure.items()}
-    return [_parse_refs(value) for value in structure]
+        return {key: _parse_refs(value, name_of) for key, value in structure.items()}
+    return [_parse_refs(value, name_of) for value in structure]
 
 
-def _parse_keras3_call(value: Any) -> Any:
+def _parse_keras3_call(value: Any, name_of: NodeNamer) -> Any:
     if isinstance(value, dict):
         if value.get("class_name") == "__keras_tensor__":
             layer, call_index, tensor_index = value["config"]["keras_history"]
-            return Ref(_node_name(layer, call_index), tensor_index)
-        return {key: _parse_keras3_call(item) for key, item in value.items()}
+            return Ref(name_of(layer, call_index), tensor_index)
+        return {key: _parse_keras3_call(item, name_of) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_parse_keras3_call(item) for item in value]
+        return [_parse_keras3_call(item, name_of) for item in value]
     return value
 
 
-def _parse_call(call: Any) -> tuple[list, dict]:
+def _parse_call(call: Any, name_of: NodeNamer) -> tuple[list, dict]:
     if isinstance(call, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
-        return _parse_keras3_call(call.get("args", [])), _parse_keras3_call(call.get("kwargs", {}))
+        return _parse_keras3_call(call.get("args", []), name_of), _parse_keras3_call(call.get("kwargs", {}), name_of)
     # tf_keras: [[layer, node_index, tensor_index, kwargs], ...]; one entry means a single tensor argument.
-    refs = [Ref(_node_name(item[0], item[1]), item[2]) for item in call]
+    refs = [Ref(name_of(item[0], item[1]), item[2]) for item in call]
     kwargs = dict(call[0][3]) if call and len(call[0]) > 3 and call[0][3] else {}
     if any(isinstance(leaf, (list, dict)) for leaf in iter_leaves(kwargs)):
         raise UnsupportedModelError("a tf_keras layer call passes tensors as keyword arguments; not supported.")
@@ -144,8 +147,12 @@ def _input_spec(entry: dict) -> dict:
             else "float32", "sparse": bool(config.get("sparse", False))}
 
 
-def read_model(model: Any) -> Graph:
-    """Read a built Sequential or functional model into a :class:`Graph` (the model is not touched)."""
+def read_model(model: Any, inline_nested: bool = True) -> Graph:
+    """Read a built Sequential or functional model into a :class:`Graph` (the model is not touched).
+
+    Nested models called once (``Sequential([backbone, head])``) are inlined, so every pass sees
+    their layers; a nested model called several times stays one opaque layer.
+    """
     keras = _check_model(model)
     config = _model_config(model)
     flavour = keras.__name__
@@ -176,6 +183,13 @@ def read_model(model: Any) -> Graph:
             previous = spec.name
         outputs: Any = Ref(previous)
     else:
+        # tf_keras numbers the calls of a nested model from 1 (its call 0 is its own internal graph).
+        offsets = {entry["config"].get("name") or entry["name"]: 1 for entry in entries
+                   if flavour == "tf_keras" and entry["class_name"] in _GRAPH_MODEL_CLASSES | {"Model"}}
+
+        def name_of(layer: str, call_index: int) -> str:
+            return _node_name(layer, call_index - offsets.get(layer, 0))
+
         for entry in entries:
             name = entry["config"].get("name") or entry["name"]
             if entry["class_name"] == "InputLayer":
@@ -186,18 +200,62 @@ def read_model(model: Any) -> Graph:
             spec = _layer_spec(model, entry)
             layers[name] = spec
             for call_index, call in enumerate(entry["inbound_nodes"]):
-                args, kwargs = _parse_call(call)
+                args, kwargs = _parse_call(call, name_of)
                 nodes.append(Node(name=_node_name(name, call_index), layer=name, args=args, kwargs=kwargs))
-        input_refs = _parse_refs(config["input_layers"])
+        input_refs = _parse_refs(config["input_layers"], name_of)
         inputs = [ref.node for ref in iter_leaves(input_refs)]
-        outputs = _parse_refs(config["output_layers"])
+        outputs = _parse_refs(config["output_layers"], name_of)
         if flavour == "tf_keras" and isinstance(outputs, list) and len(outputs) == 1 and not isinstance(model.outputs, list):
             outputs = outputs[0]
         if isinstance(outputs, list) and len(outputs) == 1 and len(model.outputs) == 1 and not _returns_list(model):
             outputs = outputs[0]
         nodes = _toposort(nodes, inputs)
-    return Graph(name=model.name, flavour=flavour, nodes=nodes, layers=layers, inputs=inputs,
-                 outputs=outputs, input_specs=input_specs, sequential=is_sequential)
+    graph = Graph(name=model.name, flavour=flavour, nodes=nodes, layers=layers, inputs=inputs,
+                  outputs=outputs, input_specs=input_specs, sequential=is_sequential)
+    if inline_nested:
+        for name, spec in list(graph.layers.items()):
+            if {cls.__name__ for cls in spec.cls.__mro__} & _GRAPH_MODEL_CLASSES and len(graph.nodes_of(name)) == 1:
+                _inline(graph, name, read_model(model.get_layer(name)))
+    return graph
+
+
+def _inline(graph: Graph, name: str, inner: Graph) -> None:
+    """Replace the single call of nested model ``name`` by the nodes of its graph ``inner``."""
+    outer = graph.nodes_of(name)[0]
+    arguments = outer.input_refs()
+    if len(arguments) != len(inner.inputs) or outer.kwargs:
+        return  # an unusual call signature: keep the nested model as one layer
+    taken = {n.name for n in graph.nodes} | set(graph.layers)
+    renamed = {old: (old if old not in taken else f"{name}_{old}") for old in
+               [n.name for n in inner.nodes] + list(inner.layers)}
+    substitutes: dict[str, Ref] = dict(zip(inner.inputs, arguments))
+
+    def inner_ref(leaf: Any) -> Any:
+        if not isinstance(leaf, Ref):
+            return leaf
+        return substitutes.get(leaf.node) or Ref(renamed[leaf.node], leaf.index)
+
+    spliced = []
+    for node in inner.nodes:
+        if node.name in substitutes:
+            continue
+        spliced.append(Node(renamed[node.name], renamed[node.layer], map_leaves(inner_ref, node.args),
+                            map_leaves(inner_ref, node.kwargs)))
+    for layer_name, spec in inner.layers.items():
+        if layer_name not in substitutes:
+            new_name = renamed[layer_name]
+            graph.layers[new_name] = LayerSpec(new_name, spec.cls, {**spec.config, "name": new_name}, spec.weights)
+    inner_outputs = [inner_ref(ref) for ref in iter_leaves(inner.outputs)]
+
+    def outer_ref(leaf: Any) -> Any:
+        return inner_outputs[leaf.index] if isinstance(leaf, Ref) and leaf.node == outer.name else leaf
+
+    position = graph.nodes.index(outer)
+    graph.nodes[position:position + 1] = spliced
+    for node in graph.nodes:
+        node.args, node.kwargs = map_leaves(outer_ref, node.args), map_leaves(outer_ref, node.kwargs)
+    graph.outputs = map_leaves(outer_ref, graph.outputs)
+    del graph.layers[name]
 
 
 def _returns_list(model: Any) -> bool:
