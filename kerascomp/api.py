@@ -109,8 +109,10 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
     except TypeError as error:
         raise InvalidArgumentError(f"unknown option for method='fga': {error}. Known: "
                                    f"{sorted(FGAOptions.__dataclass_fields__)}.") from None
-    if fga_options.min_channels_per_group < 1:
-        raise InvalidArgumentError(f"min_channels_per_group must be >= 1, got {fga_options.min_channels_per_group}.")
+    for option in ("min_channels_per_group", "rank_multiple", "max_samples"):
+        value = getattr(fga_options, option)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
     shapes = infer_shapes(graph)
     compressed_graph, report = fga_pass(graph, shapes, budget, batch, fga_options, verbose)
     new_model = write_model(compressed_graph)

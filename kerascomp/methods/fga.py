@@ -31,12 +31,15 @@ class FGAOptions:
       group, and at <= 8 more groups can be slower than fewer.
     * ``pointwise``: also factor 1x1 convs (as a low-rank pair of 1x1 convs). Off by default:
       a 1x1 conv has no spatial extent, so FGA gains little on it.
+    * ``rank_multiple``: only offer ranks that are multiples of this (or the full rank).
+      XNNPACK computes output channels in tiles, so a rank of 7 can cost as much as 8.
     * ``refine``: when ``data`` is given, refit each 1x1 conv by ridge least squares so the
       layer's response on sampled activations matches the original (response reconstruction).
     """
 
     min_channels_per_group: int = 16
     pointwise: bool = False
+    rank_multiple: int = 1
     refine: bool = True
     max_samples: int = 256
     max_rows: int = 20000
@@ -84,7 +87,10 @@ def _candidates(layer: _Layer, metric: str, options: FGAOptions) -> Candidates:
     costs, errors, pairs = [float(original)], [0.0], [(0, 0)]
     for groups in _group_options(kernel.shape[2], options.min_channels_per_group):
         curve = fga_math.relative_error_curve(kernel, groups)
-        for rank in range(1, fga_math.max_rank(kernel.shape, groups) + 1):
+        full_rank = fga_math.max_rank(kernel.shape, groups)
+        for rank in range(1, full_rank + 1):
+            if rank % options.rank_multiple and rank != full_rank:
+                continue
             if metric == "flops":
                 cost = fga_math.fga_macs(kernel.shape, groups, rank, layer.pixels)
             else:
