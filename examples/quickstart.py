@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import kerascomp
-from kerascomp.cli import _load_model, demo_model_path
+from kerascomp.cli import load_model, demo_model_path
 from kerascomp.data import augmented_dataset, find_data, load_npz
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     x_test, y_test = data["x_test"][:2000].astype("float32"), data["y_test"][:2000]
 
     # 1. Load a trained Keras model (Keras 3 here; a tf_keras model works the same way).
-    model = _load_model(args.model)
+    model = load_model(args.model)
     import keras
 
     # 2. Compress: half the MACs, using 256 training images to refit each layer's 1x1 conv.

@@ -17,7 +17,7 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _load_model(path: str):
+def load_model(path: str):
     import kerascomp
     from kerascomp.errors import InvalidArgumentError
     from kerascomp.graph.flavour import default_keras
@@ -45,7 +45,7 @@ def demo_model_path() -> Path:
 def cmd_compress(args) -> int:
     import kerascomp
 
-    model = _load_model(args.model)
+    model = load_model(args.model)
     result = kerascomp.compress(model, method=args.method, target_flops=None if args.target_params else args.target_flops,
                                 target_params=args.target_params, data=_load_inputs(args.data, 256),
                                 verbose=0 if args.quiet else 1, min_channels_per_group=args.min_channels_per_group,
@@ -62,7 +62,7 @@ def cmd_compress(args) -> int:
 def cmd_export(args) -> int:
     import kerascomp
 
-    model = _load_model(args.model)
+    model = load_model(args.model)
     result = kerascomp.export_tflite(model, args.output, quantize=args.quantize,
                                      representative_data=_load_inputs(args.calibration, 500), int8_io=args.int8_io)
     print(result)
@@ -100,7 +100,7 @@ def cmd_demo(args) -> int:
     from kerascomp.report import table
 
     started = time.time()
-    model = _load_model(args.model or str(demo_model_path()))
+    model = load_model(args.model or str(demo_model_path()))
     data_path = find_data(args.data)
     print(f"model: {model.name} ({args.model or 'shipped demo model'}); data: {data_path or 'none (set --data or KERASCOMP_DATA)'}")
     calibration = None

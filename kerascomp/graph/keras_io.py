@@ -269,7 +269,7 @@ def is_input(spec: LayerSpec) -> bool:
     return spec.cls is type(None)
 
 
-def _make_layer(spec: LayerSpec, keras: ModuleType) -> Any:
+def _make_layer(spec: LayerSpec) -> Any:
     try:
         return spec.cls.from_config(dict(spec.config))
     except Exception as error:  # a user layer whose from_config cannot read its own get_config
@@ -300,7 +300,7 @@ def write_model(graph: Graph) -> Any:
     keras = module_for(graph)
     if graph.sequential and _is_chain(graph):
         input_spec = graph.input_specs[graph.inputs[0]]
-        created = {node.layer: _make_layer(graph.spec(node), keras) for node in graph.nodes[1:]}
+        created = {node.layer: _make_layer(graph.spec(node)) for node in graph.nodes[1:]}
         model = keras.Sequential([keras.Input(batch_shape=tuple(input_spec["batch_shape"]), dtype=input_spec["dtype"])]
                                  + list(created.values()), name=graph.name)
     else:
@@ -336,7 +336,7 @@ def _call_graph(graph: Graph, keras: ModuleType) -> tuple[dict[str, Any], dict[s
             continue
         layer = created.get(node.layer)
         if layer is None:
-            layer = created[node.layer] = _make_layer(spec, keras)
+            layer = created[node.layer] = _make_layer(spec)
         args = map_leaves(lambda leaf: _resolve(tensors, leaf), node.args)
         kwargs = map_leaves(lambda leaf: _resolve(tensors, leaf), node.kwargs)
         result = layer(*args, **kwargs)
