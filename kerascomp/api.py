@@ -111,6 +111,8 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
                                    f"{sorted(FGAOptions.__dataclass_fields__)}.") from None
     for option in ("min_channels_per_group", "rank_multiple", "max_samples"):
         value = getattr(fga_options, option)
+        if option == "rank_multiple" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
     shapes = infer_shapes(graph)

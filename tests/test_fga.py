@@ -150,3 +150,17 @@ def test_nested_backbone_is_compressed(keras, images):
     assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(model).macs
     exported = kerascomp.export_tflite(result.model, __import__("tempfile").mkdtemp() + "/nested.tflite")
     assert exported.max_abs_error < 1e-4 * max(1.0, float(np.abs(result.model(images)).max()))
+
+
+def test_rank_multiple_prefers_tiles_then_falls_back(small_resnet):
+    def factored(result):
+        return [d for d in result.report.layers if d.action.startswith("fga")]
+
+    half = kerascomp.compress(small_resnet, target_flops=0.5, verbose=0)
+    assert factored(half) and all(d.detail["rank_multiple"] == 8 and d.detail["rank"] % 8 == 0 for d in factored(half))
+    low = kerascomp.compress(small_resnet, target_flops=0.2, verbose=0)
+    assert low.report.macs_ratio <= 0.2
+    assert all(d.detail["rank_multiple"] < 8 for d in factored(low))
+    with pytest.raises(kerascomp.BudgetError):
+        kerascomp.compress(small_resnet, target_flops=0.2, verbose=0, rank_multiple=8)
+    assert kerascomp.compress(small_resnet, target_flops=0.5, verbose=0, rank_multiple=1).report.macs_ratio <= 0.5
