@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default="0.5,0.25")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--calibration", type=int, default=32)
-    parser.add_argument("--rank-multiple", type=int, default=1, help="FGA rank_multiple option")
+    parser.add_argument("--rank-multiple", type=int, default=None, help="FGA rank_multiple (default: auto 8, 4, 1)")
     parser.add_argument("--out", default=str(RESULTS / "latency_realization"))
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     rows, records = [], []
     workdir = Path(tempfile.mkdtemp(prefix="kerascomp-latency-"))
     for name, model, options in _models(keras, args.models.split(",")):
-        options = {**options, "rank_multiple": args.rank_multiple}
+        if args.rank_multiple is not None:
+            options = {**options, "rank_multiple": args.rank_multiple}
         shape = tuple(int(d) for d in model.inputs[0].shape[1:])
         calibration = np.random.default_rng(0).uniform(0, 255, (args.calibration,) + shape).astype("float32")
         exports = {}
