@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import kerascomp
-    from kerascomp.cli import demo_model_path, load_model
+    from kerascomp.cli import load_demo_model
     from kerascomp.data import augmented_dataset, find_data, load_npz
     from kerascomp.graph.flavour import keras_of
     from kerascomp.report import table
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     x_test = data["x_test"][: args.eval_images].astype("float32")
     y_test = data["y_test"][: args.eval_images]
     calibration = data["x_train"][: args.calibration_images].astype("float32")
-    model = load_model(str(demo_model_path()))
+    model = load_demo_model()
     keras = keras_of(model)
 
     def accuracy(m) -> float:

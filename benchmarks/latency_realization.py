@@ -22,10 +22,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _models(keras, which: list[str]):
-    from kerascomp.cli import load_model, demo_model_path
+    from kerascomp.cli import load_demo_model
 
     if "resnet20" in which:
-        yield "cifar_resnet20", load_model(str(demo_model_path())), {}
+        yield "cifar_resnet20", load_demo_model(), {}
     if "resnet50" in which:
         # ResNet50's 3x3 convs and stem hold only ~48% of its MACs, so FGA needs its 1x1 convs too.
         yield "resnet50_224", keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3)), {"pointwise": True}

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 
 import kerascomp
-from kerascomp.cli import load_model, demo_model_path
+from kerascomp.cli import load_demo_model, load_model
 from kerascomp.data import augmented_dataset, find_data, load_npz
+from kerascomp.graph.flavour import keras_of
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="cifar10.npz (default: $KERASCOMP_DATA)")
-    parser.add_argument("--model", default=str(demo_model_path()))
+    parser.add_argument("--model", help="a .keras model (default: the shipped ResNet-20)")
     parser.add_argument("--target-flops", type=float, default=0.5)
     parser.add_argument("--steps", type=int, default=200, help="finetuning steps (batch 128)")
     args = parser.parse_args()
@@ -29,8 +30,8 @@ def main() -> None:
     x_test, y_test = data["x_test"][:2000].astype("float32"), data["y_test"][:2000]
 
     # 1. Load a trained Keras model (Keras 3 here; a tf_keras model works the same way).
-    model = load_model(args.model)
-    import keras
+    model = load_model(args.model) if args.model else load_demo_model()
+    keras = keras_of(model)
 
     # 2. Compress: half the MACs, using 256 training images to refit each layer's 1x1 conv.
     result = kerascomp.compress(model, method="fga", target_flops=args.target_flops,

@@ -42,6 +42,27 @@ def demo_model_path() -> Path:
     return Path(str(resources.files("kerascomp") / "assets" / DEMO_MODEL))
 
 
+def load_demo_model():
+    """The shipped CIFAR-10 ResNet-20, in this process's Keras flavour.
+
+    The file is a Keras 3 ``.keras``; under ``TF_USE_LEGACY_KERAS=1`` the same architecture is
+    built with tf_keras and given the file's weights (same layer order).
+    """
+    import keras as keras3
+
+    import kerascomp
+    from kerascomp.graph.flavour import default_keras
+    from kerascomp.zoo import cifar_resnet
+
+    model = keras3.models.load_model(demo_model_path(), custom_objects=kerascomp.custom_objects(keras3), compile=False)
+    flavour = default_keras()
+    if flavour is keras3:
+        return model
+    twin = cifar_resnet(20, 16, keras_module=flavour)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def cmd_compress(args) -> int:
     import kerascomp
 
@@ -100,7 +121,7 @@ def cmd_demo(args) -> int:
     from kerascomp.report import table
 
     started = time.time()
-    model = load_model(args.model or str(demo_model_path()))
+    model = load_model(args.model) if args.model else load_demo_model()
     data_path = find_data(args.data)
     print(f"model: {model.name} ({args.model or 'shipped demo model'}); data: {data_path or 'none (set --data or KERASCOMP_DATA)'}")
     calibration = None
