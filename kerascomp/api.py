@@ -74,7 +74,12 @@ def input_batch(graph: Graph, data: Any, argument: str = "data", limit: int = 51
         if array.ndim != len(expected) + 1 or any(e is not None and e != a for e, a in zip(expected, array.shape[1:])):
             raise InvalidArgumentError(f"{argument} has shape {array.shape} but model input {name!r} expects "
                                        f"(batch, {', '.join(str(e) for e in expected)}).")
-        checked.append(array[:limit].astype(np.float32) if np.issubdtype(array.dtype, np.number) else array[:limit])
+        if not np.issubdtype(array.dtype, np.number):
+            raise InvalidArgumentError(f"{argument} for input {name!r} has dtype {array.dtype}; pass numeric arrays.")
+        array = array[:limit].astype(np.float32)
+        if not np.all(np.isfinite(array)):
+            raise InvalidArgumentError(f"{argument} for input {name!r} contains NaN or inf values; clean it first.")
+        checked.append(array)
     return checked if isinstance(data, list) else checked[0]
 
 

@@ -57,6 +57,10 @@ def test_data_of_wrong_shape(small_resnet):
         kerascomp.clone_compressed(small_resnet, data=np.zeros((4, 8, 8, 3), "float32"), verbose=0)
     with pytest.raises(InvalidArgumentError, match="data must be"):
         kerascomp.clone_compressed(small_resnet, data="images.npz", verbose=0)
+    bad = np.zeros((4, 16, 16, 3), "float32")
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(InvalidArgumentError, match="NaN or inf"):
+        kerascomp.clone_compressed(small_resnet, data=bad, verbose=0)
 
 
 def test_data_as_dataset_and_tuple(small_resnet, images):
