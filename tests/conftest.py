@@ -55,7 +55,9 @@ def images():
 
 @pytest.fixture(scope="session")
 def cifar_path():
-    path = SHARED_DATA / "cifar10.npz"
+    """``$KERASCOMP_DATA`` (a folder or the .npz), else ../shared/data/cifar10.npz; skip when absent."""
+    folder = Path(os.environ.get("KERASCOMP_DATA", SHARED_DATA))
+    path = folder if folder.suffix == ".npz" else folder / "cifar10.npz"
     if not path.is_file():
-        pytest.skip("../shared/data/cifar10.npz is not present")
+        pytest.skip(f"{path} is not present")
     return path
