@@ -205,8 +205,6 @@ def read_model(model: Any, inline_nested: bool = True) -> Graph:
         input_refs = _parse_refs(config["input_layers"], name_of)
         inputs = [ref.node for ref in iter_leaves(input_refs)]
         outputs = _parse_refs(config["output_layers"], name_of)
-        if flavour == "tf_keras" and isinstance(outputs, list) and len(outputs) == 1 and not isinstance(model.outputs, list):
-            outputs = outputs[0]
         if isinstance(outputs, list) and len(outputs) == 1 and len(model.outputs) == 1 and not _returns_list(model):
             outputs = outputs[0]
         nodes = _toposort(nodes, inputs)
