@@ -131,8 +131,9 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     an array of inputs; ``int8_io=True`` also makes the inputs and outputs int8).
     The file is written atomically: an interrupted export leaves nothing at ``path``.
     """
-    from kerascomp.api import input_batch, strip
-    from kerascomp.graph.keras_io import read_model
+    from kerascomp.api import input_batch
+    from kerascomp.graph.keras_io import read_model, write_model
+    from kerascomp.methods.strip import strip_graph
 
     if quantize not in QUANTIZE_MODES:
         raise InvalidArgumentError(f"quantize={quantize!r} is not one of {QUANTIZE_MODES}.")
@@ -142,8 +143,8 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     if quantize == "int8" and representative_data is None:
         raise InvalidArgumentError("quantize='int8' needs representative_data: ~100-500 typical model inputs "
                                    "to calibrate activation ranges.")
-    stripped = strip(model)
-    graph = read_model(stripped)
+    graph = read_model(model)
+    stripped = write_model(strip_graph(graph))
     calibration = input_batch(graph, representative_data, "representative_data", limit=500)
     if calibration is not None and not isinstance(calibration, list):
         calibration = [calibration]
