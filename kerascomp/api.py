@@ -13,8 +13,10 @@ from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods.base import Budget, CompressionReport
 from kerascomp.methods.fga import FGAOptions, fga_pass
+from kerascomp.methods.pruning import PruneOptions
 
-METHODS = ("fga",)
+METHODS = ("fga", "l1", "correlation")
+PRUNING_METHODS = ("l1", "correlation")
 
 
 class CompressionWarning(UserWarning):
@@ -95,6 +97,47 @@ def _read_checked(model: Any) -> Graph:
     return graph
 
 
+def method_options_for(method: str, options: dict) -> FGAOptions | PruneOptions:
+    """The validated options object of ``method`` built from keyword ``options``."""
+    cls = FGAOptions if method == "fga" else PruneOptions
+    try:
+        built = cls(**options)
+    except TypeError as error:
+        raise InvalidArgumentError(f"unknown option for method={method!r}: {error}. Known: "
+                                   f"{sorted(cls.__dataclass_fields__)}.") from None
+    if method != "fga":
+        built.validate()
+        return built
+    for option in ("min_channels_per_group", "rank_multiple", "max_samples"):
+        value = getattr(built, option)
+        if option == "rank_multiple" and value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
+    return built
+
+
+def pruning_scorer(method: str):
+    """(scorer, whether it pairs channels) of a pruning method."""
+    from kerascomp.methods.correlation import correlation_steps
+    from kerascomp.methods.l1 import l1_steps
+
+    return (l1_steps, False) if method == "l1" else (correlation_steps, True)
+
+
+def run_method(graph: Graph, shapes: dict, budget: Budget, batch: Any, method: str, options: Any,
+               verbose: int) -> tuple[Graph, CompressionReport]:
+    """Dispatch one method's IR pass."""
+    if method == "fga":
+        return fga_pass(graph, shapes, budget, batch, options, verbose)
+    from kerascomp.graph.channels import analyse_channels
+    from kerascomp.methods.pruning import prune_pass
+
+    scorer, pairs = pruning_scorer(method)
+    return prune_pass(graph, shapes, analyse_channels(graph, shapes), budget, scorer, method, options, batch, pairs,
+                      verbose)
+
+
 def compress(model: Any, method: str = "fga", target_flops: float | None = None, target_params: float | None = None,
              data: Any = None, verbose: int = 1, **options: Any) -> Compressed:
     """Compress a copy of ``model`` and return it with its per-layer report. ``model`` is not modified.
@@ -109,19 +152,9 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
     budget = Budget.from_targets(target_flops, target_params)
     graph = _read_checked(model)
     batch = input_batch(graph, data)
-    try:
-        fga_options = FGAOptions(**options)
-    except TypeError as error:
-        raise InvalidArgumentError(f"unknown option for method='fga': {error}. Known: "
-                                   f"{sorted(FGAOptions.__dataclass_fields__)}.") from None
-    for option in ("min_channels_per_group", "rank_multiple", "max_samples"):
-        value = getattr(fga_options, option)
-        if option == "rank_multiple" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
+    method_options = method_options_for(method, options)
     shapes = infer_shapes(graph)
-    compressed_graph, report = fga_pass(graph, shapes, budget, batch, fga_options, verbose)
+    compressed_graph, report = run_method(graph, shapes, budget, batch, method, method_options, verbose)
     new_model = write_model(compressed_graph)
     report.seconds = time.perf_counter() - started
     kept = report.kept()
@@ -143,12 +176,16 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
 
     Args:
         model: a built Sequential or functional Keras 3 or tf_keras model.
-        method: ``"fga"`` (filter-group approximation).
+        method: ``"fga"`` (filter-group approximation), ``"correlation"`` (filter-correlation pruning:
+            drop one filter of each most-correlated pair, physically) or ``"l1"`` (L1-norm filter pruning).
+            For the full correlation method, with regularised training rounds, see :func:`kerascomp.prune_in_rounds`.
         target_flops: fraction of the original MACs to keep, in (0, 1]. Ignored if ``target_params`` is given.
         target_params: fraction of the original params to keep, in (0, 1].
-        data: optional inputs (numpy array, ``(x, y)`` or ``tf.data.Dataset``) enabling data-driven refinement.
+        data: optional inputs (numpy array, ``(x, y)`` or ``tf.data.Dataset``): FGA refits its 1x1 convs on
+            them, correlation pruning fits the compensation of dropped filters on them.
         verbose: 0 silences the progress bars and the report table.
-        **options: method options, see :class:`kerascomp.methods.fga.FGAOptions`.
+        **options: method options, see :class:`kerascomp.methods.fga.FGAOptions` and
+            :class:`kerascomp.methods.pruning.PruneOptions`.
 
     Example::
 

@@ -1,4 +1,4 @@
-"""Keras layers kerascomp inserts into compressed models, built for either Keras flavour.
+"""Keras layers (and the regulariser) kerascomp inserts into compressed models, built for either Keras flavour.
 
 ``layers_for(keras)`` returns the layer classes for a Keras package (``keras`` or ``tf_keras``);
 they are registered as serialisable under the ``kerascomp`` package, so ``.keras`` files load
@@ -10,11 +10,13 @@ import functools
 from types import ModuleType, SimpleNamespace
 
 from kerascomp.layers.fga import build_filter_group_conv2d
+from kerascomp.layers.regularizers import build_correlation_regularizer
 
 
 @functools.cache
 def layers_for(keras: ModuleType) -> SimpleNamespace:
-    return SimpleNamespace(FilterGroupConv2D=build_filter_group_conv2d(keras))
+    return SimpleNamespace(FilterGroupConv2D=build_filter_group_conv2d(keras),
+                           CorrelationRegularizer=build_correlation_regularizer(keras))
 
 
 def custom_objects(keras: ModuleType) -> dict[str, type]:

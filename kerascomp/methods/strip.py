@@ -34,9 +34,10 @@ def _strip_fga(spec: LayerSpec, keras) -> list[LayerSpec]:
 
 
 def strip_graph(graph: Graph) -> Graph:
-    """A copy of ``graph`` in which every kerascomp layer is expanded into standard layers."""
+    """A copy of ``graph`` in which every kerascomp layer is expanded into standard layers and every
+    kerascomp regulariser is removed."""
     keras = module_for(graph)
-    result = graph.copy()
+    result = strip_regularizers(graph)
     for name, spec in list(result.layers.items()):
         rule = _RULES.get(spec.class_name)
         if rule is None:
@@ -47,4 +48,25 @@ def strip_graph(graph: Graph) -> Graph:
         for new in renamed:
             new.config = {**new.config, "name": new.name}
         result.replace_layer(name, renamed)
+    return result
+
+
+REGULARIZER_SLOTS = ("kernel_regularizer", "pointwise_regularizer", "depthwise_regularizer")
+
+
+def _is_correlation_regularizer(value) -> bool:
+    return isinstance(value, dict) and (value.get("class_name", "").endswith("CorrelationRegularizer")
+                                        or str(value.get("registered_name", "")).endswith("CorrelationRegularizer"))
+
+
+def strip_regularizers(graph: Graph) -> Graph:
+    """A copy of ``graph`` where kerascomp's training-time regularisers give way to the ones they wrapped."""
+    result = graph.copy()
+    for spec in result.layers.values():
+        for slot in REGULARIZER_SLOTS:
+            value = spec.config.get(slot)
+            while _is_correlation_regularizer(value):
+                value = value["config"].get("base")
+            if slot in spec.config:
+                spec.config = {**spec.config, slot: value}
     return result

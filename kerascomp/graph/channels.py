@@ -1,0 +1,440 @@
+"""Channel dependencies: which channels of which layers must be removed together.
+
+Every channel of every tensor in the graph is an *atom* id. A layer that computes new
+channels (Conv, Dense, SeparableConv, ...) creates fresh atoms for its outputs; layers that
+act per channel (BN, activations, pooling, padding, depthwise convs, Dropout, ...) pass their
+input atoms through; element-wise merges (Add, Multiply, ...) *join* the atoms of their
+inputs position by position; Concatenate lays its inputs' atoms end to end; Flatten repeats
+the channel atoms once per spatial position. Joined atoms form one *channel*: removing it
+removes that filter from every producer and that input slice from every consumer.
+
+Example: ``conv_a -> bn_a -> add <- bn_b <- conv_b -> ... -> conv_c`` puts ``conv_a`` and
+``conv_b`` in one :class:`ChannelGroup`; its channel ``i`` is filter ``i`` of both convs,
+entry ``i`` of both BNs, and input slice ``i`` of ``conv_c``::
+
+    analysis = analyse_channels(graph, shapes)
+    print(analysis.group_of("conv_a"))      # group 0: producers conv_a, conv_b; ...
+    pruned = prune_channels(graph, analysis, {0: [3, 7]})
+
+Channels that cannot go are *blocked*, with the reason: the model's inputs and outputs, the
+inputs and outputs of layers kerascomp does not know (Lambda, custom layers, grouped convs),
+and layers that need a fixed channel count. :data:`PRUNE_RULES` says, per layer class, which
+axis of which weight holds input or output channels, so removal is physical.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from kerascomp.errors import InvalidArgumentError
+from kerascomp.graph.ir import Graph, LayerSpec, Ref
+from kerascomp.graph.keras_io import is_input
+
+CONV = {"Conv1D", "Conv2D", "Conv3D"}
+TRANSPOSED = {"Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"}
+DEPTHWISE = {"DepthwiseConv1D", "DepthwiseConv2D"}
+SEPARABLE = {"SeparableConv1D", "SeparableConv2D"}
+PER_CHANNEL = {"BatchNormalization", "LayerNormalization", "PReLU"} | DEPTHWISE
+PASS_THROUGH = {
+    "Activation", "ReLU", "LeakyReLU", "ELU", "ThresholdedReLU", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity",
+    "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+    "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D",
+    "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
+}
+MERGE = {"Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average"}
+
+# Per layer class: for each weight (in get_weights() order, by rank), {axis: role}. Roles:
+# "in" (input channel), "out" (output channel), "mid" (a separable conv's depthwise outputs).
+WeightAxes = Callable[[LayerSpec], list[dict[int, str]]]
+
+
+def _conv_axes(spec: LayerSpec) -> list[dict[int, str]]:
+    return [{-2: "in", -1: "out"}, {0: "out"}][:len(spec.weights)]
+
+
+def _transposed_axes(spec: LayerSpec) -> list[dict[int, str]]:
+    return [{-1: "in", -2: "out"}, {0: "out"}][:len(spec.weights)]
+
+
+def _depthwise_axes(spec: LayerSpec) -> list[dict[int, str]]:
+    return [{-2: "in"}, {0: "out"}][:len(spec.weights)]
+
+
+def _separable_axes(spec: LayerSpec) -> list[dict[int, str]]:
+    return [{-2: "in"}, {-2: "mid", -1: "out"}, {0: "out"}][:len(spec.weights)]
+
+
+def _per_channel_axes(spec: LayerSpec) -> list[dict[int, str]]:
+    return [{-1: "in"} for _ in spec.weights]
+
+
+PRUNE_RULES: dict[str, WeightAxes] = {
+    **{name: _conv_axes for name in CONV | {"Dense"}},
+    **{name: _transposed_axes for name in TRANSPOSED},
+    **{name: _depthwise_axes for name in DEPTHWISE},
+    **{name: _separable_axes for name in SEPARABLE},
+    **{name: _per_channel_axes for name in {"BatchNormalization", "LayerNormalization", "PReLU"}},
+}
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that are removed together. ``channels[i]`` holds the atoms of channel ``i``."""
+
+    index: int
+    producers: list[str]
+    consumers: list[str]
+    channels: list[np.ndarray]
+    blocked: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(self.channels)
+
+    def prunable(self) -> list[int]:
+        return [i for i in range(self.size) if i not in self.blocked]
+
+    def reason(self) -> str:
+        """Why channels of this group are blocked (the distinct reasons, joined)."""
+        return "; ".join(dict.fromkeys(self.blocked.values()))
+
+    def __str__(self) -> str:
+        state = (f"{len(self.prunable())}/{self.size} prunable" +
+                 (f" (blocked: {self.reason()})" if self.blocked else ""))
+        return (f"group {self.index}: {self.size} channels, {state}\n"
+                f"  producers: {', '.join(self.producers)}\n  consumers: {', '.join(self.consumers) or '-'}")
+
+
+@dataclass
+class ChannelAnalysis:
+    """The result of :func:`analyse_channels`.
+
+    ``in_atoms[layer]``: atom of each position of the layer's (first) input's channel axis.
+    ``out_atoms[layer]``: atom of each output channel. ``groups``: the coupled groups.
+    """
+
+    in_atoms: dict[str, np.ndarray]
+    out_atoms: dict[str, np.ndarray]
+    groups: list[ChannelGroup]
+    channel_of_atom: dict[int, tuple[int, int]]
+    reshaped: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def group_of(self, layer: str) -> ChannelGroup:
+        """The group holding ``layer``'s output channels."""
+        atoms = self.out_atoms.get(layer)
+        if atoms is None or not len(atoms):
+            raise InvalidArgumentError(f"layer {layer!r} has no output channels in the analysis.")
+        return self.groups[self.channel_of_atom[int(atoms[0])][0]]
+
+    def producer_channels(self, group: ChannelGroup, layer: str) -> np.ndarray:
+        """For each output channel of ``layer``, its channel index in ``group`` (-1 if it is in another group)."""
+        located = [self.channel_of_atom[int(a)] for a in self.out_atoms[layer]]
+        return np.array([c if g == group.index else -1 for g, c in located], dtype=np.int64)
+
+    def input_channels(self, group: ChannelGroup, layer: str) -> np.ndarray:
+        """For each input position of ``layer``, its channel index in ``group`` (-1 if it is in another group)."""
+        located = [self.channel_of_atom[int(a)] for a in self.in_atoms[layer]]
+        return np.array([c if g == group.index else -1 for g, c in located], dtype=np.int64)
+
+    def __str__(self) -> str:
+        return "\n".join(str(group) for group in self.groups)
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def make(self, count: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def find(self, atom: int) -> int:
+        root = atom
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[atom] != root:
+            self.parent[atom], atom = root, self.parent[atom]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(int(a)), self.find(int(b))
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _axis(config: dict) -> int:
+    axis = config.get("axis", -1)
+    return axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+
+
+def _channels_last(config: dict) -> bool:
+    return config.get("data_format", "channels_last") in (None, "channels_last")
+
+
+def _is_last_axis(axis, rank: int) -> bool:
+    return isinstance(axis, int) and axis in (-1, rank - 1)
+
+
+class _Builder:
+    """Walks the graph once, assigning atoms to every tensor channel."""
+
+    def __init__(self, graph: Graph, shapes: dict[str, list[tuple]]) -> None:
+        self.graph, self.shapes = graph, shapes
+        self.sets = _UnionFind()
+        self.owner: list[str] = []
+        self.blocked: dict[int, str] = {}
+        self.tensors: dict[Ref, np.ndarray] = {}
+        self.in_atoms: dict[str, np.ndarray] = {}
+        self.out_atoms: dict[str, np.ndarray] = {}
+        self.consumers: dict[int, list[str]] = {}
+        self.reshaped: dict[str, np.ndarray] = {}
+
+    def new(self, count: int, owner: str, reason: str | None = None) -> np.ndarray:
+        atoms = self.sets.make(count)
+        self.owner.extend([owner] * count)
+        if reason:
+            self.block(atoms, reason)
+        return atoms
+
+    def block(self, atoms: np.ndarray, reason: str) -> None:
+        for atom in atoms:
+            self.blocked.setdefault(int(atom), reason)
+
+    def join(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a, b):
+            self.sets.union(x, y)
+
+    def shape(self, ref: Ref) -> tuple:
+        return self.shapes[ref.node][ref.index]
+
+    def record_input(self, layer: str, atoms: np.ndarray) -> None:
+        if layer in self.in_atoms:
+            self.join(self.in_atoms[layer], atoms)
+        else:
+            self.in_atoms[layer] = atoms
+            for atom in atoms:
+                self.consumers.setdefault(int(atom), []).append(layer)
+
+    def produce(self, layer: str, count: int) -> np.ndarray:
+        if layer not in self.out_atoms:
+            self.out_atoms[layer] = self.new(count, layer)
+        return self.out_atoms[layer]
+
+    def opaque(self, node_name: str, spec: LayerSpec, inputs: list[np.ndarray], reason: str) -> None:
+        """A layer whose channel semantics kerascomp does not know: freeze what goes in and comes out."""
+        for atoms in inputs:
+            self.block(atoms, f"{reason} ({spec.class_name} {spec.name!r})")
+        for index, shape in enumerate(self.shapes[node_name]):
+            count = shape[-1] if len(shape) >= 1 and shape[-1] is not None else 0
+            self.tensors[Ref(node_name, index)] = self.new(
+                int(count), spec.name, f"output of {spec.class_name} {spec.name!r}, which kerascomp cannot prune")
+
+    def visit(self, node) -> None:
+        spec = self.graph.spec(node)
+        name = node.name
+        if is_input(spec):
+            shape = self.shapes[name][0]
+            self.tensors[Ref(name)] = self.new(int(shape[-1]), f"input {name}", f"model input {name!r}")
+            return
+        refs = node.input_refs()
+        inputs = [self.tensors[ref] for ref in refs]
+        cls, config = spec.class_name, spec.config
+        out_shape = self.shapes[name][0]
+        rank = len(out_shape)
+        single = len(refs) == 1 or (cls in MERGE | {"Concatenate"})
+        if not refs or not single or len(self.shapes[name]) != 1:
+            return self.opaque(name, spec, inputs, "layer with several inputs or outputs")
+        if not _channels_last(config):
+            return self.opaque(name, spec, inputs, "channels_first data format")
+        x = inputs[0] if inputs else None
+        if cls in CONV | SEPARABLE | TRANSPOSED | {"Dense"}:
+            if (config.get("groups", 1) or 1) != 1:
+                return self.opaque(name, spec, inputs, "grouped conv needs equal channels per group")
+            self.record_input(spec.name, x)
+            self.tensors[Ref(name)] = self.produce(spec.name, int(out_shape[-1]))
+        elif cls in DEPTHWISE:
+            self.record_input(spec.name, x)
+            multiplier = int(config.get("depth_multiplier", 1))
+            out = np.repeat(self.in_atoms[spec.name], multiplier)
+            self.out_atoms[spec.name] = out
+            self.tensors[Ref(name)] = out
+        elif cls in PER_CHANNEL:
+            in_rank = len(self.shape(refs[0]))
+            if cls in ("BatchNormalization", "LayerNormalization") and not _is_last_axis(_axis(config), in_rank):
+                return self.opaque(name, spec, inputs, f"normalises over axis {config.get('axis')}, not channels")
+            if cls == "PReLU" and any(w.shape[-1] != len(x) for w in spec.weights):
+                return self.opaque(name, spec, inputs, "alpha is not per channel")
+            self.record_input(spec.name, x)
+            self.out_atoms[spec.name] = self.in_atoms[spec.name]
+            self.tensors[Ref(name)] = self.in_atoms[spec.name]
+        elif cls in PASS_THROUGH:
+            if cls == "Activation" and config.get("activation") in ("softmax", "log_softmax"):
+                self.block(x, f"softmax over channels in {spec.name!r}")
+            self.tensors[Ref(name)] = x
+        elif cls == "Rescaling" and np.ndim(config.get("scale", 1.0)) == 0 and np.ndim(config.get("offset", 0.0)) == 0:
+            self.tensors[Ref(name)] = x
+        elif cls in MERGE:
+            wide = [atoms for atoms in inputs if len(atoms) > 1] or inputs
+            for other in wide[1:]:
+                if len(other) != len(wide[0]):
+                    return self.opaque(name, spec, inputs, "merge of different channel counts")
+                self.join(wide[0], other)
+            self.tensors[Ref(name)] = wide[0]
+        elif cls == "Concatenate":
+            if _is_last_axis(_axis(config), rank):
+                self.tensors[Ref(name)] = np.concatenate(inputs)
+            else:
+                for other in inputs[1:]:
+                    self.join(inputs[0], other)
+                self.tensors[Ref(name)] = inputs[0]
+        elif cls == "Flatten" or (cls == "Reshape" and len(config["target_shape"]) == 1):
+            in_shape = self.shape(refs[0])
+            spatial = int(np.prod(in_shape[1:-1], dtype=np.int64)) if len(in_shape) > 2 else 1
+            if cls == "Reshape" and config["target_shape"][0] not in (-1, spatial * len(x)):
+                return self.opaque(name, spec, inputs, "reshape that is not a flatten")
+            self.tensors[Ref(name)] = np.tile(x, spatial)
+            if cls == "Reshape":
+                self.reshaped[spec.name] = self.tensors[Ref(name)]
+        elif cls == "Reshape" and config["target_shape"][-1] == len(x):
+            self.tensors[Ref(name)] = self.reshaped[spec.name] = x
+        else:
+            reason = "Lambda layer" if cls in ("Lambda", "TFOpLambda", "SlicingOpLambda") else "unknown layer"
+            return self.opaque(name, spec, inputs, reason)
+
+    def build(self) -> ChannelAnalysis:
+        for node in self.graph.nodes:
+            self.visit(node)
+        for ref in self.graph.output_refs():
+            self.block(self.tensors[ref], f"model output {ref.node!r}")
+        for layer, atoms in self.in_atoms.items():
+            if self.graph.layers[layer].class_name not in PRUNE_RULES and len(atoms):
+                self.block(atoms, f"layer {layer!r} has no prune rule")
+
+        members: dict[int, list[int]] = {}
+        for atom in range(len(self.owner)):
+            members.setdefault(self.sets.find(atom), []).append(atom)
+        owners = _UnionFind()
+        owner_ids: dict[str, int] = {}
+        for owner in self.owner:
+            if owner not in owner_ids:
+                owner_ids[owner] = int(owners.make(1)[0])
+        for atoms in members.values():
+            for atom in atoms[1:]:
+                owners.union(owner_ids[self.owner[atoms[0]]], owner_ids[self.owner[atom]])
+
+        by_root: dict[int, list[list[int]]] = {}
+        for atoms in members.values():
+            by_root.setdefault(owners.find(owner_ids[self.owner[atoms[0]]]), []).append(atoms)
+        groups: list[ChannelGroup] = []
+        channel_of_atom: dict[int, tuple[int, int]] = {}
+        for root in sorted(by_root):
+            channels = sorted(by_root[root], key=lambda atoms: atoms[0])
+            index = len(groups)
+            blocked = {}
+            for position, atoms in enumerate(channels):
+                for atom in atoms:
+                    channel_of_atom[atom] = (index, position)
+                reasons = [self.blocked[a] for a in atoms if a in self.blocked]
+                if reasons:
+                    blocked[position] = reasons[0]
+            atom_set = {a for atoms in channels for a in atoms}
+            producers = list(dict.fromkeys(self.owner[a] for a in sorted(atom_set)))
+            consumers = list(dict.fromkeys(c for a in sorted(atom_set) for c in self.consumers.get(a, [])))
+            groups.append(ChannelGroup(index, producers, consumers, [np.array(c) for c in channels], blocked))
+        return ChannelAnalysis(self.in_atoms, self.out_atoms, groups, channel_of_atom, self.reshaped)
+
+
+def analyse_channels(graph: Graph, shapes: dict[str, list[tuple]]) -> ChannelAnalysis:
+    """Find the coupled channel groups of ``graph`` (``shapes`` from ``infer_shapes``)."""
+    return _Builder(graph, shapes).build()
+
+
+def kept_positions(atoms: np.ndarray, removed: set[int]) -> np.ndarray:
+    return np.array([i for i, atom in enumerate(atoms) if int(atom) not in removed], dtype=np.int64)
+
+
+def removed_atoms(analysis: ChannelAnalysis, removal: dict[int, list[int]]) -> set[int]:
+    """The atoms of the channels ``removal`` names (group index -> channel indices), checked."""
+    atoms: set[int] = set()
+    for group_index, channels in removal.items():
+        if not 0 <= group_index < len(analysis.groups):
+            raise InvalidArgumentError(f"channel group {group_index} does not exist "
+                                       f"(the model has {len(analysis.groups)} groups).")
+        group = analysis.groups[group_index]
+        for channel in channels:
+            if not 0 <= channel < group.size:
+                raise InvalidArgumentError(f"channel {channel} is out of range for group {group_index} "
+                                           f"({group.size} channels).")
+            if channel in group.blocked:
+                raise InvalidArgumentError(f"channel {channel} of group {group_index} cannot be removed: "
+                                           f"{group.blocked[channel]}.")
+            atoms.update(int(a) for a in group.channels[channel])
+    return atoms
+
+
+def _slice_weight(weight: np.ndarray, roles: dict[int, str], kept: dict[str, np.ndarray]) -> np.ndarray:
+    for axis, role in roles.items():
+        if kept.get(role) is not None:
+            weight = np.take(weight, kept[role], axis=axis)
+    return weight
+
+
+def pruned_spec(spec: LayerSpec, kept_in: np.ndarray | None, kept_out: np.ndarray | None) -> LayerSpec:
+    """``spec`` with only the input positions ``kept_in`` and output channels ``kept_out`` (None: all)."""
+    cls = spec.class_name
+    kept = {"in": kept_in, "out": kept_out, "mid": None}
+    if cls in SEPARABLE and kept_in is not None:
+        multiplier = int(spec.config.get("depth_multiplier", 1))
+        kept["mid"] = (kept_in[:, None] * multiplier + np.arange(multiplier)).reshape(-1)
+    axes = PRUNE_RULES[cls](spec)
+    weights = [_slice_weight(w, roles, kept) for w, roles in zip(spec.weights, axes)] + spec.weights[len(axes):]
+    config = dict(spec.config)
+    if kept_out is not None and cls in CONV | TRANSPOSED | SEPARABLE:
+        config["filters"] = int(len(kept_out))
+    if kept_out is not None and cls == "Dense":
+        config["units"] = int(len(kept_out))
+    return LayerSpec(spec.name, spec.cls, config, weights)
+
+
+def prune_channels(graph: Graph, analysis: ChannelAnalysis, removal: dict[int, list[int]]) -> Graph:
+    """A copy of ``graph`` without the channels ``removal`` names (group index -> channel indices).
+
+    Removal is physical: weights are sliced and ``filters``/``units`` shrink. Reshape layers
+    that carry a channel count are rewritten too. The input graph is not modified.
+    """
+    removed = removed_atoms(analysis, removal)
+    result = graph.copy()
+    if not removed:
+        return result
+    for layer, atoms in analysis.out_atoms.items():
+        if len(kept_positions(atoms, removed)) == 0:
+            raise InvalidArgumentError(f"removing these channels would leave layer {layer!r} with no output "
+                                       "channels; keep at least one per group.")
+    for name, spec in graph.layers.items():
+        if spec.class_name not in PRUNE_RULES:
+            continue
+        kept_in = kept_out = None
+        if name in analysis.in_atoms and removed.intersection(int(a) for a in analysis.in_atoms[name]):
+            kept_in = kept_positions(analysis.in_atoms[name], removed)
+        if name in analysis.out_atoms and spec.class_name not in PER_CHANNEL | DEPTHWISE:
+            if removed.intersection(int(a) for a in analysis.out_atoms[name]):
+                kept_out = kept_positions(analysis.out_atoms[name], removed)
+        if kept_in is not None or kept_out is not None:
+            result.layers[name] = pruned_spec(spec, kept_in, kept_out)
+    _rewrite_reshapes(result, analysis, removed)
+    return result
+
+
+def _rewrite_reshapes(result: Graph, analysis: ChannelAnalysis, removed: set[int]) -> None:
+    """Reshape layers that name a channel count (or a flattened size) get the new count."""
+    for layer, atoms in analysis.reshaped.items():
+        spec = result.layers[layer]
+        target = list(spec.config["target_shape"])
+        if target[-1] != -1:
+            target[-1] = int(len(kept_positions(atoms, removed)))
+        spec.config = {**spec.config, "target_shape": tuple(target)}

@@ -1,0 +1,387 @@
+"""The channel-pruning pass shared by ``method="l1"`` and ``method="correlation"``.
+
+A method supplies, per channel group, a *removal order*: the channels to drop first, each with
+a score (lower goes first) and optionally the partner channel that takes over its role. This
+module turns the orders into a physically smaller graph under a MACs or params budget:
+
+1. allocate how many channels each group loses (``"uniform"``: one fraction for every group,
+   as Li et al. 2017 prune a fixed share per layer; ``"global"``: one score threshold);
+2. optionally compensate each dropped channel in its consumers (``W[partner] += alpha * W[dropped]``
+   and ``bias += beta * sum(W[dropped])``, with ``alpha, beta`` fitted on the consumers' inputs);
+3. slice the weights through :func:`kerascomp.graph.channels.prune_channels`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kerascomp.cost import graph_cost, layer_macs
+from kerascomp.decompose.correlation import filter_rows, l1_norms, linear_fit
+from kerascomp.errors import BudgetError, InvalidArgumentError
+from kerascomp.graph.channels import (CONV, DEPTHWISE, PER_CHANNEL, PRUNE_RULES, TRANSPOSED,
+                                      ChannelAnalysis, ChannelGroup, prune_channels)
+from kerascomp.graph.ir import Graph, LayerSpec
+from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+
+ALLOCATIONS = ("uniform", "global")
+IO_REASONS = ("model input", "model output")
+
+
+@dataclass
+class PruneOptions:
+    """Options of the pruning methods (``clone_compressed(..., method="l1" | "correlation", **options)``).
+
+    Attributes:
+        allocation: ``"uniform"`` removes the same fraction of every group; ``"global"`` ranks
+            channels of all groups by score and removes the lowest.
+        max_fraction: at most this fraction of a group's prunable channels is removed.
+        compensate: fold each dropped channel into its partner in the consumers (``"auto"``: when
+            ``data`` is given and the method pairs channels).
+        max_samples: images of ``data`` used to fit the compensation.
+        max_rows: activation rows (pixels x images) per consumer used for each fit.
+        seed: seed for the row subsampling.
+    """
+
+    allocation: str = "uniform"
+    max_fraction: float = 0.8
+    compensate: bool | str = "auto"
+    max_samples: int = 128
+    max_rows: int = 20000
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise InvalidArgumentError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
+        if isinstance(self.max_fraction, bool) or not isinstance(self.max_fraction, (int, float)) \
+                or not 0.0 < self.max_fraction < 1.0:
+            raise InvalidArgumentError(f"max_fraction must be a number in (0, 1), got {self.max_fraction!r}.")
+        if self.compensate not in (True, False, "auto"):
+            raise InvalidArgumentError(f"compensate must be True, False or 'auto', got {self.compensate!r}.")
+        for name in ("max_samples", "max_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}.")
+
+
+@dataclass
+class Step:
+    """Drop ``channel``; ``partner`` (if any) is the kept channel that most resembles it."""
+
+    channel: int
+    score: float
+    partner: int | None = None
+
+
+@dataclass
+class GroupOrder:
+    group: ChannelGroup
+    steps: list[Step]
+    limit: int = 0
+    chosen: int = 0
+
+
+Scorer = Callable[[Graph, ChannelAnalysis, ChannelGroup], list[Step]]
+
+
+def producer_rows(spec: LayerSpec) -> np.ndarray | None:
+    """The filters of a producer as rows (``None`` if the layer holds no kernel)."""
+    if spec.class_name not in PRUNE_RULES or spec.class_name in PER_CHANNEL:
+        return None
+    axes = PRUNE_RULES[spec.class_name](spec)
+    for weight, roles in zip(spec.weights, axes):
+        out_axes = [axis for axis, role in roles.items() if role == "out"]
+        if out_axes and weight.ndim >= 2:
+            return filter_rows(weight, out_axes[0])
+    return None
+
+
+def group_rows(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each producer of ``group`` with a kernel: (channel index of each row, rows)."""
+    found = []
+    for producer in group.producers:
+        spec = graph.layers.get(producer)
+        rows = producer_rows(spec) if spec is not None else None
+        if rows is None:
+            continue
+        channels = analysis.producer_channels(group, producer)
+        found.append((channels[channels >= 0], rows[channels >= 0]))
+    return found
+
+
+def group_l1(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> np.ndarray:
+    """Per channel, the mean over the group's producers of ``L1(filter) / mean L1 of that producer``."""
+    total, count = np.zeros(group.size), np.zeros(group.size)
+    for channels, rows in group_rows(graph, analysis, group):
+        norms = l1_norms(rows)
+        np.add.at(total, channels, norms / max(float(norms.mean()), 1e-12))
+        np.add.at(count, channels, 1.0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.inf)
+
+
+def _cost_tables(graph: Graph, shapes: dict, analysis: ChannelAnalysis) -> list[tuple]:
+    """Per layer: what is needed to recompute its MACs and params for any set of removed atoms."""
+    tables = []
+    for name, spec in graph.layers.items():
+        nodes = [(node.input_refs()[0], node.name) for node in graph.nodes_of(name) if node.input_refs()]
+        shape_pairs = [(shapes[ref.node][ref.index], shapes[node][0]) for ref, node in nodes]
+        ruled = spec.class_name in PRUNE_RULES
+        in_atoms = analysis.in_atoms.get(name) if ruled else None
+        out_atoms = analysis.out_atoms.get(name) if ruled else None
+        if in_atoms is None and out_atoms is None:
+            macs = sum(layer_macs(spec, i, o) or 0 for i, o in shape_pairs)
+            tables.append((spec, None, None, shape_pairs, macs, int(sum(np.size(w) for w in spec.weights))))
+            continue
+        tables.append((spec, in_atoms, out_atoms, shape_pairs, None, None))
+    return tables
+
+
+def _pruned_cost(tables: list[tuple], removed: np.ndarray) -> tuple[int, int]:
+    macs = params = 0
+    for spec, in_atoms, out_atoms, shape_pairs, fixed_macs, fixed_params in tables:
+        if in_atoms is None and out_atoms is None:
+            macs += fixed_macs
+            params += fixed_params
+            continue
+        n_in = int((~np.isin(in_atoms, removed)).sum()) if in_atoms is not None else None
+        n_out = int((~np.isin(out_atoms, removed)).sum()) if out_atoms is not None else None
+        for in_shape, out_shape in shape_pairs:
+            in_new = in_shape[:-1] + ((n_in if n_in is not None else in_shape[-1]),)
+            out_new = out_shape[:-1] + ((n_out if n_out is not None else out_shape[-1]),)
+            macs += layer_macs(spec, in_new, out_new) or 0
+        multiplier = int(spec.config.get("depth_multiplier", 1))
+        counts = {"in": n_in, "out": n_out, "mid": None if n_in is None else n_in * multiplier}
+        for weight, roles in zip(spec.weights, PRUNE_RULES[spec.class_name](spec)):
+            shape = list(weight.shape)
+            for axis, role in roles.items():
+                if counts[role] is not None:
+                    shape[axis] = counts[role]
+            params += int(np.prod(shape, dtype=np.int64))
+    return macs, params
+
+
+def _removed(orders: list[GroupOrder], counts: list[int]) -> np.ndarray:
+    atoms = [order.group.channels[step.channel] for order, count in zip(orders, counts)
+             for step in order.steps[:count]]
+    return np.concatenate(atoms) if atoms else np.zeros(0, dtype=np.int64)
+
+
+def _counts_uniform(orders: list[GroupOrder], fraction: float) -> list[int]:
+    return [min(order.limit, int(np.floor(fraction * len(order.group.prunable()) + 1e-9))) for order in orders]
+
+
+def _counts_global(orders: list[GroupOrder], threshold: float) -> list[int]:
+    return [min(order.limit, sum(1 for step in order.steps if step.score <= threshold)) for order in orders]
+
+
+def allocate_counts(orders: list[GroupOrder], tables: list[tuple], budget: Budget, total: float,
+                    allocation: str) -> list[int]:
+    """How many channels each group loses: the least pruning whose cost meets the budget."""
+    metric = 0 if budget.metric == "flops" else 1
+    target = budget.fraction * total
+    if allocation == "uniform":
+        knobs = np.linspace(0.0, 1.0, 1001)
+        count_for = _counts_uniform
+    else:
+        knobs = np.unique(np.concatenate([[-np.inf]] + [[s.score for s in o.steps] for o in orders]))
+        count_for = _counts_global
+
+    def cost(knob) -> float:
+        return _pruned_cost(tables, _removed(orders, count_for(orders, knob)))[metric]
+
+    lo, hi = 0, len(knobs) - 1
+    if cost(knobs[hi]) > target:
+        return []
+    while lo < hi:
+        middle = (lo + hi) // 2
+        if cost(knobs[middle]) <= target:
+            hi = middle
+        else:
+            lo = middle + 1
+    return _give_back(orders, tables, count_for(orders, knobs[lo]), target, metric)
+
+
+def _give_back(orders: list[GroupOrder], tables: list[tuple], counts: list[int], target: float,
+               metric: int) -> list[int]:
+    """Spend the slack a coarse allocation leaves: restore channels, most-pruned groups first, within budget."""
+    counts = list(counts)
+    ranked = sorted(range(len(orders)), key=lambda i: -counts[i] / max(len(orders[i].group.prunable()), 1))
+    for index in ranked:
+        lo, hi = 0, counts[index]
+        while lo < hi:
+            middle = (lo + hi) // 2
+            trial = counts[:index] + [middle] + counts[index + 1:]
+            if _pruned_cost(tables, _removed(orders, trial))[metric] <= target:
+                hi = middle
+            else:
+                lo = middle + 1
+        counts[index] = lo
+    return counts
+
+
+def _consumer_weight(spec: LayerSpec) -> tuple[int, int] | None:
+    """(weight index, input axis) of a consumer that mixes channels (Conv, Dense, transposed conv)."""
+    if spec.class_name in CONV | {"Dense"}:
+        return 0, -2
+    if spec.class_name in TRANSPOSED:
+        return 0, -1
+    return None
+
+
+def compensate(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], data, options: PruneOptions,
+               verbose: int) -> dict[str, int]:
+    """Fold each dropped channel into its partner in every channel-mixing consumer (in place on ``graph``).
+
+    For consumer input ``x``, fit ``x_dropped ~ alpha * x_partner + beta`` on ``data``; then
+    ``W[partner] += alpha * W[dropped]`` and ``bias += beta * sum(W[dropped])``, so the consumer
+    sees (approximately) the same pre-activation without the dropped channel. Returns the number
+    of folds per consumer.
+    """
+    work: dict[str, list[tuple[ChannelGroup, Step]]] = {}
+    for order in orders:
+        for step in order.steps[:order.chosen]:
+            if step.partner is None:
+                continue
+            for consumer in order.group.consumers:
+                if _consumer_weight(graph.layers[consumer]) is not None:
+                    work.setdefault(consumer, []).append((order.group, step))
+    if not work:
+        return {}
+    node_of = {layer: graph.nodes_of(layer)[0].name for layer in work}
+    samples = sample_node_inputs(graph, list(node_of.values()), data, options.max_samples)
+    rng = np.random.default_rng(options.seed)
+    folds = {}
+    for layer, steps in tqdm(work.items(), desc="compensate", disable=not verbose):
+        spec = graph.layers[layer]
+        index, axis = _consumer_weight(spec)
+        inputs = samples[node_of[layer]]
+        flat = inputs.reshape(-1, inputs.shape[-1]) if inputs.ndim > 2 else inputs
+        if len(flat) > options.max_rows:
+            flat = flat[rng.choice(len(flat), options.max_rows, replace=False)]
+        kernel = np.moveaxis(spec.weights[index].astype(np.float64), axis, 0).copy()
+        bias = spec.weights[1].astype(np.float64).copy() if len(spec.weights) > 1 else None
+        for group, step in steps:
+            positions = analysis.input_channels(group, layer)
+            dropped = np.flatnonzero(positions == step.channel)
+            partner = np.flatnonzero(positions == step.partner)
+            if len(dropped) == 0 or len(dropped) != len(partner):
+                continue
+            alpha, beta = linear_fit(flat[:, dropped], flat[:, partner])
+            kernel[partner] += alpha * kernel[dropped]
+            if bias is not None:
+                bias += beta * kernel[dropped].reshape(-1, kernel.shape[-1]).sum(axis=0)
+            kernel[dropped] = 0.0
+        spec.weights[index] = np.moveaxis(kernel, 0, axis).astype(spec.weights[index].dtype)
+        if bias is not None:
+            spec.weights[1] = bias.astype(spec.weights[1].dtype)
+        folds[layer] = len(steps)
+    return folds
+
+
+def _budget_error(analysis: ChannelAnalysis, orders: list[GroupOrder], tables, budget: Budget,
+                  total: float, options: PruneOptions, method: str) -> BudgetError:
+    metric = 0 if budget.metric == "flops" else 1
+    best = _pruned_cost(tables, _removed(orders, [order.limit for order in orders]))[metric] / total
+    limits = []
+    for group in analysis.groups:
+        reasons = [r for r in dict.fromkeys(group.blocked.values()) if not r.startswith(IO_REASONS)]
+        if reasons and len(group.prunable()) < group.size:
+            limits.append(f"group {group.index} ({', '.join(group.producers[:3])}): {reasons[0]}")
+    what = "MACs" if budget.metric == "flops" else "params"
+    listed = "; ".join(limits[:5]) or "only the model's input and output channels are fixed"
+    return BudgetError(
+        f"method={method!r} cannot reach target_{budget.metric}={budget.fraction}: removing the most it may "
+        f"(max_fraction={options.max_fraction} of each group's channels) leaves {best:.3f} of the {what}. "
+        f"Blocked channel groups: {listed}. Raise the target, raise max_fraction, or remove what blocks pruning.")
+
+
+def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, scorer: Scorer,
+                 method: str, options: PruneOptions, verbose: int = 1) -> list[GroupOrder]:
+    """Score every prunable group and decide how many channels each loses (``GroupOrder.chosen``)."""
+    options.validate()
+    before = graph_cost(graph, shapes)
+    total = before.macs if budget.metric == "flops" else before.params
+    orders = []
+    for group in tqdm(analysis.groups, desc=f"{method} scores", disable=not verbose):
+        prunable = group.prunable()
+        limit = min(int(np.floor(options.max_fraction * len(prunable))), group.size - 1)
+        if limit >= 1:
+            orders.append(GroupOrder(group, scorer(graph, analysis, group), limit))
+    tables = _cost_tables(graph, shapes, analysis)
+    counts = allocate_counts(orders, tables, budget, total, options.allocation) if orders else []
+    if budget.fraction < 1.0 and not counts:
+        raise _budget_error(analysis, orders, tables, budget, total, options, method)
+    for order, count in zip(orders, counts):
+        order.chosen = count
+    return orders
+
+
+def apply_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, orders: list[GroupOrder], budget: Budget,
+                  method: str, options: PruneOptions, data=None, pairs: bool = False,
+                  verbose: int = 1) -> tuple[Graph, CompressionReport]:
+    """Remove the chosen channels of ``orders`` (compensating if asked); returns the new graph and report."""
+    if options.compensate is True and (data is None or not pairs):
+        raise InvalidArgumentError("compensate=True needs data= (inputs to fit the compensation on) and a method "
+                                   "that pairs channels (method='correlation').")
+    working = graph.copy()
+    use_compensation = options.compensate is True or (options.compensate == "auto" and data is not None and pairs)
+    folds = compensate(working, analysis, orders, data, options, verbose) if use_compensation else {}
+    removal = {order.group.index: [s.channel for s in order.steps[:order.chosen]] for order in orders if order.chosen}
+    result = prune_channels(working, analysis, removal)
+    report = _report(graph, shapes, result, analysis, budget, method, folds)
+    return result, report
+
+
+def prune_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, scorer: Scorer, method: str,
+               options: PruneOptions, data=None, pairs: bool = False,
+               verbose: int = 1) -> tuple[Graph, CompressionReport]:
+    """Plan and apply pruning to ``budget`` in one go."""
+    orders = plan_pruning(graph, shapes, analysis, budget, scorer, method, options, verbose)
+    return apply_pruning(graph, shapes, analysis, orders, budget, method, options, data, pairs, verbose)
+
+
+def _report(graph: Graph, shapes: dict, result: Graph, analysis: ChannelAnalysis, budget: Budget, method: str,
+            folds: dict[str, int]) -> CompressionReport:
+    before = graph_cost(graph, shapes)
+    after = graph_cost(result, infer_shapes(result)).by_name()
+    costs = before.by_name()
+    blocked_out = {}
+    for group in analysis.groups:
+        for reason in group.blocked.values():
+            if not reason.startswith(IO_REASONS):
+                for producer in group.producers:
+                    blocked_out.setdefault(producer, reason)
+    decisions = []
+    for name, spec in graph.layers.items():
+        if costs[name].macs == 0 and name not in blocked_out:
+            continue
+        new_spec = result.layers[name]
+        changes = []
+        for role, atoms in (("in", analysis.in_atoms.get(name)), ("out", analysis.out_atoms.get(name))):
+            if atoms is None or (role == "out" and spec.class_name in PER_CHANNEL | DEPTHWISE):
+                continue
+            kept = _channel_count(new_spec, role)
+            if kept is not None and kept != len(atoms):
+                changes.append(f"{role} {len(atoms)}->{kept}")
+        if changes:
+            action, reason = "pruned " + ", ".join(changes), ""
+        elif name in blocked_out:
+            action, reason = "kept", blocked_out[name]
+        else:
+            action, reason = "dense", ""
+        detail = {"compensated": folds[name]} if name in folds else {}
+        decisions.append(LayerDecision(name, spec.class_name, action, costs[name].macs, after[name].macs,
+                                       costs[name].params, after[name].params, detail=detail, reason=reason))
+    return CompressionReport(method, budget, decisions, before.macs, sum(c.macs for c in after.values()),
+                             before.params, sum(c.params for c in after.values()))
+
+
+def _channel_count(spec: LayerSpec, role: str) -> int | None:
+    for weight, roles in zip(spec.weights, PRUNE_RULES[spec.class_name](spec)):
+        for axis, weight_role in roles.items():
+            if weight_role == role:
+                return int(weight.shape[axis])
+    return None
