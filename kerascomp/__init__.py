@@ -2,7 +2,7 @@
 
 Public API::
 
-    small = kerascomp.clone_compressed(model, method="fga", target_flops=0.25)
+    small = kerascomp.clone_compressed(model, method="fga", target_flops=0.25)   # or "correlation", "l1"
     small.fit(...)
     kerascomp.export_tflite(small, "small.tflite")
     kerascomp.benchmark_tflite("small.tflite")
@@ -15,6 +15,7 @@ from kerascomp.errors import (BenchmarkError, BudgetError, CompressionError, Exp
 from kerascomp.export.tflite import ExportResult, ParityWarning, export_tflite
 from kerascomp.graph.flavour import default_keras as _default_keras
 from kerascomp.layers import custom_objects, layers_for
+from kerascomp.rounds import RoundsResult, prune_in_rounds
 
 __version__ = "0.1.0"
 
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 layers_for(_default_keras())
 
 __all__ = [
-    "clone_compressed", "compress", "strip", "export_tflite", "benchmark_tflite", "compare_tflite", "cost",
+    "clone_compressed", "compress", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "benchmark_tflite", "compare_tflite", "cost",
     "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",
     "CompressionError", "InvalidArgumentError", "UnsupportedModelError", "InvalidWeightsError", "BudgetError",
     "ExportError", "BenchmarkError", "CompressionWarning", "ParityWarning",

@@ -421,9 +421,8 @@ def prune_channels(graph: Graph, analysis: ChannelAnalysis, removal: dict[int, l
         kept_in = kept_out = None
         if name in analysis.in_atoms and removed.intersection(int(a) for a in analysis.in_atoms[name]):
             kept_in = kept_positions(analysis.in_atoms[name], removed)
-        if name in analysis.out_atoms and spec.class_name not in PER_CHANNEL | DEPTHWISE:
-            if removed.intersection(int(a) for a in analysis.out_atoms[name]):
-                kept_out = kept_positions(analysis.out_atoms[name], removed)
+        if name in analysis.out_atoms and removed.intersection(int(a) for a in analysis.out_atoms[name]):
+            kept_out = kept_positions(analysis.out_atoms[name], removed)
         if kept_in is not None or kept_out is not None:
             result.layers[name] = pruned_spec(spec, kept_in, kept_out)
     _rewrite_reshapes(result, analysis, removed)

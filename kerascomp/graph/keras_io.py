@@ -6,6 +6,8 @@ functionally, so both Keras 3 and tf_keras are served by the same code.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 from types import ModuleType
 from typing import Any, Callable
 
@@ -267,9 +269,22 @@ def is_input(spec: LayerSpec) -> bool:
     return spec.cls is type(None)
 
 
+def _trusted(spec: LayerSpec):
+    """Rebuilding a Lambda from the user's own in-memory model is not loading an untrusted file, so Keras'
+    safe-mode refusal of Python lambdas does not apply (the scope is private API; without it, the refusal stands)."""
+    if spec.class_name != "Lambda":
+        return contextlib.nullcontext()
+    try:
+        module = importlib.import_module(f"{spec.cls.__module__.split('.')[0]}.src.saving.serialization_lib")
+        return module.SafeModeScope(False)
+    except (ImportError, AttributeError):
+        return contextlib.nullcontext()
+
+
 def _make_layer(spec: LayerSpec) -> Any:
     try:
-        return spec.cls.from_config(dict(spec.config))
+        with _trusted(spec):
+            return spec.cls.from_config(dict(spec.config))
     except Exception as error:  # a user layer whose from_config cannot read its own get_config
         raise UnsupportedModelError(
             f"layer {spec.name!r} ({spec.class_name}) cannot be rebuilt from its config: {error}. "

@@ -57,6 +57,7 @@ class CompressionReport:
     params_before: int
     params_after: int
     seconds: float = 0.0
+    notes: dict = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -87,6 +88,8 @@ class CompressionReport:
         headers = ["layer", "class", "action", "MACs before", "MACs after", "params before", "params after", "rel. error"]
         summary = (f"{self.method}: MACs x{self.macs_ratio:.3f}, params x{self.params_ratio:.3f} "
                    f"(target {self.budget.metric} <= {self.budget.fraction}), {self.seconds:.1f} s")
+        if self.notes:
+            summary += " (" + ", ".join(f"{key.replace('_', ' ')}: {value}" for key, value in self.notes.items()) + ")"
         return table(headers, self.rows(), markdown=markdown) + "\n" + summary
 
     def __str__(self) -> str:

@@ -49,7 +49,8 @@ def _regularizer_slot(class_name: str) -> tuple[str, int]:
 def regularize_graph(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder],
                      strength: float) -> tuple[Graph, int]:
     """A copy of ``graph`` whose producers carry a correlation regulariser on the chosen (dropped, partner)
-    pairs. Returns the graph and the number of regularised pairs."""
+    pairs. ``strength`` is the weight of the mean over regularised layers, so the added loss starts
+    near ``strength * (1 - mean |corr|)`` whatever the depth. Returns the graph and the number of pairs."""
     regularizer = layers_for(module_for(graph)).CorrelationRegularizer
     keras = module_for(graph)
     pairs_of: dict[str, list[list[int]]] = {}
@@ -68,6 +69,6 @@ def regularize_graph(graph: Graph, analysis: ChannelAnalysis, orders: list[Group
     for layer, pairs in pairs_of.items():
         spec = result.layers[layer]
         slot, out_axis = _regularizer_slot(spec.class_name)
-        instance = regularizer(pairs, strength, out_axis, base=spec.config.get(slot))
+        instance = regularizer(pairs, strength / len(pairs_of), out_axis, base=spec.config.get(slot))
         spec.config = {**spec.config, slot: keras.regularizers.serialize(instance)}
     return result, sum(len(p) for p in pairs_of.values())

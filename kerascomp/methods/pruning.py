@@ -26,6 +26,7 @@ from kerascomp.graph.channels import (CONV, DEPTHWISE, PER_CHANNEL, PRUNE_RULES,
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.calibrate import recalibrate_batchnorm
 
 ALLOCATIONS = ("uniform", "global")
 IO_REASONS = ("model input", "model output")
@@ -43,6 +44,8 @@ class PruneOptions:
             ``data`` is given and the method pairs channels).
         max_samples: images of ``data`` used to fit the compensation.
         max_rows: activation rows (pixels x images) per consumer used for each fit.
+        recalibrate: re-estimate BatchNormalization statistics on ``data`` after pruning
+            (``"auto"``: when ``data`` is given).
         seed: seed for the row subsampling.
     """
 
@@ -51,6 +54,7 @@ class PruneOptions:
     compensate: bool | str = "auto"
     max_samples: int = 128
     max_rows: int = 20000
+    recalibrate: bool | str = "auto"
     seed: int = 0
 
     def validate(self) -> None:
@@ -59,8 +63,9 @@ class PruneOptions:
         if isinstance(self.max_fraction, bool) or not isinstance(self.max_fraction, (int, float)) \
                 or not 0.0 < self.max_fraction < 1.0:
             raise InvalidArgumentError(f"max_fraction must be a number in (0, 1), got {self.max_fraction!r}.")
-        if self.compensate not in (True, False, "auto"):
-            raise InvalidArgumentError(f"compensate must be True, False or 'auto', got {self.compensate!r}.")
+        for name in ("compensate", "recalibrate"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {getattr(self, name)!r}.")
         for name in ("max_samples", "max_rows"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -331,7 +336,13 @@ def apply_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, orders:
     folds = compensate(working, analysis, orders, data, options, verbose) if use_compensation else {}
     removal = {order.group.index: [s.channel for s in order.steps[:order.chosen]] for order in orders if order.chosen}
     result = prune_channels(working, analysis, removal)
+    if options.recalibrate is True and data is None:
+        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
+    recalibrated = 0
+    if options.recalibrate is True or (options.recalibrate == "auto" and data is not None):
+        result, recalibrated = recalibrate_batchnorm(result, data, options.max_samples)
     report = _report(graph, shapes, result, analysis, budget, method, folds)
+    report.notes = {"compensated_consumers": len(folds), "recalibrated_batchnorms": recalibrated}
     return result, report
 
 
