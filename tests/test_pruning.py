@@ -1,0 +1,194 @@
+"""method="l1" / "correlation": physical pruning end to end, compensation, recalibration, rounds."""
+import os
+import warnings
+
+import numpy as np
+import pytest
+
+import kerascomp
+from kerascomp.graph.keras_io import infer_shapes, read_model
+from kerascomp.methods.calibrate import recalibrate_batchnorm
+
+from conftest import model_fingerprint
+
+
+def _fit_one_step(keras, model, batch=4, classes=10):
+    model.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).uniform(0, 1, (batch,) + tuple(model.input_shape[1:])).astype("float32")
+    history = model.fit(x, np.arange(batch) % classes, epochs=1, batch_size=batch, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.parametrize("application,method,export_original", [
+    ("ResNet50", "correlation", False),
+    ("MobileNetV2", "l1", True),
+    ("VGG16", "l1", False),
+])
+def test_keras_applications(keras, tmp_path, application, method, export_original):
+    """Pruned to half the MACs, the model fits, exports, runs in LiteRT and its .tflite is smaller.
+
+    The size is compared with the original's exported file, or (to save a slow conversion) with its
+    fp32 weight bytes, which a .tflite of the original cannot undercut.
+    """
+    model = getattr(keras.applications, application)(input_shape=(32, 32, 3), weights=None, classes=10)
+    before = model_fingerprint(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        result = kerascomp.compress(model, method=method, target_flops=0.5, verbose=0)
+    assert model_fingerprint(model) == before
+    assert result.report.macs_ratio <= 0.5
+    assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(model).macs
+    assert result.model.count_params() < model.count_params()
+    _fit_one_step(keras, result.model)
+    exported = kerascomp.export_tflite(result.model, tmp_path / "pruned.tflite")
+    assert exported.relative_error < 1e-4
+    size = exported.size_bytes
+    if export_original:
+        kerascomp.export_tflite(model, tmp_path / "original.tflite")
+        assert size < 0.75 * os.path.getsize(tmp_path / "original.tflite")
+    else:
+        assert size < 0.75 * 4 * model.count_params()
+
+
+@pytest.mark.parametrize("method", ["l1", "correlation"])
+@pytest.mark.parametrize("target", [{"target_flops": 0.6}, {"target_params": 0.5}])
+def test_budget_is_met_tightly(small_resnet, method, target):
+    result = kerascomp.compress(small_resnet, method=method, verbose=0, **target)
+    ratio = result.report.macs_ratio if "target_flops" in target else result.report.params_ratio
+    fraction = next(iter(target.values()))
+    assert fraction - 0.03 <= ratio <= fraction
+    real = kerascomp.cost(result.model)
+    assert real.macs == result.report.macs_after and real.params == result.report.params_after
+
+
+def test_global_allocation_and_l1_order(small_resnet):
+    uniform = kerascomp.compress(small_resnet, method="l1", target_flops=0.5, verbose=0).report
+    ranked = kerascomp.compress(small_resnet, method="l1", target_flops=0.5, allocation="global", verbose=0).report
+    assert uniform.macs_ratio <= 0.5 and ranked.macs_ratio <= 0.5
+    assert [d.action for d in uniform.layers] != [d.action for d in ranked.layers]
+    # L1: the kept filters of a non-coupled layer are its largest-norm ones.
+    graph = read_model(small_resnet)
+    kernel = graph.layers["s1b1_conv1"].weights[0]
+    norms = np.abs(kernel).reshape(-1, kernel.shape[-1]).sum(0)
+    pruned = kerascomp.clone_compressed(small_resnet, method="l1", target_flops=0.5, verbose=0)
+    kept = pruned.get_layer("s1b1_conv1").get_weights()[0]
+    expected = np.sort(np.argsort(norms)[kernel.shape[-1] - kept.shape[-1]:])
+    kept_inputs = [i for i in range(kernel.shape[2])
+                   if any(np.allclose(kernel[:, :, i, expected], kept[:, :, k]) for k in range(kept.shape[2]))]
+    assert len(kept_inputs) == kept.shape[2]
+    np.testing.assert_allclose(kept, kernel[:, :, kept_inputs][..., expected])
+
+
+def _output_error(reference, model, images):
+    expected = reference.predict(images, verbose=0)
+    return np.linalg.norm(model.predict(images, verbose=0) - expected) / np.linalg.norm(expected)
+
+
+def test_compensation_and_recalibration_reduce_error(small_resnet, images):
+    plain = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.7, verbose=0)
+    compensated = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.7, data=images,
+                                             compensate=True, recalibrate=False, verbose=0)
+    recalibrated = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.7, data=images,
+                                              verbose=0)
+    errors = [_output_error(small_resnet, m, images) for m in (plain, compensated, recalibrated)]
+    assert errors[1] < errors[0]
+    assert errors[2] < errors[0]
+
+
+def test_recalibration_stores_data_statistics(small_resnet, images):
+    graph = read_model(small_resnet)
+    calibrated, count = recalibrate_batchnorm(graph, images)
+    assert count == sum(spec.class_name == "BatchNormalization" for spec in graph.layers.values())
+    from kerascomp.graph.keras_io import sample_node_inputs
+
+    stem = sample_node_inputs(graph, ["stem_bn"], images, len(images))["stem_bn"]
+    mean, variance = calibrated.layers["stem_bn"].weights[2:]
+    np.testing.assert_allclose(mean, stem.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(variance, stem.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
+
+
+def test_report_lists_pruned_layers(small_resnet, images):
+    report = kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, data=images, verbose=0).report
+    actions = {d.layer: d.action for d in report.layers}
+    assert actions["s1b1_conv1"].startswith("pruned") and "out 16->" in actions["s1b1_conv1"]
+    assert actions["logits"].startswith("pruned in")
+    assert report.notes["recalibrated_batchnorms"] > 0 and report.notes["compensated_consumers"] > 0
+    assert "recalibrated batchnorms" in report.to_table()
+    assert '"macs_ratio"' in report.to_json()
+
+
+def test_lambda_group_is_left_and_warned(keras):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv1")(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv2")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="conv3")(x)
+    outputs = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    with pytest.warns(kerascomp.CompressionWarning, match="conv1.*Lambda.*double"):
+        result = kerascomp.compress(model, method="l1", target_flops=0.8, verbose=0)
+    assert result.model.get_layer("conv1").get_weights()[0].shape[-1] == 16
+    with pytest.raises(kerascomp.BudgetError, match="Lambda 'double'"):
+        kerascomp.compress(model, method="l1", target_flops=0.1, verbose=0)
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"allocation": "best"}, "allocation"),
+    ({"max_fraction": 1.5}, "max_fraction"),
+    ({"compensate": "yes"}, "compensate"),
+    ({"recalibrate": 2}, "recalibrate"),
+    ({"max_samples": 0}, "max_samples"),
+    ({"rank": 3}, "unknown option"),
+    ({"compensate": True}, "needs data"),
+    ({"recalibrate": True}, "needs data"),
+])
+def test_bad_pruning_options(small_resnet, options, match):
+    with pytest.raises(kerascomp.InvalidArgumentError, match=match):
+        kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, verbose=0, **options)
+
+
+def test_impossible_budget_says_what_limits_it(small_resnet):
+    with pytest.raises(kerascomp.BudgetError, match="max_fraction=0.5.*leaves 0.2"):
+        kerascomp.compress(small_resnet, method="l1", target_flops=0.05, max_fraction=0.5, verbose=0)
+
+
+def test_prune_in_rounds(keras, small_resnet, images):
+    before = model_fingerprint(small_resnet)
+    seen = []
+
+    def train(model):
+        regularizers = [layer.kernel_regularizer for layer in model.layers if getattr(layer, "kernel_regularizer", None)]
+        seen.append((model.count_params(), len(regularizers)))
+        _fit_one_step(keras, model, batch=8)
+
+    result = kerascomp.prune_in_rounds(small_resnet, train, method="correlation", target_flops=0.5, rounds=2,
+                                       data=images, verbose=0)
+    assert model_fingerprint(small_resnet) == before
+    assert [regs > 0 for _, regs in seen] == [True, False, True, False]
+    assert seen[1][0] < seen[0][0] and seen[3][0] < seen[2][0]
+    assert 0.45 <= result.macs_ratio <= 0.5
+    assert 0.5 < result.rounds[0].macs_ratio < 0.9
+    assert result.regularized_pairs[0] > 0
+    assert not any(getattr(layer, "kernel_regularizer", None) for layer in result.model.layers)
+    assert "final: MACs" in str(result)
+    l1 = kerascomp.prune_in_rounds(small_resnet, lambda m: _fit_one_step(keras, m), method="l1", target_params=0.5,
+                                   rounds=2, verbose=0)
+    assert l1.params_ratio <= 0.5 and not l1.regularized_pairs
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"train": None}, "callable"),
+    ({"rounds": 0}, "rounds"),
+    ({"strength": -1}, "strength"),
+    ({"method": "fga"}, "method"),
+])
+def test_prune_in_rounds_rejects_bad_arguments(small_resnet, kwargs, match):
+    arguments = {"train": lambda m: None, **kwargs}
+    with pytest.raises(kerascomp.InvalidArgumentError, match=match):
+        kerascomp.prune_in_rounds(small_resnet, verbose=0, **arguments)
+
+
+def test_pruned_model_has_fewer_channels_in_graph(small_resnet):
+    pruned = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.5, verbose=0)
+    shapes = infer_shapes(read_model(pruned))
+    assert shapes["s1b1_conv1"][0][-1] < 16
