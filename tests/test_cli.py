@@ -54,3 +54,17 @@ def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
     printed = capsys.readouterr().out
     assert "realised fraction" in printed and "LiteRT median ms" in printed
     assert (tmp_path / "fga.tflite").stat().st_size < (tmp_path / "original.tflite").stat().st_size
+
+
+def test_compress_prunes_with_data(model_file, tmp_path, images, capsys):
+    np.savez(tmp_path / "calib.npz", x=images)
+    out = tmp_path / "pruned.keras"
+    assert main(["compress", str(model_file), "--method", "correlation", "--target-flops", "0.6", "--allocation",
+                 "global", "--data", str(tmp_path / "calib.npz"), "-o", str(out), "--quiet",
+                 "--report-json", str(tmp_path / "report.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "pruned in" in printed and "recalibrated batchnorms" in printed
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["macs_ratio"] <= 0.6 and report["method"] == "correlation"
+    assert main(["compress", str(model_file), "--method", "l1", "--max-fraction", "1.5", "-o", str(out)]) == 2
+    assert "max_fraction" in capsys.readouterr().err
