@@ -79,6 +79,14 @@ def test_global_allocation_and_l1_order(small_resnet):
     np.testing.assert_allclose(kept, kernel[:, :, kept_inputs][..., expected])
 
 
+@pytest.mark.parametrize("method", ["l1", "correlation"])
+def test_channel_multiple_keeps_tile_friendly_widths(small_resnet, method):
+    pruned = kerascomp.clone_compressed(small_resnet, method=method, target_flops=0.5, channel_multiple=4, verbose=0)
+    widths = [layer.get_weights()[0].shape[-1] for layer in pruned.layers if type(layer).__name__ == "Conv2D"]
+    assert all(width % 4 == 0 for width in widths) and min(widths) < 16
+    assert kerascomp.cost(pruned).macs <= 0.5 * kerascomp.cost(small_resnet).macs
+
+
 def _output_error(reference, model, images):
     expected = reference.predict(images, verbose=0)
     return np.linalg.norm(model.predict(images, verbose=0) - expected) / np.linalg.norm(expected)
@@ -138,6 +146,7 @@ def test_lambda_group_is_left_and_warned(keras):
     ({"compensate": "yes"}, "compensate"),
     ({"recalibrate": 2}, "recalibrate"),
     ({"max_samples": 0}, "max_samples"),
+    ({"channel_multiple": 0}, "channel_multiple"),
     ({"rank": 3}, "unknown option"),
     ({"compensate": True}, "needs data"),
     ({"recalibrate": True}, "needs data"),

@@ -12,7 +12,7 @@ module turns the orders into a physically smaller graph under a MACs or params b
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -40,6 +40,8 @@ class PruneOptions:
         allocation: ``"uniform"`` removes the same fraction of every group; ``"global"`` ranks
             channels of all groups by score and removes the lowest.
         max_fraction: at most this fraction of a group's prunable channels is removed.
+        channel_multiple: a pruned group keeps a multiple of this many channels (XNNPACK computes
+            output channels in tiles of 4 to 16, so odd widths waste part of a tile).
         compensate: fold each dropped channel into its partner in the consumers (``"auto"``: when
             ``data`` is given and the method pairs channels).
         max_samples: images of ``data`` used to fit the compensation.
@@ -51,6 +53,7 @@ class PruneOptions:
 
     allocation: str = "uniform"
     max_fraction: float = 0.8
+    channel_multiple: int = 1
     compensate: bool | str = "auto"
     max_samples: int = 128
     max_rows: int = 20000
@@ -66,7 +69,7 @@ class PruneOptions:
         for name in ("compensate", "recalibrate"):
             if getattr(self, name) not in (True, False, "auto"):
                 raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {getattr(self, name)!r}.")
-        for name in ("max_samples", "max_rows"):
+        for name in ("max_samples", "max_rows", "channel_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}.")
@@ -87,6 +90,7 @@ class GroupOrder:
     steps: list[Step]
     limit: int = 0
     chosen: int = 0
+    allowed: list[int] = field(default_factory=list)
 
 
 Scorer = Callable[[Graph, ChannelAnalysis, ChannelGroup], list[Step]]
@@ -174,12 +178,18 @@ def _removed(orders: list[GroupOrder], counts: list[int]) -> np.ndarray:
     return np.concatenate(atoms) if atoms else np.zeros(0, dtype=np.int64)
 
 
+def _snap(order: GroupOrder, count: int) -> int:
+    """The smallest allowed count >= ``count`` (the largest allowed one if none is)."""
+    index = int(np.searchsorted(order.allowed, count))
+    return order.allowed[min(index, len(order.allowed) - 1)]
+
+
 def _counts_uniform(orders: list[GroupOrder], fraction: float) -> list[int]:
-    return [min(order.limit, int(np.floor(fraction * len(order.group.prunable()) + 1e-9))) for order in orders]
+    return [_snap(order, int(np.floor(fraction * len(order.group.prunable()) + 1e-9))) for order in orders]
 
 
 def _counts_global(orders: list[GroupOrder], threshold: float) -> list[int]:
-    return [min(order.limit, sum(1 for step in order.steps if step.score <= threshold)) for order in orders]
+    return [_snap(order, sum(1 for step in order.steps if step.score <= threshold)) for order in orders]
 
 
 def allocate_counts(orders: list[GroupOrder], tables: list[tuple], budget: Budget, total: float,
@@ -215,15 +225,16 @@ def _give_back(orders: list[GroupOrder], tables: list[tuple], counts: list[int],
     counts = list(counts)
     ranked = sorted(range(len(orders)), key=lambda i: -counts[i] / max(len(orders[i].group.prunable()), 1))
     for index in ranked:
-        lo, hi = 0, counts[index]
+        allowed = [c for c in orders[index].allowed if c <= counts[index]]
+        lo, hi = 0, len(allowed) - 1
         while lo < hi:
             middle = (lo + hi) // 2
-            trial = counts[:index] + [middle] + counts[index + 1:]
+            trial = counts[:index] + [allowed[middle]] + counts[index + 1:]
             if _pruned_cost(tables, _removed(orders, trial))[metric] <= target:
                 hi = middle
             else:
                 lo = middle + 1
-        counts[index] = lo
+        counts[index] = allowed[lo]
     return counts
 
 
@@ -313,8 +324,9 @@ def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: 
     for group in tqdm(analysis.groups, desc=f"{method} scores", disable=not verbose):
         prunable = group.prunable()
         limit = min(int(np.floor(options.max_fraction * len(prunable))), group.size - 1)
-        if limit >= 1:
-            orders.append(GroupOrder(group, scorer(graph, analysis, group), limit))
+        allowed = [c for c in range(limit + 1) if c == 0 or (group.size - c) % options.channel_multiple == 0]
+        if len(allowed) > 1:
+            orders.append(GroupOrder(group, scorer(graph, analysis, group), limit, allowed=allowed))
     tables = _cost_tables(graph, shapes, analysis)
     counts = allocate_counts(orders, tables, budget, total, options.allocation) if orders else []
     if budget.fraction < 1.0 and not counts:
