@@ -201,3 +201,23 @@ def test_pruned_model_has_fewer_channels_in_graph(small_resnet):
     pruned = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.5, verbose=0)
     shapes = infer_shapes(read_model(pruned))
     assert shapes["s1b1_conv1"][0][-1] < 16
+
+
+def test_sequential_model_with_flatten_dense(keras):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((12, 12, 1)),
+        keras.layers.Conv2D(16, 3, activation="relu", name="c1"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(16, 3, activation="relu", name="c2"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(32, activation="relu", name="fc"),
+        keras.layers.Dropout(0.1),
+        keras.layers.Dense(10, name="logits"),
+    ])
+    pruned = kerascomp.clone_compressed(model, method="l1", target_params=0.5, verbose=0)
+    assert isinstance(pruned, keras.Sequential)
+    assert pruned.count_params() <= 0.5 * model.count_params()
+    assert pruned.get_layer("fc").get_weights()[0].shape[0] == 3 * 3 * pruned.get_layer("c2").get_weights()[0].shape[-1]
+    assert pruned.output_shape == model.output_shape
+    _fit_one_step(keras, pruned)
