@@ -311,9 +311,6 @@ class _Builder:
             self.visit(node)
         for ref in self.graph.output_refs():
             self.block(self.tensors[ref], f"model output {ref.node!r}")
-        for layer, atoms in self.in_atoms.items():
-            if self.graph.layers[layer].class_name not in PRUNE_RULES and len(atoms):
-                self.block(atoms, f"layer {layer!r} has no prune rule")
 
         members: dict[int, list[int]] = {}
         for atom in range(len(self.owner)):

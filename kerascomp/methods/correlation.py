@@ -51,8 +51,8 @@ def regularize_graph(graph: Graph, analysis: ChannelAnalysis, orders: list[Group
     """A copy of ``graph`` whose producers carry a correlation regulariser on the chosen (dropped, partner)
     pairs. ``strength`` is the weight of the mean over regularised layers, so the added loss starts
     near ``strength * (1 - mean |corr|)`` whatever the depth. Returns the graph and the number of pairs."""
-    regularizer = layers_for(module_for(graph)).CorrelationRegularizer
     keras = module_for(graph)
+    regularizer = layers_for(keras).CorrelationRegularizer
     pairs_of: dict[str, list[list[int]]] = {}
     for order in orders:
         for step in order.steps[:order.chosen]:
