@@ -13,9 +13,11 @@ from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods.base import Budget, CompressionReport
 from kerascomp.methods.fga import FGAOptions, fga_pass
+from kerascomp.methods.joint_svd import SVDOptions, svd_pass
 from kerascomp.methods.pruning import PruneOptions
 
-METHODS = ("fga", "l1", "correlation")
+METHODS = ("fga", "l1", "correlation", "svd", "joint_svd")
+SVD_METHODS = ("svd", "joint_svd")
 PRUNING_METHODS = ("l1", "correlation")
 
 
@@ -97,14 +99,17 @@ def _read_checked(model: Any) -> Graph:
     return graph
 
 
-def method_options_for(method: str, options: dict) -> FGAOptions | PruneOptions:
+def method_options_for(method: str, options: dict) -> FGAOptions | PruneOptions | SVDOptions:
     """The validated options object of ``method`` built from keyword ``options``."""
-    cls = FGAOptions if method == "fga" else PruneOptions
+    cls = FGAOptions if method == "fga" else SVDOptions if method in SVD_METHODS else PruneOptions
     try:
         built = cls(**options)
     except TypeError as error:
         raise InvalidArgumentError(f"unknown option for method={method!r}: {error}. Known: "
                                    f"{sorted(cls.__dataclass_fields__)}.") from None
+    if method in SVD_METHODS:
+        built.validate(method)
+        return built
     if method != "fga":
         built.validate()
         return built
@@ -130,6 +135,8 @@ def run_method(graph: Graph, shapes: dict, budget: Budget, batch: Any, method: s
     """Dispatch one method's IR pass."""
     if method == "fga":
         return fga_pass(graph, shapes, budget, batch, options, verbose)
+    if method in SVD_METHODS:
+        return svd_pass(graph, shapes, budget, method, options, batch, verbose)
     from kerascomp.graph.channels import analyse_channels
     from kerascomp.methods.pruning import prune_pass
 
@@ -177,15 +184,18 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
     Args:
         model: a built Sequential or functional Keras 3 or tf_keras model.
         method: ``"fga"`` (filter-group approximation), ``"correlation"`` (filter-correlation pruning:
-            drop one filter of each most-correlated pair, physically) or ``"l1"`` (L1-norm filter pruning).
+            drop one filter of each most-correlated pair, physically), ``"l1"`` (L1-norm filter pruning),
+            ``"svd"`` (per-layer spatial SVD: kxk -> kx1 + 1xk) or ``"joint_svd"`` (spatial SVD whose factors
+            are shared by the repeated convs of a stage; ``variant="left" | "right" | "bi"``, best with
+            ``target_params``).
             For the full correlation method, with regularised training rounds, see :func:`kerascomp.prune_in_rounds`.
         target_flops: fraction of the original MACs to keep, in (0, 1]. Ignored if ``target_params`` is given.
         target_params: fraction of the original params to keep, in (0, 1].
         data: optional inputs (numpy array, ``(x, y)`` or ``tf.data.Dataset``): FGA refits its 1x1 convs on
             them, correlation pruning fits the compensation of dropped filters on them.
         verbose: 0 silences the progress bars and the report table.
-        **options: method options, see :class:`kerascomp.methods.fga.FGAOptions` and
-            :class:`kerascomp.methods.pruning.PruneOptions`.
+        **options: method options, see :class:`kerascomp.methods.fga.FGAOptions`,
+            :class:`kerascomp.methods.pruning.PruneOptions` and :class:`kerascomp.methods.joint_svd.SVDOptions`.
 
     Example::
 

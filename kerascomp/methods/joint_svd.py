@@ -1,0 +1,556 @@
+"""Spatial SVD (``method="svd"``) and joint SVD across repeated convs (``method="joint_svd"``) as one IR pass.
+
+Every eligible Conv2D ``W[H, W, I, O]`` becomes a (H x 1) conv I -> r followed by a (1 x W) conv
+r -> O. Convs of one *group* (same kernel shape, strides, padding, dilation and input shape,
+i.e. the repeated convs of one stage) are factored jointly and share one factor conv: a single
+Keras layer object called at every member's place, so the sharing reaches ``.keras`` files and
+the ``.tflite`` (see ``strip`` for how BatchNormalization after a shared conv is kept from being
+folded into it). Layers in no group get plain per-layer SVD.
+
+Ranks: ``allocation="uniform"`` is the paper's rule, one rate for every layer, where a joint
+group gets the largest rank whose params match per-layer SVD at that rate
+(:func:`kerascomp.decompose.jsvd.matched_rank`, ``2n/(n+1)`` times for square 3x3 convs); the rate
+is bisected to meet the budget. ``allocation="global"`` hands every unit's error curve to the
+Lagrangian allocation FGA uses.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kerascomp.cost import graph_cost
+from kerascomp.decompose import jsvd
+from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
+from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
+from kerascomp.graph.keras_io import module_for
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.plan import Candidates, allocate
+
+JOINT_VARIANTS = ("left", "right", "bi")
+ALLOCATIONS = ("uniform", "global")
+
+
+@dataclass(frozen=True)
+class SVDOptions:
+    """Knobs of ``method="svd"`` and ``method="joint_svd"``.
+
+    * ``variant``: ``"left"`` (LJSVD, the first (H x 1) conv is shared), ``"right"`` (RJSVD, the
+      (1 x W) conv is shared) or ``"bi"`` (Bi-JSVD, both, on two added branches). ``method="svd"``
+      ignores it.
+    * ``groups``: explicit joint groups, as lists of layer names or as regular expressions
+      (each matched with ``re.fullmatch`` against layer names). ``None`` groups automatically.
+    * ``exclude``: a regular expression (or list of layer names) of convs to leave dense.
+    * ``allocation``: ``"uniform"`` (one rate everywhere, the paper's rule) or ``"global"``.
+    * ``pointwise``: also factor 1x1 convs (a low-rank pair of 1x1 convs). Off by default.
+    * ``rank_multiple``: round ranks down to multiples of this (at least one multiple).
+    * ``iterations``: Bi-JSVD alternations (it stops early once the error stops falling).
+    * ``recalibrate``: re-estimate BatchNormalization statistics on ``data`` after factoring
+      (``"auto"``: when ``data`` is given).
+    """
+
+    variant: str = "left"
+    groups: list | None = None
+    exclude: str | list | None = None
+    allocation: str = "uniform"
+    pointwise: bool = False
+    rank_multiple: int = 1
+    iterations: int = 10
+    recalibrate: bool | str = "auto"
+    max_samples: int = 256
+
+    def validate(self, method: str) -> None:
+        if method == "joint_svd" and self.variant not in JOINT_VARIANTS:
+            raise InvalidArgumentError(f"variant={self.variant!r} is not one of {JOINT_VARIANTS}.")
+        if self.allocation not in ALLOCATIONS:
+            raise InvalidArgumentError(f"allocation={self.allocation!r} is not one of {ALLOCATIONS}.")
+        if self.recalibrate not in (True, False, "auto"):
+            raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
+        for option in ("rank_multiple", "iterations", "max_samples"):
+            value = getattr(self, option)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
+        if self.groups is not None and (isinstance(self.groups, str) or not isinstance(self.groups, (list, tuple))):
+            raise InvalidArgumentError("groups must be a list whose items are lists of layer names or regex strings, "
+                                       f"got {type(self.groups).__name__}.")
+        if method == "svd" and self.groups:
+            raise InvalidArgumentError("groups= is an option of method='joint_svd'; method='svd' factors every layer "
+                                       "on its own.")
+
+
+@dataclass
+class _Member:
+    """One conv to factor: its spec, its single call and what its factors cost."""
+
+    spec: LayerSpec
+    node: Node
+    vertical_pixels: int
+    output_pixels: int
+    macs: int
+    params: int
+    bias_into: str | None = None   # a following BatchNormalization that absorbs the bias (RJSVD)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.spec.weights[0].shape)
+
+    @property
+    def use_bias(self) -> bool:
+        return len(self.spec.weights) > 1
+
+    @property
+    def activation(self) -> str | None:
+        value = self.spec.config.get("activation")
+        return None if value in (None, "linear") else value
+
+
+@dataclass
+class _Unit:
+    """A joint group (``variant`` left/right/bi) or a single layer (``variant="svd"``)."""
+
+    name: str
+    variant: str
+    members: list[_Member]
+    curve: np.ndarray = field(default_factory=lambda: np.zeros(1))
+    ranks: list[int] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.members[0].shape
+
+    def original(self, metric: str) -> int:
+        return sum(m.macs if metric == "flops" else m.params for m in self.members)
+
+    def extra(self, member: _Member, metric: str) -> int:
+        """Cost of a member's bias and tail layer around its factors."""
+        if not member.use_bias:
+            return 0
+        filters = self.shape[-1]
+        if self.variant != "right":
+            return filters if metric == "params" else 0
+        if member.bias_into:
+            return 0
+        return 2 * filters if metric == "params" else filters * member.output_pixels  # 1x1 depthwise tail
+
+    def cost(self, rank: int, metric: str) -> int:
+        extra = sum(self.extra(m, metric) for m in self.members)
+        if metric == "params":
+            return jsvd.params(self.shape, rank, len(self.members), self.variant) + extra
+        return sum(jsvd.macs(self.shape, rank, m.vertical_pixels, m.output_pixels) for m in self.members) + extra
+
+
+def _eligibility(spec: LayerSpec, calls: int, options: SVDOptions) -> str | None:
+    if spec.class_name != "Conv2D":
+        return f"{spec.class_name} is not a dense Conv2D"
+    config = spec.config
+    if config.get("data_format") not in (None, "channels_last"):
+        return "channels_first: rebuild the model channels_last (TFLite is channels_last)"
+    if (config.get("groups") or 1) != 1:
+        return "a grouped conv"
+    if calls != 1:
+        return f"already shared by {calls} calls"
+    if spec.weights[0].shape[:2] == (1, 1) and not options.pointwise:
+        return "1x1 conv: no spatial extent (pass pointwise=True to factor it)"
+    return None
+
+
+def _conv_key(member: _Member, shapes: dict) -> tuple:
+    config = member.spec.config
+    ref = member.node.input_refs()[0]
+    return (member.shape, tuple(config.get("strides", (1, 1))), config.get("padding", "valid"),
+            tuple(config.get("dilation_rate", (1, 1))), tuple(shapes[ref.node][ref.index][1:]))
+
+
+def _excluded(name: str, exclude) -> bool:
+    if exclude is None:
+        return False
+    if isinstance(exclude, str):
+        return re.fullmatch(exclude, name) is not None
+    return name in exclude
+
+
+def _explicit_groups(members: dict[str, _Member], reasons: dict[str, str], groups: list, shapes: dict) -> list[list[str]]:
+    result, seen = [], {}
+    for position, entry in enumerate(groups):
+        if isinstance(entry, str):
+            names = [name for name in members if re.fullmatch(entry, name)]
+            matched_elsewhere = [name for name in reasons if re.fullmatch(entry, name)]
+            if not names:
+                raise InvalidArgumentError(f"groups[{position}]={entry!r} matches no eligible conv layer"
+                                           + (f" (it matches {matched_elsewhere}, which cannot be factored: "
+                                              f"{'; '.join(reasons[n] for n in matched_elsewhere[:3])})"
+                                              if matched_elsewhere else "") + ".")
+        elif isinstance(entry, (list, tuple)) and all(isinstance(name, str) for name in entry):
+            names = list(entry)
+            for name in names:
+                if name not in members:
+                    why = reasons.get(name, "no such layer in the model")
+                    raise InvalidArgumentError(f"groups[{position}] names layer {name!r}, which cannot be grouped: "
+                                               f"{why}.")
+        else:
+            raise InvalidArgumentError(f"groups[{position}] must be a list of layer names or a regex string, "
+                                       f"got {entry!r}.")
+        if len(names) < 2:
+            raise InvalidArgumentError(f"groups[{position}] holds {names}: a joint group needs at least 2 convs.")
+        keys = {name: _conv_key(members[name], shapes) for name in names}
+        first = names[0]
+        for name in names[1:]:
+            if keys[name] != keys[first]:
+                raise InvalidArgumentError(
+                    f"groups[{position}]: layers {first!r} and {name!r} cannot share factors: kernel, strides, "
+                    f"padding, dilation and input shape must match, got {keys[first]} and {keys[name]}.")
+            if name in seen:
+                raise InvalidArgumentError(f"layer {name!r} is in groups[{seen[name]}] and groups[{position}]; "
+                                           "a layer can be in one group only.")
+        for name in names:
+            seen[name] = position
+        result.append(names)
+    return result
+
+
+def _bias_target(graph: Graph, member: _Member) -> str | None:
+    """A BatchNormalization that alone consumes the conv and can absorb its bias (``mean -= bias``)."""
+    if member.activation or not member.use_bias:
+        return None
+    consumers = graph.consumers(member.node.name)
+    if len(consumers) != 1 or graph.spec(consumers[0]).class_name != "BatchNormalization":
+        return None
+    bn = graph.spec(consumers[0])
+    axis = bn.config.get("axis", -1)
+    axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+    if len(graph.nodes_of(bn.name)) != 1 or axis not in (-1, 3):
+        return None
+    return bn.name
+
+
+def _units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> tuple[list[_Unit], dict[str, str]]:
+    before = graph_cost(graph, shapes).by_name()
+    reasons: dict[str, str] = {}
+    members: dict[str, _Member] = {}
+    for name, spec in graph.layers.items():
+        if not before[name].counted:
+            reasons[name] = f"unknown layer class {spec.class_name}: kerascomp cannot cost or factor it"
+            continue
+        if before[name].macs == 0:
+            continue
+        calls = graph.nodes_of(name)
+        why = _eligibility(spec, len(calls), options)
+        if why is None and _excluded(name, options.exclude):
+            why = "excluded by the exclude= option"
+        if why:
+            reasons[name] = why
+            continue
+        node = calls[0]
+        ref = node.input_refs()[0]
+        in_shape, out_shape = shapes[ref.node][ref.index], shapes[node.name][0]
+        members[name] = _Member(spec, node, int(out_shape[1] * in_shape[2]), int(np.prod(out_shape[1:3])),
+                                before[name].macs, before[name].params)
+    variant = options.variant if method == "joint_svd" else "svd"
+    if method != "joint_svd":
+        grouped = []
+    elif options.groups is not None:
+        grouped = _explicit_groups(members, reasons, options.groups, shapes)
+    else:
+        by_key: dict[tuple, list[str]] = {}
+        for name, member in members.items():
+            by_key.setdefault(_conv_key(member, shapes), []).append(name)
+        grouped = [names for names in by_key.values() if len(names) > 1]
+    units, in_group = [], set()
+    for index, names in enumerate(grouped):
+        unit_members = [members[name] for name in names]
+        if variant == "right":
+            for member in unit_members:
+                member.bias_into = _bias_target(graph, member)
+        units.append(_Unit(f"jsvd{index}", variant, unit_members))
+        in_group.update(names)
+    units += [_Unit(name, "svd", [member]) for name, member in members.items() if name not in in_group]
+    return units, reasons
+
+
+def _allowed_ranks(unit: _Unit, metric: str, multiple: int) -> list[int]:
+    """Ranks at which the unit is cheaper than its dense convs, multiples of ``multiple``."""
+    top = jsvd.full_rank(unit.shape, len(unit.members), unit.variant)
+    lowest = 2 if unit.variant == "bi" else 1
+    original = unit.original(metric)
+    ranks = [r for r in range(lowest, top + 1) if (r % multiple == 0 or r == lowest) and unit.cost(r, metric) < original]
+    return ranks
+
+
+def _uniform_ranks(unit: _Unit, rate: float, multiple: int) -> int:
+    """The paper's rule: per-layer SVD rank ``rate * full rank``; a joint group matches its params."""
+    svd_rank = max(1, int(rate * jsvd.full_rank(unit.shape)))
+    rank = svd_rank if unit.variant == "svd" else jsvd.matched_rank(unit.shape, len(unit.members), svd_rank, unit.variant)
+    return rank
+
+
+def _pick_rank(unit: _Unit, rank: int, metric: str) -> int:
+    """The largest allowed rank <= ``rank`` (0: keep dense, no allowed rank is that small)."""
+    allowed = [r for r in unit.ranks if r <= rank]
+    return allowed[-1] if allowed else 0
+
+
+def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: float, multiple: int,
+                      hint: str) -> tuple[list[int], float]:
+    def ranks_at(rate: float) -> list[int]:
+        return [_pick_rank(u, _uniform_ranks(u, rate, multiple), metric) if u.ranks else 0 for u in units]
+
+    def total(ranks: list[int]) -> float:
+        return fixed + sum(u.cost(r, metric) if r else u.original(metric) for u, r in zip(units, ranks))
+
+    if total([0] * len(units)) <= budget:
+        return [0] * len(units), 1.0  # already within budget: nothing to factor
+    floor = [u.ranks[0] if u.ranks else 0 for u in units]
+    if total(floor) > budget:
+        what = "MACs" if metric == "flops" else "params"
+        raise BudgetError(f"the {what} target cannot be met: at the lowest rank of every factored layer "
+                          f"the model still has {total(floor):,.0f} {what} against a budget of "
+                          f"{budget:,.0f} ({fixed:,.0f} of it in layers this method leaves alone). Relax the target "
+                          "or enable more layers (pointwise=True factors 1x1 convs). " + hint)
+    low, high, best = 0.0, 1.0, floor
+    for _ in range(40):
+        middle = 0.5 * (low + high)
+        trial = ranks_at(middle)
+        if total(trial) <= budget:
+            low, best = middle, trial
+        else:
+            high = middle
+    return best, low
+
+
+def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str) -> list[int]:
+    candidates = []
+    for unit in units:
+        ranks = unit.ranks
+        costs = [float(unit.original(metric))] + [float(unit.cost(r, metric)) for r in ranks]
+        weight = len(unit.members)  # the curve is relative to the whole group's energy
+        errors = [0.0] + [weight * float(unit.curve[min(r, len(unit.curve) - 1)]) for r in ranks]
+        candidates.append(Candidates(unit.name, np.array(costs), np.array(errors)))
+    what = "MACs" if metric == "flops" else "params"
+    choice = allocate(candidates, fixed, budget, what=what, hint=hint)
+    return [0 if index == 0 else unit.ranks[index - 1] for unit, index in zip(units, choice)]
+
+
+def _conv(name: str, kernel: np.ndarray, strides, padding: str, dilation, bias: np.ndarray | None,
+          activation, trainable: bool, keras) -> LayerSpec:
+    config = {"name": name, "filters": int(kernel.shape[-1]), "kernel_size": list(kernel.shape[:2]),
+              "strides": list(strides), "padding": padding, "dilation_rate": list(dilation),
+              "use_bias": bias is not None, "activation": activation or "linear", "trainable": trainable}
+    weights = [kernel.astype(np.float32)] + ([bias.astype(np.float32)] if bias is not None else [])
+    return LayerSpec(name, keras.layers.Conv2D, config, weights)
+
+
+class _Splicer:
+    """Builds the calls that replace one member's conv call."""
+
+    def __init__(self, graph: Graph, member: _Member, keras):
+        self.graph, self.member, self.keras = graph, member, keras
+        self.nodes: list[Node] = []
+        self.specs: list[LayerSpec] = []
+        config = member.spec.config
+        strides = tuple(config.get("strides", (1, 1)))
+        dilation = tuple(config.get("dilation_rate", (1, 1)))
+        self.padding = config.get("padding", "valid")
+        self.trainable = config.get("trainable", True)
+        self.vertical_args = dict(strides=(strides[0], 1), dilation=(dilation[0], 1))
+        self.horizontal_args = dict(strides=(1, strides[1]), dilation=(1, dilation[1]))
+
+    def call(self, spec: LayerSpec, inputs: list[Ref] | None, final: bool = False) -> Ref:
+        node = self.member.node
+        name = node.name if final else self.graph.unique_name(f"{node.name}__{spec.name}")
+        if inputs is None:
+            args, kwargs = node.args, node.kwargs
+        else:
+            args, kwargs = ([inputs] if len(inputs) > 1 else inputs), {}
+        self.nodes.append(Node(name, spec.name, list(args), dict(kwargs)))
+        self.specs.append(spec)
+        return Ref(name, 0)
+
+    def vertical(self, name: str, kernel: np.ndarray) -> LayerSpec:
+        return _conv(name, kernel, padding=self.padding, bias=None, activation=None, trainable=self.trainable,
+                     keras=self.keras, **self.vertical_args)
+
+    def horizontal(self, name: str, kernel: np.ndarray, bias=None, activation=None) -> LayerSpec:
+        return _conv(name, kernel, padding=self.padding, bias=bias, activation=activation, trainable=self.trainable,
+                     keras=self.keras, **self.horizontal_args)
+
+    def finish(self) -> None:
+        self.graph.splice(self.member.node.name, self.nodes, self.specs)
+
+
+def _tail(splicer: _Splicer, member: _Member, shared: LayerSpec, head: Ref, graph: Graph) -> None:
+    """Call the shared (1 x W) conv of an RJSVD member, then its own bias and activation.
+
+    The bias goes into a following BatchNormalization when that alone consumes the conv
+    (``moving_mean -= bias``, exact in training and inference); otherwise into a 1x1 depthwise
+    conv with unit kernel, which also carries the activation.
+    """
+    if member.use_bias and member.bias_into:
+        bn = graph.layers[member.bias_into]
+        offset = int(bool(bn.config.get("scale", True))) + int(bool(bn.config.get("center", True)))
+        bn.weights[offset] = (bn.weights[offset] - member.spec.weights[1]).astype(bn.weights[offset].dtype)
+    needs_bias = member.use_bias and not member.bias_into
+    head = splicer.call(shared, [head], final=not (needs_bias or member.activation))
+    name = member.spec.name
+    if needs_bias:
+        config = {"name": name, "kernel_size": [1, 1], "use_bias": True, "activation": member.activation or "linear",
+                  "trainable": splicer.trainable}
+        weights = [np.ones((1, 1, member.shape[-1], 1), np.float32), member.spec.weights[1].astype(np.float32)]
+        splicer.call(LayerSpec(name, splicer.keras.layers.DepthwiseConv2D, config, weights), [head], final=True)
+    elif member.activation:
+        splicer.call(LayerSpec(name, splicer.keras.layers.Activation, {"name": name, "activation": member.activation}),
+                     [head], final=True)
+
+
+def _apply(graph: Graph, unit: _Unit, rank: int, options: SVDOptions, keras) -> dict:
+    matrices = [jsvd.spatial_matrix(m.spec.weights[0]).astype(np.float64) for m in unit.members]
+    result = jsvd.decompose(matrices, rank, unit.variant, options.iterations)
+    shape = unit.shape
+    first = unit.members[0].spec.name
+    if unit.variant == "svd":
+        approximations = [a @ b for a, b in result]
+    elif unit.variant == "left":
+        approximations = [result[0] @ b for b in result[1]]
+    elif unit.variant == "right":
+        approximations = [a @ result[1] for a in result[0]]
+    else:
+        approximations = result.approximations()
+    detail: dict = {"variant": unit.variant, "rank": rank, "errors": {
+        m.spec.name: float(np.linalg.norm(a - w) / max(np.linalg.norm(w), 1e-30))
+        for m, a, w in zip(unit.members, approximations, matrices)}}
+    if unit.variant == "svd":
+        [(left, right)] = result
+        member = unit.members[0]
+        splicer = _Splicer(graph, member, keras)
+        vertical, horizontal = jsvd.factor_kernels(left, right, shape)
+        head = splicer.call(splicer.vertical(graph.unique_name(f"{member.spec.name}_v"), vertical), None)
+        splicer.call(splicer.horizontal(member.spec.name, horizontal, member.spec.weights[1] if member.use_bias else None,
+                                        member.activation), [head], final=True)
+        splicer.finish()
+        return detail
+    shared_left = shared_right = None
+    if unit.variant == "left":
+        shared_left, lefts = result
+    elif unit.variant == "right":
+        rights, shared_right = result
+    else:
+        shared_left, lefts, rights, shared_right = result.shared_left, result.lefts, result.rights, result.shared_right
+        detail["rank_left"], detail["rank_right"] = shared_left.shape[1], shared_right.shape[0]
+        detail["bi_error_history"] = [round(e, 6) for e in result.errors]
+    splicer0 = _Splicer(graph, unit.members[0], keras)
+    shared_v = shared_h = None
+    if shared_left is not None:
+        vertical, _ = jsvd.factor_kernels(shared_left, np.zeros((shared_left.shape[1], shape[1] * shape[3])), shape)
+        shared_v = splicer0.vertical(graph.unique_name(f"{first}_jsvd_shared_v"), vertical)
+        graph.layers[shared_v.name] = shared_v
+    if shared_right is not None:
+        _, horizontal = jsvd.factor_kernels(np.zeros((shape[0] * shape[2], shared_right.shape[0])), shared_right, shape)
+        shared_h = splicer0.horizontal(graph.unique_name(f"{first}_jsvd_shared_h"), horizontal)
+        graph.layers[shared_h.name] = shared_h
+    for position, member in enumerate(unit.members):
+        splicer = _Splicer(graph, member, keras)
+        name = member.spec.name
+        bias = member.spec.weights[1] if member.use_bias else None
+        if unit.variant == "left":
+            _, horizontal = jsvd.factor_kernels(shared_left, lefts[position], shape)
+            head = splicer.call(shared_v, None)
+            splicer.call(splicer.horizontal(name, horizontal, bias, member.activation), [head], final=True)
+        elif unit.variant == "right":
+            vertical, _ = jsvd.factor_kernels(rights[position], shared_right, shape)
+            head = splicer.call(splicer.vertical(graph.unique_name(f"{name}_v"), vertical), None)
+            _tail(splicer, member, shared_h, head, graph)
+        else:
+            _, horizontal = jsvd.factor_kernels(shared_left, lefts[position], shape)
+            vertical, _ = jsvd.factor_kernels(rights[position], shared_right, shape)
+            left_branch = splicer.call(shared_v, None)
+            left_branch = splicer.call(splicer.horizontal(graph.unique_name(f"{name}_h"), horizontal, bias), [left_branch])
+            right_branch = splicer.call(splicer.vertical(graph.unique_name(f"{name}_v"), vertical), None)
+            right_branch = splicer.call(shared_h, [right_branch])
+            add_name = name if not member.activation else graph.unique_name(f"{name}_add")
+            joined = splicer.call(LayerSpec(add_name, keras.layers.Add, {"name": add_name}),
+                                  [left_branch, right_branch], final=not member.activation)
+            if member.activation:
+                splicer.call(LayerSpec(name, keras.layers.Activation, {"name": name, "activation": member.activation}),
+                             [joined], final=True)
+        splicer.finish()
+    detail["group"] = [m.spec.name for m in unit.members]
+    detail["shared"] = [spec.name for spec in (shared_v, shared_h) if spec is not None]
+    return detail
+
+
+def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: SVDOptions = SVDOptions(),
+             data=None, verbose: int = 1) -> tuple[Graph, CompressionReport]:
+    """Return a new graph with (joint) spatial SVD applied under ``budget``, and the per-layer report."""
+    if options.recalibrate is True and data is None:
+        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
+    keras = module_for(graph)
+    before = graph_cost(graph, shapes)
+    costs = before.by_name()
+    metric = budget.metric
+    what = "MACs" if metric == "flops" else "params"
+    result = graph.copy()
+    units, reasons = _units(result, shapes, method, options)
+    for unit in tqdm(units, desc=f"{method} spectra", disable=not verbose):
+        unit.ranks = _allowed_ranks(unit, metric, options.rank_multiple)
+        if options.allocation == "global":
+            unit.curve = jsvd.error_curve([jsvd.spatial_matrix(m.spec.weights[0]) for m in unit.members], unit.variant)
+    for unit in units:
+        if not unit.ranks:
+            for member in unit.members:
+                reasons[member.spec.name] = "too small: no rank is cheaper than the dense conv"
+    units = [unit for unit in units if unit.ranks]
+    if not units and budget.fraction < 1.0:
+        listed = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
+        raise UnsupportedModelError(f"method={method!r} found nothing to factor in model {graph.name!r} "
+                                    f"({listed or 'the model has no conv layers'}).")
+    total = before.macs if metric == "flops" else before.params
+    fixed = total - sum(unit.original(metric) for unit in units)
+    kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list(reasons.items())[:6])
+    hint = f"Left alone: {kept_summary}." if kept_summary else ""
+    if options.allocation == "global":
+        ranks, rate = _allocate_global(units, metric, fixed, budget.fraction * total, hint), None
+    else:
+        ranks, rate = _allocate_uniform(units, metric, fixed, budget.fraction * total, options.rank_multiple, hint)
+
+    planned = {"macs": before.macs, "params": before.params}
+    decisions: dict[str, LayerDecision] = {}
+    groups: dict[str, list[str]] = {}
+    for unit, rank in zip(units, ranks):
+        if not rank:
+            continue
+        detail = _apply(result, unit, rank, options, keras)
+        if unit.variant != "svd":
+            groups[unit.name] = detail["group"]
+        n = len(unit.members)
+        unit_params = unit.cost(rank, "params")
+        for member in unit.members:
+            node_macs = jsvd.macs(unit.shape, rank, member.vertical_pixels, member.output_pixels) + unit.extra(member, "flops")
+            node_params = unit_params / n  # shared factors are split evenly between the members in this table
+            planned["macs"] += node_macs - member.macs
+            name = member.spec.name
+            label = f"svd r={rank}" if unit.variant == "svd" else f"joint-{unit.variant} {unit.name} r={rank}"
+            member_detail = {k: v for k, v in detail.items() if k != "errors"}
+            decisions[name] = LayerDecision(name, member.spec.class_name, label, member.macs, int(node_macs),
+                                            member.params, int(round(node_params)), detail["errors"][name],
+                                            member_detail)
+        planned["params"] += unit_params - unit.original("params")
+    report_rows = []
+    for name, spec in graph.layers.items():
+        if name in decisions:
+            report_rows.append(decisions[name])
+        elif costs[name].macs or name in reasons:
+            action = "kept" if name in reasons else "dense"
+            report_rows.append(LayerDecision(name, spec.class_name, action, costs[name].macs, costs[name].macs,
+                                             costs[name].params, costs[name].params, reason=reasons.get(name, "")))
+    report = CompressionReport(method, budget, report_rows, before.macs, int(planned["macs"]), before.params,
+                               int(planned["params"]))
+    if decisions and (options.recalibrate is True or (options.recalibrate == "auto" and data is not None)):
+        from kerascomp.methods.calibrate import recalibrate_batchnorm
+
+        result, report.notes["recalibrated_batchnorms"] = recalibrate_batchnorm(result, data, options.max_samples)
+    if groups:
+        report.notes["joint groups"] = "; ".join(f"{k}: {len(v)} convs" for k, v in groups.items())
+    if rate is not None:
+        report.notes["uniform rate"] = round(rate, 4)
+    return result, report
