@@ -45,6 +45,9 @@ class SVDOptions:
     * ``exclude``: a regular expression (or list of layer names) of convs to leave dense.
     * ``allocation``: ``"uniform"`` (one rate everywhere, the paper's rule) or ``"global"``.
     * ``pointwise``: also factor 1x1 convs (a low-rank pair of 1x1 convs). Off by default.
+    * ``min_saving``: leave a layer (or group) dense when factoring it could save less than this
+      fraction of the model's params or MACs (default 0.5%): tiny layers such as a 3-channel stem
+      cost accuracy and save nothing.
     * ``rank_multiple``: round ranks down to multiples of this (at least one multiple).
     * ``iterations``: Bi-JSVD alternations (it stops early once the error stops falling).
     * ``recalibrate``: re-estimate BatchNormalization statistics on ``data`` after factoring
@@ -57,6 +60,7 @@ class SVDOptions:
     allocation: str = "uniform"
     pointwise: bool = False
     rank_multiple: int = 1
+    min_saving: float = 0.005
     iterations: int = 10
     recalibrate: bool | str = "auto"
     max_samples: int = 256
@@ -66,6 +70,9 @@ class SVDOptions:
             raise InvalidArgumentError(f"variant={self.variant!r} is not one of {JOINT_VARIANTS}.")
         if self.allocation not in ALLOCATIONS:
             raise InvalidArgumentError(f"allocation={self.allocation!r} is not one of {ALLOCATIONS}.")
+        if isinstance(self.min_saving, bool) or not isinstance(self.min_saving, (int, float)) \
+                or not 0.0 <= self.min_saving < 1.0:
+            raise InvalidArgumentError(f"min_saving must be a fraction in [0, 1), got {self.min_saving!r}.")
         if self.recalibrate not in (True, False, "auto"):
             raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
         for option in ("rank_multiple", "iterations", "max_samples"):
@@ -201,10 +208,10 @@ def _explicit_groups(members: dict[str, _Member], reasons: dict[str, str], group
                 raise InvalidArgumentError(
                     f"groups[{position}]: layers {first!r} and {name!r} cannot share factors: kernel, strides, "
                     f"padding, dilation and input shape must match, got {keys[first]} and {keys[name]}.")
+        for name in names:
             if name in seen:
                 raise InvalidArgumentError(f"layer {name!r} is in groups[{seen[name]}] and groups[{position}]; "
                                            "a layer can be in one group only.")
-        for name in names:
             seen[name] = position
         result.append(names)
     return result
@@ -278,23 +285,22 @@ def _allowed_ranks(unit: _Unit, metric: str, multiple: int) -> list[int]:
     return ranks
 
 
-def _uniform_ranks(unit: _Unit, rate: float, multiple: int) -> int:
+def _uniform_ranks(unit: _Unit, rate: float) -> int:
     """The paper's rule: per-layer SVD rank ``rate * full rank``; a joint group matches its params."""
     svd_rank = max(1, int(rate * jsvd.full_rank(unit.shape)))
     rank = svd_rank if unit.variant == "svd" else jsvd.matched_rank(unit.shape, len(unit.members), svd_rank, unit.variant)
     return rank
 
 
-def _pick_rank(unit: _Unit, rank: int, metric: str) -> int:
-    """The largest allowed rank <= ``rank`` (0: keep dense, no allowed rank is that small)."""
+def _pick_rank(unit: _Unit, rank: int) -> int:
+    """The largest allowed rank <= ``rank``, else the lowest allowed rank."""
     allowed = [r for r in unit.ranks if r <= rank]
-    return allowed[-1] if allowed else 0
+    return allowed[-1] if allowed else unit.ranks[0]
 
 
-def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: float, multiple: int,
-                      hint: str) -> tuple[list[int], float]:
+def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str) -> tuple[list[int], float]:
     def ranks_at(rate: float) -> list[int]:
-        return [_pick_rank(u, _uniform_ranks(u, rate, multiple), metric) if u.ranks else 0 for u in units]
+        return [_pick_rank(u, _uniform_ranks(u, rate)) for u in units]
 
     def total(ranks: list[int]) -> float:
         return fixed + sum(u.cost(r, metric) if r else u.original(metric) for u, r in zip(units, ranks))
@@ -316,7 +322,26 @@ def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: flo
             low, best = middle, trial
         else:
             high = middle
-    return best, low
+    return _raise_ranks(units, best, lambda ranks: total(ranks) <= budget), low
+
+
+def _raise_ranks(units: list[_Unit], ranks: list[int], fits) -> list[int]:
+    """Spend what integer ranks left of the budget: raise the unit with the lowest relative rank
+    to its next allowed rank while the budget holds (keeps the allocation near uniform)."""
+    ranks = list(ranks)
+    blocked: set[int] = set()
+    while True:
+        open_units = [i for i, (u, r) in enumerate(zip(units, ranks)) if r and i not in blocked and r < u.ranks[-1]]
+        if not open_units:
+            return ranks
+        index = min(open_units, key=lambda i: ranks[i] / jsvd.full_rank(units[i].shape, len(units[i].members),
+                                                                       units[i].variant))
+        trial = list(ranks)
+        trial[index] = next(r for r in units[index].ranks if r > ranks[index])
+        if fits(trial):
+            ranks = trial
+        else:
+            blocked.add(index)
 
 
 def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str) -> list[int]:
@@ -495,23 +520,31 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
         unit.ranks = _allowed_ranks(unit, metric, options.rank_multiple)
         if options.allocation == "global":
             unit.curve = jsvd.error_curve([jsvd.spatial_matrix(m.spec.weights[0]) for m in unit.members], unit.variant)
+    total = before.macs if metric == "flops" else before.params
     for unit in units:
+        saving = unit.original(metric) - unit.cost(unit.ranks[0], metric) if unit.ranks else 0
         if not unit.ranks:
-            for member in unit.members:
-                reasons[member.spec.name] = "too small: no rank is cheaper than the dense conv"
+            why = "too small: no rank is cheaper than the dense conv"
+        elif saving < options.min_saving * total:
+            why = (f"too small: factoring saves at most {saving / total:.2%} of the model's {what} "
+                   f"(min_saving={options.min_saving})")
+        else:
+            continue
+        unit.ranks = []
+        for member in unit.members:
+            reasons[member.spec.name] = why
     units = [unit for unit in units if unit.ranks]
     if not units and budget.fraction < 1.0:
         listed = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
         raise UnsupportedModelError(f"method={method!r} found nothing to factor in model {graph.name!r} "
                                     f"({listed or 'the model has no conv layers'}).")
-    total = before.macs if metric == "flops" else before.params
     fixed = total - sum(unit.original(metric) for unit in units)
     kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list(reasons.items())[:6])
     hint = f"Left alone: {kept_summary}." if kept_summary else ""
     if options.allocation == "global":
         ranks, rate = _allocate_global(units, metric, fixed, budget.fraction * total, hint), None
     else:
-        ranks, rate = _allocate_uniform(units, metric, fixed, budget.fraction * total, options.rank_multiple, hint)
+        ranks, rate = _allocate_uniform(units, metric, fixed, budget.fraction * total, hint)
 
     planned = {"macs": before.macs, "params": before.params}
     decisions: dict[str, LayerDecision] = {}
