@@ -67,8 +67,14 @@ def cmd_compress(args) -> int:
     import kerascomp
 
     model = load_model(args.model)
-    options = ({"min_channels_per_group": args.min_channels_per_group, "pointwise": args.pointwise}
-               if args.method == "fga" else {"allocation": args.allocation, "max_fraction": args.max_fraction})
+    if args.method == "fga":
+        options = {"min_channels_per_group": args.min_channels_per_group, "pointwise": args.pointwise}
+    elif args.method in ("svd", "joint_svd"):
+        options = {"allocation": args.allocation, "pointwise": args.pointwise}
+        if args.method == "joint_svd":
+            options.update(variant=args.variant, **({"groups": args.groups} if args.groups else {}))
+    else:
+        options = {"allocation": args.allocation, "max_fraction": args.max_fraction}
     result = kerascomp.compress(model, method=args.method, target_flops=None if args.target_params else args.target_flops,
                                 target_params=args.target_params, data=_load_inputs(args.data, 256),
                                 verbose=0 if args.quiet else 1, **options)
@@ -191,14 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
     compress = commands.add_parser("compress", help="compress a .keras model")
     compress.add_argument("model")
     compress.add_argument("-o", "--output", required=True)
-    compress.add_argument("--method", default="fga", choices=["fga", "correlation", "l1"])
+    compress.add_argument("--method", default="fga", choices=["fga", "correlation", "l1", "svd", "joint_svd"])
     compress.add_argument("--target-flops", type=float, default=0.25)
     compress.add_argument("--target-params", type=float, default=None)
     compress.add_argument("--data", help=".npz with inputs (x, x_train or x_test): fga refinement, pruning compensation and BN recalibration")
     compress.add_argument("--min-channels-per-group", type=int, default=16)
-    compress.add_argument("--pointwise", action="store_true", help="fga: also factor 1x1 convs")
+    compress.add_argument("--pointwise", action="store_true", help="fga, svd, joint_svd: also factor 1x1 convs")
     compress.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
-                          help="pruning: same fraction per channel group, or one global score threshold")
+                          help="pruning: same fraction per channel group, or one global score threshold; "
+                               "svd/joint_svd: one rate for every layer (the paper's rule), or the global allocation")
+    compress.add_argument("--variant", default="left", choices=["left", "right", "bi"],
+                          help="joint_svd: which factor is shared (left: the kx1 conv, right: the 1xk conv, bi: both)")
+    compress.add_argument("--groups", action="append", metavar="REGEX",
+                          help="joint_svd: one joint group per regex over layer names (repeatable); default: automatic")
     compress.add_argument("--max-fraction", type=float, default=0.8,
                           help="pruning: at most this fraction of a group's channels is removed")
     compress.add_argument("--report-json")

@@ -68,3 +68,13 @@ def test_compress_prunes_with_data(model_file, tmp_path, images, capsys):
     assert report["macs_ratio"] <= 0.6 and report["method"] == "correlation"
     assert main(["compress", str(model_file), "--method", "l1", "--max-fraction", "1.5", "-o", str(out)]) == 2
     assert "max_fraction" in capsys.readouterr().err
+
+
+def test_compress_joint_svd(model_file, tmp_path, capsys):
+    out = tmp_path / "joint.keras"
+    assert main(["compress", str(model_file), "--method", "joint_svd", "--variant", "bi", "--target-params", "0.5",
+                 "--groups", "s1b1_conv[12]", "-o", str(out), "--quiet", "--report-json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["params_ratio"] <= 0.5 and report["notes"]["joint groups"] == "jsvd0: 2 convs"
+    assert main(["compress", str(model_file), "--method", "joint_svd", "--groups", "nothing", "-o", str(out)]) == 2
+    assert "matches no eligible" in capsys.readouterr().err

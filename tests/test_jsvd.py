@@ -324,3 +324,15 @@ def test_global_allocation_and_rank_multiple(resnet14):
     ranks = [d.detail["rank"] for d in result.report.layers if "rank" in d.detail]
     assert ranks and all(r % 4 == 0 or r == 1 for r in ranks)
     assert kerascomp.cost(result.model).params <= 0.4 * kerascomp.cost(resnet14).params
+
+
+def test_models_without_factorable_convs_are_refused_with_reasons(keras):
+    inputs = keras.Input((8, 8, 4))
+    shared = keras.layers.Conv2D(4, 3, padding="same", name="shared_conv")
+    x = shared(shared(inputs))
+    x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="pw")(x))
+    with pytest.raises(kerascomp.errors.UnsupportedModelError) as error:
+        kerascomp.compress(model, "joint_svd", target_params=0.5, verbose=0)
+    for text in ("shared_conv: already shared by 2 calls", "dw: DepthwiseConv2D is not a dense Conv2D", "pw: 1x1 conv"):
+        assert text in str(error.value)
