@@ -44,6 +44,33 @@ def unshared_params(model) -> int:
     return sum(spec_params(spec) * max(1, len(graph.nodes_of(name))) for name, spec in graph.layers.items())
 
 
+def weight_errors(model, svd_ranks=(2, 4, 8, 16)) -> list[dict]:
+    """Relative squared weight error of every automatic joint group at matched params, per variant."""
+    from kerascomp.decompose import jsvd
+    from kerascomp.graph.keras_io import infer_shapes, read_model
+    from kerascomp.methods.joint_svd import SVDOptions, _units
+
+    graph = read_model(model)
+    units, _ = _units(graph, infer_shapes(graph), "joint_svd", SVDOptions())
+    rows = []
+    for unit in units:
+        if len(unit.members) < 2:
+            continue
+        matrices = [jsvd.spatial_matrix(m.spec.weights[0]) for m in unit.members]
+        total = sum(float((m ** 2).sum()) for m in matrices)
+        for svd_rank in svd_ranks:
+            row = {"group": f"{unit.members[0].spec.name} +{len(matrices) - 1}", "n": len(matrices),
+                   "svd_rank": svd_rank, "svd": float(jsvd.error_curve(matrices, "svd")[svd_rank])}
+            for variant in ("left", "right", "bi"):
+                rank = jsvd.matched_rank(unit.shape, len(matrices), svd_rank, variant)
+                if variant == "bi":
+                    row[variant] = jsvd.bi_joint(matrices, *jsvd.split_bi_rank(rank)).errors[-1] / total
+                else:
+                    row[variant] = float(jsvd.error_curve(matrices, variant)[rank])
+            rows.append(row)
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="folder or .npz (default: $KERASCOMP_DATA, ../shared/data)")
@@ -100,6 +127,7 @@ def main(argv=None) -> int:
     original_tflite = workdir / "original.tflite"
     kerascomp.export_tflite(baseline, original_tflite)
     original_cost = kerascomp.cost(baseline)
+    errors = weight_errors(baseline)
     for variant in args.variants.split(","):
         if variant in records:
             print(f"{variant}: kept from {json_path}")
@@ -128,17 +156,17 @@ def main(argv=None) -> int:
             "compression_seconds": seconds, "epochs": args.epochs,
         }
         print(variant, records[variant], flush=True)
-        _write(json_path, out, setup, baseline_accuracy, original_cost.params, records, table, keras)
-    _write(json_path, out, setup, baseline_accuracy, original_cost.params, records, table, keras)
+        _write(json_path, out, setup, baseline_accuracy, original_cost.params, records, errors, table, keras)
+    _write(json_path, out, setup, baseline_accuracy, original_cost.params, records, errors, table, keras)
     return 0
 
 
 def _write(json_path: Path, out: Path, setup: dict, baseline_accuracy: float, baseline_params: int, records: dict,
-           table, keras) -> None:
+           errors: list[dict], table, keras) -> None:
     command = ("python -m benchmarks.jsvd_cifar " + " ".join(sys.argv[1:])).strip()
     payload = {"command": command, "setup": setup, "baseline_accuracy": baseline_accuracy,
                "baseline_params": baseline_params, "keras": f"{keras.__name__} {keras.__version__}",
-               "machine": platform.platform(), "variants": records}
+               "machine": platform.platform(), "variants": records, "weight_errors_at_matched_params": errors}
     json_path.write_text(json.dumps(payload, indent=2))
     rows = [[name, f"{r['accuracy_after_compression']:.4f}", f"{r['accuracy_after_finetuning']:.4f}",
              f"{r['accuracy_after_finetuning'] - baseline_accuracy:+.4f}", f"{1 / r['params_ratio']:.1f}x",
@@ -149,7 +177,12 @@ def _write(json_path: Path, out: Path, setup: dict, baseline_accuracy: float, ba
             f"Setup: {json.dumps(setup)}. {payload['keras']}.\n\n"
             + table(["variant", "acc. after compression", "acc. after finetuning", "change vs baseline",
                      "params reduction", "MACs ratio", ".tflite bytes", "4 x params", "4 x params, sharing broken",
-                     "LiteRT latency ratio (fp32, 1 thread)"], rows, markdown=True) + "\n")
+                     "LiteRT latency ratio (fp32, 1 thread)"], rows, markdown=True) + "\n\n"
+            "Relative squared weight error of each automatic group before finetuning, joint variants at the "
+            "params of per-layer SVD at the given rank:\n\n"
+            + table(["group", "convs", "svd rank", "svd", "left", "right", "bi"],
+                    [[e["group"], str(e["n"]), str(e["svd_rank"])] + [f"{e[v]:.3f}" for v in ("svd", "left", "right", "bi")]
+                     for e in errors], markdown=True) + "\n")
     out.with_suffix(".md").write_text(text)
 
 
