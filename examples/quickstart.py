@@ -1,6 +1,7 @@
 """The README's story in code: load a trained CNN, compress it, fit it, export it, time it.
 
     python examples/quickstart.py --data ../shared/data/cifar10.npz      # or set KERASCOMP_DATA
+    python examples/quickstart.py --method joint_svd --target-params 0.2 --data ../shared/data/cifar10.npz
 
 Uses the CIFAR-10 ResNet-20 shipped in the package; pass --model for your own .keras file.
 """
@@ -20,7 +21,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="cifar10.npz (default: $KERASCOMP_DATA)")
     parser.add_argument("--model", help="a .keras model (default: the shipped ResNet-20)")
+    parser.add_argument("--method", default="fga", choices=["fga", "correlation", "l1", "svd", "joint_svd"])
     parser.add_argument("--target-flops", type=float, default=0.5)
+    parser.add_argument("--target-params", type=float, default=None, help="a params budget instead (joint_svd's natural one)")
     parser.add_argument("--steps", type=int, default=200, help="finetuning steps (batch 128)")
     args = parser.parse_args()
     path = find_data(args.data)
@@ -33,9 +36,11 @@ def main() -> None:
     model = load_model(args.model) if args.model else load_demo_model()
     keras = keras_of(model)
 
-    # 2. Compress: half the MACs, using 256 training images to refit each layer's 1x1 conv.
-    result = kerascomp.compress(model, method="fga", target_flops=args.target_flops,
-                                data=data["x_train"][:256].astype("float32"))
+    # 2. Compress: half the MACs by default, using 256 training images (FGA refits each layer's
+    #    1x1 conv on them; pruning and SVD re-estimate BatchNormalization statistics).
+    result = kerascomp.compress(model, method=args.method,
+                                target_flops=None if args.target_params else args.target_flops,
+                                target_params=args.target_params, data=data["x_train"][:256].astype("float32"))
     small = result.model
 
     # 3. Fit it as usual.
@@ -51,10 +56,10 @@ def main() -> None:
     # 4. Export both to .tflite (checked against Keras in LiteRT) and 5. time them side by side.
     out = Path(tempfile.mkdtemp(prefix="kerascomp-quickstart-"))
     original = kerascomp.export_tflite(model, out / "original.tflite")
-    compressed = kerascomp.export_tflite(small, out / "fga.tflite")
+    compressed = kerascomp.export_tflite(small, out / f"{args.method}.tflite")
     print(compressed)
     timings = kerascomp.compare_tflite([original.path, compressed.path], num_threads=1, runs=100)
-    print(f"MACs x{result.report.macs_ratio:.3f}; size x{compressed.size_bytes / original.size_bytes:.3f}; "
+    print(f"MACs x{result.report.macs_ratio:.3f}; params x{result.report.params_ratio:.3f}; size x{compressed.size_bytes / original.size_bytes:.3f}; "
           f"latency x{timings[1].median_ms / timings[0].median_ms:.3f} (LiteRT, 1 thread)")
 
 
