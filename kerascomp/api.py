@@ -192,7 +192,8 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
         target_flops: fraction of the original MACs to keep, in (0, 1]. Ignored if ``target_params`` is given.
         target_params: fraction of the original params to keep, in (0, 1].
         data: optional inputs (numpy array, ``(x, y)`` or ``tf.data.Dataset``): FGA refits its 1x1 convs on
-            them, correlation pruning fits the compensation of dropped filters on them.
+            them, correlation pruning fits the compensation of dropped filters on them, and pruning and
+            (joint) SVD re-estimate BatchNormalization statistics on them.
         verbose: 0 silences the progress bars and the report table.
         **options: method options, see :class:`kerascomp.methods.fga.FGAOptions`,
             :class:`kerascomp.methods.pruning.PruneOptions` and :class:`kerascomp.methods.joint_svd.SVDOptions`.

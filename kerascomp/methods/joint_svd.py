@@ -27,6 +27,7 @@ from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModel
 from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
 from kerascomp.graph.keras_io import module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.strip import is_channel_batchnorm
 from kerascomp.plan import Candidates, allocate
 
 JOINT_VARIANTS = ("left", "right", "bi")
@@ -222,14 +223,10 @@ def _bias_target(graph: Graph, member: _Member) -> str | None:
     if member.activation or not member.use_bias:
         return None
     consumers = graph.consumers(member.node.name)
-    if len(consumers) != 1 or graph.spec(consumers[0]).class_name != "BatchNormalization":
+    if len(consumers) != 1 or not is_channel_batchnorm(graph.spec(consumers[0])):
         return None
     bn = graph.spec(consumers[0])
-    axis = bn.config.get("axis", -1)
-    axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-    if len(graph.nodes_of(bn.name)) != 1 or axis not in (-1, 3):
-        return None
-    return bn.name
+    return bn.name if len(graph.nodes_of(bn.name)) == 1 else None
 
 
 def _units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> tuple[list[_Unit], dict[str, str]]:

@@ -35,7 +35,16 @@ def _strip_fga(spec: LayerSpec, keras) -> list[LayerSpec]:
             LayerSpec(spec.name, conv, pointwise, spec.weights[1:])]
 
 
-SHARED_FOLDABLE = ("Conv2D", "DepthwiseConv2D", "Dense")
+SHARED_FOLDABLE = ("Conv2D", "DepthwiseConv2D")
+
+
+def is_channel_batchnorm(spec: LayerSpec) -> bool:
+    """A BatchNormalization over the last axis of a 4-D (channels_last image) tensor."""
+    if spec.class_name != "BatchNormalization":
+        return False
+    axis = spec.config.get("axis", -1)
+    axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
+    return axis in (-1, 3)
 
 
 def freeze_batchnorm_after_shared(graph: Graph, keras) -> int:
@@ -50,12 +59,10 @@ def freeze_batchnorm_after_shared(graph: Graph, keras) -> int:
     frozen = 0
     for name, spec in list(graph.layers.items()):
         calls = graph.nodes_of(name)
-        if spec.class_name != "BatchNormalization" or len(calls) != 1:
+        if not is_channel_batchnorm(spec) or len(calls) != 1:
             continue
         refs = calls[0].input_refs()
-        axis = spec.config.get("axis", -1)
-        axis = axis[0] if isinstance(axis, (list, tuple)) and len(axis) == 1 else axis
-        if len(refs) != 1 or axis not in (-1, 3):
+        if len(refs) != 1:
             continue
         producer = graph.spec(graph.node(refs[0].node))
         if producer.class_name not in SHARED_FOLDABLE or len(graph.nodes_of(producer.name)) < 2:
