@@ -1,4 +1,4 @@
-"""What every method pass shares: the budget, per-layer decisions and the compression report."""
+"""What every method pass shares: the budget, per-layer decisions, the compression report and which convs a factoring method may take."""
 from __future__ import annotations
 
 import json
@@ -99,3 +99,18 @@ class CompressionReport:
         payload = asdict(self)
         payload.update(macs_ratio=self.macs_ratio, params_ratio=self.params_ratio)
         return json.dumps(payload, indent=2)
+
+
+def dense_conv2d_ineligibility(spec, pointwise: bool, pointwise_reason: str) -> str | None:
+    """Why a factoring method leaves this layer alone, or ``None`` for a dense channels_last Conv2D
+    (a 1x1 kernel only with ``pointwise``; ``pointwise_reason`` says why it is skipped otherwise)."""
+    if spec.class_name != "Conv2D":
+        return f"{spec.class_name} is not a dense Conv2D"
+    config = spec.config
+    if config.get("data_format") not in (None, "channels_last"):
+        return "channels_first: rebuild the model channels_last (TFLite is channels_last)"
+    if (config.get("groups") or 1) != 1:
+        return "already a grouped conv"
+    if spec.weights[0].shape[:2] == (1, 1) and not pointwise:
+        return f"1x1 conv: {pointwise_reason} (pass pointwise=True to factor it)"
+    return None

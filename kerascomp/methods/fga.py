@@ -18,7 +18,7 @@ from kerascomp.decompose import fga as fga_math
 from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import module_for, sample_node_inputs
 from kerascomp.layers import layers_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
 from kerascomp.plan import Candidates, allocate
 
 
@@ -70,17 +70,7 @@ def _output_pixels(graph: Graph, shapes: dict, layer: str) -> int:
 
 def ineligibility(spec: LayerSpec, options: FGAOptions) -> str | None:
     """Why FGA leaves this layer alone, or ``None`` if it may be factored."""
-    if spec.class_name != "Conv2D":
-        return f"{spec.class_name} is not a dense Conv2D"
-    config = spec.config
-    if config.get("data_format") not in (None, "channels_last"):
-        return "channels_first: rebuild the model channels_last (TFLite is channels_last)"
-    if (config.get("groups") or 1) != 1:
-        return "already a grouped conv"
-    kernel = spec.weights[0]
-    if kernel.shape[:2] == (1, 1) and not options.pointwise:
-        return "1x1 conv: no filter-group structure (pass pointwise=True to factor it)"
-    return None
+    return dense_conv2d_ineligibility(spec, options.pointwise, "no filter-group structure")
 
 
 def _group_options(channels: int, min_per_group: int) -> list[int]:

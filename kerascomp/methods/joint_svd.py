@@ -26,7 +26,7 @@ from kerascomp.decompose import jsvd
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
 from kerascomp.graph.keras_io import module_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
 from kerascomp.methods.strip import is_channel_batchnorm
 from kerascomp.plan import Candidates, allocate
 
@@ -150,18 +150,10 @@ class _Unit:
 
 
 def _eligibility(spec: LayerSpec, calls: int, options: SVDOptions) -> str | None:
-    if spec.class_name != "Conv2D":
-        return f"{spec.class_name} is not a dense Conv2D"
-    config = spec.config
-    if config.get("data_format") not in (None, "channels_last"):
-        return "channels_first: rebuild the model channels_last (TFLite is channels_last)"
-    if (config.get("groups") or 1) != 1:
-        return "a grouped conv"
-    if calls != 1:
-        return f"already shared by {calls} calls"
-    if spec.weights[0].shape[:2] == (1, 1) and not options.pointwise:
-        return "1x1 conv: no spatial extent (pass pointwise=True to factor it)"
-    return None
+    why = dense_conv2d_ineligibility(spec, options.pointwise, "no spatial extent")
+    if why is None and calls != 1:
+        why = f"already shared by {calls} calls"
+    return why
 
 
 def _conv_key(member: _Member, shapes: dict) -> tuple:
