@@ -5,6 +5,7 @@ Public API::
     small = kerascomp.clone_compressed(model, method="fga", target_flops=0.25)   # or "correlation", "l1"
     small.fit(...)
     kerascomp.export_tflite(small, "small.tflite")
+    qat = kerascomp.quantize_aware(small); qat.fit(...); kerascomp.export_tflite(qat, "small_int8.tflite")
     kerascomp.benchmark_tflite("small.tflite")
 """
 from kerascomp.api import Compressed, CompressionWarning, clone_compressed, compress, strip
@@ -12,6 +13,7 @@ from kerascomp.bench.host import BenchmarkResult, benchmark_tflite, compare_tfli
 from kerascomp.cost import CostReport, cost
 from kerascomp.errors import (BenchmarkError, BudgetError, CompressionError, ExportError, InvalidArgumentError,
                               InvalidWeightsError, UnsupportedModelError)
+from kerascomp.export.qat import quantize_aware
 from kerascomp.export.tflite import ExportResult, ParityWarning, export_tflite
 from kerascomp.graph.flavour import default_keras as _default_keras
 from kerascomp.layers import custom_objects, layers_for
@@ -23,7 +25,7 @@ __version__ = "0.1.0"
 layers_for(_default_keras())
 
 __all__ = [
-    "clone_compressed", "compress", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "benchmark_tflite", "compare_tflite", "cost",
+    "clone_compressed", "compress", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
     "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",
     "CompressionError", "InvalidArgumentError", "UnsupportedModelError", "InvalidWeightsError", "BudgetError",
     "ExportError", "BenchmarkError", "CompressionWarning", "ParityWarning",

@@ -30,15 +30,20 @@ class ExportResult:
     relative_error: float
     top1_agreement: float | None
     samples: int
+    quantize_aware: bool = False
 
     def __str__(self) -> str:
         agreement = "" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.3f}"
-        return (f"{self.path}: {self.size_bytes:,} bytes ({self.quantize or 'fp32'}), max |tflite - keras| "
+        mode = (self.quantize or "fp32") + (", QAT" if self.quantize_aware else "")
+        return (f"{self.path}: {self.size_bytes:,} bytes ({mode}), max |tflite - keras| "
                 f"{self.max_abs_error:.3g}, relative error {self.relative_error:.3g}{agreement} on {self.samples} inputs")
 
 
 # Relative error above which the parity check warns, per mode.
 _TOLERANCE = {None: 1e-4, "float16": 1e-2, "dynamic": 5e-2, "int8": 0.1}
+# Top-1 agreement below which it warns, once enough inputs were checked to tell.
+_MIN_AGREEMENT = {"float16": 0.99, "dynamic": 0.97, "int8": 0.95}
+_AGREEMENT_SAMPLES = 50
 
 
 def _sample_inputs(model: Any, representative_data: Any, samples: int, seed: int) -> list[np.ndarray]:
@@ -50,7 +55,8 @@ def _sample_inputs(model: Any, representative_data: Any, samples: int, seed: int
             for t in model.inputs]
 
 
-def _convert(model: Any, quantize: str | None, calibration: list[np.ndarray] | None, int8_io: bool) -> bytes:
+def _convert(model: Any, quantize: str | None, calibration: list[np.ndarray] | None, int8_io: bool,
+             quantize_aware: bool = False) -> bytes:
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
@@ -59,16 +65,16 @@ def _convert(model: Any, quantize: str | None, calibration: list[np.ndarray] | N
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantize == "int8":
+    if quantize == "int8" and not quantize_aware:  # a QAT model carries its own ranges
         def representative_dataset():
             for row in range(len(calibration[0])):
                 yield [array[row:row + 1] for array in calibration]
 
         converter.representative_dataset = representative_dataset
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        if int8_io:
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+    if quantize == "int8" and int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     return converter.convert()
 
 
@@ -122,16 +128,23 @@ def _atomic_write(path: Path, content: bytes) -> None:
 
 
 def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = None, representative_data: Any = None,
-                  int8_io: bool = False, check_samples: int = 16, seed: int = 0) -> ExportResult:
+                  int8_io: bool = False, check_samples: int | None = None, seed: int = 0) -> ExportResult:
     """Convert ``model`` to a .tflite at ``path`` and check it against Keras in LiteRT.
 
-    kerascomp layers are stripped first, so the converter only sees standard layers and the
+    A quantisation-aware model from :func:`kerascomp.quantize_aware` exports as int8 with the
+    ranges it learned (``representative_data`` then only feeds the parity check).
+    Otherwise kerascomp layers are stripped first, so the converter only sees standard layers and the
     file holds builtin ops only (no Flex). Quantisation: ``None`` (fp32), ``"float16"``,
     ``"dynamic"`` (int8 weights) or ``"int8"`` (full integer; needs ``representative_data``,
     an array of inputs; ``int8_io=True`` also makes the inputs and outputs int8).
+    The parity check runs ``check_samples`` inputs through LiteRT and Keras: by default all of
+    ``representative_data`` (up to 500 rows), else 16 random inputs; for quantised modes it
+    reports the top-1 agreement and warns (:class:`ParityWarning`) past a per-mode tolerance.
     The file is written atomically: an interrupted export leaves nothing at ``path``.
     """
     from kerascomp.api import input_batch
+    from kerascomp.export.qat import is_quantize_aware
+    from kerascomp.graph.ir import Graph
     from kerascomp.graph.keras_io import read_model, write_model
     from kerascomp.methods.strip import strip_graph
 
@@ -140,21 +153,35 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     path = Path(path)
     if path.suffix != ".tflite":
         raise InvalidArgumentError(f"export path {path} should end in .tflite.")
-    if quantize == "int8" and representative_data is None:
-        raise InvalidArgumentError("quantize='int8' needs representative_data: ~100-500 typical model inputs "
-                                   "to calibrate activation ranges.")
-    graph = read_model(model)
-    stripped = write_model(strip_graph(graph))
+    quantize_aware = is_quantize_aware(model)
+    if quantize_aware:
+        if quantize not in (None, "int8"):
+            raise InvalidArgumentError(f"model {model.name!r} is quantisation-aware (tfmot), so it exports as int8; "
+                                       f"quantize={quantize!r} does not apply. Leave quantize unset or pass 'int8'.")
+        quantize = "int8"
+        stripped = model
+        graph = Graph(model.name, "tf_keras", [], {}, [t.name for t in model.inputs], None,
+                      {t.name: {"batch_shape": list(t.shape)} for t in model.inputs})
+    else:
+        if quantize == "int8" and representative_data is None:
+            raise InvalidArgumentError("quantize='int8' needs representative_data: ~100-500 typical model inputs "
+                                       "to calibrate activation ranges.")
+        graph = read_model(model)
+        stripped = write_model(strip_graph(graph))
     calibration = input_batch(graph, representative_data, "representative_data", limit=500)
     if calibration is not None and not isinstance(calibration, list):
         calibration = [calibration]
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the Keras exporter prints every captured variable
-            content = _convert(stripped, quantize, calibration, int8_io)
+            content = _convert(stripped, quantize, calibration, int8_io, quantize_aware)
     except Exception as error:
         raise ExportError(f"the TF converter failed on model {model.name!r} ({quantize or 'fp32'}): {error}") from error
+    if check_samples is None:
+        check_samples = 500 if calibration is not None else 16
+    if not isinstance(check_samples, int) or check_samples < 1:
+        raise InvalidArgumentError(f"check_samples must be a positive int, got {check_samples!r}.")
     inputs = _sample_inputs(stripped, calibration, check_samples, seed)
-    reference = stripped(inputs if len(inputs) > 1 else inputs[0], training=False)
+    reference = stripped.predict(inputs if len(inputs) > 1 else inputs[0], batch_size=64, verbose=0)
     reference = [np.asarray(r) for r in (reference if isinstance(reference, (list, tuple)) else [reference])]
     produced = run_tflite(content, inputs)
     max_abs = max(float(np.max(np.abs(p - r))) for p, r in zip(produced, reference))
@@ -162,10 +189,14 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     agreement = None
     if quantize is not None and reference[0].ndim == 2 and reference[0].shape[1] > 1:
         agreement = float(np.mean(np.argmax(produced[0], 1) == np.argmax(reference[0], 1)))
-    if relative > _TOLERANCE[quantize]:
+    disagrees = (agreement is not None and len(inputs[0]) >= _AGREEMENT_SAMPLES
+                 and agreement < _MIN_AGREEMENT[quantize])
+    if relative > _TOLERANCE[quantize] or disagrees:
         warnings.warn(f"PARITY CHECK: {path.name} ({quantize or 'fp32'}) differs from the Keras model by relative "
                       f"error {relative:.3g} (max abs {max_abs:.3g})"
                       + ("" if agreement is None else f", top-1 agreement {agreement:.3f}")
-                      + ". Check the calibration data or keep this layer in float.", ParityWarning, stacklevel=2)
+                      + ". Calibrate with 100-500 real inputs, or for int8 finetune with kerascomp.quantize_aware().",
+                      ParityWarning, stacklevel=2)
     _atomic_write(path, content)
-    return ExportResult(str(path), len(content), quantize, max_abs, relative, agreement, len(inputs[0]))
+    return ExportResult(str(path), len(content), quantize, max_abs, relative, agreement, len(inputs[0]),
+                        quantize_aware)
