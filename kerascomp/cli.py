@@ -98,26 +98,79 @@ def cmd_export(args) -> int:
 
 
 def bench_table(results, markdown: bool = False) -> str:
+    """Host rows (median/p90 over interleaved runs) or phone rows (benchmark_model's avg/min/std)."""
     from kerascomp.report import table
 
-    base = results[0].median_ms
-    rows = [[Path(r.path).name, f"{r.size_bytes / 1024:.1f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}",
-             f"{base / r.median_ms:.2f}x"] for r in results]
-    return table(["model", "size KiB", "median ms", "p90 ms", "speedup vs first"], rows, markdown=markdown)
+    if hasattr(results[0], "median_ms"):
+        base = results[0].median_ms
+        rows = [[Path(r.path).name, f"{r.size_bytes / 1024:.1f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}",
+                 f"{base / r.median_ms:.2f}x"] for r in results]
+        return table(["model", "size KiB", "median ms", "p90 ms", "speedup vs first"], rows, markdown=markdown)
+    base = results[0].avg_ms
+
+    def optional(value, scale=1e-3, digits=3):
+        return "-" if value is None else f"{value * scale:.{digits}f}"
+
+    rows = [[Path(r.path).name, f"{r.size_bytes / 1024:.1f}", f"{r.avg_ms:.3f}", optional(r.runs and r.runs.min_us),
+             optional(r.runs and r.runs.std_us), optional(r.peak_memory_mb, 1, 1), f"{base / r.avg_ms:.2f}x"]
+            for r in results]
+    return table(["model", "size KiB", "avg ms", "min ms", "std ms", "peak MB", "speedup vs first"], rows,
+                 markdown=markdown)
+
+
+def _device_settings(args):
+    from kerascomp.bench.android import DeviceSettings
+
+    return DeviceSettings(num_threads=args.threads, use_xnnpack=not args.no_xnnpack, use_gpu=args.use_gpu,
+                          num_runs=args.runs, enable_op_profiling=args.op_profile or bool(args.layers_from),
+                          binary=args.binary, device_dir=args.device_dir, serial=args.serial, adb=args.adb_path)
 
 
 def cmd_bench(args) -> int:
     import kerascomp
 
-    results = kerascomp.compare_tflite(args.models, num_threads=args.threads, runs=args.runs,
-                                       xnnpack=not args.no_xnnpack)
+    from kerascomp.errors import InvalidArgumentError
+
+    command = "kerascomp bench " + " ".join(args.argv)
+    phone_only = [flag for flag, used in (("--use-gpu", args.use_gpu), ("--op-profile", args.op_profile),
+                                          ("--layers-from", args.layers_from), ("--serial", args.serial)) if used]
+    if phone_only and not args.adb:
+        raise InvalidArgumentError(f"{', '.join(phone_only)} only apply with --adb: the host LiteRT Python API has no "
+                                   "per-operator profiler, and GPU timings belong on the phone.")
+    if args.adb:
+        from kerascomp.bench.android import benchmark_on_device
+
+        settings = _device_settings(args)
+        results = benchmark_on_device(args.models, settings)
+        where = (f"phone{' ' + args.serial if args.serial else ''} via adb, benchmark_model, {args.threads} thread(s), "
+                 f"XNNPACK {'off' if args.no_xnnpack else 'on'}, GPU {'on' if args.use_gpu else 'off'}, "
+                 f"{args.runs} runs each, one model after the other")
+    else:
+        results = kerascomp.compare_tflite(args.models, num_threads=args.threads, runs=args.runs,
+                                           xnnpack=not args.no_xnnpack)
+        where = (f"host LiteRT, {args.threads} thread(s), XNNPACK {'off' if args.no_xnnpack else 'on'}, "
+                 f"{args.runs} runs each, interleaved")
     print(bench_table(results))
-    print(f"({args.threads} thread(s), XNNPACK {'off' if args.no_xnnpack else 'on'}, {args.runs} runs each, interleaved)")
+    print(f"({where})")
+    record = {"command": command, "runner": "adb" if args.adb else "host", "conditions": where,
+              "results": [r.to_dict() for r in results]}
+    if args.layers_from:
+        record["layer_latency_ms"] = _layer_tables(args.layers_from, results)
     if args.json:
-        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2))
+        Path(args.json).write_text(json.dumps(record, indent=2))
     if args.markdown:
-        Path(args.markdown).write_text(bench_table(results, markdown=True) + "\n")
+        Path(args.markdown).write_text(f"{bench_table(results, markdown=True)}\n\n{where}.\n\n"
+                                       f"Made with `{command}`.\n")
     return 0
+
+
+def _layer_tables(model_path: str, results) -> dict:
+    """Per-layer milliseconds for each profiled file, for the layers of ``model_path`` that hold weights."""
+    from kerascomp.bench.android import layer_latency_table
+
+    model = load_model(model_path)
+    names = [layer.name for layer in model.layers if layer.weights]
+    return {Path(r.path).name: layer_latency_table(r.op_profile, names, tflite=r.path) for r in results}
 
 
 def cmd_demo(args) -> int:
@@ -224,13 +277,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (with --quantize int8)")
     export.set_defaults(run=cmd_export)
 
-    bench = commands.add_parser("bench", help="time .tflite files with LiteRT, interleaved")
+    bench = commands.add_parser("bench", help="time .tflite files with LiteRT here, or on a phone with --adb")
     bench.add_argument("models", nargs="+")
     bench.add_argument("--threads", type=int, default=1)
     bench.add_argument("--runs", type=int, default=50)
     bench.add_argument("--no-xnnpack", action="store_true")
     bench.add_argument("--json")
     bench.add_argument("--markdown")
+    phone = bench.add_argument_group("phone (adb + benchmark_model)")
+    phone.add_argument("--adb", action="store_true", help="run on the phone adb sees, with benchmark_model")
+    phone.add_argument("--serial", help="adb device serial (adb devices), when several are attached")
+    phone.add_argument("--use-gpu", action="store_true", help="benchmark_model --use_gpu=true")
+    phone.add_argument("--binary", default="/data/local/tmp/benchmark_model", help="benchmark_model on the phone")
+    phone.add_argument("--device-dir", default="/data/local/tmp/kerascomp", help="where models are pushed")
+    phone.add_argument("--adb-path", default="adb")
+    phone.add_argument("--op-profile", action="store_true", help="benchmark_model --enable_op_profiling=true")
+    phone.add_argument("--layers-from", metavar="MODEL.keras",
+                       help="with --adb: also write per-layer ms (layers of this model) into --json")
     bench.set_defaults(run=cmd_bench)
 
     demo = commands.add_parser("demo", help="compress, finetune, export and benchmark the shipped CIFAR-10 model")
@@ -249,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     from kerascomp.errors import CompressionError
 
     try:

@@ -31,7 +31,9 @@ def test_compress_export_bench(model_file, tmp_path, images, capsys):
                  "--json", str(tmp_path / "bench.json"), "--markdown", str(tmp_path / "bench.md")]) == 0
     printed = capsys.readouterr().out
     assert "speedup vs first" in printed and "1.00x" in printed
-    assert len(json.loads((tmp_path / "bench.json").read_text())) == 2
+    record = json.loads((tmp_path / "bench.json").read_text())
+    assert record["runner"] == "host" and len(record["results"]) == 2
+    assert record["command"].startswith("kerascomp bench ") and "--runs 5" in record["command"]
     assert (tmp_path / "bench.md").read_text().startswith("| model |")
 
 
