@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import DATA_HELP, load_cifar
+
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {"svd": ("svd", {}), "left": ("joint_svd", {"variant": "left"}),
             "right": ("joint_svd", {"variant": "right"}), "bi": ("joint_svd", {"variant": "bi"}),
@@ -73,7 +75,7 @@ def weight_errors(model, svd_ranks=(2, 4, 8, 16)) -> list[dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=None, help="folder or .npz (default: $KERASCOMP_DATA, ../shared/data)")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--model", default=None, help=".keras baseline (default: the shipped ResNet-20)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--target", type=float, default=0.1, help="fraction of params kept")
@@ -89,16 +91,14 @@ def main(argv=None) -> int:
 
     import kerascomp
     from kerascomp.cli import load_demo_model
-    from kerascomp.data import augmented_dataset, find_data, load_npz
+    from kerascomp.data import augmented_dataset
     from kerascomp.graph.flavour import default_keras
     from kerascomp.report import table
 
-    path = find_data(args.data)
-    if path is None:
-        print("CIFAR-10 not found: pass --data or set KERASCOMP_DATA", file=sys.stderr)
+    data = load_cifar(args.data)
+    if data is None:
         return 2
     keras = default_keras()
-    data = load_npz(path)
     x_train, y_train = data["x_train"][:args.train_samples], data["y_train"][:args.train_samples].ravel()
     x_test, y_test = data["x_test"].astype("float32"), data["y_test"].ravel()
     calibration = x_train[:256].astype("float32")

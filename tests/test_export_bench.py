@@ -86,3 +86,14 @@ def test_bench_rejects_corrupt_and_missing_files(tmp_path):
         kerascomp.benchmark_tflite(tmp_path / "absent.tflite")
     with pytest.raises(InvalidArgumentError, match="num_threads"):
         kerascomp.benchmark_tflite(corrupt, num_threads=0)
+
+
+def test_parity_warning_on_low_top1_agreement(compressed, tmp_path, monkeypatch):
+    from kerascomp.export import tflite
+
+    monkeypatch.setitem(tflite._MIN_AGREEMENT, "float16", 1.01)  # no file can agree more than 100%
+    images = np.random.default_rng(1).uniform(0, 255, (64, 16, 16, 3)).astype("float32")
+    with pytest.warns(kerascomp.ParityWarning, match="top-1 agreement"):
+        result = kerascomp.export_tflite(compressed, tmp_path / "h.tflite", quantize="float16",
+                                         representative_data=images)
+    assert result.samples == 64  # the check runs on every calibration input
