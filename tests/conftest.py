@@ -7,10 +7,14 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from kerascomp.graph.flavour import default_keras  # noqa: E402
+from kerascomp.graph.flavour import default_keras, legacy_requested  # noqa: E402
 from kerascomp.zoo import cifar_resnet  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# For tests whose subject does not depend on the Keras flavour (.tflite files, logs, the shipped
+# Keras 3 demo path): they run in the Keras 3 pass of the README command only, to keep CI short.
+flavour_independent = pytest.mark.skipif(legacy_requested(), reason="flavour-independent; runs in the Keras 3 pass")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,9 @@ from kerascomp.bench.android import (DeviceSettings, benchmark_on_device, comman
                                      parse_benchmark_output)
 from kerascomp.cli import load_demo_model, main
 from kerascomp.errors import BenchmarkError, InvalidArgumentError
+from tests.conftest import flavour_independent
+
+pytestmark = flavour_independent
 
 DATA = Path(__file__).parent / "data"
 CPU_LOG = (DATA / "benchmark_model_cpu_op_profile.txt").read_text()

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import kerascomp
+from tests.conftest import flavour_independent
 
+pytestmark = flavour_independent
 DEMO = Path(__file__).resolve().parents[1] / "android_demo"
 
 

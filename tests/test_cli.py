@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from kerascomp.cli import demo_model_path, main
+from tests.conftest import flavour_independent
 
 
 @pytest.fixture
@@ -50,6 +51,7 @@ def test_shipped_demo_model_exists_and_is_small():
 
 
 @pytest.mark.slow
+@flavour_independent  # the README's demo command runs in a default (Keras 3) session
 def test_demo_runs_offline(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("KERASCOMP_DATA", raising=False)
     assert main(["demo", "--runs", "5", "--output-dir", str(tmp_path)]) == 0

@@ -11,7 +11,7 @@ import kerascomp
 from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
 from kerascomp.export.tflite import run_tflite
 from kerascomp.graph.flavour import legacy_requested
-from tests.conftest import model_fingerprint
+from tests.conftest import flavour_independent, model_fingerprint
 
 keras3_only = pytest.mark.skipif(legacy_requested(), reason="the bridge is for Keras 3 models")
 
@@ -130,6 +130,7 @@ def test_tfmot_never_switches_a_keras3_session_to_legacy(tmp_path):
     assert "SESSION OK" in run.stdout, run.stderr[-3000:]
 
 
+@flavour_independent  # the tf_keras int8 path is exercised in test_export_bench
 def test_int8_keeps_top1_of_the_shipped_trained_model(cifar_path, tmp_path):
     from kerascomp.cli import load_demo_model
     from kerascomp.data import load_npz
