@@ -1,0 +1,90 @@
+"""Collaborative compression's numpy core: unit scores, removal curves, curve fit, global rates."""
+import itertools
+
+import numpy as np
+import pytest
+
+from kerascomp.decompose.collaborative import (channel_matrix, channel_removal_curve, channel_scores, fit_exponential,
+                                               global_rates, rank_removal_curve, singular_value_scores)
+
+
+@pytest.fixture
+def layer():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(3, 3, 6, 8)), rng.normal(size=(3, 3, 6, 8))
+
+
+def _taylor(gradient, change):
+    return float(np.sum((gradient * change) ** 2))
+
+
+def test_channel_scores_are_the_taylor_score_of_zeroing_the_channel(layer):
+    kernel, gradient = layer
+    scores = channel_scores(kernel, gradient)
+    for channel in (0, 4):
+        change = np.zeros_like(kernel)
+        change[:, :, channel, :] = -kernel[:, :, channel, :]
+        assert scores[channel] == pytest.approx(_taylor(gradient, change))
+
+
+def test_singular_value_scores_are_the_taylor_score_of_dropping_the_value(layer):
+    kernel, gradient = layer
+    values, scores = singular_value_scores(kernel, gradient)
+    left, reference_values, right = np.linalg.svd(channel_matrix(kernel), full_matrices=False)
+    np.testing.assert_allclose(values, reference_values)
+    for index in (0, 5):
+        change = -values[index] * np.outer(left[:, index], right[index])
+        assert scores[index] == pytest.approx(_taylor(channel_matrix(gradient), change))
+
+
+def test_channel_curve_is_cumulative_and_cheapest_first(layer):
+    kernel, gradient = layer
+    curve = channel_removal_curve(kernel, gradient)
+    scores = channel_scores(kernel, gradient)
+    assert list(curve.units_removed) == [1, 2, 3, 4, 5]  # at most 95% of 6 channels, never all
+    np.testing.assert_allclose(curve.macs_removed, np.arange(1, 6) / 6)
+    assert np.all(np.diff(scores[curve.order]) >= 0)
+    zeroed = kernel.copy()
+    zeroed[:, :, curve.order[:3], :] = 0
+    assert curve.score[2] == pytest.approx(_taylor(gradient, zeroed - kernel))
+
+
+def test_rank_curve_counts_only_saving_ranks_and_scores_the_whole_change(layer):
+    kernel, gradient = layer
+    curve = rank_removal_curve(kernel, gradient)
+    # rank r costs r*(9*6 + 8) MACs per pixel against 9*6*8 dense: r <= 6 saves
+    assert curve.units_removed[0] == 2 and np.all(curve.macs_removed > 0)
+    np.testing.assert_allclose(curve.macs_removed, 1 - (8 - curve.units_removed) * 62 / 432)
+    left, values, right = np.linalg.svd(channel_matrix(kernel), full_matrices=False)
+    removed = curve.order[:curve.units_removed[-1]]
+    change = -sum(values[i] * np.outer(left[:, i], right[i]) for i in removed)
+    assert curve.score[-1] == pytest.approx(_taylor(channel_matrix(gradient), change))
+
+
+def test_fit_exponential_recovers_the_curve():
+    fractions = np.linspace(0.05, 0.9, 12)
+    p1, p2 = fit_exponential(fractions, 0.3 * np.exp(4.0 * fractions))
+    assert (p1, p2) == (pytest.approx(0.3), pytest.approx(4.0))
+    assert fit_exponential([0.1, 0.2], [0.0, 0.0])[1] > 0  # nothing to fit: cheap, not an error
+
+
+def test_global_rates_meet_the_target_and_match_brute_force():
+    macs = np.array([100.0, 300.0, 200.0])
+    p1, p2 = np.array([0.01, 0.05, 0.002]), np.array([3.0, 5.0, 8.0])
+    target = 0.4 * macs.sum()
+    rates = global_rates(macs, p1, p2, target)
+    assert float(np.sum(macs * rates)) == pytest.approx(target, rel=1e-9)
+    assert np.all((rates >= 0) & (rates <= 0.95))
+    objective = float(np.sum(p1 * np.exp(p2 * rates)))
+    grid = np.linspace(0, 0.95, 39)
+    best = min(float(np.sum(p1 * np.exp(p2 * np.array(r)))) for r in itertools.product(grid, repeat=3)
+               if np.sum(macs * np.array(r)) >= target)
+    assert objective <= best + 1e-9  # the exact optimum is at least as good as any grid point
+
+
+def test_global_rates_edge_cases():
+    macs, p1, p2 = np.array([10.0, 10.0]), np.array([1.0, 1.0]), np.array([1.0, 2.0])
+    np.testing.assert_array_equal(global_rates(macs, p1, p2, 0.0), [0.0, 0.0])
+    np.testing.assert_allclose(global_rates(macs, p1, p2, 19.0), [0.95, 0.95])
+    with pytest.raises(ValueError, match="at most 95%"):
+        global_rates(macs, p1, p2, 19.5)
