@@ -66,6 +66,8 @@ def test_fit_exponential_recovers_the_curve():
     p1, p2 = fit_exponential(fractions, 0.3 * np.exp(4.0 * fractions))
     assert (p1, p2) == (pytest.approx(0.3), pytest.approx(4.0))
     assert fit_exponential([0.1, 0.2], [0.0, 0.0])[1] > 0  # nothing to fit: cheap, not an error
+    free_start = fit_exponential(fractions, np.where(fractions < 0.4, 0.0, 0.3 * np.exp(4.0 * fractions)))
+    assert free_start[0] * np.exp(free_start[1] * 0.2) < 1e-3 * 0.3 * np.exp(0.8)
 
 
 def test_global_rates_meet_the_target_and_match_brute_force():
@@ -88,3 +90,77 @@ def test_global_rates_edge_cases():
     np.testing.assert_allclose(global_rates(macs, p1, p2, 19.0), [0.95, 0.95])
     with pytest.raises(ValueError, match="at most 95%"):
         global_rates(macs, p1, p2, 19.5)
+
+
+def _two_conv_model(keras, duplicated: bool):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 8))
+    hidden = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="plain")(inputs)
+    outputs = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="redundant")(hidden)
+    logits = keras.layers.Dense(4, name="head")(keras.layers.GlobalAveragePooling2D()(outputs))
+    model = keras.Model(inputs, logits)
+    if duplicated:  # 8 distinct filters, each twice: rank 8 of 16
+        kernel, bias = model.get_layer("redundant").get_weights()
+        kernel[..., 8:] = kernel[..., :8]
+        model.get_layer("redundant").set_weights([kernel, bias])
+    return model
+
+
+def _labelled(count=96):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(count, 8, 8, 8)).astype("float32"), rng.integers(0, 4, count)
+
+
+def test_sensitivity_ranks_the_redundant_layer_cheapest(keras):
+    from kerascomp.graph.keras_io import read_model
+    from kerascomp.methods.sensitivity import layer_sensitivities
+
+    graph = read_model(_two_conv_model(keras, duplicated=True))
+    by_layer = {s.layer: s for s in layer_sensitivities(graph, _labelled(), batch_size=32)}
+    assert set(by_layer) == {"plain", "redundant"}
+    redundant, plain = by_layer["redundant"], by_layer["plain"]
+    # dropping the 8 zero singular values costs nothing and removes 1 - 8*(144+16)/2304 of the MACs
+    assert redundant.ranks.macs_removed[redundant.ranks.units_removed.tolist().index(8)] == pytest.approx(4 / 9)
+    assert redundant.ranks.score[redundant.ranks.units_removed.tolist().index(8)] < 1e-12
+    at_40_percent = {name: s.p1 * np.exp(s.p2 * 0.4) for name, s in by_layer.items()}
+    assert at_40_percent["redundant"] < 0.01 * at_40_percent["plain"]
+
+
+def test_kernel_gradients_match_a_finite_difference(keras):
+    import tensorflow as tf
+
+    from kerascomp.graph.keras_io import read_model
+    from kerascomp.methods.sensitivity import default_loss, kernel_gradients
+
+    model = _two_conv_model(keras, duplicated=False)
+    x, y = _labelled(32)
+    gradient = kernel_gradients(read_model(model), ["plain"], [(x[:16], y[:16]), (x[16:], y[16:])],
+                                default_loss(model))["plain"]
+    direction = np.random.default_rng(2).normal(size=gradient.shape).astype("float32")
+    direction /= np.linalg.norm(direction)
+    kernel, bias = model.get_layer("plain").get_weights()
+    loss = default_loss(model)
+
+    def loss_at(step):
+        model.get_layer("plain").set_weights([kernel + step * direction, bias])
+        return float(loss(tf.convert_to_tensor(y), model(x, training=False)))
+
+    numeric = (loss_at(1e-2) - loss_at(-1e-2)) / 2e-2
+    assert float(np.sum(gradient * direction)) == pytest.approx(numeric, rel=2e-2)
+
+
+def test_sensitivity_needs_labelled_data(keras):
+    from kerascomp.errors import InvalidArgumentError
+    from kerascomp.graph.keras_io import read_model
+    from kerascomp.methods.sensitivity import layer_sensitivities
+
+    graph = read_model(_two_conv_model(keras, duplicated=False))
+    with pytest.raises(InvalidArgumentError, match=r"labelled data: pass data=\(x, y\)"):
+        layer_sensitivities(graph, None)
+    x, y = _labelled(8)
+    with pytest.raises(InvalidArgumentError, match="8 inputs but 5 labels"):
+        layer_sensitivities(graph, (x, y[:5]))
+    import tensorflow as tf
+
+    with pytest.raises(InvalidArgumentError, match="inputs only"):
+        layer_sensitivities(graph, tf.data.Dataset.from_tensor_slices(x).batch(4))

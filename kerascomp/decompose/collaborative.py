@@ -89,22 +89,23 @@ def rank_removal_curve(kernel: np.ndarray, gradient: np.ndarray, max_fraction: f
     return RemovalCurve(order, np.array(steps, dtype=int), np.array(fractions), np.array(scores))
 
 
-def fit_exponential(fractions: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """``score ~ p1 * exp(p2 * fraction)`` by weighted least squares on ``log(score)``.
+def fit_exponential(fractions: np.ndarray, scores: np.ndarray, floor: float = 1e-6) -> tuple[float, float]:
+    """``score ~ p1 * exp(p2 * fraction)`` by least squares on ``log(score)``.
 
-    Weights are the scores themselves (the usual correction for fitting in log space, so the
-    large, budget-deciding end of the curve dominates). Non-positive scores are ignored.
-    Returns ``(p1, p2)`` with ``p2 > 0`` (a flat or falling curve gets a tiny positive slope,
-    meaning "cheap to compress").
+    Scores below ``floor`` times the largest are raised to it, and every point weighs the same.
+    Choice and evidence: weighting by the score (the usual log-space correction) or dropping
+    zero scores both ignore a curve's free start, e.g. a layer with duplicated filters whose
+    first 44% of MACs go at zero cost; then its fit claimed it was the *more* sensitive layer
+    (``tests/test_collaborative.py``). Returns ``(p1, p2)`` with ``p2 > 0`` (a flat curve gets a
+    tiny slope: cheap to compress).
     """
     fractions, scores = np.asarray(fractions, float), np.asarray(scores, float)
-    usable = scores > 0
-    if usable.sum() < 2:
-        level = float(scores[usable][0]) if usable.any() else 1e-12
-        return level, 1e-6
-    x, y, w = fractions[usable], np.log(scores[usable]), scores[usable] / scores[usable].max()
-    design = np.stack([np.ones_like(x), x], axis=1) * np.sqrt(w)[:, None]
-    (log_p1, p2), *_ = np.linalg.lstsq(design, y * np.sqrt(w), rcond=None)
+    top = float(scores.max()) if scores.size else 0.0
+    if scores.size < 2 or top <= 0:
+        return max(top, 1e-12), 1e-6
+    logs = np.log(np.maximum(scores, floor * top))
+    design = np.stack([np.ones_like(fractions), fractions], axis=1)
+    (log_p1, p2), *_ = np.linalg.lstsq(design, logs, rcond=None)
     return float(np.exp(log_p1)), float(max(p2, 1e-6))
 
 

@@ -1,0 +1,123 @@
+"""Per-layer compression sensitivity from loss gradients on the user's data.
+
+For every dense Conv2D the loss gradient of its kernel is averaged over ``data`` batches;
+:mod:`kerascomp.decompose.collaborative` turns kernel and gradient into Taylor scores of its
+units (input channels, singular values), greedy removal curves and a fitted exponential
+``score ~ p1 exp(p2 * fraction of MACs removed)``, which the global planner trades off.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from kerascomp.decompose.collaborative import RemovalCurve, channel_removal_curve, fit_exponential, rank_removal_curve
+from kerascomp.errors import InvalidArgumentError
+from kerascomp.graph.flavour import keras_of
+from kerascomp.graph.ir import Graph
+from kerascomp.graph.keras_io import write_model
+from kerascomp.methods.base import dense_conv2d_ineligibility
+
+
+@dataclass
+class LayerSensitivity:
+    """One layer's removal curves and the exponential fitted to the cheaper of the two at each point."""
+
+    layer: str
+    channels: RemovalCurve
+    ranks: RemovalCurve
+    p1: float
+    p2: float
+
+
+def labelled_batches(data: Any, batch_size: int, max_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)`` batches -> up to ``max_samples`` rows in batches."""
+    if data is None:
+        raise InvalidArgumentError("gradient sensitivity needs labelled data: pass data=(x, y) numpy arrays or a "
+                                   "tf.data.Dataset of (x, y) batches (a few hundred validation images suffice).")
+    if hasattr(data, "as_numpy_iterator"):
+        xs, ys, rows = [], [], 0
+        for item in data.as_numpy_iterator():
+            if not (isinstance(item, tuple) and len(item) >= 2):
+                raise InvalidArgumentError("data is a dataset of inputs only; sensitivity needs (x, y) batches.")
+            xs.append(item[0])
+            ys.append(item[1])
+            rows += len(item[0])
+            if rows >= max_samples:
+                break
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        x, y = np.asarray(data[0]), np.asarray(data[1])
+    else:
+        raise InvalidArgumentError(f"data must be (x, y) or a tf.data.Dataset of (x, y) batches, got "
+                                   f"{type(data).__name__}.")
+    if len(x) != len(y):
+        raise InvalidArgumentError(f"data has {len(x)} inputs but {len(y)} labels.")
+    x, y = x[:max_samples].astype(np.float32), y[:max_samples]
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def default_loss(model: Any) -> Callable:
+    """The model's compiled loss if it has one, else sparse categorical cross-entropy, from logits
+    unless the output layer ends in a softmax."""
+    import tensorflow as tf
+
+    keras = keras_of(model)
+    compiled = getattr(model, "loss", None)
+    if isinstance(compiled, str):
+        compiled = keras.losses.get(compiled)
+    if callable(compiled):
+        return lambda labels, outputs: tf.reduce_mean(compiled(labels, outputs))
+    activation = getattr(model.layers[-1], "activation", None)
+    probabilities = getattr(activation, "__name__", "") == "softmax" or type(model.layers[-1]).__name__ == "Softmax"
+
+    def cross_entropy(labels, outputs):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, outputs,
+                                                                           from_logits=not probabilities))
+
+    return cross_entropy
+
+
+def kernel_gradients(graph: Graph, layers: list[str], batches: list[tuple[np.ndarray, np.ndarray]],
+                     loss: Callable) -> dict[str, np.ndarray]:
+    """Mean loss gradient of each named layer's kernel over the batches (inference-mode forward)."""
+    import tensorflow as tf
+
+    model = write_model(graph)
+    kernels = [model.get_layer(name).weights[0] for name in layers]
+    totals = [np.zeros(k.shape, np.float32) for k in kernels]
+    for x, y in batches:
+        with tf.GradientTape() as tape:
+            value = loss(tf.convert_to_tensor(y), model(x, training=False))
+        for total, gradient in zip(totals, tape.gradient(value, kernels)):
+            total += np.asarray(gradient) * len(x)
+    rows = sum(len(x) for x, _ in batches)
+    return {name: total / rows for name, total in zip(layers, totals)}
+
+
+def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, batch_size: int = 64,
+                        max_samples: int = 512, model: Any = None) -> list[LayerSensitivity]:
+    """Removal curves and fitted exponentials for every dense Conv2D with a spatial kernel."""
+    layers = [name for name, spec in graph.layers.items()
+              if spec.weights and dense_conv2d_ineligibility(spec, pointwise=True, pointwise_reason="") is None]
+    batches = labelled_batches(data, batch_size, max_samples)
+    gradients = kernel_gradients(graph, layers, batches, loss or default_loss(model if model is not None
+                                                                                  else write_model(graph)))
+    result = []
+    for name in layers:
+        kernel, gradient = graph.layers[name].weights[0], gradients[name]
+        channels, ranks = channel_removal_curve(kernel, gradient), rank_removal_curve(kernel, gradient)
+        fractions = np.concatenate([channels.macs_removed, ranks.macs_removed])
+        scores = np.concatenate([channels.score, ranks.score])
+        p1, p2 = fit_exponential(*_lower_envelope(fractions, scores))
+        result.append(LayerSensitivity(name, channels, ranks, p1, p2))
+    return result
+
+
+def _lower_envelope(fractions: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each MACs fraction reached, the cheapest score any unit kind reaches at or beyond it."""
+    order = np.argsort(fractions)
+    fractions, scores = fractions[order], scores[order]
+    best = np.minimum.accumulate(scores[::-1])[::-1]
+    return fractions, best
