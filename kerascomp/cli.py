@@ -128,7 +128,6 @@ def _device_settings(args):
 
 def cmd_bench(args) -> int:
     import kerascomp
-
     from kerascomp.errors import InvalidArgumentError
 
     command = "kerascomp bench " + " ".join(args.argv)

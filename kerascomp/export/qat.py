@@ -81,8 +81,9 @@ def quantize_aware(model: Any, keep_float: Iterable[str] = ()) -> Any:
     kerascomp layers are stripped to standard ones first; a Keras 3 model is moved to tf_keras
     with identical weights. Layers tfmot's 8-bit scheme does not know are handled so:
     weight-free ones (``Rescaling``, ``Normalization``...) and a BatchNormalization that does
-    not follow a conv get their output fake-quantised; others with trainable weights are refused unless named in ``keep_float``, which leaves a
-    layer in float (the converter then inserts quantize/dequantize around it).
+    not follow a conv get their output fake-quantised; others with trainable weights are
+    refused unless named in ``keep_float``, which leaves a layer in float (the converter then
+    inserts quantize/dequantize around it).
     ``kerascomp.export_tflite(qat_model, path)`` writes the fitted model as int8.
 
     Until it is fitted the model's activation ranges are tfmot's initial ones, so its outputs
@@ -91,6 +92,8 @@ def quantize_aware(model: Any, keep_float: Iterable[str] = ()) -> Any:
     point of top-1, 1e-3 lost 16).
 
     Example::
+
+        import tf_keras
 
         qat = kerascomp.quantize_aware(small)
         qat.compile(tf_keras.optimizers.Adam(1e-5), "sparse_categorical_crossentropy", metrics=["accuracy"])
@@ -129,6 +132,7 @@ def _annotate_and_apply(float_model: Any, keep_float: set[str], tfmot: ModuleTyp
         raise UnsupportedModelError(
             f"layer(s) {shared} are called more than once (shared factors, e.g. joint SVD's shared bases); tfmot's "
             "QAT wrapper cannot share one layer across calls. Export with quantize='int8' (post-training) instead.")
+
     def handled_by_tfmot(layer) -> bool:
         if isinstance(layer, tf_keras.layers.BatchNormalization):  # tfmot folds conv -> BN patterns itself
             producers = [node.inbound_layers for node in layer.inbound_nodes]

@@ -41,8 +41,8 @@ def _tf_keras_class(spec: LayerSpec) -> type:
     return target
 
 
-def _accepted_arguments(cls: type) -> set[str] | None:
-    """Constructor argument names of a tf_keras layer class (``None`` if it takes anything)."""
+def _accepted_arguments(cls: type) -> set[str]:
+    """Constructor argument names of a tf_keras layer class, including those its base Layer takes."""
     names: set[str] = set()
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
