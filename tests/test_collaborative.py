@@ -129,12 +129,11 @@ def test_sensitivity_ranks_the_redundant_layer_cheapest(keras):
 def test_kernel_gradients_match_a_finite_difference(keras):
     import tensorflow as tf
 
-    from kerascomp.graph.keras_io import read_model
     from kerascomp.methods.sensitivity import default_loss, kernel_gradients
 
     model = _two_conv_model(keras, duplicated=False)
     x, y = _labelled(32)
-    gradient = kernel_gradients(read_model(model), ["plain"], [(x[:16], y[:16]), (x[16:], y[16:])],
+    gradient = kernel_gradients(model, ["plain"], [(x[:16], y[:16]), (x[16:], y[16:])],
                                 default_loss(model))["plain"]
     direction = np.random.default_rng(2).normal(size=gradient.shape).astype("float32")
     direction /= np.linalg.norm(direction)

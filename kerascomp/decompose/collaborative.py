@@ -31,11 +31,13 @@ def channel_scores(kernel: np.ndarray, gradient: np.ndarray) -> np.ndarray:
 
 def singular_value_scores(kernel: np.ndarray, gradient: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Singular values of the reshaped kernel and the importance of removing each one alone."""
-    matrix, gradient_matrix = channel_matrix(kernel), channel_matrix(gradient)
-    left, values, right = np.linalg.svd(matrix, full_matrices=False)
+    left, values, right = np.linalg.svd(channel_matrix(kernel), full_matrices=False)
+    return values, _value_scores(left, values, right, channel_matrix(gradient))
+
+
+def _value_scores(left: np.ndarray, values: np.ndarray, right: np.ndarray, gradient_matrix: np.ndarray) -> np.ndarray:
     # dW_i = -s_i u_i v_i^T, so (G * dW_i) summed squared = s_i^2 * sum_jk (G_jk u_ij v_ik)^2
-    projected = np.einsum("jk,ji,ik->i", gradient_matrix ** 2, left ** 2, right ** 2)
-    return values, values ** 2 * projected
+    return values ** 2 * np.einsum("jk,ji,ik->i", gradient_matrix ** 2, left ** 2, right ** 2)
 
 
 @dataclass
@@ -70,8 +72,7 @@ def rank_removal_curve(kernel: np.ndarray, gradient: np.ndarray, max_fraction: f
     height, width, channels, filters = kernel.shape
     matrix, gradient_matrix = channel_matrix(kernel), channel_matrix(gradient)
     left, values, right = np.linalg.svd(matrix, full_matrices=False)
-    _, single = singular_value_scores(kernel, gradient)
-    order = np.argsort(single, kind="stable")
+    order = np.argsort(_value_scores(left, values, right, gradient_matrix), kind="stable")
     dense = height * width * channels * filters
     per_rank = height * width * channels + filters
     steps, fractions, scores = [], [], []

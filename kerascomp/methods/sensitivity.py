@@ -79,12 +79,12 @@ def default_loss(model: Any) -> Callable:
     return cross_entropy
 
 
-def kernel_gradients(graph: Graph, layers: list[str], batches: list[tuple[np.ndarray, np.ndarray]],
+def kernel_gradients(model: Any, layers: list[str], batches: list[tuple[np.ndarray, np.ndarray]],
                      loss: Callable) -> dict[str, np.ndarray]:
-    """Mean loss gradient of each named layer's kernel over the batches (inference-mode forward)."""
+    """Mean loss gradient of each named layer's kernel over the batches (inference-mode forward;
+    the model's weights are only read)."""
     import tensorflow as tf
 
-    model = write_model(graph)
     kernels = [model.get_layer(name).weights[0] for name in layers]
     totals = [np.zeros(k.shape, np.float32) for k in kernels]
     for x, y in batches:
@@ -97,13 +97,13 @@ def kernel_gradients(graph: Graph, layers: list[str], batches: list[tuple[np.nda
 
 
 def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, batch_size: int = 64,
-                        max_samples: int = 512, model: Any = None) -> list[LayerSensitivity]:
-    """Removal curves and fitted exponentials for every dense Conv2D with a spatial kernel."""
+                        max_samples: int = 512) -> list[LayerSensitivity]:
+    """Removal curves and fitted exponentials for every dense Conv2D (1x1 included)."""
     layers = [name for name, spec in graph.layers.items()
               if spec.weights and dense_conv2d_ineligibility(spec, pointwise=True, pointwise_reason="") is None]
     batches = labelled_batches(data, batch_size, max_samples)
-    gradients = kernel_gradients(graph, layers, batches, loss or default_loss(model if model is not None
-                                                                                  else write_model(graph)))
+    model = write_model(graph)
+    gradients = kernel_gradients(model, layers, batches, loss or default_loss(model))
     result = []
     for name in layers:
         kernel, gradient = graph.layers[name].weights[0], gradients[name]
