@@ -45,6 +45,11 @@ def check_finite(graph: Graph) -> None:
 
 def input_batch(graph: Graph, data: Any, argument: str = "data", limit: int = 512) -> Any:
     """Normalise ``data`` (array, ``(x, y)`` tuple or ``tf.data.Dataset``) to model-input arrays, checking shapes."""
+    return inputs_for(graph.input_shapes(), data, argument, limit)
+
+
+def inputs_for(shapes: dict[str, Any], data: Any, argument: str = "data", limit: int = 512) -> Any:
+    """:func:`input_batch` for a model known only by its input names and batch shapes."""
     if data is None:
         return None
     if isinstance(data, tuple) and len(data) == 2 and not _is_tensor_like(data):
@@ -65,16 +70,16 @@ def input_batch(graph: Graph, data: Any, argument: str = "data", limit: int = 51
         else:
             data = np.concatenate(batches)
     arrays = data if isinstance(data, list) else [data]
-    if len(arrays) != len(graph.inputs):
+    if len(arrays) != len(shapes):
         raise InvalidArgumentError(f"{argument} holds {len(arrays)} input array(s) but the model has "
-                                   f"{len(graph.inputs)} inputs ({graph.inputs}).")
+                                   f"{len(shapes)} inputs ({list(shapes)}).")
     checked = []
-    for array, name in zip(arrays, graph.inputs):
+    for array, name in zip(arrays, shapes):
         if not _is_tensor_like(array):
             raise InvalidArgumentError(f"{argument} must be a numpy array, an (x, y) tuple or a tf.data.Dataset of "
                                        f"inputs; got {type(array).__name__}.")
         array = np.asarray(array)
-        expected = graph.input_specs[name]["batch_shape"][1:]
+        expected = list(shapes[name])[1:]
         if array.ndim != len(expected) + 1 or any(e is not None and e != a for e, a in zip(expected, array.shape[1:])):
             raise InvalidArgumentError(f"{argument} has shape {array.shape} but model input {name!r} expects "
                                        f"(batch, {', '.join(str(e) for e in expected)}).")

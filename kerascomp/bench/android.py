@@ -178,18 +178,28 @@ def parse_op_profile(text: str) -> list[OpProfileRow]:
     return rows
 
 
+def _first_match(lines: list[str], *patterns: re.Pattern) -> re.Match | None:
+    """The first match of any of ``patterns`` (tried in order on each line), top to bottom."""
+    for line in lines:
+        for pattern in patterns:
+            match = pattern.search(line)
+            if match:
+                return match
+    return None
+
+
 def parse_benchmark_output(text: str) -> dict:
     """Numbers from a ``benchmark_model`` log: timings (us), run statistics, memory (MB), op profile."""
     lines = [_LOG_PREFIX.sub("", line.strip()) for line in text.splitlines()]
-    timings = next((_TIMINGS.search(line) for line in lines if _TIMINGS.search(line)), None)
+    timings = _first_match(lines, _TIMINGS)
     if timings is None:
         raw = [line.strip() for line in text.splitlines() if line.strip()]
         errors = [line for line in raw if line.startswith(("ERROR", "Failed", "error"))]
         tail = "\n".join(errors[-5:] or raw[-10:])
         raise BenchmarkError(f"benchmark_model printed no 'Inference timings in us' line; it said:\n{tail}")
     statistics = [line for line in lines if line.startswith("count=")]
-    memory = next((m for line in lines for m in [_MEMORY.search(line) or _OLD_MEMORY.search(line)] if m), None)
-    peak = next((m for line in lines for m in [_PEAK.search(line)] if m), None)
+    memory = _first_match(lines, _MEMORY, _OLD_MEMORY)
+    peak = _first_match(lines, _PEAK)
     return {
         "init_us": float(timings[1]), "first_inference_us": float(timings[2]),
         "warmup_avg_us": float(timings[3]), "inference_avg_us": float(timings[4]),

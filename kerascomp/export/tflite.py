@@ -142,9 +142,8 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     reports the top-1 agreement and warns (:class:`ParityWarning`) past a per-mode tolerance.
     The file is written atomically: an interrupted export leaves nothing at ``path``.
     """
-    from kerascomp.api import input_batch
+    from kerascomp.api import inputs_for
     from kerascomp.export.qat import is_quantize_aware
-    from kerascomp.graph.ir import Graph
     from kerascomp.graph.keras_io import read_model, write_model
     from kerascomp.methods.strip import strip_graph
 
@@ -160,15 +159,15 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
                                        f"quantize={quantize!r} does not apply. Leave quantize unset or pass 'int8'.")
         quantize = "int8"
         stripped = model
-        graph = Graph(model.name, "tf_keras", [], {}, [t.name for t in model.inputs], None,
-                      {t.name: {"batch_shape": list(t.shape)} for t in model.inputs})
+        shapes = {t.name: tuple(t.shape) for t in model.inputs}
     else:
         if quantize == "int8" and representative_data is None:
             raise InvalidArgumentError("quantize='int8' needs representative_data: ~100-500 typical model inputs "
                                        "to calibrate activation ranges.")
         graph = read_model(model)
         stripped = write_model(strip_graph(graph))
-    calibration = input_batch(graph, representative_data, "representative_data", limit=500)
+        shapes = graph.input_shapes()
+    calibration = inputs_for(shapes, representative_data, "representative_data", limit=500)
     if calibration is not None and not isinstance(calibration, list):
         calibration = [calibration]
     try:

@@ -72,6 +72,10 @@ class Graph:
         layer = node.layer if isinstance(node, Node) else node
         return self.layers[layer]
 
+    def input_shapes(self) -> dict[str, list]:
+        """Batch shape of each model input, by input name."""
+        return {name: self.input_specs[name]["batch_shape"] for name in self.inputs}
+
     def nodes_of(self, layer: str) -> list[Node]:
         return [node for node in self.nodes if node.layer == layer]
 
