@@ -2,7 +2,8 @@
 
 Public API::
 
-    small = kerascomp.clone_compressed(model, method="fga", target_flops=0.25)   # or "correlation", "l1"
+    small = kerascomp.clone_compressed(model, method="fga", target_flops=0.25)   # or "correlation", "l1", ...
+    plan = kerascomp.plan(model, target_flops=0.5, data=(x, y)); small = kerascomp.clone_compressed(model, plan=plan)
     small.fit(...)
     kerascomp.export_tflite(small, "small.tflite")
     qat = kerascomp.quantize_aware(small); qat.fit(...); kerascomp.export_tflite(qat, "small_int8.tflite")
@@ -17,6 +18,7 @@ from kerascomp.export.qat import quantize_aware
 from kerascomp.export.tflite import ExportResult, ParityWarning, export_tflite
 from kerascomp.graph.flavour import default_keras as _default_keras
 from kerascomp.layers import custom_objects, layers_for
+from kerascomp.planner import LayerPlan, Plan, plan
 from kerascomp.rounds import RoundsResult, prune_in_rounds
 
 __version__ = "0.1.0"
@@ -25,7 +27,7 @@ __version__ = "0.1.0"
 layers_for(_default_keras())
 
 __all__ = [
-    "clone_compressed", "compress", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
+    "clone_compressed", "compress", "plan", "Plan", "LayerPlan", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
     "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",
     "CompressionError", "InvalidArgumentError", "UnsupportedModelError", "InvalidWeightsError", "BudgetError",
     "ExportError", "BenchmarkError", "CompressionWarning", "ParityWarning",

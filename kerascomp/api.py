@@ -16,7 +16,7 @@ from kerascomp.methods.fga import FGAOptions, fga_pass
 from kerascomp.methods.joint_svd import SVDOptions, svd_pass
 from kerascomp.methods.pruning import PruneOptions
 
-METHODS = ("fga", "l1", "correlation", "svd", "joint_svd")
+METHODS = ("fga", "l1", "correlation", "svd", "joint_svd", "collaborative")
 SVD_METHODS = ("svd", "joint_svd")
 PRUNING_METHODS = ("l1", "correlation")
 
@@ -96,7 +96,7 @@ def _is_tensor_like(value: Any) -> bool:
     return isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"))
 
 
-def _read_checked(model: Any) -> Graph:
+def read_checked(model: Any) -> Graph:
     if model is None or not hasattr(model, "get_config"):
         raise InvalidArgumentError(f"expected a Keras model as the first argument, got {type(model).__name__}.")
     graph = read_model(model)
@@ -150,23 +150,41 @@ def run_method(graph: Graph, shapes: dict, budget: Budget, batch: Any, method: s
                       verbose)
 
 
+def _collaborative(graph: Graph, budget: Budget | None, data: Any, plan: Any, loss: Any, options: dict,
+                   verbose: int) -> tuple[Graph, CompressionReport]:
+    """Plan (unless ``plan`` is given) and apply collaborative compression."""
+    from kerascomp.methods.collaborative import apply_plan, collaborative_options, plan_collaborative
+
+    built = collaborative_options(options)
+    if plan is None:
+        plan = plan_collaborative(graph, infer_shapes(graph), budget, data, loss, built, verbose)
+    return apply_plan(graph, plan, input_batch(graph, data), built.recalibrate, built.max_samples, verbose)
+
+
 def compress(model: Any, method: str = "fga", target_flops: float | None = None, target_params: float | None = None,
-             data: Any = None, verbose: int = 1, **options: Any) -> Compressed:
+             data: Any = None, verbose: int = 1, plan: Any = None, loss: Any = None, **options: Any) -> Compressed:
     """Compress a copy of ``model`` and return it with its per-layer report. ``model`` is not modified.
 
     See :func:`clone_compressed` for the arguments.
     """
     started = time.perf_counter()
+    if plan is not None:
+        method = getattr(plan, "method", method)
     if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}.")
+    if loss is not None and method != "collaborative":
+        raise InvalidArgumentError(f"loss= is used by method='collaborative' only, not {method!r}.")
     if target_flops is None and target_params is None:
         target_flops = 0.25
     budget = Budget.from_targets(target_flops, target_params)
-    graph = _read_checked(model)
-    batch = input_batch(graph, data)
-    method_options = method_options_for(method, options)
-    shapes = infer_shapes(graph)
-    compressed_graph, report = run_method(graph, shapes, budget, batch, method, method_options, verbose)
+    graph = read_checked(model)
+    if method == "collaborative":
+        compressed_graph, report = _collaborative(graph, budget, data, plan, loss, options, verbose)
+    else:
+        batch = input_batch(graph, data)
+        method_options = method_options_for(method, options)
+        shapes = infer_shapes(graph)
+        compressed_graph, report = run_method(graph, shapes, budget, batch, method, method_options, verbose)
     new_model = write_model(compressed_graph)
     report.seconds = time.perf_counter() - started
     kept = report.kept()
@@ -180,7 +198,8 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
 
 
 def clone_compressed(model: Any, method: str = "fga", target_flops: float | None = 0.25,
-                     target_params: float | None = None, data: Any = None, verbose: int = 1, **options: Any) -> Any:
+                     target_params: float | None = None, data: Any = None, verbose: int = 1, plan: Any = None,
+                     loss: Any = None, **options: Any) -> Any:
     """Return a new, compressed model whose MACs (or params) are at most the target fraction of ``model``'s.
 
     ``model`` is never modified. The result is a model of the same Keras flavour, ready for
@@ -192,13 +211,19 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
             drop one filter of each most-correlated pair, physically), ``"l1"`` (L1-norm filter pruning),
             ``"svd"`` (per-layer spatial SVD: kxk -> kx1 + 1xk) or ``"joint_svd"`` (spatial SVD whose factors
             are shared by the repeated convs of a stage; ``variant="left" | "right" | "bi"``, best with
-            ``target_params``).
+            ``target_params``), or ``"collaborative"`` (joint channel pruning and low-rank decomposition with
+            per-layer rates from gradient sensitivity; needs labelled ``data=(x, y)``).
             For the full correlation method, with regularised training rounds, see :func:`kerascomp.prune_in_rounds`.
         target_flops: fraction of the original MACs to keep, in (0, 1]. Ignored if ``target_params`` is given.
         target_params: fraction of the original params to keep, in (0, 1].
         data: optional inputs (numpy array, ``(x, y)`` or ``tf.data.Dataset``): FGA refits its 1x1 convs on
             them, correlation pruning fits the compensation of dropped filters on them, and pruning and
-            (joint) SVD re-estimate BatchNormalization statistics on them.
+            (joint) SVD re-estimate BatchNormalization statistics on them. ``"collaborative"`` needs labels:
+            ``(x, y)`` arrays or a dataset of ``(x, y)`` batches.
+        plan: a :class:`kerascomp.Plan` from :func:`kerascomp.plan` (or ``Plan.load``) to apply instead of
+            planning; the targets are then ignored and ``data`` only re-estimates BatchNormalization.
+        loss: the loss the collaborative sensitivity differentiates (default: the model's compiled loss,
+            else sparse categorical cross-entropy).
         verbose: 0 silences the progress bars and the report table.
         **options: method options, see :class:`kerascomp.methods.fga.FGAOptions`,
             :class:`kerascomp.methods.pruning.PruneOptions` and :class:`kerascomp.methods.joint_svd.SVDOptions`.
@@ -212,7 +237,7 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
     """
     if target_params is not None:
         target_flops = None
-    return compress(model, method, target_flops, target_params, data, verbose, **options).model
+    return compress(model, method, target_flops, target_params, data, verbose, plan, loss, **options).model
 
 
 def strip(model: Any) -> Any:

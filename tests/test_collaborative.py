@@ -4,8 +4,9 @@ import itertools
 import numpy as np
 import pytest
 
-from kerascomp.decompose.collaborative import (channel_matrix, channel_removal_curve, channel_scores, fit_exponential,
-                                               global_rates, rank_removal_curve, singular_value_scores)
+from kerascomp.decompose.collaborative import (channel_matrix, channel_removal_curve, channel_scores, factor_kernel,
+                                               fit_exponential, global_rates, kept_fraction, multi_step_curve,
+                                               singular_value_scores, values_to_keep)
 
 
 @pytest.fixture
@@ -49,16 +50,44 @@ def test_channel_curve_is_cumulative_and_cheapest_first(layer):
     assert curve.score[2] == pytest.approx(_taylor(gradient, zeroed - kernel))
 
 
-def test_rank_curve_counts_only_saving_ranks_and_scores_the_whole_change(layer):
+def test_rank_only_steps_cut_the_cheapest_values_and_score_the_whole_change(layer):
     kernel, gradient = layer
-    curve = rank_removal_curve(kernel, gradient)
-    # rank r costs r*(9*6 + 8) MACs per pixel against 9*6*8 dense: r <= 6 saves
-    assert curve.units_removed[0] == 2 and np.all(curve.macs_removed > 0)
-    np.testing.assert_allclose(curve.macs_removed, 1 - (8 - curve.units_removed) * 62 / 432)
+    curve = multi_step_curve(kernel, gradient, prune=False)
+    assert list(curve.channels_removed) == [0] * len(curve.rank) and list(curve.rank) == [7, 6, 5, 4, 3, 2, 1]
+    # rank r costs r*(9*6 + 8) MACs per pixel against 9*6*8 dense: only r <= 6 saves
+    np.testing.assert_allclose(curve.macs_removed, [0, *(1 - np.arange(6, 0, -1) * 62 / 432)])
     left, values, right = np.linalg.svd(channel_matrix(kernel), full_matrices=False)
-    removed = curve.order[:curve.units_removed[-1]]
+    scores = singular_value_scores(kernel, gradient)[1]
+    removed = np.argsort(scores)[:4]  # values do not interact: cheapest-first is the rescored order
     change = -sum(values[i] * np.outer(left[:, i], right[i]) for i in removed)
-    assert curve.score[-1] == pytest.approx(_taylor(channel_matrix(gradient), change))
+    assert curve.score[3] == pytest.approx(_taylor(channel_matrix(gradient), change))
+
+
+def test_joint_steps_mix_channels_and_values_until_the_limit(layer):
+    kernel, gradient = layer
+    curve = multi_step_curve(kernel, gradient, max_fraction=0.9)
+    assert curve.macs_removed[-1] >= 0.9 and np.all(curve.macs_removed[:-1] < 0.9)
+    assert np.all(np.diff(curve.channels_removed) >= 0) and np.all(np.diff(curve.rank) <= 0)
+    assert len(set(curve.channel_order.tolist())) == len(curve.channel_order)
+    last = len(curve.rank) - 1
+    expected = 1 - kept_fraction(9, 6, 8, 6 - curve.channels_removed[last], int(curve.rank[last]))
+    assert curve.macs_removed[last] == pytest.approx(expected)
+    assert curve.point(0.3) == int(np.argmax(curve.macs_removed >= 0.3))
+
+
+def test_factor_kernel_is_exact_at_full_rank_and_keeps_the_chosen_values(layer):
+    kernel, gradient = layer
+    basis, pointwise = factor_kernel(kernel, np.arange(8))
+    assert basis.shape == (3, 3, 6, 8) and pointwise.shape == (1, 1, 8, 8)
+    np.testing.assert_allclose(np.einsum("hwcr,rn->hwcn", basis, pointwise[0, 0]), kernel, atol=1e-10)
+    kept = values_to_keep(kernel, gradient, 3)
+    scores = singular_value_scores(kernel, gradient)[1]
+    assert set(kept.tolist()) == set(np.argsort(-scores)[:3].tolist())
+    left, values, right = np.linalg.svd(channel_matrix(kernel), full_matrices=False)
+    truncated = sum(values[i] * np.outer(left[:, i], right[i]) for i in kept)
+    basis, pointwise = factor_kernel(kernel, kept)
+    np.testing.assert_allclose(channel_matrix(np.einsum("hwcr,rn->hwcn", basis, pointwise[0, 0])), truncated,
+                               atol=1e-10)
 
 
 def test_fit_exponential_recovers_the_curve():
@@ -120,8 +149,9 @@ def test_sensitivity_ranks_the_redundant_layer_cheapest(keras):
     assert set(by_layer) == {"plain", "redundant"}
     redundant, plain = by_layer["redundant"], by_layer["plain"]
     # dropping the 8 zero singular values costs nothing and removes 1 - 8*(144+16)/2304 of the MACs
-    assert redundant.ranks.macs_removed[redundant.ranks.units_removed.tolist().index(8)] == pytest.approx(4 / 9)
-    assert redundant.ranks.score[redundant.ranks.units_removed.tolist().index(8)] < 1e-12
+    free = redundant.joint.score < 1e-12
+    assert redundant.joint.macs_removed[free].max() >= 4 / 9 - 1e-9
+    assert plain.joint.macs_removed[plain.joint.score < 1e-12].max(initial=0) == 0
     at_40_percent = {name: s.p1 * np.exp(s.p2 * 0.4) for name, s in by_layer.items()}
     assert at_40_percent["redundant"] < 0.01 * at_40_percent["plain"]
 

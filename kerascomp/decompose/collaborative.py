@@ -66,28 +66,117 @@ def channel_removal_curve(kernel: np.ndarray, gradient: np.ndarray, max_fraction
     return RemovalCurve(order, np.arange(1, steps + 1), removed, np.cumsum(scores[order[:steps]]))
 
 
-def rank_removal_curve(kernel: np.ndarray, gradient: np.ndarray, max_fraction: float = 0.95) -> RemovalCurve:
-    """Cut singular values cheapest first. At rank r the layer becomes a kxk conv C->r plus a 1x1
-    conv r->N, so its MACs fraction is ``r*(k*k*C + N) / (k*k*C*N)``; only ranks that save MACs count."""
+@dataclass
+class Trajectory:
+    """Multi-step joint removal of input channels and singular values (the reference's heuristic).
+
+    After step ``j``: the first ``channels_removed[j]`` channels of ``channel_order`` are gone,
+    the reshaped kernel has rank ``rank[j]``, the layer's MACs are down by ``macs_removed[j]``
+    and ``score[j]`` is the Taylor score of the whole change ``sum((g * (W_j - W))**2)``.
+    """
+
+    channel_order: np.ndarray
+    channels_removed: np.ndarray
+    rank: np.ndarray
+    macs_removed: np.ndarray
+    score: np.ndarray
+
+    def point(self, fraction: float) -> int:
+        """The first step that removes at least ``fraction`` of the MACs (the last step if none does)."""
+        index = int(np.searchsorted(self.macs_removed, fraction - 1e-12))
+        return min(index, len(self.macs_removed) - 1)
+
+
+def kept_fraction(area: int, channels: int, filters: int, kept_channels: int, rank: int | None,
+                  kept_filters: int | None = None) -> float:
+    """MACs of a ``area``-tap conv with ``kept_channels`` inputs at ``rank`` (kxk C->r then 1x1 r->N,
+    used only where it is cheaper than the dense conv) as a fraction of the dense original."""
+    outputs = filters if kept_filters is None else kept_filters
+    dense = area * kept_channels * outputs
+    if rank is not None and rank < min(area * kept_channels, outputs):
+        dense = min(dense, rank * (area * kept_channels + outputs))
+    return dense / (area * channels * filters)
+
+
+def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = True, decompose: bool = True,
+                     step_fraction: float = 0.01, max_fraction: float = 0.95) -> Trajectory:
+    """Remove the cheapest units step by step, rescoring after each step, until ``max_fraction`` of
+    the MACs is gone.
+
+    Each step removes ``step_fraction`` of the layer's units (at least one): the input channels
+    (if ``prune``) and the singular values of the current reshaped kernel (if ``decompose``) with
+    the lowest Taylor score per MAC they save. Removing a channel zeroes its column block, which
+    changes every singular triplet, so the SVD is recomputed each step; the gradient is the one
+    of the original model (the reference's choice too).
+    """
     height, width, channels, filters = kernel.shape
-    matrix, gradient_matrix = channel_matrix(kernel), channel_matrix(gradient)
-    left, values, right = np.linalg.svd(matrix, full_matrices=False)
-    order = np.argsort(_value_scores(left, values, right, gradient_matrix), kind="stable")
-    dense = height * width * channels * filters
-    per_rank = height * width * channels + filters
-    steps, fractions, scores = [], [], []
-    change = np.zeros_like(matrix)
-    for step, index in enumerate(order[:-1], start=1):
-        change -= values[index] * np.outer(left[:, index], right[index])
-        removed = 1.0 - (len(values) - step) * per_rank / dense
-        if removed <= 0:
-            continue
-        if removed > max_fraction:
+    area = height * width
+    current, gradient = kernel.astype(np.float64), gradient.astype(np.float64)
+    kept = np.ones(channels, bool)
+    rank = min(area * channels, filters)
+    per_step = max(1, int(round(step_fraction * (channels + rank))))
+    order, removed_counts, ranks, fractions, scores = [], [], [], [], []
+    while True:
+        done = 1.0 - kept_fraction(area, channels, filters, int(kept.sum()), rank)
+        if done >= max_fraction:
             break
-        steps.append(step)
-        fractions.append(removed)
-        scores.append(float(np.sum((gradient_matrix * change) ** 2)))
-    return RemovalCurve(order, np.array(steps, dtype=int), np.array(fractions), np.array(scores))
+        units = []  # (score per MAC saved, kind, index)
+        low_rank = rank < min(area * int(kept.sum()), filters)
+        if prune and kept.sum() > 1:
+            channel_cost = np.sum((gradient * current) ** 2, axis=(0, 1, 3))
+            saving = area * (rank if low_rank else filters)
+            units += [(channel_cost[c] / saving, 0, int(c)) for c in np.flatnonzero(kept)]
+        if decompose and rank > 1:
+            matrix = channel_matrix(current[:, :, kept, :])
+            left, values, right = np.linalg.svd(matrix, full_matrices=False)
+            left, values, right = left[:, :rank], values[:rank], right[:rank]
+            value_cost = _value_scores(left, values, right, channel_matrix(gradient[:, :, kept, :]))
+            saving = area * int(kept.sum()) + filters
+            units += [(value_cost[i] / saving, 1, i) for i in range(rank)]
+        if not units:
+            break
+        units.sort()
+        chosen = units[:per_step]
+        values_out = [index for _, kind, index in chosen if kind == 1]
+        if values_out:
+            change = sum(values[i] * np.outer(left[:, i], right[i]) for i in values_out)
+            block = channel_matrix(current[:, :, kept, :]) - change
+            count = int(kept.sum())
+            current[:, :, kept, :] = np.transpose(block.reshape(filters, count, height, width), (2, 3, 1, 0))
+            rank -= len(values_out)
+        for _, kind, index in chosen:
+            if kind == 0 and kept.sum() > 1:
+                kept[index] = False
+                current[:, :, index, :] = 0.0
+                order.append(index)
+        rank = min(rank, area * int(kept.sum()), filters)
+        removed_counts.append(len(order))
+        ranks.append(rank)
+        fractions.append(1.0 - kept_fraction(area, channels, filters, int(kept.sum()), rank))
+        scores.append(float(np.sum((gradient * (current - kernel)) ** 2)))
+    return Trajectory(np.array(order, dtype=int), np.array(removed_counts, dtype=int), np.array(ranks, dtype=int),
+                      np.array(fractions), np.array(scores))
+
+
+def factor_kernel(kernel: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the singular values ``kept`` of the reshaped kernel: returns the kxk kernel ``C -> r``
+    (``sqrt(S) V^T`` as filters) and the 1x1 kernel ``r -> N`` (``U sqrt(S)``) whose composition is the
+    truncated kernel (the reference's output form)."""
+    height, width, channels, filters = kernel.shape
+    left, values, right = np.linalg.svd(channel_matrix(kernel.astype(np.float64)), full_matrices=False)
+    root = np.sqrt(values[kept])
+    basis = (root[:, None] * right[kept]).reshape(len(kept), channels, height, width)
+    pointwise = (left[:, kept] * root).T
+    return (np.transpose(basis, (2, 3, 1, 0)).astype(kernel.dtype),
+            pointwise.reshape(1, 1, len(kept), filters).astype(kernel.dtype))
+
+
+def values_to_keep(kernel: np.ndarray, gradient: np.ndarray, rank: int) -> np.ndarray:
+    """Indices (into the descending singular values) of the ``rank`` values whose removal would cost
+    the most; removing values one by one does not change the others' scores, so this is exact."""
+    left, values, right = np.linalg.svd(channel_matrix(kernel.astype(np.float64)), full_matrices=False)
+    scores = _value_scores(left, values, right, channel_matrix(gradient.astype(np.float64)))
+    return np.sort(np.argsort(-scores, kind="stable")[:rank])
 
 
 def fit_exponential(fractions: np.ndarray, scores: np.ndarray, floor: float = 1e-6) -> tuple[float, float]:

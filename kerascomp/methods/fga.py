@@ -1,6 +1,6 @@
 """Filter-group approximation as an IR pass: every eligible Conv2D becomes a FilterGroupConv2D.
 
-The group count and rank of each layer come from :func:`kerascomp.plan.allocate`: every layer
+The group count and rank of each layer come from :func:`kerascomp.allocation.allocate`: every layer
 offers all (groups, rank) pairs cheaper than its dense form, scored by the relative squared
 Frobenius error of the group-wise SVD, and one Lagrange multiplier trades error for cost
 across the whole model until the budget is met.
@@ -19,7 +19,7 @@ from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import module_for, sample_node_inputs
 from kerascomp.layers import layers_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
-from kerascomp.plan import Candidates, allocate
+from kerascomp.allocation import Candidates, allocate
 
 
 @dataclass(frozen=True)

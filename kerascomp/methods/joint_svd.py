@@ -28,7 +28,7 @@ from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
 from kerascomp.graph.keras_io import module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
 from kerascomp.methods.strip import is_channel_batchnorm
-from kerascomp.plan import Candidates, allocate
+from kerascomp.allocation import Candidates, allocate
 
 JOINT_VARIANTS = ("left", "right", "bi")
 ALLOCATIONS = ("uniform", "global")

@@ -131,7 +131,7 @@ def group_l1(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> np
     return np.where(count > 0, total / np.maximum(count, 1), np.inf)
 
 
-def _cost_tables(graph: Graph, shapes: dict, analysis: ChannelAnalysis) -> list[tuple]:
+def cost_tables(graph: Graph, shapes: dict, analysis: ChannelAnalysis) -> list[tuple]:
     """Per layer: what is needed to recompute its MACs and params for any set of removed atoms."""
     tables = []
     for name, spec in graph.layers.items():
@@ -148,7 +148,7 @@ def _cost_tables(graph: Graph, shapes: dict, analysis: ChannelAnalysis) -> list[
     return tables
 
 
-def _pruned_cost(tables: list[tuple], removed: np.ndarray) -> tuple[int, int]:
+def pruned_cost(tables: list[tuple], removed: np.ndarray) -> tuple[int, int]:
     macs = params = 0
     for spec, in_atoms, out_atoms, shape_pairs, fixed_macs, fixed_params in tables:
         if in_atoms is None and out_atoms is None:
@@ -205,7 +205,7 @@ def allocate_counts(orders: list[GroupOrder], tables: list[tuple], budget: Budge
         count_for = _counts_global
 
     def cost(knob) -> float:
-        return _pruned_cost(tables, _removed(orders, count_for(orders, knob)))[metric]
+        return pruned_cost(tables, _removed(orders, count_for(orders, knob)))[metric]
 
     lo, hi = 0, len(knobs) - 1
     if cost(knobs[hi]) > target:
@@ -230,7 +230,7 @@ def _give_back(orders: list[GroupOrder], tables: list[tuple], counts: list[int],
         while lo < hi:
             middle = (lo + hi) // 2
             trial = counts[:index] + [allowed[middle]] + counts[index + 1:]
-            if _pruned_cost(tables, _removed(orders, trial))[metric] <= target:
+            if pruned_cost(tables, _removed(orders, trial))[metric] <= target:
                 hi = middle
             else:
                 lo = middle + 1
@@ -300,7 +300,7 @@ def compensate(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder]
 def _budget_error(analysis: ChannelAnalysis, orders: list[GroupOrder], tables, budget: Budget,
                   total: float, options: PruneOptions, method: str) -> BudgetError:
     metric = 0 if budget.metric == "flops" else 1
-    best = _pruned_cost(tables, _removed(orders, [order.limit for order in orders]))[metric] / total
+    best = pruned_cost(tables, _removed(orders, [order.limit for order in orders]))[metric] / total
     limits = []
     for group in analysis.groups:
         reasons = [r for r in dict.fromkeys(group.blocked.values()) if not r.startswith(IO_REASONS)]
@@ -327,7 +327,7 @@ def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: 
         allowed = [c for c in range(limit + 1) if c == 0 or (group.size - c) % options.channel_multiple == 0]
         if len(allowed) > 1:
             orders.append(GroupOrder(group, scorer(graph, analysis, group), limit, allowed=allowed))
-    tables = _cost_tables(graph, shapes, analysis)
+    tables = cost_tables(graph, shapes, analysis)
     counts = allocate_counts(orders, tables, budget, total, options.allocation) if orders else []
     if budget.fraction < 1.0 and not counts:
         raise _budget_error(analysis, orders, tables, budget, total, options, method)

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from kerascomp.decompose.collaborative import RemovalCurve, channel_removal_curve, fit_exponential, rank_removal_curve
+from kerascomp.decompose.collaborative import (RemovalCurve, Trajectory, channel_removal_curve, fit_exponential,
+                                               multi_step_curve)
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.flavour import keras_of
 from kerascomp.graph.ir import Graph
@@ -22,13 +24,16 @@ from kerascomp.methods.base import dense_conv2d_ineligibility
 
 @dataclass
 class LayerSensitivity:
-    """One layer's removal curves and the exponential fitted to the cheaper of the two at each point."""
+    """One layer's curves: pruning alone (``None`` where its input channels cannot go) and the joint
+    multi-step removal, the exponential fitted to the cheaper of the two at each point, and the
+    mean kernel gradient they were scored with."""
 
     layer: str
-    channels: RemovalCurve
-    ranks: RemovalCurve
+    pruning: RemovalCurve | None
+    joint: Trajectory
     p1: float
     p2: float
+    gradient: np.ndarray
 
 
 def labelled_batches(data: Any, batch_size: int, max_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -96,22 +101,40 @@ def kernel_gradients(model: Any, layers: list[str], batches: list[tuple[np.ndarr
     return {name: total / rows for name, total in zip(layers, totals)}
 
 
+def conv_layers(graph: Graph) -> list[str]:
+    """The dense channels_last Conv2D layers (1x1 included) whose units sensitivity scores."""
+    return [name for name, spec in graph.layers.items()
+            if spec.weights and dense_conv2d_ineligibility(spec, pointwise=True, pointwise_reason="") is None]
+
+
 def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, batch_size: int = 64,
-                        max_samples: int = 512) -> list[LayerSensitivity]:
-    """Removal curves and fitted exponentials for every dense Conv2D (1x1 included)."""
-    layers = [name for name, spec in graph.layers.items()
-              if spec.weights and dense_conv2d_ineligibility(spec, pointwise=True, pointwise_reason="") is None]
+                        max_samples: int = 512, prunable: dict[str, bool] | None = None, step_fraction: float = 0.01,
+                        max_fraction: float = 0.95, decompose: bool = True,
+                        verbose: int = 0) -> list[LayerSensitivity]:
+    """Removal curves and fitted exponentials for every dense Conv2D.
+
+    ``prunable[layer]`` says whether the layer's input channels may be removed (default: all may);
+    only ranks are cut where they may not, and nothing where ``decompose`` is off too.
+    """
+    layers = conv_layers(graph)
     batches = labelled_batches(data, batch_size, max_samples)
     model = write_model(graph)
     gradients = kernel_gradients(model, layers, batches, loss or default_loss(model))
     result = []
-    for name in layers:
+    for name in tqdm(layers, desc="sensitivity", disable=not verbose):
         kernel, gradient = graph.layers[name].weights[0], gradients[name]
-        channels, ranks = channel_removal_curve(kernel, gradient), rank_removal_curve(kernel, gradient)
-        fractions = np.concatenate([channels.macs_removed, ranks.macs_removed])
-        scores = np.concatenate([channels.score, ranks.score])
-        p1, p2 = fit_exponential(*_lower_envelope(fractions, scores))
-        result.append(LayerSensitivity(name, channels, ranks, p1, p2))
+        prune = True if prunable is None else prunable.get(name, False)
+        pruning = channel_removal_curve(kernel, gradient, max_fraction) if prune else None
+        joint = multi_step_curve(kernel, gradient, prune, decompose, step_fraction, max_fraction)
+        fractions, scores = joint.macs_removed, joint.score
+        if pruning is not None:
+            fractions = np.concatenate([fractions, pruning.macs_removed])
+            scores = np.concatenate([scores, pruning.score])
+        saving = fractions > 0
+        if not saving.any():
+            continue  # nothing this layer may remove saves MACs
+        p1, p2 = fit_exponential(*_lower_envelope(fractions[saving], scores[saving]))
+        result.append(LayerSensitivity(name, pruning, joint, p1, p2, gradient))
     return result
 
 
