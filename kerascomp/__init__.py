@@ -18,6 +18,7 @@ from kerascomp.export.qat import quantize_aware
 from kerascomp.export.tflite import ExportResult, ParityWarning, export_tflite
 from kerascomp.graph.flavour import default_keras as _default_keras
 from kerascomp.layers import custom_objects, layers_for
+from kerascomp.bench.latency import LatencyTable, latency_table
 from kerascomp.planner import LayerPlan, Plan, plan
 from kerascomp.rounds import RoundsResult, prune_in_rounds
 
@@ -27,7 +28,7 @@ __version__ = "0.1.0"
 layers_for(_default_keras())
 
 __all__ = [
-    "clone_compressed", "compress", "plan", "Plan", "LayerPlan", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
+    "clone_compressed", "compress", "plan", "Plan", "LayerPlan", "latency_table", "LatencyTable", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
     "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",
     "CompressionError", "InvalidArgumentError", "UnsupportedModelError", "InvalidWeightsError", "BudgetError",
     "ExportError", "BenchmarkError", "CompressionWarning", "ParityWarning",

@@ -150,19 +150,22 @@ def run_method(graph: Graph, shapes: dict, budget: Budget, batch: Any, method: s
                       verbose)
 
 
-def _collaborative(graph: Graph, budget: Budget | None, data: Any, plan: Any, loss: Any, options: dict,
-                   verbose: int) -> tuple[Graph, CompressionReport]:
+def _collaborative(model: Any, graph: Graph, targets: dict, data: Any, plan: Any, loss: Any, latency: Any,
+                   options: dict, verbose: int) -> tuple[Graph, CompressionReport]:
     """Plan (unless ``plan`` is given) and apply collaborative compression."""
-    from kerascomp.methods.collaborative import apply_plan, collaborative_options, plan_collaborative
+    from kerascomp.methods.collaborative import apply_plan, collaborative_options
+    from kerascomp.planner import plan as make_plan
 
     built = collaborative_options(options)
     if plan is None:
-        plan = plan_collaborative(graph, infer_shapes(graph), budget, data, loss, built, verbose)
+        plan = make_plan(model, "collaborative", data=data, loss=loss, latency=latency, verbose=verbose, **targets,
+                         **options)
     return apply_plan(graph, plan, input_batch(graph, data), built.recalibrate, built.max_samples, verbose)
 
 
 def compress(model: Any, method: str = "fga", target_flops: float | None = None, target_params: float | None = None,
-             data: Any = None, verbose: int = 1, plan: Any = None, loss: Any = None, **options: Any) -> Compressed:
+             data: Any = None, verbose: int = 1, plan: Any = None, loss: Any = None, target_latency: float | None = None,
+             latency: Any = None, **options: Any) -> Compressed:
     """Compress a copy of ``model`` and return it with its per-layer report. ``model`` is not modified.
 
     See :func:`clone_compressed` for the arguments.
@@ -172,15 +175,18 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
         method = getattr(plan, "method", method)
     if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}.")
-    if loss is not None and method != "collaborative":
-        raise InvalidArgumentError(f"loss= is used by method='collaborative' only, not {method!r}.")
-    if target_flops is None and target_params is None:
-        target_flops = 0.25
-    budget = Budget.from_targets(target_flops, target_params)
+    for name, value in (("loss", loss), ("target_latency", target_latency), ("latency", latency)):
+        if value is not None and method != "collaborative":
+            raise InvalidArgumentError(f"{name}= is used by method='collaborative' only, not {method!r}.")
     graph = read_checked(model)
     if method == "collaborative":
-        compressed_graph, report = _collaborative(graph, budget, data, plan, loss, options, verbose)
+        unset = target_flops is None and target_params is None and target_latency is None
+        targets = {"target_flops": 0.25 if unset else target_flops, "target_params": target_params,
+                   "target_latency": target_latency}
+        compressed_graph, report = _collaborative(model, graph, targets, data, plan, loss, latency, options, verbose)
     else:
+        budget = Budget.from_targets(0.25 if target_flops is None and target_params is None else target_flops,
+                                     target_params)
         batch = input_batch(graph, data)
         method_options = method_options_for(method, options)
         shapes = infer_shapes(graph)
@@ -199,7 +205,8 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
 
 def clone_compressed(model: Any, method: str = "fga", target_flops: float | None = 0.25,
                      target_params: float | None = None, data: Any = None, verbose: int = 1, plan: Any = None,
-                     loss: Any = None, **options: Any) -> Any:
+                     loss: Any = None, target_latency: float | None = None, latency: Any = None,
+                     **options: Any) -> Any:
     """Return a new, compressed model whose MACs (or params) are at most the target fraction of ``model``'s.
 
     ``model`` is never modified. The result is a model of the same Keras flavour, ready for
@@ -224,6 +231,8 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
             planning; the targets are then ignored and ``data`` only re-estimates BatchNormalization.
         loss: the loss the collaborative sensitivity differentiates (default: the model's compiled loss,
             else sparse categorical cross-entropy).
+        target_latency, latency: ``method="collaborative"`` only: keep this fraction of the original latency,
+            estimated from the :class:`kerascomp.LatencyTable` ``latency`` (measured on this host if omitted).
         verbose: 0 silences the progress bars and the report table.
         **options: method options, see :class:`kerascomp.methods.fga.FGAOptions`,
             :class:`kerascomp.methods.pruning.PruneOptions` and :class:`kerascomp.methods.joint_svd.SVDOptions`.
@@ -235,9 +244,10 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
         small.fit(x_train, y_train, epochs=1)
         kerascomp.export_tflite(small, "small.tflite")
     """
-    if target_params is not None:
+    if target_params is not None or target_latency is not None:
         target_flops = None
-    return compress(model, method, target_flops, target_params, data, verbose, plan, loss, **options).model
+    return compress(model, method, target_flops, target_params, data, verbose, plan, loss, target_latency, latency,
+                    **options).model
 
 
 def strip(model: Any) -> Any:

@@ -140,8 +140,8 @@ def fingerprint(graph: Graph) -> str:
 
 
 def plan(model: Any, method: str = "collaborative", target_flops: float | None = None,
-         target_params: float | None = None, data: Any = None, loss: Any = None, verbose: int = 1,
-         **options: Any) -> Plan:
+         target_params: float | None = None, target_latency: float | None = None, data: Any = None,
+         loss: Any = None, latency: Any = None, verbose: int = 1, **options: Any) -> Plan:
     """Decide, per layer, how to compress ``model`` to the target; returns a :class:`Plan` (``model`` untouched).
 
     Args:
@@ -149,6 +149,9 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
         method: ``"collaborative"`` (joint channel pruning and low-rank decomposition, Li et al. 2021).
         target_flops / target_params: fraction of the original MACs / params to keep, in (0, 1]
             (default ``target_flops=0.5``, the reference's setting).
+        target_latency: fraction of the original model's latency to keep, estimated from ``latency``
+            (a :class:`kerascomp.LatencyTable`; measured on this host with :func:`kerascomp.latency_table`
+            when not given). Channels and ranks are then chosen by measured cost, not MACs.
         data: labelled data for the gradient sensitivity: ``(x, y)`` numpy arrays or a
             ``tf.data.Dataset`` of ``(x, y)`` batches; a few hundred validation images suffice.
         loss: ``loss(y_true, y_pred) -> scalar``; defaults to the model's compiled loss, else sparse
@@ -156,6 +159,7 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
         **options: see :class:`kerascomp.methods.collaborative.CollaborativeOptions`.
     """
     from kerascomp.api import read_checked
+    from kerascomp.bench.latency import LatencyTable, latency_table
     from kerascomp.graph.keras_io import infer_shapes
     from kerascomp.methods.base import Budget
     from kerascomp.methods.collaborative import collaborative_options, plan_collaborative
@@ -163,8 +167,21 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
     if method != "collaborative":
         raise InvalidArgumentError(f"kerascomp.plan supports method='collaborative', got {method!r}; the other "
                                    "methods plan inside clone_compressed (their report lists each layer's choice).")
-    if target_flops is None and target_params is None:
-        target_flops = 0.5
-    budget = Budget.from_targets(target_flops, target_params)
+    built = collaborative_options(options)
+    if target_latency is not None:
+        if target_flops is not None or target_params is not None:
+            raise InvalidArgumentError("pass one target: target_flops, target_params or target_latency.")
+        if isinstance(target_latency, bool) or not isinstance(target_latency, (int, float)) \
+                or not 0 < target_latency <= 1:
+            raise InvalidArgumentError(f"target_latency={target_latency!r} must be a number in (0, 1]: the fraction "
+                                       "of the original model's latency to keep.")
+        budget = Budget("latency", float(target_latency))
+    else:
+        budget = Budget.from_targets(0.5 if target_flops is None and target_params is None else target_flops,
+                                     target_params)
     graph = read_checked(model)
-    return plan_collaborative(graph, infer_shapes(graph), budget, data, loss, collaborative_options(options), verbose)
+    if latency is not None and not isinstance(latency, LatencyTable):
+        raise InvalidArgumentError(f"latency must be a kerascomp.LatencyTable, got {type(latency).__name__}.")
+    if budget.metric == "latency" and latency is None:
+        latency = latency_table(model, verbose=verbose)
+    return plan_collaborative(graph, infer_shapes(graph), budget, data, loss, built, verbose, latency)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import kerascomp
-from conftest import _randomise_bn, model_fingerprint, weights_hash
+from conftest import _randomise_bn, flavour_independent, model_fingerprint, weights_hash
 from kerascomp.errors import BudgetError, InvalidArgumentError
 from kerascomp.zoo import cifar_resnet
 
@@ -118,3 +118,84 @@ def test_bad_plan_input(small_resnet, labelled, planned, keras):
     retrained.set_weights([w * 1.01 for w in small_resnet.get_weights()])
     with pytest.warns(UserWarning, match="made for model .* with other weights"):
         kerascomp.clone_compressed(retrained, plan=planned, verbose=0)
+
+
+def _table(model, factored_cost=3.0):
+    """A synthetic table: dense convs take 1 ms per million MACs, factored ones ``factored_cost`` times that."""
+    from kerascomp.bench.latency import _conv_macs
+
+    macs = _conv_macs(model)
+    layers = {name: [{"form": "dense", "macs": m, "ms": m * 1e-6}, {"form": "dense", "macs": m // 2, "ms": m * 0.5e-6},
+                     {"form": "factored", "macs": m // 2, "ms": factored_cost * m * 0.5e-6}]
+              for name, m in macs.items()}
+    return kerascomp.LatencyTable(layers, 1.2 * sum(macs.values()) * 1e-6, "synthetic", 1, macs)
+
+
+def test_latency_table_interpolates_and_scales():
+    table = kerascomp.LatencyTable({"a": [{"form": "dense", "macs": 100, "ms": 1.0}, {"form": "dense", "macs": 50, "ms": 0.6},
+                                          {"form": "factored", "macs": 40, "ms": 0.3}],
+                                    "b": [{"form": "dense", "macs": 10, "ms": 0.5}]}, 2.0, "hand", 1, {"a": 100, "b": 10})
+    assert table.layer_ms("a", "dense", 75) == pytest.approx(0.8)
+    assert table.layer_ms("a", "dense", 25) == pytest.approx(0.3)  # below the points: proportional
+    assert table.layer_ms("a", "factored", 80) == pytest.approx(0.6)
+    assert table.layer_ms("b", "factored", 5) == pytest.approx(0.25)  # unmeasured form: from the dense points
+    assert table.fixed_ms == pytest.approx(0.5)
+    assert table.estimate({"a": ("dense", 50)}) == pytest.approx(0.5 + 0.6 + 0.5)
+    with pytest.raises(InvalidArgumentError, match="no entry for layer 'c'"):
+        table.layer_ms("c", "dense", 1)
+
+
+def test_latency_target_is_met_by_the_table_and_avoids_slow_forms(small_resnet, labelled):
+    table = _table(small_resnet)
+    planned = kerascomp.plan(small_resnet, target_latency=0.7, latency=table, data=labelled, verbose=0,
+                             latency_checks=0)
+    assert planned.metric == "latency" and 0.6 <= planned.settings["estimated_latency_ratio"] <= 0.7
+    # the same target on a phone where factored convs are 10x faster per MAC instead of 3x slower
+    slow = kerascomp.plan(small_resnet, target_latency=0.4, latency=table, data=labelled, verbose=0,
+                          latency_checks=0)
+    fast = kerascomp.plan(small_resnet, target_latency=0.4, latency=_table(small_resnet, 0.1), data=labelled,
+                          verbose=0, latency_checks=0)
+    assert slow.macs_after < fast.macs_after  # slow factors must be cut deeper for the same time
+    with pytest.raises(InvalidArgumentError, match="pass one target"):
+        kerascomp.plan(small_resnet, target_flops=0.5, target_latency=0.5, latency=table, data=labelled)
+    with pytest.raises(InvalidArgumentError, match="target_latency=2 must be a number in"):
+        kerascomp.plan(small_resnet, target_latency=2, latency=table, data=labelled)
+    with pytest.raises(InvalidArgumentError, match="latency must be a kerascomp.LatencyTable"):
+        kerascomp.plan(small_resnet, target_latency=0.5, latency={"a": 1}, data=labelled)
+
+
+def test_phone_table_from_bench_json(small_resnet, tmp_path):
+    from kerascomp.bench.latency import _conv_macs
+
+    macs = _conv_macs(small_resnet)
+    record = {"results": [{"path": "/data/local/tmp/original.tflite", "inference_avg_us": 2500.0,
+                           "settings": {"num_threads": 4}}],
+              "layer_latency_ms": {"original.tflite": {name: 0.1 for name in macs}}}
+    path = tmp_path / "phone.json"
+    path.write_text(__import__("json").dumps(record))
+    table = kerascomp.LatencyTable.from_bench_json(path, small_resnet)
+    assert table.total_ms == 2.5 and table.num_threads == 4 and set(table.layers) == set(macs)
+    assert table.fixed_ms == pytest.approx(2.5 - 0.1 * len(macs))
+    del record["layer_latency_ms"]["original.tflite"]["stem_conv"]
+    path.write_text(__import__("json").dumps(record))
+    with pytest.raises(InvalidArgumentError, match="lacks layers of this model: stem_conv"):
+        kerascomp.LatencyTable.from_bench_json(path, small_resnet)
+    path.write_text("{}")
+    with pytest.raises(InvalidArgumentError, match="no layer_latency_ms"):
+        kerascomp.LatencyTable.from_bench_json(path, small_resnet)
+
+
+@flavour_independent
+def test_host_latency_table_and_measured_check(small_resnet, labelled, tmp_path):
+    table = kerascomp.latency_table(small_resnet, fractions=(0.5,), runs=5, verbose=0)
+    original = kerascomp.cost(small_resnet).by_name()
+    for name, points in table.layers.items():
+        dense = [p for p in points if p["form"] == "dense" and p["macs"] == original[name].macs]
+        assert dense and all(p["ms"] >= 0 for p in points)
+    assert table.total_ms > 0 and table.source.startswith("host")
+    table.save(tmp_path / "table.json")
+    assert kerascomp.LatencyTable.load(tmp_path / "table.json") == table
+    planned = kerascomp.plan(small_resnet, target_latency=0.7, latency=table, data=labelled, verbose=0,
+                             latency_checks=1)
+    [check] = planned.settings["latency_checks_done"]
+    assert 0 < check["measured"] < 1.5 and 0 < check["estimated"] <= 0.7 + 1e-9

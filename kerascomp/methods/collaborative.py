@@ -54,6 +54,8 @@ class CollaborativeOptions:
         batch_size / max_samples: batches of the gradient pass and how many labelled rows it reads.
         recalibrate: re-estimate BatchNormalization statistics on ``data`` after compressing
             (``"auto"``: when data is given).
+        latency_checks: with ``target_latency`` and a host table, how many times the planned model is
+            exported and timed against the original to correct the table's estimate (0: trust the table).
     """
 
     prune: bool = True
@@ -64,6 +66,7 @@ class CollaborativeOptions:
     batch_size: int = 64
     max_samples: int = 512
     recalibrate: bool | str = "auto"
+    latency_checks: int = 2
 
     def validate(self) -> None:
         for name in ("prune", "decompose"):
@@ -77,10 +80,10 @@ class CollaborativeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
                 raise InvalidArgumentError(f"{name} must be a number in ({low}, {high}], got {value!r}.")
-        for name in ("batch_size", "max_samples"):
+        for name, least in (("batch_size", 1), ("max_samples", 1), ("latency_checks", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidArgumentError(f"{name} must be an int >= {least}, got {value!r}.")
         if self.recalibrate not in (True, False, "auto"):
             raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
 
@@ -105,6 +108,7 @@ class _Conv:
     positions: np.ndarray | None
     fixed_reason: str
     sensitivity: LayerSensitivity | None = None
+    points: list | None = None  # (estimated ms, score, choice) per curve point, with a latency table
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -167,24 +171,68 @@ class _Choice:
     score: float
 
 
-def _choose(conv: _Conv, rate: float) -> _Choice:
-    """The layer's decision at a requested MACs reduction ``rate``: pruning alone if it gets there."""
-    sensitivity = conv.sensitivity
-    if rate <= 0:
-        return _Choice(np.zeros(0, int), None, 0.0)
-    pruning, joint = sensitivity.pruning, sensitivity.joint
-    reach = pruning.macs_removed[-1] if pruning is not None and len(pruning.macs_removed) else 0.0
-    if reach > 0 and (reach >= rate - 1e-12 or not len(joint.macs_removed) or joint.macs_removed[-1] <= reach):
-        index = min(int(np.searchsorted(pruning.macs_removed, rate - 1e-12)), len(pruning.macs_removed) - 1)
-        return _Choice(np.sort(pruning.order[:pruning.units_removed[index]]), None, float(pruning.score[index]))
-    if not len(joint.macs_removed):
-        return _Choice(np.zeros(0, int), None, 0.0)
-    index = joint.point(rate)
+def _pruning_choice(conv: _Conv, index: int) -> _Choice:
+    pruning = conv.sensitivity.pruning
+    return _Choice(np.sort(pruning.order[:pruning.units_removed[index]]), None, float(pruning.score[index]))
+
+
+def _joint_choice(conv: _Conv, index: int) -> _Choice:
+    joint = conv.sensitivity.joint
     height, width, channels, filters = conv.shape
     rank = int(joint.rank[index])
     removed = np.sort(joint.channel_order[:joint.channels_removed[index]])
     low_rank = rank < min(height * width * (channels - len(removed)), filters)
     return _Choice(removed, rank if low_rank else None, float(joint.score[index]))
+
+
+def _choose(conv: _Conv, rate: float, latency=None) -> _Choice:
+    """The layer's decision at a requested reduction ``rate`` of its MACs: pruning alone if it gets
+    there (the reference's rule), else the joint trajectory. With a ``latency`` table the rate is of
+    the layer's estimated milliseconds instead, and the cheapest-scoring point of either curve whose
+    estimate gets there wins: a rank cut that saves MACs but not time does not count."""
+    if rate <= 0:
+        return _Choice(np.zeros(0, int), None, 0.0)
+    pruning, joint = conv.sensitivity.pruning, conv.sensitivity.joint
+    has_pruning, has_joint = pruning is not None and len(pruning.macs_removed) > 0, len(joint.macs_removed) > 0
+    if latency is not None:
+        return _choose_by_latency(conv, rate, latency)
+    reach = pruning.macs_removed[-1] if has_pruning else 0.0
+    if reach > 0 and (reach >= rate - 1e-12 or not has_joint or joint.macs_removed[-1] <= reach):
+        return _pruning_choice(conv, min(int(np.searchsorted(pruning.macs_removed, rate - 1e-12)),
+                                         len(pruning.macs_removed) - 1))
+    if not has_joint:
+        return _Choice(np.zeros(0, int), None, 0.0)
+    return _joint_choice(conv, joint.point(rate))
+
+
+def _point_ms(conv: _Conv, latency) -> list[tuple[float, float, _Choice]]:
+    """(estimated ms, score, choice) of every point of the layer's curves (cached on the conv)."""
+    if conv.points is None:
+        height, width, channels, filters = conv.shape
+        name, points = conv.spec.name, []
+        pruning, joint = conv.sensitivity.pruning, conv.sensitivity.joint
+        for index in range(len(pruning.macs_removed) if pruning is not None else 0):
+            choice = _pruning_choice(conv, index)
+            points.append((latency.layer_ms(name, "dense", conv.macs * (1 - pruning.macs_removed[index])),
+                           choice.score, choice))
+        for index in range(len(joint.macs_removed)):
+            choice = _joint_choice(conv, index)
+            form = "dense" if choice.rank is None else "factored"
+            points.append((latency.layer_ms(name, form, conv.macs * (1 - joint.macs_removed[index])),
+                           choice.score, choice))
+        conv.points = points
+    return conv.points
+
+
+def _choose_by_latency(conv: _Conv, rate: float, latency) -> _Choice:
+    points = _point_ms(conv, latency)
+    if not points:
+        return _Choice(np.zeros(0, int), None, 0.0)
+    goal = (1 - rate) * latency.original_ms(conv.spec.name)
+    meeting = [point for point in points if point[0] <= goal + 1e-12]
+    if meeting:
+        return min(meeting, key=lambda point: point[1])[2]
+    return min(points, key=lambda point: (point[0], point[1]))[2]
 
 
 def _atoms(convs: list[_Conv], choices: list[_Choice]) -> np.ndarray:
@@ -193,27 +241,49 @@ def _atoms(convs: list[_Conv], choices: list[_Choice]) -> np.ndarray:
     return np.concatenate(found) if found else np.zeros(0, np.int64)
 
 
-def _realised(tables, analysis: ChannelAnalysis, convs: list[_Conv], choices: list[_Choice],
-              metric: int) -> float:
-    """MACs (metric 0) or params (1) of the model these choices give, without building it."""
-    removed = _atoms(convs, choices)
-    total = float(pruned_cost(tables, removed)[metric])
-    removed_set = set(removed.tolist())
+def _configs(analysis: ChannelAnalysis, convs: list[_Conv], choices: list[_Choice],
+             removed: set[int]) -> dict[str, tuple[str, int, int]]:
+    """Per conv: its form (``"dense"`` or ``"factored"``), its kernel weights after the choices and
+    those of its channel-pruned dense conv."""
+    configs = {}
     for conv, choice in zip(convs, choices):
-        if choice.rank is None:
-            continue
         height, width, channels, filters = conv.shape
-        kept_in = channels - len(choice.removed)
-        kept_out = filters - sum(int(a) in removed_set for a in analysis.out_atoms[conv.spec.name])
         area = height * width
+        kept_in = channels - len(choice.removed)
+        kept_out = filters - sum(int(a) in removed for a in analysis.out_atoms[conv.spec.name])
+        dense = area * kept_in * kept_out
         # the factors are used only where they are cheaper than the (pruned) dense conv
-        change = min(0, choice.rank * (area * kept_in + kept_out) - area * kept_in * kept_out)
-        total += change * (conv.pixels if metric == 0 else 1)
+        if choice.rank is not None and choice.rank * (area * kept_in + kept_out) < dense:
+            configs[conv.spec.name] = ("factored", choice.rank * (area * kept_in + kept_out), dense)
+        else:
+            configs[conv.spec.name] = ("dense", dense, dense)
+    return configs
+
+
+def _realised(tables, analysis: ChannelAnalysis, convs: list[_Conv], choices: list[_Choice], metric: int,
+              latency=None) -> float:
+    """MACs (metric 0), params (1) or estimated milliseconds (2, from ``latency``) of the model these
+    choices give, without building it."""
+    removed = _atoms(convs, choices)
+    configs = _configs(analysis, convs, choices, set(removed.tolist()))
+    if metric == 2:
+        return latency.estimate({conv.spec.name: (configs[conv.spec.name][0], configs[conv.spec.name][1] * conv.pixels)
+                                 for conv in convs})
+    total = float(pruned_cost(tables, removed)[metric])
+    for conv in convs:  # the channel-pruned cost counts each conv dense: swap in the factored form
+        _, weights, dense = configs[conv.spec.name]
+        total += (weights - dense) * (conv.pixels if metric == 0 else 1)
     return total
 
 
-def _rates(convs: list[_Conv], requested: float, metric: int, options: CollaborativeOptions) -> np.ndarray:
-    sizes = np.array([conv.macs if metric == 0 else conv.weights for conv in convs], float)
+def _sizes(convs: list[_Conv], metric: int, latency=None) -> np.ndarray:
+    """Each conv's share of the budgeted quantity: MACs, weights or estimated milliseconds."""
+    if metric == 2:
+        return np.array([latency.original_ms(conv.spec.name) for conv in convs], float)
+    return np.array([conv.macs if metric == 0 else conv.weights for conv in convs], float)
+
+
+def _rates(convs: list[_Conv], requested: float, sizes: np.ndarray, options: CollaborativeOptions) -> np.ndarray:
     if options.allocation == "uniform":
         return np.full(len(convs), min(requested / sizes.sum(), options.max_fraction))
     p1 = np.array([conv.sensitivity.p1 for conv in convs])
@@ -236,7 +306,7 @@ def _binding(convs: list[_Conv], choices: list[_Choice], reasons: dict[str, str]
 
 
 def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, options: CollaborativeOptions,
-                       verbose: int = 1) -> Plan:
+                       verbose: int = 1, latency=None) -> Plan:
     """Score, allocate and decide every conv; returns the :class:`Plan` (the graph is not modified)."""
     started = time.perf_counter()
     analysis = analyse_channels(graph, shapes)
@@ -258,42 +328,92 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
                           + "; ".join(f"{name}: {why}" for name, why in reasons.items()))
     for conv in convs:
         conv.sensitivity = by_name[conv.spec.name]
-    metric = 0 if budget.metric == "flops" else 1
+    metric = {"flops": 0, "params": 1, "latency": 2}[budget.metric]
+    if metric == 2 and latency is None:
+        raise InvalidArgumentError("target_latency needs a latency table: pass latency=kerascomp.latency_table(model) "
+                                   "or LatencyTable.from_bench_json(...) for a phone.")
     tables = cost_tables(graph, shapes, analysis)
-    before = pruned_cost(tables, np.zeros(0, np.int64))
-    target = budget.fraction * before[metric]
-    sizes = float(sum(conv.macs if metric == 0 else conv.weights for conv in convs))
+
+    def realised(chosen: list[_Choice]) -> float:
+        return _realised(tables, analysis, convs, chosen, metric, latency)
+
+    sizes = _sizes(convs, metric, latency)
 
     def decide(requested: float) -> tuple[np.ndarray, list[_Choice]]:
-        rates = _rates(convs, requested, metric, options)
-        return rates, [_choose(conv, rate) for conv, rate in zip(convs, rates)]
+        rates = _rates(convs, requested, sizes, options)
+        return rates, [_choose(conv, rate, latency) for conv, rate in zip(convs, rates)]
 
-    rates, choices = decide(options.max_fraction * sizes)
-    floor = _realised(tables, analysis, convs, choices, metric)
-    what = "MACs" if metric == 0 else "params"
+    untouched = decide(0.0)
+    before = realised(untouched[1])
+    target = budget.fraction * before
+    rates, choices = decide(options.max_fraction * sizes.sum())
+    floor = realised(choices)
+    what = {0: "MACs", 1: "params", 2: f"estimated latency ({latency.source if latency else ''})"}[metric]
     if floor > target:
         raise BudgetError(
             f"method='collaborative' cannot reach target_{budget.metric}={budget.fraction}: compressing every conv "
-            f"as far as it may leaves {floor / before[metric]:.3f} of the {what}. Binding layers: "
+            f"as far as it may leaves {floor / before:.3f} of the {what}. Binding layers: "
             f"{_binding(convs, choices, reasons, graph, shapes)}. Raise the target or max_fraction.")
-    low, high = 0.0, options.max_fraction * sizes
-    untouched = decide(0.0)
-    if _realised(tables, analysis, convs, untouched[1], metric) <= target:
-        rates, choices, low, high = *untouched, 0.0, 0.0
-    for _ in range(40 if high > 0 else 0):
-        middle = 0.5 * (low + high)
-        trial = decide(middle)
-        if _realised(tables, analysis, convs, trial[1], metric) <= target:
-            high, (rates, choices) = middle, trial
-        else:
-            low = middle
-    result = _plan(graph, shapes, analysis, convs, choices, rates, reasons, budget, options)
+    def solve(goal: float) -> tuple[np.ndarray, list[_Choice]]:
+        """The least requested removal whose realised cost meets ``goal`` (bisection)."""
+        if before <= goal:
+            return untouched
+        low, high, best = 0.0, options.max_fraction * sizes.sum(), (rates, choices)
+        for _ in range(40):
+            middle = 0.5 * (low + high)
+            trial = decide(middle)
+            if realised(trial[1]) <= goal:
+                high, best = middle, trial
+            else:
+                low = middle
+        return best
+
+    rates, choices = solve(target)
+    checks = []
+    if metric == 2 and latency.source.startswith("host"):
+        # the table adds up one-layer files; time the real model and correct the goal by what it shows
+        goal = target
+        for _ in range(options.latency_checks):
+            measured = _measured_ratio(graph, analysis, convs, choices, rates, reasons, budget, options, latency)
+            estimated = realised(choices) / before
+            checks.append({"estimated": round(estimated, 4), "measured": round(measured, 4)})
+            if abs(measured - budget.fraction) <= 0.05 * budget.fraction:
+                break
+            goal = min(goal * budget.fraction / measured, before)
+            if goal < floor:
+                break
+            rates, choices = solve(goal)
+    result = _plan(graph, shapes, analysis, convs, choices, rates, reasons, budget, options)[0]
+    if metric == 2:
+        result.settings.update(latency_source=latency.source, estimated_latency_ratio=realised(choices) / before,
+                               latency_checks_done=checks)
     result.seconds = time.perf_counter() - started
     return result
 
 
+def _measured_ratio(graph: Graph, analysis: ChannelAnalysis, convs, choices, rates, reasons, budget: Budget,
+                    options: CollaborativeOptions, latency) -> float:
+    """LiteRT latency of the model ``choices`` give over the original's, timed interleaved on this host."""
+    import tempfile
+    from pathlib import Path
+
+    from kerascomp.bench.host import compare_tflite
+    from kerascomp.export.tflite import _convert
+    from kerascomp.graph.keras_io import write_model
+    from kerascomp.methods.strip import strip_graph
+
+    compressed = _plan(graph, infer_shapes(graph), analysis, convs, choices, rates, reasons, budget, options)[1]
+    with tempfile.TemporaryDirectory(prefix="kerascomp-latency-check-") as folder:
+        paths = [Path(folder) / "original.tflite", Path(folder) / "planned.tflite"]
+        for path, source in zip(paths, (graph, compressed)):
+            path.write_bytes(_convert(write_model(strip_graph(source)), None, None, False))
+        original, planned = compare_tflite(paths, num_threads=latency.num_threads, runs=50)
+    return planned.median_ms / original.median_ms
+
+
 def _plan(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs: list[_Conv], choices: list[_Choice],
-          rates: np.ndarray, reasons: dict[str, str], budget: Budget, options: CollaborativeOptions) -> Plan:
+          rates: np.ndarray, reasons: dict[str, str], budget: Budget,
+          options: CollaborativeOptions) -> tuple[Plan, Graph]:
     entries = [LayerPlan(conv.spec.name, "Conv2D", "dense", 0, 0, 0, 0, [int(i) for i in choice.removed],
                          choice.rank, None, float(rate), choice.score, conv.fixed_reason if conv.group is None else "")
                for conv, choice, rate in zip(convs, choices, rates)]
@@ -302,8 +422,8 @@ def _plan(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs: list[_Co
     draft = Plan("collaborative", graph.name, fingerprint(graph), budget.metric, budget.fraction, entries, 0, 0, 0, 0,
                  settings={k: getattr(options, k) for k in CollaborativeOptions.__dataclass_fields__})
     gradients = {conv.spec.name: conv.sensitivity.gradient for conv in convs}
-    _realise(graph, analysis, draft, gradients)  # fills kept_values, actions and costs
-    return draft
+    realised = _realise(graph, analysis, draft, gradients)  # fills kept_values, actions and costs
+    return draft, realised
 
 
 def _removal(graph: Graph, analysis: ChannelAnalysis, plan: Plan) -> dict[int, list[int]]:

@@ -1,0 +1,211 @@
+"""Per-layer latency tables, measured with LiteRT on this host or read from a phone benchmark.
+
+``latency_table(model)`` times, for every dense Conv2D, single-layer ``.tflite`` files of its
+candidate forms: the original, the conv with fewer input channels (pruning) and the kxk(r) + 1x1
+pair at several ranks (decomposition). Candidates of one layer shape are timed interleaved, and
+layers of the same shape share one measurement. The whole original model is timed too; what
+the convs do not account for is a fixed remainder.
+
+A phone table comes from ``kerascomp bench --adb --op-profile --layers-from MODEL.keras``
+(``layer_latency_ms`` of the original model): one point per layer, which the estimate scales by
+MACs. The planner's ``target_latency`` is a fraction of the original model's estimated latency::
+
+    table = kerascomp.latency_table(model)            # or LatencyTable.from_bench_json("phone.json", model)
+    plan = kerascomp.plan(model, target_latency=0.6, latency=table, data=(x, y))
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kerascomp.errors import InvalidArgumentError
+
+FORMS = ("dense", "factored")
+
+
+@dataclass
+class LatencyTable:
+    """``layers[name]``: measured points ``{"form", "macs", "ms"}``; ``total_ms``: the whole original model."""
+
+    layers: dict[str, list[dict]]
+    total_ms: float
+    source: str
+    num_threads: int = 1
+    original_macs: dict[str, int] = field(default_factory=dict)
+    overhead_ms: float = 0.0
+
+    def layer_ms(self, layer: str, form: str, macs: float) -> float:
+        """Estimated milliseconds of ``layer`` in ``form`` at ``macs`` MACs: linear between measured
+        points, proportional to MACs beyond them (and from the dense points for an unmeasured form)."""
+        points = self.layers.get(layer)
+        if not points:
+            raise InvalidArgumentError(f"the latency table has no entry for layer {layer!r}; measure it with "
+                                       "kerascomp.latency_table(model) for this model.")
+        chosen = [p for p in points if p["form"] == form] or [p for p in points if p["form"] == "dense"]
+        chosen = sorted(chosen, key=lambda p: p["macs"])
+        xs, ys = np.array([p["macs"] for p in chosen], float), np.array([p["ms"] for p in chosen], float)
+        if macs <= xs[0]:
+            return float(ys[0] * macs / max(xs[0], 1.0))
+        if macs >= xs[-1]:
+            return float(ys[-1] * macs / max(xs[-1], 1.0))
+        return float(np.interp(macs, xs, ys))
+
+    def original_ms(self, layer: str) -> float:
+        return self.layer_ms(layer, "dense", self.original_macs[layer])
+
+    @property
+    def fixed_ms(self) -> float:
+        """The part of the model's latency outside the tabled layers (never negative)."""
+        return max(0.0, self.total_ms - sum(self.original_ms(name) for name in self.layers))
+
+    def estimate(self, configs: dict[str, tuple[str, float]]) -> float:
+        """Estimated model milliseconds with ``configs[layer] = (form, macs)`` (other layers as original)."""
+        total = self.fixed_ms
+        for name in self.layers:
+            form, macs = configs.get(name, ("dense", self.original_macs[name]))
+            total += self.layer_ms(name, form, macs)
+        return total
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LatencyTable":
+        try:
+            payload = json.loads(Path(path).read_text())
+            return cls(**payload)
+        except (OSError, json.JSONDecodeError, TypeError) as error:
+            raise InvalidArgumentError(f"{path} is not a kerascomp latency table: {error}.") from None
+
+    @classmethod
+    def from_bench_json(cls, path: str | Path, model: Any, file: str | None = None) -> "LatencyTable":
+        """A table from ``kerascomp bench --adb --op-profile --layers-from MODEL.keras --json PATH``
+        (the profiled ``file`` among its results; the first if not named) for ``model``."""
+        try:
+            payload = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise InvalidArgumentError(f"cannot read the benchmark JSON {path}: {error}.") from None
+        tables = payload.get("layer_latency_ms") if isinstance(payload, dict) else None
+        if not tables:
+            raise InvalidArgumentError(f"{path} has no layer_latency_ms: run kerascomp bench --adb --op-profile "
+                                       "--layers-from MODEL.keras --json ... on the original model.")
+        file = file or next(iter(tables))
+        if file not in tables:
+            raise InvalidArgumentError(f"{path} has no layer table for {file!r}; it has {sorted(tables)}.")
+        result = next((r for r in payload.get("results", []) if Path(r.get("path", "")).name == file), None)
+        if result is None:
+            raise InvalidArgumentError(f"{path} has no benchmark result for {file!r}.")
+        macs = _conv_macs(model)
+        missing = [name for name in macs if name not in tables[file]]
+        if missing:
+            raise InvalidArgumentError(f"the phone table of {file!r} lacks layers of this model: "
+                                       f"{', '.join(missing[:5])}; profile the same model the plan is for.")
+        layers = {name: [{"form": "dense", "macs": macs[name], "ms": float(tables[file][name])}] for name in macs}
+        return cls(layers, float(result["inference_avg_us"]) / 1e3, f"phone: {path} ({file})",
+                   int(result.get("settings", {}).get("num_threads", 1)), macs)
+
+
+def _conv_macs(model: Any) -> dict[str, int]:
+    from kerascomp.cost import graph_cost
+    from kerascomp.graph.keras_io import infer_shapes, read_model
+    from kerascomp.methods.sensitivity import conv_layers
+
+    graph = read_model(model)
+    costs = graph_cost(graph, infer_shapes(graph)).by_name()
+    return {name: int(costs[name].macs) for name in conv_layers(graph)}
+
+
+def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions) -> list[tuple[str, int, Any]]:
+    """(form, MACs per image, single-layer model) for the original conv and its smaller forms."""
+    height, width, channels, filters = kernel_shape
+    base = {key: config.get(key) for key in ("kernel_size", "strides", "padding", "dilation_rate") if key in config}
+    spatial = tuple(input_shape[1:-1])
+
+    def model(inputs: int, layers: list) -> Any:
+        tensor = start = keras.Input(spatial + (inputs,), batch_size=1)
+        for layer in layers:
+            tensor = layer(tensor)
+        return keras.Model(start, tensor)
+
+    found = [("dense", 1.0, model(channels, [keras.layers.Conv2D(filters, **base)]))]
+    area = height * width
+    seen = {channels}
+    for fraction in fractions:
+        kept = max(1, int(round(fraction * channels)))
+        if kept not in seen:
+            seen.add(kept)
+            found.append(("dense", kept / channels, model(kept, [keras.layers.Conv2D(filters, **base)])))
+        rank = int(fraction * area * channels * filters / (area * channels + filters))
+        if 1 <= rank < min(area * channels, filters):
+            found.append(("factored", rank * (area * channels + filters) / (area * channels * filters),
+                          model(channels, [keras.layers.Conv2D(rank, use_bias=False, **base),
+                                           keras.layers.Conv2D(filters, 1)])))
+    return found
+
+
+def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int = 1, runs: int = 30,
+                  verbose: int = 1) -> LatencyTable:
+    """Measure per-layer candidate latencies of ``model``'s dense Conv2D layers with LiteRT on this host.
+
+    ``fractions``: the MACs fractions at which the pruned and factored forms are timed. Each
+    candidate is a single-layer fp32 ``.tflite`` at batch 1; candidates of one shape are timed
+    interleaved, ``runs`` times each, at ``num_threads``.
+    """
+    from kerascomp.bench.host import benchmark_tflite, compare_tflite
+    from kerascomp.export.tflite import _convert
+    from kerascomp.graph.keras_io import infer_shapes, module_for, read_model
+    from kerascomp.methods.sensitivity import conv_layers
+
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise InvalidArgumentError(f"runs must be an int >= 1, got {runs!r}.")
+    if not fractions or any(not 0 < float(f) < 1 for f in fractions):
+        raise InvalidArgumentError(f"fractions must be numbers in (0, 1), got {fractions!r}.")
+    graph = read_model(model)
+    shapes = infer_shapes(graph)
+    keras = module_for(graph)
+    macs = _conv_macs(model)
+    signatures: dict[tuple, list[str]] = {}
+    for name in conv_layers(graph):
+        spec = graph.layers[name]
+        node = graph.nodes_of(name)[0]
+        input_shape = tuple(shapes[node.input_refs()[0].node][node.input_refs()[0].index])
+        key = (spec.weights[0].shape, input_shape, tuple(sorted((k, str(spec.config.get(k))) for k in
+                                                                  ("strides", "padding", "dilation_rate"))))
+        signatures.setdefault(key, []).append(name)
+    layers: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="kerascomp-latency-") as folder:
+        # what running any one-layer file costs beyond its conv (invoke, input and output copies):
+        # a 1x1 conv on one pixel and one channel, subtracted from every candidate
+        empty = keras.Input((1, 1, 1), batch_size=1)
+        trivial = Path(folder) / "overhead.tflite"
+        trivial.write_bytes(_convert(keras.Model(empty, keras.layers.Conv2D(1, 1)(empty)), None, None, False))
+        overhead = benchmark_tflite(trivial, num_threads=num_threads, runs=runs).median_ms
+        for index, (key, names) in enumerate(tqdm(signatures.items(), desc="latency table", disable=not verbose)):
+            spec = graph.layers[names[0]]
+            candidates = _candidates(keras, spec.weights[0].shape, spec.config, key[1], fractions)
+            paths = []
+            for position, (_, _, single) in enumerate(candidates):
+                path = Path(folder) / f"{index}_{position}.tflite"
+                path.write_bytes(_convert(single, None, None, False))
+                paths.append(path)
+            timings = compare_tflite(paths, num_threads=num_threads, runs=runs)
+            for name in names:
+                layers[name] = [{"form": form, "macs": int(round(fraction * macs[name])),
+                                 "ms": max(t.median_ms - overhead, 0.0)}
+                                for (form, fraction, _), t in zip(candidates, timings)]
+        whole = Path(folder) / "model.tflite"
+        from kerascomp.api import strip
+
+        whole.write_bytes(_convert(strip(model), None, None, False))
+        total = max(benchmark_tflite(whole, num_threads=num_threads, runs=runs).median_ms - overhead, 0.0)
+    return LatencyTable(layers, total, f"host LiteRT (XNNPACK), {num_threads} thread(s)", num_threads, macs,
+                        overhead)
