@@ -35,6 +35,22 @@ def singular_value_scores(kernel: np.ndarray, gradient: np.ndarray) -> tuple[np.
     return values, _value_scores(left, values, right, channel_matrix(gradient))
 
 
+def thin_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.linalg.svd(matrix, full_matrices=False)`` for a wide float64 matrix, through the eigen-
+    decomposition of the small Gram matrix ``M M^T`` when the matrix is at least 4x wider than tall
+    (a 3x3 conv's reshape is 9x wider), which is several times faster."""
+    rows, columns = matrix.shape
+    if columns < 4 * rows:
+        return np.linalg.svd(matrix, full_matrices=False)
+    eigenvalues, left = np.linalg.eigh(matrix @ matrix.T)
+    order = np.argsort(eigenvalues)[::-1]
+    values = np.sqrt(np.maximum(eigenvalues[order], 0.0))
+    left = left[:, order]
+    safe = np.where(values > values[0] * 1e-10 if values[0] > 0 else np.zeros_like(values, bool), values, np.inf)
+    right = (matrix.T @ left / safe).T
+    return left, values, right
+
+
 def _value_scores(left: np.ndarray, values: np.ndarray, right: np.ndarray, gradient_matrix: np.ndarray) -> np.ndarray:
     # dW_i = -s_i u_i v_i^T, so (G * dW_i) summed squared = s_i^2 * sum_jk (G_jk u_ij v_ik)^2
     return values ** 2 * np.einsum("jk,ji,ik->i", gradient_matrix ** 2, left ** 2, right ** 2)
@@ -128,7 +144,7 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
             units += [(channel_cost[c] / saving, 0, int(c)) for c in np.flatnonzero(kept)]
         if decompose and rank > 1:
             matrix = channel_matrix(current[:, :, kept, :])
-            left, values, right = np.linalg.svd(matrix, full_matrices=False)
+            left, values, right = thin_svd(matrix)
             left, values, right = left[:, :rank], values[:rank], right[:rank]
             value_cost = _value_scores(left, values, right, channel_matrix(gradient[:, :, kept, :]))
             saving = area * int(kept.sum()) + filters

@@ -85,17 +85,22 @@ def default_loss(model: Any) -> Callable:
 
 
 def kernel_gradients(model: Any, layers: list[str], batches: list[tuple[np.ndarray, np.ndarray]],
-                     loss: Callable) -> dict[str, np.ndarray]:
+                     loss: Callable, verbose: int = 0) -> dict[str, np.ndarray]:
     """Mean loss gradient of each named layer's kernel over the batches (inference-mode forward;
     the model's weights are only read)."""
     import tensorflow as tf
 
     kernels = [model.get_layer(name).weights[0] for name in layers]
     totals = [np.zeros(k.shape, np.float32) for k in kernels]
-    for x, y in batches:
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y):
         with tf.GradientTape() as tape:
-            value = loss(tf.convert_to_tensor(y), model(x, training=False))
-        for total, gradient in zip(totals, tape.gradient(value, kernels)):
+            value = loss(y, model(x, training=False))
+        return tape.gradient(value, kernels)
+
+    for x, y in tqdm(batches, desc="gradients", disable=not verbose):
+        for total, gradient in zip(totals, step(tf.convert_to_tensor(x), tf.convert_to_tensor(y))):
             total += np.asarray(gradient) * len(x)
     rows = sum(len(x) for x, _ in batches)
     return {name: total / rows for name, total in zip(layers, totals)}
@@ -119,7 +124,7 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
     layers = conv_layers(graph)
     batches = labelled_batches(data, batch_size, max_samples)
     model = write_model(graph)
-    gradients = kernel_gradients(model, layers, batches, loss or default_loss(model))
+    gradients = kernel_gradients(model, layers, batches, loss or default_loss(model), verbose)
     result = []
     for name in tqdm(layers, desc="sensitivity", disable=not verbose):
         kernel, gradient = graph.layers[name].weights[0], gradients[name]
