@@ -4,6 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
+from kerascomp.errors import InvalidArgumentError
 from kerascomp.decompose.collaborative import (channel_matrix, channel_removal_curve, channel_scores, factor_kernel,
                                                fit_exponential, global_rates, kept_fraction, multi_step_curve,
                                                singular_value_scores, values_to_keep)
@@ -193,3 +194,29 @@ def test_sensitivity_needs_labelled_data(keras):
 
     with pytest.raises(InvalidArgumentError, match="inputs only"):
         layer_sensitivities(graph, tf.data.Dataset.from_tensor_slices(x).batch(4))
+
+
+def test_measured_sensitivity_is_the_loss_change_of_cutting_one_layer(keras):
+    import tensorflow as tf
+
+    from kerascomp.graph.keras_io import read_model
+    from kerascomp.methods.sensitivity import cut_kernel, default_loss, layer_sensitivities
+
+    model = _two_conv_model(keras, duplicated=True)
+    graph = read_model(model)
+    x, y = _labelled()
+    by_layer = {s.layer: s for s in layer_sensitivities(graph, (x, y), batch_size=32, mode="measured",
+                                                        measured_rates=(0.3, 0.6))}
+    redundant, plain = by_layer["redundant"], by_layer["plain"]
+    assert [round(f, 2) >= r for (f, _), r in zip(redundant.measured, (0.3, 0.6))] == [True, True]
+    assert abs(redundant.measured[0][1]) < 1e-5 < abs(plain.measured[0][1])  # the duplicated filters go for free
+    # the measured point is the loss with that layer's kernel cut, recomputed here by hand
+    fraction, cut = cut_kernel(graph.layers["plain"].weights[0], plain.gradient, plain.pruning, plain.joint, 0.6)
+    loss = default_loss(model)
+    base = float(loss(tf.constant(y), model(x, training=False)))
+    kernel, bias = model.get_layer("plain").get_weights()
+    model.get_layer("plain").set_weights([cut, bias])
+    assert plain.measured[1] == (pytest.approx(fraction), pytest.approx(float(loss(tf.constant(y), model(x))) - base,
+                                                                        rel=1e-3, abs=1e-6))
+    with pytest.raises(InvalidArgumentError, match="sensitivity must be one of"):
+        layer_sensitivities(graph, (x, y), mode="hessian")

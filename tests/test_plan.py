@@ -199,3 +199,10 @@ def test_host_latency_table_and_measured_check(small_resnet, labelled, tmp_path)
                              latency_checks=1)
     [check] = planned.settings["latency_checks_done"]
     assert 0 < check["measured"] < 1.5 and 0 < check["estimated"] <= 0.7 + 1e-9
+
+
+def test_measured_sensitivity_plans_to_the_budget(small_resnet, labelled):
+    planned = kerascomp.plan(small_resnet, target_flops=0.6, data=labelled, verbose=0, sensitivity="measured")
+    assert planned.settings["sensitivity"] == "measured" and planned.macs_ratio <= 0.6
+    with pytest.raises(InvalidArgumentError, match="sensitivity must be 'taylor' or 'measured'"):
+        kerascomp.plan(small_resnet, data=labelled, verbose=0, sensitivity="hessian")

@@ -54,6 +54,8 @@ class CollaborativeOptions:
         batch_size / max_samples: batches of the gradient pass and how many labelled rows it reads.
         recalibrate: re-estimate BatchNormalization statistics on ``data`` after compressing
             (``"auto"``: when data is given).
+        sensitivity: ``"taylor"`` (the reference's first-order scores) or ``"measured"`` (the loss
+            increase on ``data`` when each conv alone is cut to 25/50/75/90% of its MACs; slower).
         latency_checks: with ``target_latency`` and a host table, how many times the planned model is
             exported and timed against the original to correct the table's estimate (0: trust the table).
     """
@@ -67,6 +69,7 @@ class CollaborativeOptions:
     max_samples: int = 512
     recalibrate: bool | str = "auto"
     latency_checks: int = 2
+    sensitivity: str = "taylor"
 
     def validate(self) -> None:
         for name in ("prune", "decompose"):
@@ -84,6 +87,8 @@ class CollaborativeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InvalidArgumentError(f"{name} must be an int >= {least}, got {value!r}.")
+        if self.sensitivity not in ("taylor", "measured"):
+            raise InvalidArgumentError(f"sensitivity must be 'taylor' or 'measured', got {self.sensitivity!r}.")
         if self.recalibrate not in (True, False, "auto"):
             raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
 
@@ -317,7 +322,8 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
                                     f"({listed}).")
     prunable = {conv.spec.name: conv.group is not None for conv in convs}
     sensitivities = layer_sensitivities(graph, data, loss, options.batch_size, options.max_samples, prunable,
-                                        options.step_fraction, options.max_fraction, options.decompose, verbose)
+                                        options.step_fraction, options.max_fraction, options.decompose, verbose,
+                                        options.sensitivity)
     by_name = {s.layer: s for s in sensitivities}
     for conv in convs:
         if conv.spec.name not in by_name:

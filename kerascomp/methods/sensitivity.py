@@ -13,8 +13,8 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.decompose.collaborative import (RemovalCurve, Trajectory, channel_removal_curve, fit_exponential,
-                                               multi_step_curve)
+from kerascomp.decompose.collaborative import (RemovalCurve, Trajectory, channel_matrix, channel_removal_curve,
+                                               factor_kernel, fit_exponential, multi_step_curve, values_to_keep)
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.flavour import keras_of
 from kerascomp.graph.ir import Graph
@@ -34,6 +34,7 @@ class LayerSensitivity:
     p1: float
     p2: float
     gradient: np.ndarray
+    measured: list[tuple[float, float]] | None = None  # (MACs fraction removed, loss increase), measured mode
 
 
 def labelled_batches(data: Any, batch_size: int, max_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -112,19 +113,30 @@ def conv_layers(graph: Graph) -> list[str]:
             if spec.weights and dense_conv2d_ineligibility(spec, pointwise=True, pointwise_reason="") is None]
 
 
+MODES = ("taylor", "measured")
+
+
 def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, batch_size: int = 64,
                         max_samples: int = 512, prunable: dict[str, bool] | None = None, step_fraction: float = 0.01,
-                        max_fraction: float = 0.95, decompose: bool = True,
-                        verbose: int = 0) -> list[LayerSensitivity]:
+                        max_fraction: float = 0.95, decompose: bool = True, verbose: int = 0, mode: str = "taylor",
+                        measured_rates: tuple = (0.25, 0.5, 0.75, 0.9)) -> list[LayerSensitivity]:
     """Removal curves and fitted exponentials for every dense Conv2D.
 
     ``prunable[layer]`` says whether the layer's input channels may be removed (default: all may);
     only ranks are cut where they may not, and nothing where ``decompose`` is off too.
+    ``mode="taylor"`` fits the curves' Taylor scores (the reference); ``mode="measured"`` fits the
+    loss increase measured on ``data`` when the layer alone is cut to each of ``measured_rates`` of
+    its MACs (the cheaper curve's point), one layer at a time.
     """
+    if mode not in MODES:
+        raise InvalidArgumentError(f"sensitivity must be one of {MODES}, got {mode!r}.")
     layers = conv_layers(graph)
     batches = labelled_batches(data, batch_size, max_samples)
     model = write_model(graph)
-    gradients = kernel_gradients(model, layers, batches, loss or default_loss(model), verbose)
+    loss = loss or default_loss(model)
+    gradients = kernel_gradients(model, layers, batches, loss, verbose)
+    evaluate = _loss_on(model, batches, loss) if mode == "measured" else None
+    base = evaluate() if evaluate else 0.0
     result = []
     for name in tqdm(layers, desc="sensitivity", disable=not verbose):
         kernel, gradient = graph.layers[name].weights[0], gradients[name]
@@ -138,9 +150,68 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
         saving = fractions > 0
         if not saving.any():
             continue  # nothing this layer may remove saves MACs
-        p1, p2 = fit_exponential(*_lower_envelope(fractions[saving], scores[saving]))
-        result.append(LayerSensitivity(name, pruning, joint, p1, p2, gradient))
+        measured = None
+        if evaluate is not None:
+            measured = _measure(model.get_layer(name).weights[0], kernel, gradient, pruning, joint, measured_rates,
+                                evaluate, base)
+            fractions, increases = map(np.array, zip(*measured))
+            p1, p2 = fit_exponential(fractions, np.maximum(increases, 0.0))  # a loss that fell costs nothing
+        else:
+            p1, p2 = fit_exponential(*_lower_envelope(fractions[saving], scores[saving]))
+        result.append(LayerSensitivity(name, pruning, joint, p1, p2, gradient, measured))
     return result
+
+
+def _loss_on(model: Any, batches: list, loss: Callable) -> Callable[[], float]:
+    """A function returning the mean loss of ``model``'s current weights on ``batches``."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def batch_loss(x, y):
+        return loss(y, model(x, training=False))
+
+    def evaluate() -> float:
+        total = sum(float(batch_loss(tf.convert_to_tensor(x), tf.convert_to_tensor(y))) * len(x) for x, y in batches)
+        return total / sum(len(x) for x, _ in batches)
+
+    return evaluate
+
+
+def cut_kernel(kernel: np.ndarray, gradient: np.ndarray, pruning: RemovalCurve | None, joint: Trajectory,
+               rate: float) -> tuple[float, np.ndarray]:
+    """The kernel with the cheaper-scoring curve point that removes ``rate`` of the MACs (or the
+    furthest point) applied: input channels zeroed, then the rank cut. Returns (MACs removed, kernel)."""
+    options = []
+    if pruning is not None and len(pruning.macs_removed):
+        index = min(int(np.searchsorted(pruning.macs_removed, rate - 1e-12)), len(pruning.macs_removed) - 1)
+        options.append((pruning.score[index], pruning.macs_removed[index], pruning.order[:pruning.units_removed[index]],
+                        None))
+    if len(joint.macs_removed):
+        index = joint.point(rate)
+        options.append((joint.score[index], joint.macs_removed[index],
+                        joint.channel_order[:joint.channels_removed[index]], int(joint.rank[index])))
+    reaching = [o for o in options if o[1] >= rate - 1e-12] or [max(options, key=lambda o: o[1])]
+    _, removed_fraction, channels, rank = min(reaching, key=lambda o: o[0])
+    cut = kernel.astype(np.float64).copy()
+    cut[:, :, channels, :] = 0.0
+    if rank is not None and rank < min(channel_matrix(cut).shape):
+        basis, pointwise = factor_kernel(cut, values_to_keep(cut, gradient, rank))
+        cut = np.einsum("hwcr,rn->hwcn", basis.astype(np.float64), pointwise[0, 0].astype(np.float64))
+    return float(removed_fraction), cut.astype(kernel.dtype)
+
+
+def _measure(variable: Any, kernel: np.ndarray, gradient: np.ndarray, pruning, joint, rates, evaluate,
+             base: float) -> list[tuple[float, float]]:
+    """(MACs fraction removed, loss change) with this layer alone cut at each rate; restores the kernel."""
+    points = []
+    try:
+        for rate in rates:
+            fraction, cut = cut_kernel(kernel, gradient, pruning, joint, rate)
+            variable.assign(cut)
+            points.append((fraction, evaluate() - base))
+    finally:
+        variable.assign(kernel)
+    return points
 
 
 def _lower_envelope(fractions: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
