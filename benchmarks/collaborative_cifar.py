@@ -13,7 +13,9 @@ images, SGD + cosine decay):
 * ``collaborative_prune_only``: the same planner with ``decompose=False`` (ablation);
 * ``uniform_pruning``: L1-norm filter pruning, the same fraction of every channel group;
 * ``uniform_lowrank``: every conv cut to the same MACs fraction by rank alone, in the reference's
-  kxk(r) + 1x1 form (``method="collaborative", allocation="uniform", prune=False``).
+  kxk(r) + 1x1 form (``method="collaborative", allocation="uniform", prune=False``);
+* ``uniform_tucker``: Tucker-2 (1x1 -> kxk -> 1x1, tensorly) of every kxk conv at one rank rate
+  (``method="tucker"``).
 
 Reported: test top-1 (10,000 images) before and after finetuning, MACs and params ratios, the
 planner's wall time, and LiteRT latency ratios compressed/original at 1 thread, fp32 and int8
@@ -38,6 +40,7 @@ VARIANTS = {
     "collaborative_prune_only": ("collaborative", {"decompose": False}),
     "uniform_pruning": ("l1", {"allocation": "uniform"}),
     "uniform_lowrank": ("collaborative", {"allocation": "uniform", "prune": False}),
+    "uniform_tucker": ("tucker", {"allocation": "uniform"}),
 }
 
 

@@ -15,8 +15,9 @@ from kerascomp.methods.base import Budget, CompressionReport
 from kerascomp.methods.fga import FGAOptions, fga_pass
 from kerascomp.methods.joint_svd import SVDOptions, svd_pass
 from kerascomp.methods.pruning import PruneOptions
+from kerascomp.methods.tucker import TuckerOptions, tucker_pass
 
-METHODS = ("fga", "l1", "correlation", "svd", "joint_svd", "collaborative")
+METHODS = ("fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative")
 SVD_METHODS = ("svd", "joint_svd")
 PRUNING_METHODS = ("l1", "correlation")
 
@@ -104,9 +105,10 @@ def read_checked(model: Any) -> Graph:
     return graph
 
 
-def method_options_for(method: str, options: dict) -> FGAOptions | PruneOptions | SVDOptions:
+def method_options_for(method: str, options: dict) -> FGAOptions | PruneOptions | SVDOptions | TuckerOptions:
     """The validated options object of ``method`` built from keyword ``options``."""
-    cls = FGAOptions if method == "fga" else SVDOptions if method in SVD_METHODS else PruneOptions
+    cls = (FGAOptions if method == "fga" else SVDOptions if method in SVD_METHODS else
+           TuckerOptions if method == "tucker" else PruneOptions)
     try:
         built = cls(**options)
     except TypeError as error:
@@ -114,6 +116,9 @@ def method_options_for(method: str, options: dict) -> FGAOptions | PruneOptions 
                                    f"{sorted(cls.__dataclass_fields__)}.") from None
     if method in SVD_METHODS:
         built.validate(method)
+        return built
+    if method == "tucker":
+        built.validate()
         return built
     if method != "fga":
         built.validate()
@@ -142,6 +147,8 @@ def run_method(graph: Graph, shapes: dict, budget: Budget, batch: Any, method: s
         return fga_pass(graph, shapes, budget, batch, options, verbose)
     if method in SVD_METHODS:
         return svd_pass(graph, shapes, budget, method, options, batch, verbose)
+    if method == "tucker":
+        return tucker_pass(graph, shapes, budget, batch, options, verbose)
     from kerascomp.graph.channels import analyse_channels
     from kerascomp.methods.pruning import prune_pass
 
@@ -218,7 +225,8 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
             drop one filter of each most-correlated pair, physically), ``"l1"`` (L1-norm filter pruning),
             ``"svd"`` (per-layer spatial SVD: kxk -> kx1 + 1xk) or ``"joint_svd"`` (spatial SVD whose factors
             are shared by the repeated convs of a stage; ``variant="left" | "right" | "bi"``, best with
-            ``target_params``), or ``"collaborative"`` (joint channel pruning and low-rank decomposition with
+            ``target_params``), ``"tucker"`` (Tucker-2: 1x1 -> kxk -> 1x1 by tensorly, one rank rate for
+            every conv or ``allocation="global"``), or ``"collaborative"`` (joint channel pruning and low-rank decomposition with
             per-layer rates from gradient sensitivity; needs labelled ``data=(x, y)``).
             For the full correlation method, with regularised training rounds, see :func:`kerascomp.prune_in_rounds`.
         target_flops: fraction of the original MACs to keep, in (0, 1]. Ignored if ``target_params`` is given.

@@ -346,7 +346,7 @@ def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: floa
     return [0 if index == 0 else unit.ranks[index - 1] for unit, index in zip(units, choice)]
 
 
-def _conv(name: str, kernel: np.ndarray, strides, padding: str, dilation, bias: np.ndarray | None,
+def conv_spec(name: str, kernel: np.ndarray, strides, padding: str, dilation, bias: np.ndarray | None,
           activation, trainable: bool, keras) -> LayerSpec:
     config = {"name": name, "filters": int(kernel.shape[-1]), "kernel_size": list(kernel.shape[:2]),
               "strides": list(strides), "padding": padding, "dilation_rate": list(dilation),
@@ -382,11 +382,11 @@ class _Splicer:
         return Ref(name, 0)
 
     def vertical(self, name: str, kernel: np.ndarray) -> LayerSpec:
-        return _conv(name, kernel, padding=self.padding, bias=None, activation=None, trainable=self.trainable,
+        return conv_spec(name, kernel, padding=self.padding, bias=None, activation=None, trainable=self.trainable,
                      keras=self.keras, **self.vertical_args)
 
     def horizontal(self, name: str, kernel: np.ndarray, bias=None, activation=None) -> LayerSpec:
-        return _conv(name, kernel, padding=self.padding, bias=bias, activation=activation, trainable=self.trainable,
+        return conv_spec(name, kernel, padding=self.padding, bias=bias, activation=activation, trainable=self.trainable,
                      keras=self.keras, **self.horizontal_args)
 
     def finish(self) -> None:

@@ -1,0 +1,191 @@
+"""``method="tucker"``: every kxk Conv2D becomes 1x1 -> kxk -> 1x1 by Tucker-2 (tensorly).
+
+Ranks are ``(round(rho * C), round(rho * N))``. ``allocation="uniform"`` bisects one ``rho`` for
+every layer until the model meets the budget (the uniform-rate baseline collaborative compression
+is compared with); ``allocation="global"`` gives each layer's rank options, costed exactly and
+with the truncated-HOSVD error, to the Lagrangian allocation FGA and SVD use. A layer keeps its
+dense conv where no rank saves anything.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kerascomp.allocation import Candidates, allocate
+from kerascomp.cost import graph_cost
+from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
+from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
+from kerascomp.graph.ir import Graph, LayerSpec
+from kerascomp.graph.keras_io import infer_shapes, module_for
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
+from kerascomp.methods.joint_svd import conv_spec
+
+ALLOCATIONS = ("uniform", "global")
+RHOS = np.linspace(0.02, 1.0, 50)
+
+
+@dataclass
+class TuckerOptions:
+    """Options of ``method="tucker"``: ``allocation`` (``"uniform"`` or ``"global"``), ``iterations``
+    of HOOI, ``recalibrate`` BatchNormalization on ``data`` (``"auto"``: when given), ``max_samples``."""
+
+    allocation: str = "uniform"
+    iterations: int = 30
+    recalibrate: bool | str = "auto"
+    max_samples: int = 256
+
+    def validate(self) -> None:
+        if self.allocation not in ALLOCATIONS:
+            raise InvalidArgumentError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
+        for name in ("iterations", "max_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}.")
+        if self.recalibrate not in (True, False, "auto"):
+            raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
+
+
+@dataclass
+class _Layer:
+    spec: LayerSpec
+    in_pixels: int
+    out_pixels: int
+
+    def ranks(self, rho: float) -> tuple[int, int]:
+        _, _, channels, filters = self.spec.weights[0].shape
+        return max(1, int(round(rho * channels))), max(1, int(round(rho * filters)))
+
+    def cost(self, ranks: tuple[int, int] | None, metric: str) -> int:
+        height, width, channels, filters = self.spec.weights[0].shape
+        if ranks is None:
+            weights = height * width * channels * filters
+            return weights * self.out_pixels if metric == "flops" else weights
+        r_in, r_out = ranks
+        if metric == "params":
+            return channels * r_in + height * width * r_in * r_out + r_out * filters
+        return self.in_pixels * channels * r_in + self.out_pixels * (height * width * r_in * r_out + r_out * filters)
+
+    def best(self, rho: float, metric: str) -> tuple[int, int] | None:
+        """The ranks at ``rho``, or ``None`` (stay dense) where they save nothing."""
+        ranks = self.ranks(rho)
+        return ranks if self.cost(ranks, metric) < self.cost(None, metric) else None
+
+
+def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: TuckerOptions,
+                verbose: int = 1) -> tuple[Graph, CompressionReport]:
+    keras = module_for(graph)
+    before = graph_cost(graph, shapes)
+    costs = before.by_name()
+    reasons, layers = {}, []
+    for name, spec in graph.layers.items():
+        if costs[name].macs == 0 and costs[name].counted:
+            continue
+        reason = (dense_conv2d_ineligibility(spec, pointwise=True, pointwise_reason="")
+                  if costs[name].counted else f"unknown layer class {spec.class_name}")
+        if reason is None and spec.weights[0].shape[:2] == (1, 1):
+            reason = "1x1 conv: its Tucker-2 is a low-rank pair, use method='svd' with pointwise=True"
+        if reason is None and len(graph.nodes_of(name)) != 1:
+            reason = "shared layer (called more than once)"
+        if reason:
+            reasons[name] = reason
+            continue
+        node = graph.nodes_of(name)[0]
+        source = node.input_refs()[0]
+        layers.append(_Layer(spec, int(np.prod(shapes[source.node][source.index][1:-1])),
+                             int(np.prod(shapes[node.name][0][1:-1]))))
+    if not layers:
+        raise UnsupportedModelError(f"method='tucker' found no kxk Conv2D in {graph.name!r} ("
+                                    + "; ".join(f"{n}: {r}" for n, r in reasons.items()) + ").")
+    metric = budget.metric
+    total = before.macs if metric == "flops" else before.params
+    fixed = total - sum(layer.cost(None, metric) for layer in layers)
+    goal = budget.fraction * total
+    if options.allocation == "uniform":
+        chosen = _uniform(layers, metric, fixed, goal, total, reasons)
+    else:
+        chosen = _global(layers, metric, fixed, goal, reasons)
+    result = graph.copy()
+    errors = {}
+    for layer, ranks in tqdm(list(zip(layers, chosen)), desc="tucker", disable=not verbose):
+        if ranks is None:
+            continue
+        spec = layer.spec
+        first, core, last = tucker2(spec.weights[0], *ranks, iterations=options.iterations)
+        errors[spec.name] = float(np.linalg.norm(compose(first, core, last) - spec.weights[0]) /
+                                  max(np.linalg.norm(spec.weights[0]), 1e-12))
+        config, trainable = spec.config, spec.config.get("trainable", True)
+        bias = spec.weights[1] if len(spec.weights) > 1 else None
+        chain = [conv_spec(result.unique_name(f"{spec.name}_tucker_in"), first, (1, 1), "valid", (1, 1), None, None,
+                           trainable, keras),
+                 conv_spec(result.unique_name(f"{spec.name}_tucker_core"), core, config.get("strides", (1, 1)),
+                           config.get("padding", "valid"), config.get("dilation_rate", (1, 1)), None, None, trainable,
+                           keras),
+                 conv_spec(spec.name, last, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable, keras)]
+        result.replace_layer(spec.name, chain)
+    recalibrated = 0
+    if options.recalibrate is True and data is None:
+        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
+    if errors and (options.recalibrate is True or (options.recalibrate == "auto" and data is not None)):
+        from kerascomp.methods.calibrate import recalibrate_batchnorm
+
+        result, recalibrated = recalibrate_batchnorm(result, data, options.max_samples)
+    after_shapes = infer_shapes(result)
+    after = graph_cost(result, after_shapes).by_name()
+    decisions = []
+    by_name = {layer.spec.name: ranks for layer, ranks in zip(layers, chosen)}
+    for name, spec in graph.layers.items():
+        if name not in by_name and name not in reasons:
+            continue
+        parts = [name] + ([f"{name}_tucker_in", f"{name}_tucker_core"] if name in errors else [])
+        macs = sum(after[p].macs for p in parts if p in after)
+        params = sum(after[p].params for p in parts if p in after)
+        ranks = by_name.get(name)
+        action = "kept" if name in reasons else (f"tucker r_in={ranks[0]} r_out={ranks[1]}" if ranks else "dense")
+        decisions.append(LayerDecision(name, spec.class_name, action, costs[name].macs, macs, costs[name].params,
+                                       params, errors.get(name), {"ranks": list(ranks) if ranks else None},
+                                       reasons.get(name, "")))
+    totals = graph_cost(result, after_shapes)
+    report = CompressionReport("tucker", budget, decisions, before.macs, totals.macs, before.params, totals.params,
+                               notes={"recalibrated_batchnorms": recalibrated, "allocation": options.allocation})
+    return result, report
+
+
+def _uniform(layers: list[_Layer], metric: str, fixed: float, goal: float, total: float,
+             reasons: dict) -> list[tuple[int, int] | None]:
+    """The largest common ``rho`` whose model meets the goal."""
+    def cost(rho: float) -> float:
+        return fixed + sum(layer.cost(layer.best(rho, metric), metric) for layer in layers)
+
+    low, high = 1e-6, 1.0
+    if cost(low) > goal:
+        raise _budget_error(metric, cost(low) / total, goal / total, reasons)
+    for _ in range(40):
+        middle = 0.5 * (low + high)
+        if cost(middle) <= goal:
+            low = middle
+        else:
+            high = middle
+    return [layer.best(low, metric) for layer in layers]
+
+
+def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, reasons: dict) -> list[tuple[int, int] | None]:
+    candidates, options = [], []
+    for layer in layers:
+        drop_in, drop_out = truncation_errors(layer.spec.weights[0])
+        choices = [None] + list(dict.fromkeys(layer.best(rho, metric) for rho in RHOS if layer.best(rho, metric)))
+        options.append(choices)
+        cost = [layer.cost(c, metric) for c in choices]
+        error = [0.0 if c is None else float(drop_in[c[0]] + drop_out[c[1]]) for c in choices]
+        candidates.append(Candidates(layer.spec.name, np.array(cost, float), np.array(error)))
+    hint = ("Left alone: " + ", ".join(f"{n} ({r})" for n, r in list(reasons.items())[:5]) + ".") if reasons else ""
+    picks = allocate(candidates, fixed, goal, what="MACs" if metric == "flops" else "params", hint=hint)
+    return [choices[index] for choices, index in zip(options, picks)]
+
+
+def _budget_error(metric: str, floor: float, goal: float, reasons: dict) -> BudgetError:
+    what = "MACs" if metric == "flops" else "params"
+    left = "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5]) or "none"
+    return BudgetError(f"method='tucker' cannot reach target_{metric}={goal:.3g}: rank 1 everywhere still leaves "
+                       f"{floor:.3f} of the {what}. Layers it cannot decompose: {left}. Raise the target.")

@@ -1,0 +1,52 @@
+"""method='tucker': Tucker-2 factors, budgets and refusals."""
+import numpy as np
+import pytest
+
+import kerascomp
+from conftest import model_fingerprint
+from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
+from kerascomp.errors import BudgetError, InvalidArgumentError
+
+
+def test_tucker2_is_exact_at_full_rank_and_within_the_hosvd_bound():
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 8, 12))
+    np.testing.assert_allclose(compose(*tucker2(kernel, 8, 12)), kernel, atol=1e-10)
+    first, core, last = tucker2(kernel, 4, 6)
+    assert (first.shape, core.shape, last.shape) == ((1, 1, 8, 4), (3, 3, 4, 6), (1, 1, 6, 12))
+    error = np.sum((compose(first, core, last) - kernel) ** 2) / np.sum(kernel ** 2)
+    drop_in, drop_out = truncation_errors(kernel)
+    assert max(drop_in[4], drop_out[6]) <= error <= drop_in[4] + drop_out[6]
+    with pytest.raises(ValueError, match="ranks"):
+        tucker2(kernel, 9, 6)
+
+
+@pytest.mark.parametrize("allocation, target", [("uniform", {"target_flops": 0.5}), ("global", {"target_params": 0.4})])
+def test_tucker_meets_the_budget(small_resnet, images, allocation, target):
+    before = model_fingerprint(small_resnet)
+    result = kerascomp.compress(small_resnet, method="tucker", data=images, verbose=0, allocation=allocation, **target)
+    assert model_fingerprint(small_resnet) == before
+    report, original = result.report, kerascomp.cost(small_resnet)
+    cost = kerascomp.cost(result.model)
+    assert (report.macs_after, report.params_after) == (cost.macs, cost.params)
+    if "target_flops" in target:
+        assert 0.4 < cost.macs / original.macs <= 0.5
+    else:
+        assert cost.params / original.params <= 0.4
+    decided = {d.layer: d for d in report.layers}
+    assert decided["s2b1_proj"].action == "kept" and "1x1" in decided["s2b1_proj"].reason
+    tucked = [d for d in report.layers if d.action.startswith("tucker")]
+    assert tucked and all(0 <= d.relative_error < 1 for d in tucked)
+    layer = tucked[0].layer
+    assert result.model.get_layer(f"{layer}_tucker_core").get_weights()[0].shape[2:] == tuple(tucked[0].detail["ranks"])
+    result.model.compile("sgd", "mse")
+    result.model.fit(images, np.zeros((len(images), 10)), epochs=1, verbose=0)
+
+
+def test_tucker_refuses_what_it_cannot_do(small_resnet, keras):
+    with pytest.raises(BudgetError, match="method='tucker' cannot reach target_flops.*1x1 conv"):
+        kerascomp.compress(small_resnet, method="tucker", target_flops=0.02, verbose=0)
+    with pytest.raises(InvalidArgumentError, match="allocation must be one of"):
+        kerascomp.compress(small_resnet, method="tucker", allocation="greedy", verbose=0)
+    dense_only = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    with pytest.raises(kerascomp.UnsupportedModelError, match="found no kxk Conv2D"):
+        kerascomp.compress(dense_only, method="tucker", verbose=0)
