@@ -38,6 +38,33 @@ def _load_inputs(path: str | None, limit: int):
         return archive[key][:limit].astype("float32")
 
 
+def _load_labelled(path: str | None, limit: int):
+    """``(x, y)`` from an .npz holding x/y, x_val/y_val, x_train/y_train or x_test/y_test (None without a path)."""
+    import numpy as np
+
+    from kerascomp.errors import InvalidArgumentError
+
+    if path is None:
+        return None
+    with np.load(path) as archive:
+        for suffix in ("", "_val", "_train", "_test"):
+            if f"x{suffix}" in archive.files and f"y{suffix}" in archive.files:
+                labels = archive[f"y{suffix}"][-limit:]
+                return archive[f"x{suffix}"][-limit:].astype("float32"), labels.reshape(len(labels), -1)[:, 0]
+    raise InvalidArgumentError(f"{path} holds no labelled pair (x and y, x_val and y_val, x_train and y_train or "
+                               f"x_test and y_test); method='collaborative' needs labels.")
+
+
+def _latency_argument(args, model):
+    import kerascomp
+
+    if getattr(args, "latency_table", None):
+        return kerascomp.LatencyTable.load(args.latency_table)
+    if getattr(args, "phone_json", None):
+        return kerascomp.LatencyTable.from_bench_json(args.phone_json, model)
+    return None
+
+
 def demo_model_path() -> Path:
     return Path(str(resources.files("kerascomp") / "assets" / DEMO_MODEL))
 
@@ -67,23 +94,60 @@ def cmd_compress(args) -> int:
     import kerascomp
 
     model = load_model(args.model)
-    if args.method == "fga":
-        options = {"min_channels_per_group": args.min_channels_per_group, "pointwise": args.pointwise}
-    elif args.method in ("svd", "joint_svd"):
-        options = {"allocation": args.allocation, "pointwise": args.pointwise}
-        if args.method == "joint_svd":
-            options.update(variant=args.variant, **({"groups": args.groups} if args.groups else {}))
+    verbose = 0 if args.quiet else 1
+    if args.plan or args.method == "collaborative":
+        plan = kerascomp.Plan.load(args.plan) if args.plan else None
+        result = kerascomp.compress(model, method="collaborative", plan=plan, verbose=verbose,
+                                    data=_load_labelled(args.data, 512) if plan is None else _load_inputs(args.data, 256),
+                                    target_flops=None if args.target_params or args.target_latency else args.target_flops,
+                                    target_params=args.target_params, target_latency=args.target_latency,
+                                    latency=_latency_argument(args, model),
+                                    **({} if plan else {"sensitivity": args.sensitivity}))
     else:
-        options = {"allocation": args.allocation, "max_fraction": args.max_fraction}
-    result = kerascomp.compress(model, method=args.method, target_flops=None if args.target_params else args.target_flops,
-                                target_params=args.target_params, data=_load_inputs(args.data, 256),
-                                verbose=0 if args.quiet else 1, **options)
+        if args.method == "fga":
+            options = {"min_channels_per_group": args.min_channels_per_group, "pointwise": args.pointwise}
+        elif args.method in ("svd", "joint_svd"):
+            options = {"allocation": args.allocation, "pointwise": args.pointwise}
+            if args.method == "joint_svd":
+                options.update(variant=args.variant, **({"groups": args.groups} if args.groups else {}))
+        elif args.method == "tucker":
+            options = {"allocation": args.allocation}
+        else:
+            options = {"allocation": args.allocation, "max_fraction": args.max_fraction}
+        result = kerascomp.compress(model, method=args.method,
+                                    target_flops=None if args.target_params else args.target_flops,
+                                    target_params=args.target_params, data=_load_inputs(args.data, 256),
+                                    verbose=verbose, **options)
     if args.quiet:
         print(result.report)
     result.model.save(args.output)
     if args.report_json:
         Path(args.report_json).write_text(result.report.to_json())
     print(f"saved {args.output}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import kerascomp
+
+    model = load_model(args.model)
+    plan = kerascomp.plan(model, target_flops=None if args.target_params or args.target_latency else args.target_flops,
+                          target_params=args.target_params, target_latency=args.target_latency,
+                          data=_load_labelled(args.data, args.samples), latency=_latency_argument(args, model),
+                          verbose=0 if args.quiet else 1, sensitivity=args.sensitivity, allocation=args.allocation)
+    plan.save(args.output)
+    print(plan)
+    print(f"saved {args.output}; apply with: kerascomp compress {args.model} --plan {args.output} -o SMALL.keras")
+    return 0
+
+
+def cmd_latency(args) -> int:
+    import kerascomp
+
+    table = kerascomp.latency_table(load_model(args.model), num_threads=args.threads, runs=args.runs,
+                                    verbose=0 if args.quiet else 1)
+    table.save(args.output)
+    print(f"{len(table.layers)} layers, whole model {table.total_ms:.3f} ms ({table.source}); saved {args.output}")
     return 0
 
 
@@ -242,6 +306,17 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_target_arguments(parser) -> None:
+    """The collaborative planner's arguments shared by ``compress`` and ``plan``."""
+    parser.add_argument("--target-latency", type=float, default=None,
+                        help="collaborative: fraction of the original latency to keep (needs a latency table: "
+                             "--latency-table, --phone-json, or measured here)")
+    parser.add_argument("--latency-table", help="JSON from kerascomp latency-table")
+    parser.add_argument("--phone-json", help="JSON from kerascomp bench --adb --op-profile --layers-from MODEL")
+    parser.add_argument("--sensitivity", default="taylor", choices=["taylor", "measured"],
+                        help="collaborative: first-order Taylor scores (reference) or measured loss changes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kerascomp", description="Compress Keras CNNs for TFLite/LiteRT.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress = commands.add_parser("compress", help="compress a .keras model")
     compress.add_argument("model")
     compress.add_argument("-o", "--output", required=True)
-    compress.add_argument("--method", default="fga", choices=["fga", "correlation", "l1", "svd", "joint_svd"])
+    compress.add_argument("--method", default="fga",
+                          choices=["fga", "correlation", "l1", "svd", "joint_svd", "tucker", "collaborative"])
     compress.add_argument("--target-flops", type=float, default=0.25)
     compress.add_argument("--target-params", type=float, default=None)
     compress.add_argument("--data", help=".npz with inputs (x, x_train or x_test): fga refinement, pruning compensation and BN recalibration")
@@ -264,9 +340,31 @@ def build_parser() -> argparse.ArgumentParser:
                           help="joint_svd: one joint group per regex over layer names (repeatable); default: automatic")
     compress.add_argument("--max-fraction", type=float, default=0.8,
                           help="pruning: at most this fraction of a group's channels is removed")
+    compress.add_argument("--plan", help="collaborative: apply this plan JSON (from kerascomp plan) instead of planning")
+    _add_target_arguments(compress)
     compress.add_argument("--report-json")
     compress.add_argument("-q", "--quiet", action="store_true")
     compress.set_defaults(run=cmd_compress)
+
+    plan = commands.add_parser("plan", help="collaborative: per-layer channels and ranks for a target, as JSON")
+    plan.add_argument("model")
+    plan.add_argument("-o", "--output", required=True, help="plan JSON to write")
+    plan.add_argument("--data", required=True, help=".npz with labelled data (x and y, x_val/y_val or x_train/y_train)")
+    plan.add_argument("--samples", type=int, default=512, help="labelled rows the sensitivity reads")
+    plan.add_argument("--target-flops", type=float, default=0.5)
+    plan.add_argument("--target-params", type=float, default=None)
+    plan.add_argument("--allocation", default="global", choices=["global", "uniform"])
+    _add_target_arguments(plan)
+    plan.add_argument("-q", "--quiet", action="store_true")
+    plan.set_defaults(run=cmd_plan)
+
+    latency = commands.add_parser("latency-table", help="time every conv's candidate forms with LiteRT here, as JSON")
+    latency.add_argument("model")
+    latency.add_argument("-o", "--output", required=True)
+    latency.add_argument("--threads", type=int, default=1)
+    latency.add_argument("--runs", type=int, default=30)
+    latency.add_argument("-q", "--quiet", action="store_true")
+    latency.set_defaults(run=cmd_latency)
 
     export = commands.add_parser("export", help="convert a .keras model to .tflite and check it in LiteRT")
     export.add_argument("model")

@@ -82,3 +82,19 @@ def test_compress_joint_svd(model_file, tmp_path, capsys):
     assert report["params_ratio"] <= 0.5 and report["notes"]["joint groups"] == "jsvd0: 2 convs"
     assert main(["compress", str(model_file), "--method", "joint_svd", "--groups", "nothing", "-o", str(out)]) == 2
     assert "matches no eligible" in capsys.readouterr().err
+
+
+@flavour_independent
+def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
+    np.savez(tmp_path / "val.npz", x_val=images, y_val=(np.arange(len(images)) % 10).reshape(-1, 1))
+    plan_path, out = tmp_path / "plan.json", tmp_path / "small.keras"
+    assert main(["plan", str(model_file), "--data", str(tmp_path / "val.npz"), "--target-flops", "0.6", "-o",
+                 str(plan_path), "-q"]) == 0
+    assert "collaborative plan" in capsys.readouterr().out
+    assert json.loads(plan_path.read_text())["target"] == 0.6
+    assert main(["compress", str(model_file), "--plan", str(plan_path), "-o", str(out), "-q",
+                 "--report-json", str(tmp_path / "report.json")]) == 0
+    assert json.loads((tmp_path / "report.json").read_text())["macs_ratio"] <= 0.6
+    np.savez(tmp_path / "inputs.npz", x=images)
+    assert main(["plan", str(model_file), "--data", str(tmp_path / "inputs.npz"), "-o", str(plan_path)]) == 2
+    assert "no labelled pair" in capsys.readouterr().err
