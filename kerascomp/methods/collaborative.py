@@ -34,6 +34,7 @@ from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
 from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.pruning import cost_tables, pruned_cost
 from kerascomp.methods.sensitivity import LayerSensitivity, conv_layers, layer_sensitivities
 from kerascomp.planner import LayerPlan, Plan, fingerprint
@@ -454,18 +455,13 @@ def _kept_indices(analysis: ChannelAnalysis, removal: dict[int, list[int]], laye
 
 
 def _factored(spec: LayerSpec, kernel: np.ndarray, kept: list[int], basis_name: str, keras) -> list[LayerSpec]:
+    """The kxk conv to ``len(kept)`` filters and the 1x1 conv (with the bias and activation) replacing ``spec``."""
     basis, pointwise = factor_kernel(kernel, np.asarray(kept, dtype=np.int64))
-    config = spec.config
-    first = {key: value for key, value in config.items()
-             if key not in ("name", "filters", "use_bias", "activation", "bias_initializer", "bias_regularizer",
-                            "bias_constraint", "activity_regularizer")}
-    first.update(name=basis_name, filters=len(kept), use_bias=False, activation=None)
-    second = {key: value for key, value in config.items()
-              if key not in ("kernel_size", "strides", "padding", "dilation_rate", "name")}
-    second.update(name=spec.name, kernel_size=(1, 1), strides=(1, 1), padding="valid", dilation_rate=(1, 1),
-                  groups=1)
-    return [LayerSpec(basis_name, keras.layers.Conv2D, first, [basis]),
-            LayerSpec(spec.name, keras.layers.Conv2D, second, [pointwise] + list(spec.weights[1:]))]
+    config, trainable = spec.config, spec.config.get("trainable", True)
+    bias = spec.weights[1] if len(spec.weights) > 1 else None
+    return [conv_spec(basis_name, basis, config.get("strides", (1, 1)), config.get("padding", "valid"),
+                      config.get("dilation_rate", (1, 1)), None, None, trainable, keras),
+            conv_spec(spec.name, pointwise, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable, keras)]
 
 
 def _realise(graph: Graph, analysis: ChannelAnalysis, plan: Plan, gradients: dict[str, np.ndarray] | None) -> Graph:
