@@ -1,4 +1,8 @@
-"""kerascomp.plan and method='collaborative': budgets, the realised model, JSON round trips, bad input."""
+"""kerascomp.plan and method='collaborative': budgets, the realised model, JSON round trips, bad input.
+
+Tests of the planner's numerics (rates, tables, refusals) are ``flavour_independent``; those that
+build, apply and train models run under both Keras flavours.
+"""
 import numpy as np
 import pytest
 
@@ -83,12 +87,14 @@ def test_full_rank_plan_is_exact(small_resnet, labelled):
     np.testing.assert_allclose(np.asarray(same(x)), np.asarray(small_resnet(x)), atol=1e-5)
 
 
+@flavour_independent
 def test_uniform_allocation_asks_every_conv_for_the_same_rate(small_resnet, labelled):
     planned = kerascomp.plan(small_resnet, target_flops=0.6, data=labelled, verbose=0, allocation="uniform")
     rates = {round(entry.rate, 9) for entry in planned.layers if entry.action != "kept"}
     assert len(rates) == 1 and 0 < rates.pop() < 1
 
 
+@flavour_independent
 def test_target_below_the_floor_names_the_binding_layers(small_resnet, labelled):
     with pytest.raises(BudgetError, match=r"target_flops=0.01: .* leaves 0\.\d+ of the MACs\. Binding layers: \w+"):
         kerascomp.plan(small_resnet, target_flops=0.01, data=labelled, verbose=0)
@@ -131,6 +137,7 @@ def _table(model, factored_cost=3.0):
     return kerascomp.LatencyTable(layers, 1.2 * sum(macs.values()) * 1e-6, "synthetic", 1, macs)
 
 
+@flavour_independent
 def test_latency_table_interpolates_and_scales():
     table = kerascomp.LatencyTable({"a": [{"form": "dense", "macs": 100, "ms": 1.0}, {"form": "dense", "macs": 50, "ms": 0.6},
                                           {"form": "factored", "macs": 40, "ms": 0.3}],
@@ -145,6 +152,7 @@ def test_latency_table_interpolates_and_scales():
         table.layer_ms("c", "dense", 1)
 
 
+@flavour_independent
 def test_latency_target_is_met_by_the_table_and_avoids_slow_forms(small_resnet, labelled):
     table = _table(small_resnet)
     planned = kerascomp.plan(small_resnet, target_latency=0.7, latency=table, data=labelled, verbose=0,
@@ -164,6 +172,7 @@ def test_latency_target_is_met_by_the_table_and_avoids_slow_forms(small_resnet, 
         kerascomp.plan(small_resnet, target_latency=0.5, latency={"a": 1}, data=labelled)
 
 
+@flavour_independent
 def test_phone_table_from_bench_json(small_resnet, tmp_path):
     from kerascomp.bench.latency import _conv_macs
 
@@ -201,6 +210,7 @@ def test_host_latency_table_and_measured_check(small_resnet, labelled, tmp_path)
     assert 0 < check["measured"] < 1.5 and 0 < check["estimated"] <= 0.7 + 1e-9
 
 
+@flavour_independent
 def test_measured_sensitivity_plans_to_the_budget(small_resnet, labelled):
     planned = kerascomp.plan(small_resnet, target_flops=0.6, data=labelled, verbose=0, sensitivity="measured")
     assert planned.settings["sensitivity"] == "measured" and planned.macs_ratio <= 0.6
