@@ -157,6 +157,27 @@ def run_method(graph: Graph, shapes: dict, budget: Budget, batch: Any, method: s
                       verbose)
 
 
+def latency_budget(target_latency: Any, target_flops: Any = None, target_params: Any = None) -> Budget:
+    """The budget of ``target_latency``: a fraction of the original model's estimated latency."""
+    if target_flops is not None or target_params is not None:
+        raise InvalidArgumentError("pass one target: target_flops, target_params or target_latency.")
+    if isinstance(target_latency, bool) or not isinstance(target_latency, (int, float)) or not 0 < target_latency <= 1:
+        raise InvalidArgumentError(f"target_latency={target_latency!r} must be a number in (0, 1]: the fraction "
+                                   "of the original model's latency to keep.")
+    return Budget("latency", float(target_latency))
+
+
+def latency_for(model: Any, latency: Any, verbose: int) -> Any:
+    """``latency`` checked, or measured on this host when ``None``."""
+    from kerascomp.bench.latency import LatencyTable, latency_table
+
+    if latency is None:
+        return latency_table(model, verbose=verbose)
+    if not isinstance(latency, LatencyTable):
+        raise InvalidArgumentError(f"latency must be a kerascomp.LatencyTable, got {type(latency).__name__}.")
+    return latency
+
+
 def _collaborative(model: Any, graph: Graph, targets: dict, data: Any, plan: Any, loss: Any, latency: Any,
                    options: dict, verbose: int) -> tuple[Graph, CompressionReport]:
     """Plan (unless ``plan`` is given) and apply collaborative compression."""
@@ -182,9 +203,11 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
         method = getattr(plan, "method", method)
     if method not in METHODS:
         raise InvalidArgumentError(f"method={method!r} is not one of {METHODS}.")
-    for name, value in (("loss", loss), ("target_latency", target_latency), ("latency", latency)):
-        if value is not None and method != "collaborative":
-            raise InvalidArgumentError(f"{name}= is used by method='collaborative' only, not {method!r}.")
+    if loss is not None and method != "collaborative":
+        raise InvalidArgumentError(f"loss= is used by method='collaborative' only, not {method!r}.")
+    for name, value in (("target_latency", target_latency), ("latency", latency)):
+        if value is not None and method not in ("collaborative", "fga"):
+            raise InvalidArgumentError(f"{name}= is used by method='collaborative' and 'fga' only, not {method!r}.")
     graph = read_checked(model)
     if method == "collaborative":
         unset = target_flops is None and target_params is None and target_latency is None
@@ -192,12 +215,17 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
                    "target_latency": target_latency}
         compressed_graph, report = _collaborative(model, graph, targets, data, plan, loss, latency, options, verbose)
     else:
-        budget = Budget.from_targets(0.25 if target_flops is None and target_params is None else target_flops,
-                                     target_params)
+        budget = (latency_budget(target_latency, target_flops, target_params) if target_latency is not None else
+                  Budget.from_targets(0.25 if target_flops is None and target_params is None else target_flops,
+                                      target_params))
         batch = input_batch(graph, data)
         method_options = method_options_for(method, options)
         shapes = infer_shapes(graph)
-        compressed_graph, report = run_method(graph, shapes, budget, batch, method, method_options, verbose)
+        if budget.metric == "latency":
+            latency = latency_for(model, latency, verbose)
+            compressed_graph, report = fga_pass(graph, shapes, budget, batch, method_options, verbose, latency)
+        else:
+            compressed_graph, report = run_method(graph, shapes, budget, batch, method, method_options, verbose)
     new_model = write_model(compressed_graph)
     report.seconds = time.perf_counter() - started
     kept = report.kept()

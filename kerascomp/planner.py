@@ -158,8 +158,7 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
             categorical cross-entropy from logits or probabilities, as the output layer implies.
         **options: see :class:`kerascomp.methods.collaborative.CollaborativeOptions`.
     """
-    from kerascomp.api import read_checked
-    from kerascomp.bench.latency import LatencyTable, latency_table
+    from kerascomp.api import latency_for, latency_budget, read_checked
     from kerascomp.graph.keras_io import infer_shapes
     from kerascomp.methods.base import Budget
     from kerascomp.methods.collaborative import collaborative_options, plan_collaborative
@@ -169,19 +168,11 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
                                    "methods plan inside clone_compressed (their report lists each layer's choice).")
     built = collaborative_options(options)
     if target_latency is not None:
-        if target_flops is not None or target_params is not None:
-            raise InvalidArgumentError("pass one target: target_flops, target_params or target_latency.")
-        if isinstance(target_latency, bool) or not isinstance(target_latency, (int, float)) \
-                or not 0 < target_latency <= 1:
-            raise InvalidArgumentError(f"target_latency={target_latency!r} must be a number in (0, 1]: the fraction "
-                                       "of the original model's latency to keep.")
-        budget = Budget("latency", float(target_latency))
+        budget = latency_budget(target_latency, target_flops, target_params)
     else:
         budget = Budget.from_targets(0.5 if target_flops is None and target_params is None else target_flops,
                                      target_params)
     graph = read_checked(model)
-    if latency is not None and not isinstance(latency, LatencyTable):
-        raise InvalidArgumentError(f"latency must be a kerascomp.LatencyTable, got {type(latency).__name__}.")
-    if budget.metric == "latency" and latency is None:
-        latency = latency_table(model, verbose=verbose)
+    if budget.metric == "latency" or latency is not None:
+        latency = latency_for(model, latency, verbose)
     return plan_collaborative(graph, infer_shapes(graph), budget, data, loss, built, verbose, latency)

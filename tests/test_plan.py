@@ -216,3 +216,28 @@ def test_measured_sensitivity_plans_to_the_budget(small_resnet, labelled):
     assert planned.settings["sensitivity"] == "measured" and planned.macs_ratio <= 0.6
     with pytest.raises(InvalidArgumentError, match="sensitivity must be 'taylor' or 'measured'"):
         kerascomp.plan(small_resnet, data=labelled, verbose=0, sensitivity="hessian")
+
+
+@flavour_independent
+def test_fga_picks_groups_by_the_latency_table(small_resnet):
+    """With grouped convs slow in the table (as without XNNPACK), FGA takes the ungrouped pair; fast, grouped."""
+    from kerascomp.bench.latency import _conv_macs
+
+    macs = _conv_macs(small_resnet)
+
+    def table(grouped_cost):
+        layers = {name: [{"form": "dense", "macs": m, "ms": m * 1e-6}, {"form": "factored", "macs": m // 2, "ms": m * 0.5e-6}]
+                  + [{"form": f"fga{g}", "macs": m // 2, "ms": grouped_cost * m * 0.5e-6} for g in (2, 4, 8)]
+                  for name, m in macs.items()}
+        return kerascomp.LatencyTable(layers, 1.2 * sum(macs.values()) * 1e-6, "synthetic", 1, macs)
+
+    chosen = {}
+    for grouped_cost in (5.0, 0.2):
+        result = kerascomp.compress(small_resnet, method="fga", target_latency=0.6, latency=table(grouped_cost),
+                                    verbose=0, min_channels_per_group=8, rank_multiple=1)
+        assert result.report.notes["estimated_latency_ratio"] <= 0.6
+        chosen[grouped_cost] = [d.detail["groups"] for d in result.report.layers if d.action.startswith("fga")]
+    assert chosen[5.0] and set(chosen[5.0]) == {1}
+    assert set(chosen[0.2]) - {1}
+    with pytest.raises(InvalidArgumentError, match="used by method='collaborative' and 'fga' only"):
+        kerascomp.compress(small_resnet, method="l1", target_latency=0.5, verbose=0)

@@ -1,8 +1,8 @@
 """Per-layer latency tables, measured with LiteRT on this host or read from a phone benchmark.
 
 ``latency_table(model)`` times, for every dense Conv2D, single-layer ``.tflite`` files of its
-candidate forms: the original, the conv with fewer input channels (pruning) and the kxk(r) + 1x1
-pair at several ranks (decomposition). Candidates of one layer shape are timed interleaved, and
+candidate forms: the original, the conv with fewer input channels (pruning), the kxk(r) + 1x1
+pair at several ranks (decomposition) and FGA's grouped kxk + 1x1 for each group count. Candidates of one layer shape are timed interleaved, and
 layers of the same shape share one measurement. The whole original model is timed too; what
 the convs do not account for is a fixed remainder.
 
@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from kerascomp.errors import InvalidArgumentError
 
-FORMS = ("dense", "factored")
 
 
 @dataclass
@@ -42,12 +41,14 @@ class LatencyTable:
 
     def layer_ms(self, layer: str, form: str, macs: float) -> float:
         """Estimated milliseconds of ``layer`` in ``form`` at ``macs`` MACs: linear between measured
-        points, proportional to MACs beyond them (and from the dense points for an unmeasured form)."""
+        points, proportional to MACs beyond them. An unmeasured form uses the dense points (an
+        unmeasured group count of FGA: the ungrouped pair's)."""
         points = self.layers.get(layer)
         if not points:
             raise InvalidArgumentError(f"the latency table has no entry for layer {layer!r}; measure it with "
                                        "kerascomp.latency_table(model) for this model.")
-        chosen = [p for p in points if p["form"] == form] or [p for p in points if p["form"] == "dense"]
+        fallback = "factored" if form.startswith("fga") and any(p["form"] == "factored" for p in points) else "dense"
+        chosen = [p for p in points if p["form"] == form] or [p for p in points if p["form"] == fallback]
         chosen = sorted(chosen, key=lambda p: p["macs"])
         xs, ys = np.array([p["macs"] for p in chosen], float), np.array([p["ms"] for p in chosen], float)
         if macs <= xs[0]:
@@ -124,8 +125,10 @@ def _conv_macs(model: Any) -> dict[str, int]:
     return {name: int(costs[name].macs) for name in conv_layers(graph)}
 
 
-def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions) -> list[tuple[str, int, Any]]:
-    """(form, MACs per image, single-layer model) for the original conv and its smaller forms."""
+def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions,
+                min_channels_per_group: int) -> list[tuple[str, float, Any]]:
+    """(form, MACs fraction, single-layer model) for the original conv and its smaller forms: fewer
+    inputs (``"dense"``), kxk(r) + 1x1 (``"factored"``) and FGA's grouped kxk + 1x1 (``"fga{g}"``)."""
     height, width, channels, filters = kernel_shape
     base = {key: config.get(key) for key in ("kernel_size", "strides", "padding", "dilation_rate") if key in config}
     spatial = tuple(input_shape[1:-1])
@@ -144,19 +147,25 @@ def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions
         if kept not in seen:
             seen.add(kept)
             found.append(("dense", kept / channels, model(kept, [keras.layers.Conv2D(filters, **base)])))
-        rank = int(fraction * area * channels * filters / (area * channels + filters))
-        if 1 <= rank < min(area * channels, filters):
-            found.append(("factored", rank * (area * channels + filters) / (area * channels * filters),
-                          model(channels, [keras.layers.Conv2D(rank, use_bias=False, **base),
-                                           keras.layers.Conv2D(filters, 1)])))
+        for groups in [1] + [g for g in range(2, channels + 1)
+                             if channels % g == 0 and channels // g >= min_channels_per_group]:
+            # FGA with g groups at rank r costs r * (k*k*C + g*N) MACs per pixel; g = 1 is the plain factored pair
+            rank = int(fraction * area * channels * filters / (area * channels + groups * filters))
+            if 1 <= rank and rank * groups < min(area * channels, filters * groups):
+                found.append(("factored" if groups == 1 else f"fga{groups}",
+                              rank * (area * channels + groups * filters) / (area * channels * filters),
+                              model(channels, [keras.layers.Conv2D(groups * rank, use_bias=False, groups=groups,
+                                                                   **base),
+                                               keras.layers.Conv2D(filters, 1)])))
     return found
 
 
 def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int = 1, runs: int = 30,
-                  verbose: int = 1) -> LatencyTable:
+                  min_channels_per_group: int = 16, verbose: int = 1) -> LatencyTable:
     """Measure per-layer candidate latencies of ``model``'s dense Conv2D layers with LiteRT on this host.
 
-    ``fractions``: the MACs fractions at which the pruned and factored forms are timed. Each
+    ``fractions``: the MACs fractions at which the pruned, factored and grouped (FGA, groups of at
+    least ``min_channels_per_group`` channels) forms are timed. Each
     candidate is a single-layer fp32 ``.tflite`` at batch 1; candidates of one shape are timed
     interleaved, ``runs`` times each, at ``num_threads``.
     """
@@ -191,7 +200,8 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
         overhead = benchmark_tflite(trivial, num_threads=num_threads, runs=runs).median_ms
         for index, (key, names) in enumerate(tqdm(signatures.items(), desc="latency table", disable=not verbose)):
             spec = graph.layers[names[0]]
-            candidates = _candidates(keras, spec.weights[0].shape, spec.config, key[1], fractions)
+            candidates = _candidates(keras, spec.weights[0].shape, spec.config, key[1], fractions,
+                                     min_channels_per_group)
             paths = []
             for position, (_, _, single) in enumerate(candidates):
                 path = Path(folder) / f"{index}_{position}.tflite"

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kerascomp.cost import graph_cost
-from kerascomp.errors import BudgetError, UnsupportedModelError
+from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.decompose import fga as fga_math
 from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import module_for, sample_node_inputs
@@ -83,27 +83,36 @@ def _error_curves(spec: LayerSpec, options: FGAOptions) -> dict[int, np.ndarray]
             for groups in _group_options(kernel.shape[2], options.min_channels_per_group)}
 
 
-def _candidates(layer: _Layer, metric: str, rank_multiple: int) -> Candidates:
+def fga_form(groups: int) -> str:
+    """The latency-table form of an FGA layer with ``groups`` groups (one group: the kxk(r) + 1x1 pair)."""
+    return "factored" if groups == 1 else f"fga{groups}"
+
+
+def _candidates(layer: _Layer, metric: str, rank_multiple: int, latency=None) -> Candidates:
     kernel = layer.spec.weights[0]
     use_bias = len(layer.spec.weights) > 1
-    original = layer.macs if metric == "flops" else layer.params
+    name = layer.spec.name
+    original = {"flops": layer.macs, "params": layer.params}.get(metric) or latency.original_ms(name)
     costs, errors, pairs = [float(original)], [0.0], [(0, 0)]
     for groups, curve in layer.curves.items():
         full_rank = fga_math.max_rank(kernel.shape, groups)
         for rank in range(1, full_rank + 1):
             if rank % rank_multiple and rank != full_rank:
                 continue
+            macs = fga_math.fga_macs(kernel.shape, groups, rank, layer.pixels)
             if metric == "flops":
-                cost = fga_math.fga_macs(kernel.shape, groups, rank, layer.pixels)
-            else:
+                cost = macs
+            elif metric == "params":
                 cost = fga_math.fga_params(kernel.shape, groups, rank, use_bias)
+            else:
+                cost = latency.layer_ms(name, fga_form(groups), macs)
             if cost >= original:
-                break
+                continue
             costs.append(float(cost))
             errors.append(float(curve[rank]))
             pairs.append((groups, rank))
     layer.options = pairs
-    return Candidates(layer.spec.name, np.array(costs), np.array(errors))
+    return Candidates(name, np.array(costs), np.array(errors))
 
 
 def _fga_spec(spec: LayerSpec, groups: int, rank: int, keras) -> LayerSpec:
@@ -157,8 +166,9 @@ def _refine(graph: Graph, chosen: dict[str, LayerSpec], originals: dict[str, Lay
 
 
 def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGAOptions = FGAOptions(),
-             verbose: int = 1) -> tuple[Graph, CompressionReport]:
-    """Return a new graph with FGA applied under ``budget``, and the per-layer report."""
+             verbose: int = 1, latency=None) -> tuple[Graph, CompressionReport]:
+    """Return a new graph with FGA applied under ``budget``, and the per-layer report. A
+    ``"latency"`` budget costs every (groups, rank) option by the :class:`LatencyTable` ``latency``."""
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     costs = before.by_name()
@@ -177,12 +187,17 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         layers.append(_Layer(spec, _output_pixels(graph, shapes, name), costs[name].macs, costs[name].params, {}))
     for layer in tqdm(layers, desc="fga candidates", disable=not verbose):
         layer.curves = _error_curves(layer.spec, options)
-    metric_total = before.macs if budget.metric == "flops" else before.params
-    what = "MACs" if budget.metric == "flops" else "params"
+    if budget.metric == "latency":
+        if latency is None:
+            raise InvalidArgumentError("target_latency needs latency=kerascomp.latency_table(model) (or a phone table).")
+        metric_total = latency.estimate({})
+    else:
+        metric_total = before.macs if budget.metric == "flops" else before.params
+    what = {"flops": "MACs", "params": "params", "latency": "estimated ms"}[budget.metric]
     multiples = (options.rank_multiple,) if options.rank_multiple else AUTO_RANK_MULTIPLES
     for attempt, rank_multiple in enumerate(multiples):
         for layer in layers:
-            layer.candidates = _candidates(layer, budget.metric, rank_multiple)
+            layer.candidates = _candidates(layer, budget.metric, rank_multiple, latency)
         payable = [layer for layer in layers if len(layer.options) > 1]
         too_small = {layer.spec.name: "too small: no groups/rank choice is cheaper than the dense conv"
                      for layer in layers if len(layer.options) == 1}
@@ -240,4 +255,7 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
                                            costs[name].params, new.params, reason=reasons.get(name, "")))
     report = CompressionReport("fga", budget, decisions, before.macs, sum(c.macs for c in after.values()),
                                before.params, sum(c.params for c in after.values()))
+    if latency is not None:
+        spent = metric_total - compressible + sum(layer.candidates.cost[i] for layer, i in zip(payable, choice))
+        report.notes["estimated_latency_ratio"] = round(float(spent / metric_total), 4)
     return result, report
