@@ -24,7 +24,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from kerascomp.cost import graph_cost
 from kerascomp.decompose.collaborative import factor_kernel, global_rates, kept_fraction, values_to_keep
@@ -361,6 +360,7 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
             f"method='collaborative' cannot reach target_{budget.metric}={budget.fraction}: compressing every conv "
             f"as far as it may leaves {floor / before:.3f} of the {what}. Binding layers: "
             f"{_binding(convs, choices, reasons, graph, shapes)}. Raise the target or max_fraction.")
+
     def solve(goal: float) -> tuple[np.ndarray, list[_Choice]]:
         """The least requested removal whose realised cost meets ``goal`` (bisection)."""
         if before <= goal:
