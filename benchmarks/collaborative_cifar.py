@@ -11,6 +11,9 @@ images, SGD + cosine decay):
 * ``collaborative``: ``method="collaborative"``: gradient sensitivity on ``--plan-samples`` labelled
   training images, global rates, joint channel pruning + rank cuts;
 * ``collaborative_prune_only``: the same planner with ``decompose=False`` (ablation);
+* ``collaborative_measured``: measured sensitivity (loss change with one conv cut at a time)
+  instead of the Taylor scores (ablation);
+* ``collaborative_max08``: at most 80% of a conv's MACs removed instead of 95% (ablation);
 * ``uniform_pruning``: L1-norm filter pruning, the same fraction of every channel group;
 * ``uniform_lowrank``: every conv cut to the same MACs fraction by rank alone, in the reference's
   kxk(r) + 1x1 form (``method="collaborative", allocation="uniform", prune=False``);
@@ -38,6 +41,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {
     "collaborative": ("collaborative", {}),
     "collaborative_prune_only": ("collaborative", {"decompose": False}),
+    "collaborative_measured": ("collaborative", {"sensitivity": "measured"}),
+    "collaborative_max08": ("collaborative", {"max_fraction": 0.8}),
     "uniform_pruning": ("l1", {"allocation": "uniform"}),
     "uniform_lowrank": ("collaborative", {"allocation": "uniform", "prune": False}),
     "uniform_tucker": ("tucker", {"allocation": "uniform"}),
@@ -47,7 +52,8 @@ VARIANTS = {
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help=DATA_HELP)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="collaborative,collaborative_prune_only,uniform_pruning,uniform_lowrank,"
+                                              "uniform_tucker")
     parser.add_argument("--targets", default="0.5,0.25")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-samples", type=int, default=10000)
