@@ -220,3 +220,14 @@ def test_measured_sensitivity_is_the_loss_change_of_cutting_one_layer(keras):
                                                                         rel=1e-3, abs=1e-6))
     with pytest.raises(InvalidArgumentError, match="sensitivity must be one of"):
         layer_sensitivities(graph, (x, y), mode="hessian")
+
+
+def test_rms_gradient_is_the_root_mean_square_of_batch_gradients(keras):
+    from kerascomp.methods.sensitivity import default_loss, kernel_gradients
+
+    model = _two_conv_model(keras, duplicated=False)
+    x, y = _labelled(32)
+    loss = default_loss(model)
+    halves = [kernel_gradients(model, ["plain"], [(x[i:i + 16], y[i:i + 16])], loss)["plain"] for i in (0, 16)]
+    rms = kernel_gradients(model, ["plain"], [(x[:16], y[:16]), (x[16:], y[16:])], loss, rms=True)["plain"]
+    np.testing.assert_allclose(rms, np.sqrt((halves[0] ** 2 + halves[1] ** 2) / 2), rtol=1e-5, atol=1e-10)

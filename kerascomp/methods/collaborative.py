@@ -56,6 +56,10 @@ class CollaborativeOptions:
             (``"auto"``: when data is given).
         sensitivity: ``"taylor"`` (the reference's first-order scores) or ``"measured"`` (the loss
             increase on ``data`` when each conv alone is cut to 25/50/75/90% of its MACs; slower).
+        gradient: ``"mean"`` scores with the mean gradient over ``data``; ``"rms"`` with the root mean
+            square of per-batch gradients (the Taylor score summed over batches, a diagonal Fisher).
+        normalize: divide each conv's scores by the score of removing its whole kernel before the
+            curve fit, so the global rates follow the curves' shapes rather than their scale.
         latency_checks: with ``target_latency`` and a host table, how many times the planned model is
             exported and timed against the original to correct the table's estimate (0: trust the table).
     """
@@ -70,6 +74,8 @@ class CollaborativeOptions:
     recalibrate: bool | str = "auto"
     latency_checks: int = 2
     sensitivity: str = "taylor"
+    gradient: str = "mean"
+    normalize: bool = False
 
     def validate(self) -> None:
         for name in ("prune", "decompose"):
@@ -87,6 +93,10 @@ class CollaborativeOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InvalidArgumentError(f"{name} must be an int >= {least}, got {value!r}.")
+        if self.gradient not in ("mean", "rms"):
+            raise InvalidArgumentError(f"gradient must be 'mean' or 'rms', got {self.gradient!r}.")
+        if not isinstance(self.normalize, bool):
+            raise InvalidArgumentError(f"normalize must be True or False, got {self.normalize!r}.")
         if self.sensitivity not in ("taylor", "measured"):
             raise InvalidArgumentError(f"sensitivity must be 'taylor' or 'measured', got {self.sensitivity!r}.")
         if self.recalibrate not in (True, False, "auto"):
@@ -323,7 +333,8 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
     prunable = {conv.spec.name: conv.group is not None for conv in convs}
     sensitivities = layer_sensitivities(graph, data, loss, options.batch_size, options.max_samples, prunable,
                                         options.step_fraction, options.max_fraction, options.decompose, verbose,
-                                        options.sensitivity)
+                                        options.sensitivity, rms=options.gradient == "rms",
+                                        normalize=options.normalize)
     by_name = {s.layer: s for s in sensitivities}
     for conv in convs:
         if conv.spec.name not in by_name:

@@ -86,9 +86,11 @@ def default_loss(model: Any) -> Callable:
 
 
 def kernel_gradients(model: Any, layers: list[str], batches: list[tuple[np.ndarray, np.ndarray]],
-                     loss: Callable, verbose: int = 0) -> dict[str, np.ndarray]:
+                     loss: Callable, verbose: int = 0, rms: bool = False) -> dict[str, np.ndarray]:
     """Mean loss gradient of each named layer's kernel over the batches (inference-mode forward;
-    the model's weights are only read)."""
+    the model's weights are only read). With ``rms``, the root mean square of the per-batch
+    gradients instead: then ``sum((g * dW)**2)`` is the Taylor score summed over batches (a
+    diagonal Fisher), which stays informative at a trained optimum where the mean gradient ~ 0."""
     import tensorflow as tf
 
     kernels = [model.get_layer(name).weights[0] for name in layers]
@@ -102,9 +104,9 @@ def kernel_gradients(model: Any, layers: list[str], batches: list[tuple[np.ndarr
 
     for x, y in tqdm(batches, desc="gradients", disable=not verbose):
         for total, gradient in zip(totals, step(tf.convert_to_tensor(x), tf.convert_to_tensor(y))):
-            total += np.asarray(gradient) * len(x)
+            total += (np.asarray(gradient) ** 2 if rms else np.asarray(gradient)) * len(x)
     rows = sum(len(x) for x, _ in batches)
-    return {name: total / rows for name, total in zip(layers, totals)}
+    return {name: np.sqrt(total / rows) if rms else total / rows for name, total in zip(layers, totals)}
 
 
 def conv_layers(graph: Graph) -> list[str]:
@@ -119,14 +121,16 @@ MODES = ("taylor", "measured")
 def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, batch_size: int = 64,
                         max_samples: int = 512, prunable: dict[str, bool] | None = None, step_fraction: float = 0.01,
                         max_fraction: float = 0.95, decompose: bool = True, verbose: int = 0, mode: str = "taylor",
-                        measured_rates: tuple = (0.25, 0.5, 0.75, 0.9)) -> list[LayerSensitivity]:
+                        measured_rates: tuple = (0.25, 0.5, 0.75, 0.9), rms: bool = False,
+                        normalize: bool = False) -> list[LayerSensitivity]:
     """Removal curves and fitted exponentials for every dense Conv2D.
 
     ``prunable[layer]`` says whether the layer's input channels may be removed (default: all may);
     only ranks are cut where they may not, and nothing where ``decompose`` is off too.
     ``mode="taylor"`` fits the curves' Taylor scores (the reference); ``mode="measured"`` fits the
     loss increase measured on ``data`` when the layer alone is cut to each of ``measured_rates`` of
-    its MACs (the cheaper curve's point), one layer at a time.
+    its MACs (the cheaper curve's point), one layer at a time. ``rms`` and ``normalize``: see
+    :class:`kerascomp.methods.collaborative.CollaborativeOptions` (``gradient="rms"``, ``normalize``).
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"sensitivity must be one of {MODES}, got {mode!r}.")
@@ -134,7 +138,7 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
     batches = labelled_batches(data, batch_size, max_samples)
     model = write_model(graph)
     loss = loss or default_loss(model)
-    gradients = kernel_gradients(model, layers, batches, loss, verbose)
+    gradients = kernel_gradients(model, layers, batches, loss, verbose, rms)
     evaluate = _loss_on(model, batches, loss) if mode == "measured" else None
     base = evaluate() if evaluate else 0.0
     result = []
@@ -157,7 +161,8 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
             fractions, increases = map(np.array, zip(*measured))
             p1, p2 = fit_exponential(fractions, np.maximum(increases, 0.0))  # a loss that fell costs nothing
         else:
-            p1, p2 = fit_exponential(*_lower_envelope(fractions[saving], scores[saving]))
+            scale = float(np.sum((gradient * kernel) ** 2)) if normalize else 1.0  # removing the whole kernel
+            p1, p2 = fit_exponential(*_lower_envelope(fractions[saving], scores[saving] / max(scale, 1e-30)))
         result.append(LayerSensitivity(name, pruning, joint, p1, p2, gradient, measured))
     return result
 
