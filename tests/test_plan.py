@@ -73,6 +73,7 @@ def test_plan_json_round_trip_reapplies_identically(small_resnet, planned, tmp_p
     np.testing.assert_array_equal(np.asarray(first(x)), np.asarray(second(x)))
 
 
+@flavour_independent
 def test_clone_compressed_plans_internally(small_resnet, labelled, planned):
     small = kerascomp.clone_compressed(small_resnet, method="collaborative", target_flops=0.5, data=labelled,
                                        verbose=0, recalibrate=False)
