@@ -136,6 +136,7 @@ def main(argv=None) -> int:
                 timings = kerascomp.compare_tflite([originals[mode], path], num_threads=1, runs=args.runs)
                 record[f"latency_ratio_{mode or 'fp32'}"] = timings[1].median_ms / timings[0].median_ms
             record["seconds"] = time.perf_counter() - started
+            record["command"] = "python -m benchmarks.collaborative_cifar " + " ".join(sys.argv[1:])
             records[key] = record
             print(key, record, flush=True)
             _write(json_path, out, setup, baseline_accuracy, records, keras)
