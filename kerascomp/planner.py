@@ -175,4 +175,6 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
     graph = read_checked(model)
     if budget.metric == "latency" or latency is not None:
         latency = latency_for(model, latency, verbose)
+    if budget.metric != "latency":
+        latency = None  # a table only steers latency targets
     return plan_collaborative(graph, infer_shapes(graph), budget, data, loss, built, verbose, latency)
