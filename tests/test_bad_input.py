@@ -28,8 +28,8 @@ def test_target_wrong_type(small_resnet, target):
 
 
 def test_unknown_method_and_option(small_resnet):
-    with pytest.raises(InvalidArgumentError, match="method='tucker'"):
-        kerascomp.clone_compressed(small_resnet, method="tucker", verbose=0)
+    with pytest.raises(InvalidArgumentError, match="method='hosvd'"):
+        kerascomp.clone_compressed(small_resnet, method="hosvd", verbose=0)
     with pytest.raises(InvalidArgumentError, match="unknown option.*grups"):
         kerascomp.clone_compressed(small_resnet, verbose=0, grups=2)
     with pytest.raises(InvalidArgumentError, match="min_channels_per_group"):
