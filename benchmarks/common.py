@@ -15,3 +15,19 @@ def load_cifar(data_argument: str | None) -> dict | None:
         print("CIFAR-10 not found: pass --data or set KERASCOMP_DATA", file=sys.stderr)
         return None
     return load_npz(path)
+
+
+def command_line(module: str) -> str:
+    """The command that reproduces this run, for the results files."""
+    return f"python -m {module} " + " ".join(sys.argv[1:])
+
+
+def write_results(out, record: dict, markdown: str) -> None:
+    """``out``.json (the record) and ``out``.md (the Markdown text), written whole each time."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+    out.with_suffix(".md").write_text(markdown)

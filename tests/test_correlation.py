@@ -1,6 +1,7 @@
 """Filter-correlation maths (kerascomp.decompose.correlation) and the correlation regulariser."""
 import numpy as np
 import pytest
+from conftest import flavour_independent
 
 import kerascomp
 from kerascomp.decompose.correlation import (filter_rows, l1_norms, linear_fit, pearson_matrix, removal_order,
@@ -99,6 +100,7 @@ def test_regularizer_survives_save_load_and_is_stripped(keras, small_resnet, tmp
     assert stripped.get_layer("s1b1_conv2").kernel_regularizer is None
 
 
+@flavour_independent  # the regulariser's maths is tested in both flavours above; this fit is slow
 def test_regularizer_raises_pair_correlation_on_real_data(keras, cifar_path):
     """A short fit of the shipped CIFAR ResNet-20 raises the selected pairs' |corr| with the regulariser,
     and by more than the same fit without it (strength 0)."""

@@ -111,19 +111,7 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     for layer, ranks in tqdm(list(zip(layers, chosen)), desc="tucker", disable=not verbose):
         if ranks is None:
             continue
-        spec = layer.spec
-        first, core, last = tucker2(spec.weights[0], *ranks, iterations=options.iterations)
-        errors[spec.name] = float(np.linalg.norm(compose(first, core, last) - spec.weights[0]) /
-                                  max(np.linalg.norm(spec.weights[0]), 1e-12))
-        config, trainable = spec.config, spec.config.get("trainable", True)
-        bias = spec.weights[1] if len(spec.weights) > 1 else None
-        chain = [conv_spec(result.unique_name(f"{spec.name}_tucker_in"), first, (1, 1), "valid", (1, 1), None, None,
-                           trainable, keras),
-                 conv_spec(result.unique_name(f"{spec.name}_tucker_core"), core, config.get("strides", (1, 1)),
-                           config.get("padding", "valid"), config.get("dilation_rate", (1, 1)), None, None, trainable,
-                           keras),
-                 conv_spec(spec.name, last, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable, keras)]
-        result.replace_layer(spec.name, chain)
+        errors[layer.spec.name] = factor_layer(result, layer.spec, ranks, options.iterations, keras)
     recalibrated = 0
     if options.recalibrate is True and data is None:
         raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
@@ -150,6 +138,24 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     report = CompressionReport("tucker", budget, decisions, before.macs, totals.macs, before.params, totals.params,
                                notes={"recalibrated_batchnorms": recalibrated, "allocation": options.allocation})
     return result, report
+
+
+def factor_layer(graph: Graph, spec: LayerSpec, ranks: tuple[int, int], iterations: int, keras) -> float:
+    """Replace the conv ``spec`` in ``graph`` by its Tucker-2 chain 1x1(r_in) -> kxk(r_in, r_out) -> 1x1;
+    return the kernel's relative reconstruction error."""
+    first, core, last = tucker2(spec.weights[0], *ranks, iterations=iterations)
+    error = float(np.linalg.norm(compose(first, core, last) - spec.weights[0]) /
+                  max(np.linalg.norm(spec.weights[0]), 1e-12))
+    config, trainable = spec.config, spec.config.get("trainable", True)
+    bias = spec.weights[1] if len(spec.weights) > 1 else None
+    chain = [conv_spec(graph.unique_name(f"{spec.name}_tucker_in"), first, (1, 1), "valid", (1, 1), None, None,
+                       trainable, keras),
+             conv_spec(graph.unique_name(f"{spec.name}_tucker_core"), core, config.get("strides", (1, 1)),
+                       config.get("padding", "valid"), config.get("dilation_rate", (1, 1)), None, None, trainable,
+                       keras),
+             conv_spec(spec.name, last, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable, keras)]
+    graph.replace_layer(spec.name, chain)
+    return error
 
 
 def _uniform(layers: list[_Layer], metric: str, fixed: float, goal: float, total: float,

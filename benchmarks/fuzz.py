@@ -1,0 +1,100 @@
+"""Fuzz every method on random CNN graphs and count the failures: the figure we track.
+
+    python -m benchmarks.fuzz --graphs 500
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.fuzz --graphs 500 --out benchmarks/results/fuzz_tf_keras
+    # writes benchmarks/results/fuzz.{json,md}
+
+Each graph is drawn by ``kerascomp.fuzz.draw_recipe`` (conv, grouped, dilated, strided, depthwise and
+separable convs, BN, residual Add, Concatenate, pooling, Dense or no head; Sequential or functional)
+and checked by ``kerascomp.fuzz.check_graph``: the IR round trip and the lossless rewrite of every
+method, then one method (cycling through ``--methods``; ``--all-methods`` for each) compressed to
+``--target`` of the MACs, fitted one step, exported and compared with LiteRT. A refusal with a
+kerascomp error counts as a refusal; any other exception or a broken property is a failure.
+The results files are rewritten after every graph, so an interrupted run keeps what it did.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.common import command_line, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--graphs", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", default="fga,l1,correlation,svd,joint_svd,tucker,collaborative")
+    parser.add_argument("--all-methods", action="store_true", help="compress each graph with every method")
+    parser.add_argument("--target", type=float, default=0.5, help="fraction of the MACs to keep")
+    parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", default=str(RESULTS / "fuzz"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import numpy as np
+
+    from kerascomp.fuzz import build_model, check_graph, draw_recipe, numpy_chooser
+    from kerascomp.graph.flavour import default_keras, legacy_requested
+
+    keras = default_keras()
+    methods = args.methods.split(",")
+    rng = np.random.default_rng(args.seed)
+    record = {"command": command_line("benchmarks.fuzz"), "machine": platform.platform(),
+              "flavour": "tf_keras" if legacy_requested() else f"keras {keras.__version__}",
+              "target_flops": args.target, "graphs": 0, "checks": [], "failures": []}
+    started = time.perf_counter()
+    for index in range(args.graphs):
+        recipe = draw_recipe(numpy_chooser(rng))
+        try:
+            model = build_model(recipe, keras)
+        except Exception as error:  # noqa: BLE001 - a recipe Keras rejects is a generator bug
+            record["failures"].append({"graph": index, "method": None, "stage": "build", "recipe": str(recipe),
+                                       "detail": repr(error)})
+            continue
+        chosen = methods if args.all_methods else [methods[index % len(methods)]]
+        for method in methods:
+            target = args.target if method in chosen else None
+            for outcome in check_graph(model, method, target, export=args.export):
+                check = {"graph": index, "method": method, "stage": outcome.stage, "status": outcome.status,
+                         **outcome.measures}
+                record["checks"].append(check)
+                if outcome.status == "failed":
+                    record["failures"].append({**check, "recipe": str(recipe), "detail": outcome.detail})
+        record["graphs"] = index + 1
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        write_results(args.out, record, markdown(record))
+        print(f"graph {index + 1}/{args.graphs}: {len(record['failures'])} failure(s) so far", flush=True)
+    return 1 if record["failures"] else 0
+
+
+def markdown(record: dict) -> str:
+    from kerascomp.report import table
+
+    counts = Counter((c["method"], "lossless" if c["stage"] in ("round trip", "lossless") else "target", c["status"])
+                     for c in record["checks"])
+    methods = sorted({c["method"] for c in record["checks"]})
+    rows = []
+    for method in methods:
+        row = [method]
+        for stage in ("lossless", "target"):
+            row += [counts[(method, stage, status)] for status in ("ok", "refused", "failed")]
+        rows.append(row)
+    headers = ["method", "lossless ok", "lossless refused", "lossless failed", "target ok", "target refused",
+               "target failed"]
+    failures = "\n".join(f"- graph {f['graph']}, {f['method']}, {f['stage']}: `{f['detail'].splitlines()[0][:300]}`"
+                         f"\n  recipe: `{f['recipe']}`" for f in record["failures"]) or "None."
+    return (f"# Fuzzed graphs ({record['flavour']})\n\nCommand: `{record['command']}`\n\n"
+            f"{record['graphs']} random graphs in {record.get('seconds', 0)} s; target {record['target_flops']} "
+            f"of the MACs. **Failures: {len(record['failures'])}.**\n\n{table(headers, rows, markdown=True)}\n\n"
+            f"## Failures\n\n{failures}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

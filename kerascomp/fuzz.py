@@ -1,0 +1,369 @@
+"""Random CNN graphs, each method's lossless rewrite, and the checks the fuzz tests and
+``benchmarks/fuzz.py`` run on them.
+
+A graph is drawn as a :class:`Recipe` by a *chooser*: a function that picks one item of a list.
+``numpy_chooser(rng)`` draws with numpy (the benchmark); the tests pass hypothesis' ``data.draw``
+so hypothesis can shrink a failing graph. ``build_model`` turns a recipe into a Keras model of
+either flavour with seeded weights and non-trivial BatchNormalization statistics.
+
+``check_graph`` runs the properties on one model and one method:
+
+* read then write through the IR gives the same weights and outputs;
+* the method's *lossless* rewrite (full rank, zero pruning) keeps the outputs (relative error < 1e-5);
+* at a real target the method either refuses with a :class:`kerascomp.CompressionError`, or gives
+  a model within the budget that fits one step, exports, and whose ``.tflite`` matches Keras
+  within 1e-4.
+
+Any other exception is a failure, reported with its traceback.
+"""
+from __future__ import annotations
+
+import tempfile
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from kerascomp.errors import CompressionError
+
+Chooser = Callable[[Sequence], Any]
+LINEAR_BLOCKS = ("conv", "conv", "grouped", "dilated", "depthwise", "separable", "bn", "relu", "pool")
+GRAPH_BLOCKS = LINEAR_BLOCKS + ("residual", "residual", "concat")
+LOSSLESS_TOLERANCE = 1e-5
+TFLITE_TOLERANCE = 1e-4
+
+
+def numpy_chooser(rng: np.random.Generator) -> Chooser:
+    return lambda options: options[int(rng.integers(len(options)))]
+
+
+@dataclass
+class Recipe:
+    """A random CNN: its input, its blocks in order (each ``(kind, arguments)``) and its head."""
+
+    sequential: bool
+    input_shape: tuple[int, int, int]
+    blocks: list[tuple[str, dict]] = field(default_factory=list)
+    head: str = "gap"
+    classes: int = 5
+    seed: int = 0
+
+    def __str__(self) -> str:
+        kind = "Sequential" if self.sequential else "functional"
+        blocks = ", ".join(kind + (f"{args}" if args else "") for kind, args in self.blocks)
+        return f"{kind} {self.input_shape} [{blocks}] head={self.head}"
+
+
+def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
+    """A valid random recipe: spatial sizes, channel counts and group counts are tracked as it is drawn."""
+    sequential = choose([False, True])
+    size, channels = choose([8, 12, 16]), choose([3, 4, 8])
+    recipe = Recipe(sequential, (size, size, channels), seed=choose(list(range(1000))))
+    for _ in range(choose(list(range(2, max_blocks + 1)))):
+        kind = choose(LINEAR_BLOCKS if sequential else GRAPH_BLOCKS)
+        args: dict = {}
+        if kind in ("conv", "grouped", "dilated", "separable"):
+            args["filters"] = choose([8, 16, 24, 32])
+        if kind == "conv":
+            args["kernel"] = choose([1, 3, 5] if size >= 5 else [1, 3])
+            args["strides"] = choose([1, 2]) if size >= 4 else 1
+            args["padding"] = choose(["same", "valid"]) if size >= args["kernel"] + 2 else "same"
+            args["use_bias"] = choose([True, False])
+            args["activation"] = choose([None, "relu"])
+        elif kind == "grouped":
+            divisors = [g for g in (2, 4) if channels % g == 0 and args["filters"] % g == 0]
+            if not divisors:
+                kind, args = "conv", {**args, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True,
+                                      "activation": None}
+            else:
+                args["groups"] = choose(divisors)
+        elif kind == "dilated":
+            args["rate"] = 2
+        elif kind == "depthwise":
+            args["multiplier"] = choose([1, 2])
+            args["strides"] = choose([1, 2]) if size >= 4 else 1
+        elif kind == "pool":
+            if size < 4:
+                kind, args = "relu", {}
+            else:
+                args["kind"] = choose(["max", "average"])
+        elif kind == "residual":
+            args["projection"] = choose([False, True])
+            args["filters"] = choose([channels, 16]) if args["projection"] else channels
+        elif kind == "concat":
+            args["filters"] = (choose([4, 8]), choose([8, 16]))
+        recipe.blocks.append((kind, args))
+        size, channels = _next_shape(kind, args, size, channels)
+    recipe.head = choose(["gap", "flatten", "none"] if size * size * channels <= 4096 else ["gap", "none"])
+    return recipe
+
+
+def _next_shape(kind: str, args: dict, size: int, channels: int) -> tuple[int, int]:
+    if kind == "conv":
+        if args["padding"] == "valid":
+            size -= args["kernel"] - 1
+        return -(-size // args["strides"]), args["filters"]
+    if kind in ("grouped", "dilated", "separable", "residual"):
+        return size, args["filters"]
+    if kind == "depthwise":
+        return -(-size // args["strides"]), channels * args["multiplier"]
+    if kind == "pool":
+        return size // 2, channels
+    if kind == "concat":
+        return size, sum(args["filters"])
+    return size, channels
+
+
+def build_model(recipe: Recipe, keras) -> Any:
+    """The Keras model (of the flavour ``keras``) that ``recipe`` describes, with seeded weights."""
+    layers = keras.layers
+    counter = iter(range(10_000))
+
+    def name(kind: str) -> str:
+        return f"{kind}{next(counter)}"
+
+    def block(kind: str, args: dict) -> list:
+        if kind == "conv":
+            return [layers.Conv2D(args["filters"], args["kernel"], strides=args["strides"], padding=args["padding"],
+                                  use_bias=args["use_bias"], activation=args["activation"], name=name("conv"))]
+        if kind == "grouped":
+            return [layers.Conv2D(args["filters"], 3, padding="same", groups=args["groups"], name=name("gconv"))]
+        if kind == "dilated":
+            return [layers.Conv2D(args["filters"], 3, padding="same", dilation_rate=args["rate"], name=name("dconv"))]
+        if kind == "depthwise":
+            return [layers.DepthwiseConv2D(3, strides=args["strides"], padding="same",
+                                           depth_multiplier=args["multiplier"], name=name("dw"))]
+        if kind == "separable":
+            return [layers.SeparableConv2D(args["filters"], 3, padding="same", name=name("sep"))]
+        if kind == "bn":
+            return [layers.BatchNormalization(name=name("bn"))]
+        if kind == "relu":
+            return [layers.ReLU(name=name("relu"))]
+        if kind == "pool":
+            pool = layers.MaxPooling2D if args["kind"] == "max" else layers.AveragePooling2D
+            return [pool(2, name=name("pool"))]
+        raise ValueError(kind)
+
+    def residual(x, args):
+        y = layers.Conv2D(args["filters"], 3, padding="same", use_bias=False, name=name("res_conv"))(x)
+        y = layers.BatchNormalization(name=name("res_bn"))(y)
+        y = layers.ReLU(name=name("res_relu"))(y)
+        y = layers.Conv2D(args["filters"], 3, padding="same", use_bias=False, name=name("res_conv"))(y)
+        y = layers.BatchNormalization(name=name("res_bn"))(y)
+        if args["projection"]:
+            x = layers.Conv2D(args["filters"], 1, use_bias=False, name=name("res_proj"))(x)
+        return layers.ReLU(name=name("res_out"))(layers.Add(name=name("add"))([x, y]))
+
+    def concat(x, args):
+        a = layers.Conv2D(args["filters"][0], 1, activation="relu", name=name("cat_conv"))(x)
+        b = layers.Conv2D(args["filters"][1], 3, padding="same", activation="relu", name=name("cat_conv"))(x)
+        return layers.Concatenate(name=name("concat"))([a, b])
+
+    head = {"gap": [layers.GlobalAveragePooling2D(name="gap"), layers.Dense(recipe.classes, name="logits")],
+            "flatten": [layers.Flatten(name="flatten"), layers.Dense(recipe.classes, name="logits")],
+            "none": []}[recipe.head]
+    if recipe.sequential:
+        stack = [keras.Input(recipe.input_shape)] + [layer for kind, args in recipe.blocks
+                                                     for layer in block(kind, args)] + head
+        model = keras.Sequential(stack, name="fuzz_sequential")
+    else:
+        inputs = keras.Input(recipe.input_shape, name="image")
+        x = inputs
+        for kind, args in recipe.blocks:
+            if kind == "residual":
+                x = residual(x, args)
+            elif kind == "concat":
+                x = concat(x, args)
+            else:
+                for layer in block(kind, args):
+                    x = layer(x)
+        for layer in head:
+            x = layer(x)
+        model = keras.Model(inputs, x, name="fuzz_functional")
+    _seed_weights(model, recipe.seed)
+    return model
+
+
+def _seed_weights(model: Any, seed: int) -> None:
+    """He-scaled normal kernels, small biases, and BatchNormalization statistics far from identity."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        if type(layer).__name__ == "BatchNormalization":
+            gamma, beta, mean, var = (w.shape for w in weights)
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma), rng.normal(0, 0.1, beta), rng.normal(0, 0.1, mean),
+                               rng.uniform(0.5, 1.5, var)])
+            continue
+        seeded = []
+        for weight in weights:
+            if weight.ndim == 1:
+                seeded.append(rng.normal(0, 0.1, weight.shape))
+            else:
+                fan_in = int(np.prod(weight.shape[:-1])) if weight.ndim == 4 else weight.shape[0]
+                if type(layer).__name__ == "DepthwiseConv2D" or weight.shape[-1] == 1 and weight.ndim == 4:
+                    fan_in = int(np.prod(weight.shape[:2]))
+                seeded.append(rng.normal(0, np.sqrt(2.0 / max(fan_in, 1)), weight.shape))
+        layer.set_weights([w.astype("float32") for w in seeded])
+
+
+def inputs_for(model: Any, count: int = 8, seed: int = 0) -> np.ndarray:
+    shape = tuple(model.input_shape[1:])
+    return np.random.default_rng(seed).uniform(0, 1, (count,) + shape).astype("float32")
+
+
+def relative_error(actual: Any, expected: Any) -> float:
+    actual, expected = np.asarray(actual, "float64"), np.asarray(expected, "float64")
+    return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-6))
+
+
+def round_trip(model: Any) -> Any:
+    """``model`` read into the IR and written back."""
+    from kerascomp.graph.keras_io import read_model, write_model
+
+    return write_model(read_model(model))
+
+
+def lossless(model: Any, method: str, x: np.ndarray) -> Any:
+    """``model`` rewritten by ``method`` with nothing removed: full-rank factors, zero pruning.
+
+    Factor-based methods replace every layer they can factor by the factored form at full rank
+    (FGA with the most groups its channels allow, SVD and Tucker-2 with the exact ranks, joint SVD
+    with shared full-rank bases); pruning methods and collaborative compression run at a target of
+    1.0. Raises :class:`kerascomp.CompressionError` where the method refuses the model.
+    """
+    import kerascomp
+    from kerascomp.decompose import fga as fga_math
+    from kerascomp.decompose import jsvd
+    from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write_model
+    from kerascomp.methods import joint_svd
+    from kerascomp.methods.fga import FGAOptions, _fga_spec, ineligibility
+    from kerascomp.methods.tucker import factor_layer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        if method in ("l1", "correlation"):
+            return kerascomp.clone_compressed(model, method, target_flops=1.0, verbose=0)
+        if method == "collaborative":
+            keras = module_for(read_model(model))
+            labels = np.zeros((len(x),) + tuple(model.output_shape[1:]), "float32")
+            return kerascomp.clone_compressed(model, method, target_flops=1.0, data=(x, labels), verbose=0,
+                                              loss=keras.losses.MeanSquaredError(), recalibrate=False)
+    graph = read_model(model)
+    shapes = infer_shapes(graph)
+    keras = module_for(graph)
+    if method == "fga":
+        options = FGAOptions(pointwise=True)
+        for name, spec in list(graph.layers.items()):
+            if len(graph.nodes_of(name)) and ineligibility(spec, options) is None:
+                kernel = spec.weights[0]
+                groups = max(g for g in (1, 2, 4) if kernel.shape[2] % g == 0)
+                graph.layers[name] = _fga_spec(spec, groups, fga_math.max_rank(kernel.shape, groups), keras)
+    elif method == "tucker":
+        for name, spec in list(graph.layers.items()):
+            if spec.class_name == "Conv2D" and spec.config.get("groups", 1) == 1 and len(graph.nodes_of(name)) == 1:
+                kernel = spec.weights[0]
+                if kernel.shape[:2] != (1, 1):
+                    factor_layer(graph, spec, (kernel.shape[2], kernel.shape[3]), 30, keras)
+    elif method in ("svd", "joint_svd"):
+        variants = ("svd",) if method == "svd" else ("left", "right", "bi")
+        options = joint_svd.SVDOptions(variant=variants[len(graph.layers) % len(variants)], min_saving=0.0,
+                                       pointwise=True)
+        units, _ = joint_svd._units(graph, shapes, method, options)
+        for unit in units:
+            joint_svd._apply(graph, unit, jsvd.full_rank(unit.shape, len(unit.members), unit.variant), options, keras)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return write_model(graph)
+
+
+@dataclass
+class Outcome:
+    """What one (graph, method) check found: ``status`` is ``"ok"``, ``"refused"`` or ``"failed"``."""
+
+    method: str
+    status: str
+    stage: str = ""
+    detail: str = ""
+    measures: dict = field(default_factory=dict)
+
+
+def check_graph(model: Any, method: str, target: float | None = 0.5, export: bool = True,
+                folder: str | Path | None = None) -> list[Outcome]:
+    """Run the properties of the module docstring; ``target=None`` skips the compressed-model checks."""
+    import kerascomp
+
+    x = inputs_for(model)
+    expected = np.asarray(model(x, training=False))
+    outcomes = []
+    stage = "round trip"
+    try:
+        rebuilt = round_trip(model)
+        same_weights = all(np.array_equal(a, b) for a, b in zip(model.get_weights(), rebuilt.get_weights()))
+        error = relative_error(rebuilt(x, training=False), expected)
+        if not same_weights or error > 1e-6:
+            return [Outcome(method, "failed", stage, f"weights equal: {same_weights}, output error {error:.2e}")]
+        stage = "lossless"
+        try:
+            error = relative_error(lossless(model, method, x)(x, training=False), expected)
+        except CompressionError as refusal:
+            outcomes.append(Outcome(method, "refused", stage, str(refusal)))
+        else:
+            measures = {"lossless_error": error}
+            if error > LOSSLESS_TOLERANCE:
+                return [Outcome(method, "failed", stage, f"relative output error {error:.2e}", measures)]
+            outcomes.append(Outcome(method, "ok", stage, measures=measures))
+        if target is None:
+            return outcomes
+        stage = "compress"
+        keras = _module(model)
+        options: dict = {}
+        data: Any = x
+        if method == "collaborative":
+            data = (x, np.zeros((len(x),) + tuple(model.output_shape[1:]), "float32"))
+            options["loss"] = keras.losses.MeanSquaredError()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+                result = kerascomp.compress(model, method, target_flops=target, data=data, verbose=0, **options)
+        except CompressionError as refusal:
+            outcomes.append(Outcome(method, "refused", stage, str(refusal)))
+            return outcomes
+        measures = {"macs_ratio": result.report.macs_ratio}
+        real = kerascomp.cost(result.model).macs / max(kerascomp.cost(model).macs, 1)
+        if result.report.macs_ratio > target + 1e-9 or abs(real - result.report.macs_ratio) > 1e-9:
+            return outcomes + [Outcome(method, "failed", stage, f"MACs ratio {result.report.macs_ratio} (measured "
+                                                                f"{real}) for target {target}", measures)]
+        stage = "fit"
+        small = result.model
+        small.compile(keras.optimizers.SGD(1e-3), "mse")
+        history = small.fit(x, np.zeros((len(x),) + tuple(small.output_shape[1:]), "float32"), batch_size=len(x),
+                            epochs=1, verbose=0, shuffle=False)
+        if not np.isfinite(history.history["loss"][0]):
+            return outcomes + [Outcome(method, "failed", stage, "non-finite loss", measures)]
+        if export:
+            stage = "export"
+            with tempfile.TemporaryDirectory(dir=folder) as scratch:
+                exported = kerascomp.export_tflite(small, Path(scratch) / "fuzz.tflite", check_samples=4)
+            measures["tflite_error"] = exported.relative_error
+            if not exported.relative_error < TFLITE_TOLERANCE:
+                return outcomes + [Outcome(method, "failed", stage,
+                                           f"tflite relative error {exported.relative_error:.2e}", measures)]
+        outcomes.append(Outcome(method, "ok", "target", measures=measures))
+    except Exception as error:  # noqa: BLE001 - an internal error is the failure we are counting
+        outcomes.append(Outcome(method, "failed", stage, "".join(traceback.format_exception_only(error)).strip()
+                                + "\n" + traceback.format_exc(limit=-4)))
+    return outcomes
+
+
+def _module(model: Any):
+    from kerascomp.graph.flavour import keras_of
+
+    return keras_of(model)
+
+
+__all__ = ["Recipe", "draw_recipe", "numpy_chooser", "build_model", "lossless", "check_graph", "Outcome"]
