@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from kerascomp.errors import CompressionError, InvalidArgumentError, InvalidWeightsError
+from kerascomp.errors import CompressionError, InvalidArgumentError, InvalidWeightsError, UnsupportedModelError
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods.base import Budget, CompressionReport
@@ -103,6 +103,17 @@ def read_checked(model: Any) -> Graph:
     graph = read_model(model)
     check_finite(graph)
     return graph
+
+
+def _check_has_cost(graph: Graph, what: str) -> None:
+    from kerascomp.cost import graph_cost
+
+    total = graph_cost(graph, infer_shapes(graph))
+    if (total.macs if what == "MACs" else total.params) == 0:
+        kinds = sorted({spec.class_name for spec in graph.layers.values()})
+        raise UnsupportedModelError(f"model {graph.name!r} has no {what} to compress: it holds no conv or Dense "
+                                    f"layer kerascomp can cost (layer classes: {', '.join(kinds)}). There is "
+                                    "nothing to make smaller.")
 
 
 def method_options_for(method: str, options: dict) -> FGAOptions | PruneOptions | SVDOptions | TuckerOptions:
@@ -209,6 +220,7 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
         if value is not None and method not in ("collaborative", "fga"):
             raise InvalidArgumentError(f"{name}= is used by method='collaborative' and 'fga' only, not {method!r}.")
     graph = read_checked(model)
+    _check_has_cost(graph, "params" if target_params is not None else "MACs")
     if method == "collaborative":
         unset = target_flops is None and target_params is None and target_latency is None
         targets = {"target_flops": 0.25 if unset else target_flops, "target_params": target_params,
