@@ -86,6 +86,8 @@ def inputs_for(shapes: dict[str, Any], data: Any, argument: str = "data", limit:
                                        f"(batch, {', '.join(str(e) for e in expected)}).")
         if not np.issubdtype(array.dtype, np.number):
             raise InvalidArgumentError(f"{argument} for input {name!r} has dtype {array.dtype}; pass numeric arrays.")
+        if len(array) == 0:
+            raise InvalidArgumentError(f"{argument} for input {name!r} has no rows (shape {array.shape}).")
         array = array[:limit].astype(np.float32)
         if not np.all(np.isfinite(array)):
             raise InvalidArgumentError(f"{argument} for input {name!r} contains NaN or inf values; clean it first.")
@@ -95,6 +97,11 @@ def inputs_for(shapes: dict[str, Any], data: Any, argument: str = "data", limit:
 
 def _is_tensor_like(value: Any) -> bool:
     return isinstance(value, np.ndarray) or (hasattr(value, "shape") and hasattr(value, "dtype") and hasattr(value, "__array__"))
+
+
+def check_verbose(verbose: Any) -> None:
+    if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose not in (0, 1, 2):
+        raise InvalidArgumentError(f"verbose must be 0 (silent), 1 or 2, got {verbose!r}.")
 
 
 def read_checked(model: Any) -> Graph:
@@ -219,6 +226,7 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
     for name, value in (("target_latency", target_latency), ("latency", latency)):
         if value is not None and method not in ("collaborative", "fga"):
             raise InvalidArgumentError(f"{name}= is used by method='collaborative' and 'fga' only, not {method!r}.")
+    check_verbose(verbose)
     graph = read_checked(model)
     _check_has_cost(graph, "params" if target_params is not None else "MACs")
     if method == "collaborative":

@@ -211,7 +211,7 @@ def _seed_weights(model: Any, seed: int) -> None:
         layer.set_weights([w.astype("float32") for w in seeded])
 
 
-def inputs_for(model: Any, count: int = 8, seed: int = 0) -> np.ndarray:
+def sample_inputs(model: Any, count: int = 8, seed: int = 0) -> np.ndarray:
     shape = tuple(model.input_shape[1:])
     return np.random.default_rng(seed).uniform(0, 1, (count,) + shape).astype("float32")
 
@@ -297,7 +297,7 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
     """Run the properties of the module docstring; ``target=None`` skips the compressed-model checks."""
     import kerascomp
 
-    x = inputs_for(model)
+    x = sample_inputs(model)
     expected = np.asarray(model(x, training=False))
     outcomes = []
     stage = "round trip"

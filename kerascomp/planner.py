@@ -158,7 +158,7 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
             categorical cross-entropy from logits or probabilities, as the output layer implies.
         **options: see :class:`kerascomp.methods.collaborative.CollaborativeOptions`.
     """
-    from kerascomp.api import latency_for, latency_budget, read_checked
+    from kerascomp.api import check_verbose, latency_for, latency_budget, read_checked
     from kerascomp.graph.keras_io import infer_shapes
     from kerascomp.methods.base import Budget
     from kerascomp.methods.collaborative import collaborative_options, plan_collaborative
@@ -172,6 +172,7 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
     else:
         budget = Budget.from_targets(0.5 if target_flops is None and target_params is None else target_flops,
                                      target_params)
+    check_verbose(verbose)
     graph = read_checked(model)
     if budget.metric == "latency" or latency is not None:
         latency = latency_for(model, latency, verbose)

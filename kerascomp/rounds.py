@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kerascomp.api import read_checked, input_batch, method_options_for, pruning_scorer
+from kerascomp.api import check_verbose, input_batch, method_options_for, pruning_scorer, read_checked
 from kerascomp.cost import graph_cost
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.channels import analyse_channels
@@ -89,6 +89,7 @@ def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "corr
         target_flops = None
     budget = Budget.from_targets(target_flops, target_params)
     prune_options = method_options_for(method, options)
+    check_verbose(verbose)
     graph = read_checked(model)
     batch = input_batch(graph, data)
     scorer, pairs = pruning_scorer(method)

@@ -1,9 +1,14 @@
+"""The bad-input catalogue: each case is a test that asserts a kerascomp error type and a message naming
+the layer or argument at fault (and, where it helps, what to do)."""
+import zipfile
+
 import numpy as np
 import pytest
 
 import kerascomp
-from kerascomp.errors import (BudgetError, CompressionError, InvalidArgumentError, InvalidWeightsError,
-                              UnsupportedModelError)
+from kerascomp.errors import (BenchmarkError, BudgetError, CompressionError, ExportError, InvalidArgumentError,
+                              InvalidWeightsError, UnsupportedModelError)
+from kerascomp.graph.flavour import legacy_requested
 
 from conftest import model_fingerprint
 
@@ -108,3 +113,175 @@ def test_channels_first_is_reported(keras):
 def test_errors_share_a_base_class():
     for error in (InvalidArgumentError, UnsupportedModelError, InvalidWeightsError, BudgetError):
         assert issubclass(error, CompressionError)
+
+
+# --- the catalogue: (id, call(ctx), error, message regex); ctx has model, keras, x, labels, tmp ------------
+
+
+class Ctx:
+    def __init__(self, model, keras, tmp_path):
+        self.model, self.keras, self.tmp = model, keras, tmp_path
+        self.x = np.random.default_rng(0).uniform(0, 1, (4, 16, 16, 3)).astype("float32")
+        self.labels = np.arange(4)
+
+    def corrupted(self, value, layer="s1b1_conv1"):
+        keras = self.keras
+        copy = keras.models.clone_model(self.model)
+        copy.set_weights(self.model.get_weights())
+        weights = copy.get_layer(layer).get_weights()
+        weights[0][0, 0, 0, 0] = value
+        copy.get_layer(layer).set_weights(weights)
+        return copy
+
+    def functional(self, build, shape=(8, 8, 3)):
+        inputs = self.keras.Input(shape)
+        return self.keras.Model(inputs, build(inputs, self.keras.layers))
+
+    def tflite(self, name, content):
+        path = self.tmp / name
+        path.write_bytes(content)
+        return path
+
+
+def _lambda_between_convs(x, layers):
+    x = layers.Conv2D(16, 3, padding="same", name="conv1")(x)
+    x = layers.Lambda(lambda t: t * 2.0, name="double")(x)
+    return layers.Conv2D(16, 3, padding="same", name="conv2")(x)
+
+
+def _shared_conv(x, layers):
+    shared = layers.Conv2D(8, 3, padding="same", name="shared")
+    return shared(shared(layers.Conv2D(8, 1, name="stem")(x)))
+
+
+def _foreign_file(ctx):
+    path = ctx.tmp / "model.tflite"
+    with zipfile.ZipFile(path, "w") as archive:  # a .keras archive renamed
+        archive.writestr("config.json", "{}")
+    return path
+
+
+def _unwritable(ctx, monkeypatch):
+    import kerascomp.export.tflite as tflite
+
+    monkeypatch.setattr(tflite.os, "access", lambda *args: False)  # root ignores chmod, so fake it
+    return kerascomp.export_tflite(ctx.model, ctx.tmp / "m.tflite")
+
+
+def _failing_write(ctx, monkeypatch):
+    import kerascomp.export.tflite as tflite
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tflite.os, "replace", full_disk)
+    try:
+        kerascomp.export_tflite(ctx.model, ctx.tmp / "m.tflite")
+    finally:
+        assert list(ctx.tmp.iterdir()) == [], "a partial file was left behind"
+
+
+CATALOGUE = [
+    ("inf-weights", lambda c, mp: kerascomp.clone_compressed(c.corrupted(np.inf), verbose=0),
+     InvalidWeightsError, r"'s1b1_conv1' \(Conv2D\) has 1 NaN/inf"),
+    ("nan-weights-export", lambda c, mp: kerascomp.export_tflite(c.corrupted(np.nan), c.tmp / "m.tflite"),
+     InvalidWeightsError, r"'s1b1_conv1'.*NaN/inf.*Fix or retrain"),
+    ("nan-weights-plan", lambda c, mp: kerascomp.plan(c.corrupted(np.nan), target_flops=0.5, data=(c.x, c.labels)),
+     InvalidWeightsError, "'s1b1_conv1'"),
+    ("unbuilt-model", lambda c, mp: kerascomp.clone_compressed(c.keras.Sequential([c.keras.layers.Dense(2)])),
+     UnsupportedModelError, "not built"),
+    ("lambda-blocks-pruning", lambda c, mp: kerascomp.clone_compressed(c.functional(_lambda_between_convs), "l1",
+                                                                       target_flops=0.5, verbose=0),
+     BudgetError, r"conv1.*Lambda 'double'"),
+    ("shared-layer-tucker", lambda c, mp: kerascomp.clone_compressed(c.functional(_shared_conv), "tucker", verbose=0),
+     UnsupportedModelError, r"shared: shared layer \(called more than once\)"),
+    ("no-macs", lambda c, mp: kerascomp.clone_compressed(c.functional(lambda x, l: l.ReLU(name="act")(x)), verbose=0),
+     UnsupportedModelError, r"no MACs to compress.*ReLU"),
+    ("only-1x1-for-tucker", lambda c, mp: kerascomp.clone_compressed(
+        c.functional(lambda x, l: l.Conv2D(8, 1, name="pw")(x)), "tucker", verbose=0),
+     UnsupportedModelError, r"pw: 1x1 conv.*method='svd'"),
+    ("empty-data", lambda c, mp: kerascomp.clone_compressed(c.model, data=c.x[:0], verbose=0),
+     InvalidArgumentError, r"data for input 'image' has no rows"),
+    ("too-many-input-arrays", lambda c, mp: kerascomp.clone_compressed(c.model, data=[c.x, c.x], verbose=0),
+     InvalidArgumentError, r"data holds 2 input array\(s\) but the model has 1 inputs \(\['image'\]\)"),
+    ("string-data", lambda c, mp: kerascomp.clone_compressed(c.model, data=np.full((2, 16, 16, 3), "a"), verbose=0),
+     InvalidArgumentError, r"data for input 'image' has dtype <U1"),
+    ("verbose-not-a-level", lambda c, mp: kerascomp.clone_compressed(c.model, verbose="loud"),
+     InvalidArgumentError, "verbose must be 0"),
+    ("max-fraction", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", max_fraction=1.5, verbose=0),
+     InvalidArgumentError, r"max_fraction must be a number in \(0, 1\), got 1.5"),
+    ("allocation", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", allocation="best", verbose=0),
+     InvalidArgumentError, "allocation must be one of.*'best'"),
+    ("jsvd-variant", lambda c, mp: kerascomp.clone_compressed(c.model, "joint_svd", variant="up", verbose=0),
+     InvalidArgumentError, "variant='up'"),
+    ("fga-rank-multiple", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", rank_multiple=0, verbose=0),
+     InvalidArgumentError, "rank_multiple must be an int >= 1, got 0"),
+    ("collaborative-without-data", lambda c, mp: kerascomp.clone_compressed(c.model, "collaborative", verbose=0),
+     InvalidArgumentError, r"data=\(x, y\)"),
+    ("collaborative-without-labels", lambda c, mp: kerascomp.clone_compressed(c.model, "collaborative", data=c.x,
+                                                                              verbose=0),
+     InvalidArgumentError, r"data must be \(x, y\).*got ndarray"),
+    ("collaborative-label-count", lambda c, mp: kerascomp.clone_compressed(
+        c.model, "collaborative", data=(c.x, c.labels[:3]), verbose=0),
+     InvalidArgumentError, "data has 4 inputs but 3 labels"),
+    ("two-targets", lambda c, mp: kerascomp.compress(c.model, "collaborative", target_flops=0.5, target_latency=0.5,
+                                                     data=(c.x, c.labels), verbose=0),
+     InvalidArgumentError, "pass one target"),
+    ("latency-not-a-table", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", target_latency=0.5,
+                                                                     latency="table.json", verbose=0),
+     InvalidArgumentError, "latency must be a kerascomp.LatencyTable, got str"),
+    ("latency-target-for-pruning", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", target_latency=0.5),
+     InvalidArgumentError, "target_latency= is used by method='collaborative' and 'fga' only, not 'l1'"),
+    ("loss-for-fga", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", loss="mse"),
+     InvalidArgumentError, "loss= is used by method='collaborative' only, not 'fga'"),
+    ("plan-other-method", lambda c, mp: kerascomp.plan(c.model, method="fga", target_flops=0.5, data=(c.x, c.labels)),
+     InvalidArgumentError, "kerascomp.plan supports method='collaborative', got 'fga'"),
+    ("plan-file-not-json", lambda c, mp: kerascomp.Plan.load(c.tflite("plan.json", b"\x00garbage")),
+     InvalidArgumentError, "not a kerascomp plan"),
+    ("rounds-zero", lambda c, mp: kerascomp.prune_in_rounds(c.model, lambda m: None, method="l1", rounds=0),
+     InvalidArgumentError, "rounds must be an int >= 1, got 0"),
+    ("rounds-method", lambda c, mp: kerascomp.prune_in_rounds(c.model, lambda m: None, method="fga"),
+     InvalidArgumentError, "supports method='correlation' or 'l1', got 'fga'"),
+    ("rounds-train-not-callable", lambda c, mp: kerascomp.prune_in_rounds(c.model, "train"),
+     InvalidArgumentError, "train .*must be callables"),
+    ("cost-of-a-string", lambda c, mp: kerascomp.cost("model.keras"),
+     InvalidArgumentError, "expected a Keras model, got builtins.str"),
+    ("latency-table-of-a-string", lambda c, mp: kerascomp.latency_table("model.keras"),
+     InvalidArgumentError, "expected a Keras model, got builtins.str"),
+    ("export-quantize-mode", lambda c, mp: kerascomp.export_tflite(c.model, c.tmp / "m.tflite", quantize="int4"),
+     InvalidArgumentError, "quantize='int4' is not one of"),
+    ("export-int8-without-data", lambda c, mp: kerascomp.export_tflite(c.model, c.tmp / "m.tflite", quantize="int8"),
+     InvalidArgumentError, "quantize='int8' needs representative_data"),
+    ("export-suffix", lambda c, mp: kerascomp.export_tflite(c.model, c.tmp / "model.keras"),
+     InvalidArgumentError, r"model.keras should end in .tflite"),
+    ("export-into-a-folder", lambda c, mp: kerascomp.export_tflite(c.model, (c.tmp / "m.tflite").mkdir() or
+                                                                  c.tmp / "m.tflite"),
+     InvalidArgumentError, "m.tflite: it is a folder"),
+    ("export-unwritable-folder", _unwritable, InvalidArgumentError, "is not writable"),
+    ("export-write-fails", _failing_write, ExportError, r"cannot write .*m.tflite: .*No space left"),
+    ("export-check-samples", lambda c, mp: kerascomp.export_tflite(c.model, c.tmp / "m.tflite", check_samples=0),
+     InvalidArgumentError, "check_samples must be a positive int, got 0"),
+    ("bench-empty-file", lambda c, mp: kerascomp.benchmark_tflite(c.tflite("empty.tflite", b"")),
+     BenchmarkError, "empty.tflite is not a valid .tflite"),
+    ("bench-foreign-file", lambda c, mp: kerascomp.benchmark_tflite(_foreign_file(c)),
+     BenchmarkError, "model.tflite is not a valid .tflite"),
+    ("bench-runs", lambda c, mp: kerascomp.benchmark_tflite(c.tflite("m.tflite", b"x"), runs=0),
+     InvalidArgumentError, "runs must be a positive int, got 0"),
+    ("compare-nothing", lambda c, mp: kerascomp.compare_tflite([]),
+     InvalidArgumentError, "compare_tflite needs at least one"),
+]
+if legacy_requested():  # tfmot runs on tf_keras models
+    CATALOGUE.append(("qat-keep-float", lambda c, mp: kerascomp.quantize_aware(c.model, keep_float=["nope"]),
+                      InvalidArgumentError, r"keep_float names layer\(s\) \['nope'\]"))
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=[case[0] for case in CATALOGUE])
+def test_catalogue(case, small_resnet, keras, tmp_path, monkeypatch):
+    _, call, error, message = case
+    ctx = Ctx(small_resnet, keras, tmp_path)
+    before = model_fingerprint(small_resnet)
+    with pytest.raises(error, match=message) as raised:
+        call(ctx, monkeypatch)
+    assert isinstance(raised.value, CompressionError)
+    assert model_fingerprint(small_resnet) == before
+

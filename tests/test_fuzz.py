@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from kerascomp.api import METHODS
-from kerascomp.fuzz import Recipe, build_model, check_graph, draw_recipe, inputs_for, lossless, round_trip
+from kerascomp.fuzz import Recipe, build_model, check_graph, draw_recipe, sample_inputs, lossless, round_trip
 
 FUZZ = settings(deadline=None, phases=[Phase.explicit, Phase.generate], derandomize=True, suppress_health_check=list(HealthCheck), print_blob=True)
 
@@ -84,5 +84,5 @@ def test_round_trip_is_exact_and_recipes_are_reproducible(keras):
     second = build_model(MIXED, keras)
     for a, b in zip(first.get_weights(), second.get_weights()):
         np.testing.assert_array_equal(a, b)
-    x = inputs_for(first)
+    x = sample_inputs(first)
     np.testing.assert_array_equal(np.asarray(round_trip(first)(x)), np.asarray(first(x)))

@@ -116,14 +116,18 @@ def _atomic_write(path: Path, content: bytes) -> None:
         raise InvalidArgumentError(f"cannot export to {path}: the folder {directory} does not exist.")
     if not os.access(directory, os.W_OK):
         raise InvalidArgumentError(f"cannot export to {path}: the folder {directory} is not writable.")
+    if path.is_dir():
+        raise InvalidArgumentError(f"cannot export to {path}: it is a folder. Pass a file path ending in .tflite.")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=directory)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(content)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise ExportError(f"cannot write {path}: {error}. Nothing was left at {path}.") from error
         raise
 
 
@@ -142,7 +146,7 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     reports the top-1 agreement and warns (:class:`ParityWarning`) past a per-mode tolerance.
     The file is written atomically: an interrupted export leaves nothing at ``path``.
     """
-    from kerascomp.api import inputs_for
+    from kerascomp.api import check_finite, inputs_for
     from kerascomp.export.qat import is_quantize_aware
     from kerascomp.graph.keras_io import read_model, write_model
     from kerascomp.methods.strip import strip_graph
@@ -165,6 +169,7 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
             raise InvalidArgumentError("quantize='int8' needs representative_data: ~100-500 typical model inputs "
                                        "to calibrate activation ranges.")
         graph = read_model(model)
+        check_finite(graph)
         stripped = write_model(strip_graph(graph))
         shapes = graph.input_shapes()
     calibration = inputs_for(shapes, representative_data, "representative_data", limit=500)
