@@ -1,0 +1,21 @@
+"""Finetuning a compressed model under tf.distribute.MirroredStrategy gives the single-device result."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_mirrored_strategy_matches_single_device():
+    script = Path(__file__).with_name("mirrored_fit.py")
+    completed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                               env={**os.environ, "PYTHONPATH": str(script.parents[1])})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    assert "FilterGroupConv2D" in report["fga"]["classes"]  # the training-time wrapper is what was fitted
+    for case in ("fga", "rounds"):
+        assert report[case]["params"][0] == report[case]["params"][1]
+        assert report[case]["relative_difference"] < 1e-5, report
+    assert len(report["rounds"]["per_fit_difference"]) == 2  # the regularised fit and the pruned model's fit
+    assert abs(report["fga"]["single_loss"] - report["fga"]["mirrored_loss"]) < 1e-4
