@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     headers = ["model", "target", "precision", "MACs ratio", "latency ratio", "realised fraction", "size ratio",
                "compress s"]
     errors = [f"- {r['model']} @ {r['target_flops']}: {r['error']}" for r in records if "error" in r]
-    markdown = [f"# FGA latency realisation (LiteRT, 1 thread, XNNPACK)\n", f"Command: `{meta['command']}`  ",
+    markdown = ["# FGA latency realisation (LiteRT, 1 thread, XNNPACK)\n", f"Command: `{meta['command']}`  ",
                 f"Run: {meta['date']}, {meta['keras']}, {meta['cpus']} CPUs, {args.runs} interleaved runs per file.\n",
                 "realised fraction = (original latency / compressed latency) / (original MACs / compressed MACs); "
                 "1.0 means the speedup equals the MACs reduction.\n", table(headers, rows, markdown=True)]

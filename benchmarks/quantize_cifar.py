@@ -45,7 +45,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    import numpy as np
 
     import kerascomp
     from kerascomp.cli import load_demo_model

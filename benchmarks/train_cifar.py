@@ -47,7 +47,6 @@ def main(argv=None) -> None:
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
 
-    import numpy as np
     import tensorflow as tf
 
     from kerascomp.data import augmented_dataset, find_data, load_npz

@@ -36,11 +36,12 @@ def singular_value_scores(kernel: np.ndarray, gradient: np.ndarray) -> tuple[np.
 
 
 def thin_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.linalg.svd(matrix, full_matrices=False)`` for a wide float64 matrix, through the eigen-
-    decomposition of the small Gram matrix ``M M^T`` when the matrix is at least 4x wider than tall
-    (a 3x3 conv's reshape is 9x wider), which is several times faster."""
+    """``np.linalg.svd(matrix, full_matrices=False)`` for a float64 matrix, through the eigen-
+    decomposition of the Gram matrix ``M M^T`` when the matrix is at least 4x wider than tall (a 3x3
+    conv's reshape is 9x wider) or at least 128 rows tall (a wide 1x1 conv), which is several times
+    faster. Singular values below 1e-10 of the largest get zero right vectors."""
     rows, columns = matrix.shape
-    if columns < 4 * rows:
+    if columns < 4 * rows and (rows < 128 or columns < rows):
         return np.linalg.svd(matrix, full_matrices=False)
     eigenvalues, left = np.linalg.eigh(matrix @ matrix.T)
     order = np.argsort(eigenvalues)[::-1]
@@ -52,8 +53,9 @@ def thin_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _value_scores(left: np.ndarray, values: np.ndarray, right: np.ndarray, gradient_matrix: np.ndarray) -> np.ndarray:
-    # dW_i = -s_i u_i v_i^T, so (G * dW_i) summed squared = s_i^2 * sum_jk (G_jk u_ij v_ik)^2
-    return values ** 2 * np.einsum("jk,ji,ik->i", gradient_matrix ** 2, left ** 2, right ** 2)
+    # dW_i = -s_i u_i v_i^T, so (G * dW_i) summed squared = s_i^2 * sum_jk (G_jk u_ij v_ik)^2,
+    # computed as one matrix product: sum_j u_ij^2 (G^2 (v^2)^T)_ji
+    return values ** 2 * np.sum(left ** 2 * ((gradient_matrix ** 2) @ (right ** 2).T), axis=0)
 
 
 @dataclass
@@ -132,6 +134,7 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
     rank = min(area * channels, filters)
     per_step = max(1, int(round(step_fraction * (channels + rank))))
     order, removed_counts, ranks, fractions, scores = [], [], [], [], []
+    stale = True
     while True:
         done = 1.0 - kept_fraction(area, channels, filters, int(kept.sum()), rank)
         if done >= max_fraction:
@@ -143,8 +146,9 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
             saving = area * (rank if low_rank else filters)
             units += [(channel_cost[c] / saving, 0, int(c)) for c in np.flatnonzero(kept)]
         if decompose and rank > 1:
-            matrix = channel_matrix(current[:, :, kept, :])
-            left, values, right = thin_svd(matrix)
+            if stale:  # a removed channel changes every singular triplet; removed values change none
+                left, values, right = thin_svd(channel_matrix(current[:, :, kept, :]))
+                stale = False
             left, values, right = left[:, :rank], values[:rank], right[:rank]
             value_cost = _value_scores(left, values, right, channel_matrix(gradient[:, :, kept, :]))
             saving = area * int(kept.sum()) + filters
@@ -160,8 +164,11 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
             count = int(kept.sum())
             current[:, :, kept, :] = np.transpose(block.reshape(filters, count, height, width), (2, 3, 1, 0))
             rank -= len(values_out)
+            left, values, right = (np.delete(left, values_out, axis=1), np.delete(values, values_out),
+                                   np.delete(right, values_out, axis=0))
         for _, kind, index in chosen:
             if kind == 0 and kept.sum() > 1:
+                stale = True
                 kept[index] = False
                 current[:, :, index, :] = 0.0
                 order.append(index)

@@ -1,0 +1,219 @@
+"""Zoo sweep: every keras.applications CNN under every method -- compress, strip, export, run.
+
+    python -m benchmarks.zoo                   # one model per family (the smallest), every method
+    python -m benchmarks.zoo --models all      # every CNN in keras.applications
+    python -m benchmarks.zoo --models ResNet50,VGG16 --methods l1,fga
+    # writes benchmarks/results/zoo.{json,md}; cases already in the JSON are skipped (--fresh redoes them)
+
+Each model is built with ``weights=None``, ``classes=10`` and the smallest input its family
+accepts (32x32, or 75x75 for Inception, 71x71 for Xception), in its own process with a time limit
+(``--timeout`` seconds per model), so a crash or a hang in one model cannot stop the sweep. Per
+method: ``kerascomp.compress(target_flops=--target, data=16 random images)`` (collaborative gets
+random labels), then ``strip``, ``export_tflite`` (its LiteRT parity check runs the file) and a
+3-run LiteRT benchmark. An outcome is **ok** (exported, .tflite within 1e-4 of Keras), **refused**
+(a kerascomp error, with its message), or **failed**: any other exception (an internal traceback),
+a broken budget, a parity error, a changed input model, or a timeout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import command_line, write_results
+
+RESULTS = Path(__file__).resolve().parent / "results"
+METHODS = "fga,l1,correlation,svd,joint_svd,tucker,collaborative"
+FAMILIES = ["ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0", "InceptionResNetV2", "InceptionV3",
+            "MobileNet", "MobileNetV2", "MobileNetV3Small", "NASNetMobile", "ResNet50", "ResNet50V2", "VGG16",
+            "Xception"]
+MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
+
+
+def application_names(keras) -> list[str]:
+    """Every model constructor in keras.applications (all of them are CNNs in Keras 3.15)."""
+    names = []
+    for name in dir(keras.applications):
+        attribute = getattr(keras.applications, name)
+        if callable(attribute) and name[0].isupper() and not isinstance(attribute, type):
+            names.append(name)
+    return sorted(names)
+
+
+def run_case(keras, name: str, method: str, target: float, folder: Path) -> dict:
+    """One (model, method) case, in this process."""
+    import traceback
+
+    import numpy as np
+
+    import kerascomp
+    from kerascomp.errors import CompressionError
+
+    size = next((s for prefix, s in MIN_SIZE.items() if name.startswith(prefix)), 32)
+    case = {"model": name, "method": method, "input": size}
+    stage = "build"
+    try:
+        model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
+        before = [w.copy() for w in model.get_weights()]
+        case["params"] = int(model.count_params())
+        rng = np.random.default_rng(0)
+        x = rng.uniform(0, 255, (16, size, size, 3)).astype("float32")
+        data = (x, rng.integers(0, 10, 16)) if method == "collaborative" else x
+        stage = "compress"
+        started = time.perf_counter()
+        try:
+            import warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", kerascomp.CompressionWarning)
+                result = kerascomp.compress(model, method, target_flops=target, data=data, verbose=0)
+        except CompressionError as refusal:
+            return {**case, "status": "refused", "stage": stage, "error": type(refusal).__name__,
+                    "message": str(refusal)[:600]}
+        case["compress_s"] = round(time.perf_counter() - started, 1)
+        case["macs_ratio"] = round(result.report.macs_ratio, 4)
+        case["params_ratio"] = round(result.report.params_ratio, 4)
+        case["kept_layers"] = len(result.report.kept())
+        case["warnings"] = len(caught)
+        if result.report.macs_ratio > target + 1e-9:
+            return {**case, "status": "failed", "stage": stage, "message": f"MACs ratio {result.report.macs_ratio}"}
+        if any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights())):
+            return {**case, "status": "failed", "stage": stage, "message": "the input model's weights changed"}
+        stage = "strip"
+        kerascomp.strip(result.model)
+        stage = "export"
+        started = time.perf_counter()
+        exported = kerascomp.export_tflite(result.model, folder / f"{name}_{method}.tflite", check_samples=2)
+        case["export_s"] = round(time.perf_counter() - started, 1)
+        case["tflite_kib"] = round(exported.size_bytes / 1024, 1)
+        case["tflite_error"] = float(f"{exported.relative_error:.3g}")
+        if not exported.relative_error < 1e-4:
+            return {**case, "status": "failed", "stage": stage, "message": f"parity {exported.relative_error:.3g}"}
+        stage = "run"
+        kerascomp.benchmark_tflite(exported.path, runs=3, warmup=1)
+        os.unlink(exported.path)
+        return {**case, "status": "ok", "stage": "run"}
+    except Exception as error:  # noqa: BLE001 - an internal traceback is the failure this sweep counts
+        return {**case, "status": "failed", "stage": stage, "error": type(error).__name__,
+                "message": str(error)[:400], "traceback": traceback.format_exc(limit=-6)[-3000:]}
+
+
+def worker(name: str, methods: list[str], target: float) -> None:
+    """Run every method on one model and print one JSON line per case."""
+    import tempfile
+
+    from kerascomp.graph.flavour import default_keras
+
+    keras = default_keras()
+    with tempfile.TemporaryDirectory(prefix="kerascomp-zoo-") as folder:
+        for method in methods:
+            case = run_case(keras, name, method, target, Path(folder))
+            print("CASE " + json.dumps(case), flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="families", help="'families' (default), 'all', or a comma list")
+    parser.add_argument("--methods", default=METHODS)
+    parser.add_argument("--target", type=float, default=0.5, help="fraction of the MACs to keep")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per model (all its methods)")
+    parser.add_argument("--fresh", action="store_true", help="redo cases already in the results JSON")
+    parser.add_argument("--out", default=str(RESULTS / "zoo"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    methods = args.methods.split(",")
+    if args.worker:
+        worker(args.worker, methods, args.target)
+        return 0
+
+    from kerascomp.graph.flavour import default_keras
+
+    keras = default_keras()
+    names = (FAMILIES if args.models == "families" else application_names(keras) if args.models == "all"
+             else args.models.split(","))
+    out = Path(args.out)
+    record = {"cases": []}
+    if out.with_suffix(".json").exists() and not args.fresh:
+        record = json.loads(out.with_suffix(".json").read_text())
+    record.update({"command": command_line("benchmarks.zoo"), "machine": platform.platform(),
+                   "keras": keras.__version__, "target_flops": args.target})
+    done = {(c["model"], c["method"]) for c in record["cases"]}
+    for name in names:
+        todo = [m for m in methods if (name, m) not in done]
+        if not todo:
+            continue
+        print(f"{name}: {', '.join(todo)}", flush=True)
+        cases = _run_worker(name, todo, args)
+        record["cases"] = [c for c in record["cases"] if (c["model"], c["method"]) not in
+                           {(k["model"], k["method"]) for k in cases}] + cases
+        for case in cases:
+            print(f"  {case['method']}: {case['status']} {case.get('message', '')[:120]}", flush=True)
+        write_results(out, record, markdown(record))
+    failures = [c for c in record["cases"] if c["status"] == "failed"]
+    return 1 if failures else 0
+
+
+def _run_worker(name: str, methods: list[str], args) -> list[dict]:
+    command = [sys.executable, "-m", "benchmarks.zoo", "--worker", name, "--methods", ",".join(methods),
+               "--target", str(args.target)]
+    started = time.perf_counter()
+    try:
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
+                                   cwd=Path(__file__).resolve().parents[1])
+        stdout, stderr, code = completed.stdout, completed.stderr, completed.returncode
+    except subprocess.TimeoutExpired as expired:
+        stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
+        stderr, code = f"timed out after {args.timeout} s", None
+    cases = [json.loads(line[5:]) for line in stdout.splitlines() if line.startswith("CASE ")]
+    seen = {c["method"] for c in cases}
+    for method in methods:
+        if method not in seen:
+            reason = stderr.strip().splitlines()[-1] if stderr.strip() else f"worker exited with {code}"
+            cases.append({"model": name, "method": method, "status": "failed", "stage": "worker",
+                          "message": reason[:400]})
+    for case in cases:
+        case.setdefault("model_wall_s", round(time.perf_counter() - started, 1))
+    return cases
+
+
+def markdown(record: dict) -> str:
+    from kerascomp.report import table
+
+    cases = record["cases"]
+    methods = [m for m in METHODS.split(",") if any(c["method"] == m for c in cases)]
+    models = list(dict.fromkeys(c["model"] for c in cases))
+    by_key = {(c["model"], c["method"]): c for c in cases}
+    mark = {"ok": "ok", "refused": "refused", "failed": "**FAILED**"}
+    rows = []
+    for name in models:
+        row = [name]
+        for method in methods:
+            case = by_key.get((name, method))
+            if case is None:
+                row.append("")
+                continue
+            cell = mark[case["status"]]
+            if case["status"] == "ok":
+                cell += f" {case['macs_ratio']:.2f}"
+            row.append(cell)
+        rows.append(row)
+    totals = {status: sum(c["status"] == status for c in cases) for status in ("ok", "refused", "failed")}
+    details = "\n".join(f"- {c['model']} / {c['method']} ({c['status']} at {c['stage']}): "
+                        f"`{c.get('error', '')} {c.get('message', '')[:300]}`"
+                        for c in cases if c["status"] != "ok")
+    return (f"# keras.applications sweep (Keras {record['keras']})\n\nCommand: `{record['command']}`\n\n"
+            f"Target: {record['target_flops']} of the MACs. Each cell: ok (with the realised MACs ratio), refused "
+            f"(a kerascomp error) or FAILED (an internal error, a broken budget or parity, or a timeout).\n\n"
+            f"**{totals['ok']} ok, {totals['refused']} refused, {totals['failed']} failed** of {len(cases)} cases "
+            f"on {len(models)} models.\n\n{table(['model'] + methods, rows, markdown=True)}\n\n"
+            f"## Refusals and failures\n\n{details or 'None.'}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
