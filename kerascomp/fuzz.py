@@ -241,7 +241,7 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
     from kerascomp.decompose import jsvd
     from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write_model
     from kerascomp.methods import joint_svd
-    from kerascomp.methods.fga import FGAOptions, _fga_spec, ineligibility
+    from kerascomp.methods.fga import FGAOptions, _fga_spec, allowed_groups, ineligibility
     from kerascomp.methods.tucker import factor_layer
 
     with warnings.catch_warnings():
@@ -261,7 +261,7 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
         for name, spec in list(graph.layers.items()):
             if len(graph.nodes_of(name)) and ineligibility(spec, options) is None:
                 kernel = spec.weights[0]
-                groups = max(g for g in (1, 2, 4) if kernel.shape[2] % g == 0)
+                groups = max(g for g in allowed_groups(spec, 1) if g <= 4)
                 graph.layers[name] = _fga_spec(spec, groups, fga_math.max_rank(kernel.shape, groups), keras)
     elif method == "tucker":
         for name, spec in list(graph.layers.items()):

@@ -62,6 +62,24 @@ def test_a_mixed_graph_is_compressed_not_refused(keras, method, tmp_path):
     assert outcomes[1].measures["tflite_error"] < 1e-4
 
 
+# Graphs on which benchmarks/fuzz.py found a failure, kept as regression cases.
+REGRESSIONS = [
+    # a grouped FGA form of a dilated conv cannot be trained by TensorFlow's CPU kernels
+    ("fga", Recipe(True, (8, 8, 8), [
+        ("conv", {"filters": 32, "kernel": 1, "strides": 2, "padding": "same", "use_bias": False,
+                  "activation": "relu"}),
+        ("dilated", {"filters": 32, "rate": 2}), ("relu", {}), ("grouped", {"filters": 24, "groups": 4})],
+        head="none", seed=0)),
+    # a model without MACs made the pruning budget error divide by zero
+    ("correlation", Recipe(True, (8, 8, 8), [("bn", {}), ("pool", {"kind": "max"})], head="none", seed=205)),
+]
+
+
+@pytest.mark.parametrize("method,recipe", REGRESSIONS, ids=[f"{m}-{i}" for i, (m, _) in enumerate(REGRESSIONS)])
+def test_regressions_found_by_the_fuzzer(keras, method, recipe, tmp_path):
+    _assert_no_failure(check_graph(build_model(recipe, keras), method, target=0.5, folder=tmp_path), recipe)
+
+
 def test_the_checks_catch_a_broken_rewrite(keras, monkeypatch):
     """A rewrite that changes the function is reported as a failure, not passed."""
     import kerascomp.fuzz as fuzz

@@ -77,10 +77,19 @@ def _group_options(channels: int, min_per_group: int) -> list[int]:
     return [g for g in range(1, channels + 1) if channels % g == 0 and (g == 1 or channels // g >= min_per_group)]
 
 
+def allowed_groups(spec: LayerSpec, min_channels_per_group: int) -> list[int]:
+    """The group counts FGA may give this conv. A dilated conv stays ungrouped: TensorFlow's CPU
+    kernels cannot train a grouped conv with dilation (Conv2DBackpropFilter refuses it; found by
+    benchmarks/fuzz.py)."""
+    if any(rate != 1 for rate in spec.config.get("dilation_rate", (1, 1))):
+        return [1]
+    return _group_options(spec.weights[0].shape[2], min_channels_per_group)
+
+
 def _error_curves(spec: LayerSpec, options: FGAOptions) -> dict[int, np.ndarray]:
     kernel = spec.weights[0]
     return {groups: fga_math.relative_error_curve(kernel, groups)
-            for groups in _group_options(kernel.shape[2], options.min_channels_per_group)}
+            for groups in allowed_groups(spec, options.min_channels_per_group)}
 
 
 def fga_form(groups: int) -> str:
