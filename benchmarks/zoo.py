@@ -3,7 +3,8 @@
     python -m benchmarks.zoo                   # one model per family (the smallest), every method
     python -m benchmarks.zoo --models all      # every CNN in keras.applications
     python -m benchmarks.zoo --models ResNet50,VGG16 --methods l1,fga
-    # writes benchmarks/results/zoo.{json,md}; cases already in the JSON are skipped (--fresh redoes them)
+    # writes benchmarks/results/zoo.{json,md}; cases already in the JSON are skipped
+    # (--fresh redoes them all, --redo-failed the failed ones)
 
 Each model is built with ``weights=None``, ``classes=10`` and the smallest input its family
 accepts (32x32, or 75x75 for Inception, 71x71 for Xception), in its own process with a time limit
@@ -123,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=0.5, help="fraction of the MACs to keep")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per model (all its methods)")
     parser.add_argument("--fresh", action="store_true", help="redo cases already in the results JSON")
+    parser.add_argument("--redo-failed", action="store_true", help="redo the failed cases in the results JSON")
     parser.add_argument("--out", default=str(RESULTS / "zoo"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -143,7 +145,7 @@ def main(argv=None) -> int:
         record = json.loads(out.with_suffix(".json").read_text())
     record.update({"command": command_line("benchmarks.zoo"), "machine": platform.platform(),
                    "keras": keras.__version__, "target_flops": args.target})
-    done = {(c["model"], c["method"]) for c in record["cases"]}
+    done = {(c["model"], c["method"]) for c in record["cases"] if not (args.redo_failed and c["status"] == "failed")}
     for name in names:
         todo = [m for m in methods if (name, m) not in done]
         if not todo:

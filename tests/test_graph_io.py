@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 
+import kerascomp
 from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
+from kerascomp.graph.flavour import legacy_requested
 from kerascomp.graph.ir import Ref
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 
@@ -136,3 +138,26 @@ def test_custom_layer_with_config_round_trips(keras):
     rebuilt = write_model(read_model(model))
     assert type(rebuilt.get_layer("scale")) is Scale
     _assert_same(model, rebuilt, np.ones((2, 4), "float32"))
+
+
+@pytest.mark.skipif(legacy_requested(), reason="Keras 3 operations; tf_keras wraps them in TFOpLambda layers")
+def test_keras3_operations_in_a_functional_graph(keras):
+    """``x + y`` of equal shapes reads as an Add merge (so pruning sees through it, as in ConvNeXt);
+    other operations read as ``op:<class>`` and block pruning with a warning naming them."""
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(16, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(16, 3, padding="same", name="b")(a)
+    x = a + b
+    x = keras.layers.Conv2D(16, 3, padding="same", name="c")(x)
+    y = keras.ops.abs(x)
+    model = keras.Model(inputs, keras.layers.Conv2D(8, 3, name="d")(y))
+    graph = read_model(model)
+    kinds = {spec.class_name for spec in graph.layers.values()}
+    assert "Add" in kinds and "op:Absolute" in kinds
+    images = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(write_model(graph)(images)), np.asarray(model(images)))
+    with pytest.warns(kerascomp.CompressionWarning, match="absolute"):
+        result = kerascomp.compress(model, "l1", target_flops=0.7, verbose=0)
+    pruned = {d.layer for d in result.report.layers if d.action.startswith("pruned")}
+    assert {"a", "b"} <= pruned  # coupled through the Add
+    assert "c" not in {d.layer for d in result.report.layers if "out" in d.action}  # blocked by the op

@@ -30,10 +30,11 @@ class LayerSpec:
     cls: type
     config: dict
     weights: list[np.ndarray] = field(default_factory=list)
+    kind: str = ""  # overrides the class name, e.g. "op:Reshape" for a Keras 3 operation that is not a layer
 
     @property
     def class_name(self) -> str:
-        return self.cls.__name__
+        return self.kind or self.cls.__name__
 
 
 @dataclass

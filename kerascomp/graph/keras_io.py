@@ -70,9 +70,38 @@ def _has_config(layer: Any) -> bool:
         return False
 
 
+# Keras 3 operations (``x + y``, ``keras.ops.add``) that act like the merge layer of the same name
+# when they combine equally shaped tensors.
+_MERGE_OPS = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
+
+
+def _operation_spec(model: Any, name: str, entry: dict) -> LayerSpec | None:
+    """A Keras 3 functional graph may call operations that are not layers (ConvNeXt's residual
+    ``inputs + x``). An element-wise merge of equally shaped tensors reads as the merge layer of its
+    name; any other operation as ``op:<class>``, which every pass treats as an unknown layer."""
+    operation = next((op for op in getattr(model, "operations", []) if op.name == name), None)
+    if operation is None:
+        return None
+    cls = type(operation)
+    nodes = entry.get("inbound_nodes") or []
+    args = nodes[0].get("args", []) if len(nodes) == 1 and isinstance(nodes[0], dict) else [None]
+    shapes = [a["config"]["shape"] if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__" else None
+              for a in args]
+    merge = (cls.__name__ in _MERGE_OPS and len(shapes) >= 2 and None not in shapes
+             and all(list(s) == list(shapes[0]) for s in shapes) and not nodes[0].get("kwargs"))
+    return LayerSpec(name=name, cls=cls, config=dict(entry["config"]), weights=[],
+                     kind="" if merge else f"op:{cls.__name__}")
+
+
 def _layer_spec(model: Any, entry: dict) -> LayerSpec:
     name = entry["config"].get("name") or entry.get("name")
-    layer = model.get_layer(name)
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        spec = _operation_spec(model, name, entry)
+        if spec is None:
+            raise
+        return spec
     config = dict(entry["config"])
     return LayerSpec(name=layer.name, cls=type(layer), config=config,
                      weights=[np.array(w) for w in layer.get_weights()])
@@ -292,6 +321,8 @@ def _make_layer(spec: LayerSpec) -> Any:
 
 
 def _set_weights(layer: Any, spec: LayerSpec) -> None:
+    if not spec.weights and not hasattr(layer, "set_weights"):  # a Keras 3 operation
+        return
     try:
         layer.set_weights(spec.weights)
     except ValueError as error:
