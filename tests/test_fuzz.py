@@ -1,5 +1,7 @@
 """Property tests on random CNN graphs (kerascomp.fuzz): IR round trip, lossless rewrites, and compression
 at a real target. ``python -m benchmarks.fuzz`` runs the same checks on hundreds of graphs."""
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -8,6 +10,8 @@ from hypothesis import strategies as st
 from kerascomp.api import METHODS
 from kerascomp.fuzz import Recipe, build_model, check_graph, draw_recipe, sample_inputs, lossless, round_trip
 
+# CI runs a few examples; KERASCOMP_FUZZ_EXAMPLES=200 runs more (benchmarks/fuzz.py runs hundreds).
+EXAMPLES = int(os.environ.get("KERASCOMP_FUZZ_EXAMPLES", "8"))
 FUZZ = settings(deadline=None, phases=[Phase.explicit, Phase.generate], derandomize=True, suppress_health_check=list(HealthCheck), print_blob=True)
 
 
@@ -20,7 +24,7 @@ def _assert_no_failure(outcomes, recipe):
         assert outcome.status != "failed", f"{outcome.method} failed at {outcome.stage} on {recipe}:\n{outcome.detail}"
 
 
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=EXAMPLES)
 @given(data=st.data())
 def test_round_trip_and_every_lossless_rewrite_keep_the_outputs(keras, data):
     recipe = draw_recipe(_chooser(data))
@@ -29,7 +33,7 @@ def test_round_trip_and_every_lossless_rewrite_keep_the_outputs(keras, data):
         _assert_no_failure(check_graph(model, method, target=None), recipe)
 
 
-@settings(FUZZ, max_examples=7)
+@settings(FUZZ, max_examples=max(1, EXAMPLES * 3 // 4))
 @given(data=st.data())
 def test_compressed_graphs_meet_the_budget_fit_and_export(keras, data, tmp_path_factory):
     recipe = draw_recipe(_chooser(data))

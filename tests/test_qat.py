@@ -40,6 +40,7 @@ def test_bridge_gives_identical_outputs_on_grouped_resnet(grouped, images):
     assert moved.count_params() == grouped.count_params()
 
 
+@flavour_independent  # after quantize_aware every model is tf_keras; the Keras 3 pass also covers the bridge
 def test_qat_fits_one_epoch_and_exports_int8(grouped, images, tmp_path):
     before = model_fingerprint(grouped)
     qat = kerascomp.quantize_aware(grouped)
