@@ -231,3 +231,13 @@ def test_rms_gradient_is_the_root_mean_square_of_batch_gradients(keras):
     halves = [kernel_gradients(model, ["plain"], [(x[i:i + 16], y[i:i + 16])], loss)["plain"] for i in (0, 16)]
     rms = kernel_gradients(model, ["plain"], [(x[:16], y[:16]), (x[16:], y[16:])], loss, rms=True)["plain"]
     np.testing.assert_allclose(rms, np.sqrt((halves[0] ** 2 + halves[1] ** 2) / 2), rtol=1e-5, atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 600, 3), (1, 1, 672, 112), (3, 3, 2, 3)])
+def test_a_coarse_step_never_removes_the_last_value_or_channel(shape):
+    """A step removes up to step_fraction of all units; near the end of a thin layer's trajectory that
+    used to overshoot to rank 0 (EfficientNetB0's project convs in benchmarks/zoo.py)."""
+    rng = np.random.default_rng(0)
+    trajectory = multi_step_curve(rng.normal(size=shape), rng.normal(size=shape), step_fraction=0.2)
+    assert trajectory.rank.min() >= 1
+    assert trajectory.channels_removed.max(initial=0) <= shape[2] - 1

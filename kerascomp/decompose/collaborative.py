@@ -156,7 +156,18 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
         if not units:
             break
         units.sort()
-        chosen = units[:per_step]
+        chosen, values_taken, channels_taken = [], 0, 0
+        for unit in units:  # at most per_step units; keep at least one singular value and one channel
+            if len(chosen) == per_step:
+                break
+            if unit[1] == 1 and values_taken < rank - 1:
+                values_taken += 1
+                chosen.append(unit)
+            elif unit[1] == 0 and channels_taken < kept.sum() - 1:
+                channels_taken += 1
+                chosen.append(unit)
+        if not chosen:
+            break
         values_out = [index for _, kind, index in chosen if kind == 1]
         if values_out:
             change = sum(values[i] * np.outer(left[:, i], right[i]) for i in values_out)
@@ -167,7 +178,7 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
             left, values, right = (np.delete(left, values_out, axis=1), np.delete(values, values_out),
                                    np.delete(right, values_out, axis=0))
         for _, kind, index in chosen:
-            if kind == 0 and kept.sum() > 1:
+            if kind == 0:
                 stale = True
                 kept[index] = False
                 current[:, :, index, :] = 0.0
