@@ -154,6 +154,32 @@ def _shared_conv(x, layers):
     return shared(shared(layers.Conv2D(8, 1, name="stem")(x)))
 
 
+def _subclassed(ctx):
+    class Tiny(ctx.keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = ctx.keras.layers.Conv2D(4, 3)
+
+        def call(self, x):
+            return self.conv(x)
+
+    model = Tiny()
+    model(np.zeros((1, 8, 8, 3), "float32"))
+    return kerascomp.clone_compressed(model, verbose=0)
+
+
+def _no_config_layer(ctx):
+    class NoConfig(ctx.keras.layers.Layer):
+        def call(self, x):
+            return x * 2.0
+
+        def get_config(self):
+            raise NotImplementedError
+
+    model = ctx.functional(lambda x, layers: NoConfig(name="scaler")(layers.Conv2D(8, 3, name="conv")(x)))
+    return kerascomp.clone_compressed(model, verbose=0)
+
+
 def _foreign_file(ctx):
     path = ctx.tmp / "model.tflite"
     with zipfile.ZipFile(path, "w") as archive:  # a .keras archive renamed
@@ -190,6 +216,9 @@ CATALOGUE = [
      InvalidWeightsError, "'s1b1_conv1'"),
     ("unbuilt-model", lambda c, mp: kerascomp.clone_compressed(c.keras.Sequential([c.keras.layers.Dense(2)])),
      UnsupportedModelError, "not built"),
+    ("subclassed-model", lambda c, mp: _subclassed(c), UnsupportedModelError, "subclassed model"),
+    ("custom-layer-without-config", lambda c, mp: _no_config_layer(c), UnsupportedModelError,
+     r"layer\(s\) \['scaler'\] have no get_config"),
     ("lambda-blocks-pruning", lambda c, mp: kerascomp.clone_compressed(c.functional(_lambda_between_convs), "l1",
                                                                        target_flops=0.5, verbose=0),
      BudgetError, r"conv1.*Lambda 'double'"),
