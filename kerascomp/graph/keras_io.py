@@ -252,8 +252,8 @@ def _inline(graph: Graph, name: str, inner: Graph) -> None:
     """Replace the single call of nested model ``name`` by the nodes of its graph ``inner``."""
     outer = graph.nodes_of(name)[0]
     arguments = outer.input_refs()
-    if len(arguments) != len(inner.inputs) or outer.kwargs:
-        return  # an unusual call signature: keep the nested model as one layer
+    if len(arguments) != len(inner.inputs) or any(value is not None for value in outer.kwargs.values()):
+        return  # an unusual call signature: keep the nested model as one layer (Keras 3 records mask=None)
     taken = {n.name for n in graph.nodes} | set(graph.layers)
     renamed = {old: (old if old not in taken else f"{name}_{old}") for old in
                [n.name for n in inner.nodes] + list(inner.layers)}
