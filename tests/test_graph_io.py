@@ -65,6 +65,17 @@ def test_nested_models_are_inlined(keras):
     np.testing.assert_allclose(np.asarray(rebuilt(inputs)), np.asarray(outer(inputs)), atol=1e-6)
 
 
+def test_nested_sequential_in_a_functional_model_is_inlined(keras):
+    """Keras 3 records the nested call with mask=None (as in ConvNeXt's stem); it is still inlined."""
+    stem = keras.Sequential([keras.layers.Conv2D(8, 2, strides=2, name="stem_conv"),
+                             keras.layers.LayerNormalization(name="stem_norm")], name="stem")
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, name="head")(stem(inputs)))
+    graph = read_model(model)
+    assert "stem" not in graph.layers and {"stem_conv", "stem_norm"} <= set(graph.layers)
+    _assert_same(model, write_model(graph), np.ones((2, 8, 8, 3), "float32"))
+
+
 def test_nested_model_called_twice_stays_one_layer(keras):
     inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4)], name="block")
     inputs = keras.Input((4,))
