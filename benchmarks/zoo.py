@@ -13,7 +13,8 @@ method: ``kerascomp.compress(target_flops=--target, data=16 random images)`` (co
 random labels), then ``strip``, ``export_tflite`` (its LiteRT parity check runs the file) and a
 3-run LiteRT benchmark. An outcome is **ok** (exported, .tflite within 1e-4 of Keras), **refused**
 (a kerascomp error, with its message), or **failed**: any other exception (an internal traceback),
-a broken budget, a parity error, a changed input model, or a timeout.
+a broken budget, a parity error or a changed input model. A model whose methods run past the time
+limit marks the unfinished ones **timeout**.
 """
 from __future__ import annotations
 
@@ -124,8 +125,9 @@ def main(argv=None) -> int:
     parser.add_argument("--target", type=float, default=0.5, help="fraction of the MACs to keep")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per model (all its methods)")
     parser.add_argument("--fresh", action="store_true", help="redo cases already in the results JSON")
-    parser.add_argument("--redo-failed", action="store_true", help="redo the failed cases in the results JSON")
+    parser.add_argument("--redo-failed", action="store_true", help="redo the failed and timed-out cases in the results JSON")
     parser.add_argument("--out", default=str(RESULTS / "zoo"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -140,12 +142,19 @@ def main(argv=None) -> int:
     names = (FAMILIES if args.models == "families" else application_names(keras) if args.models == "all"
              else args.models.split(","))
     out = Path(args.out)
+    if args.report_only:
+        record = json.loads(out.with_suffix(".json").read_text())
+        for case in record["cases"]:  # runs before the timeout status existed
+            if case["status"] == "failed" and case.get("message", "").startswith("timed out"):
+                case["status"] = "timeout"
+        write_results(out, record, markdown(record))
+        return 0
     record = {"cases": []}
     if out.with_suffix(".json").exists() and not args.fresh:
         record = json.loads(out.with_suffix(".json").read_text())
     record.update({"command": command_line("benchmarks.zoo"), "machine": platform.platform(),
                    "keras": keras.__version__, "target_flops": args.target})
-    done = {(c["model"], c["method"]) for c in record["cases"] if not (args.redo_failed and c["status"] == "failed")}
+    done = {(c["model"], c["method"]) for c in record["cases"] if not (args.redo_failed and c["status"] in ("failed", "timeout"))}
     for name in names:
         todo = [m for m in methods if (name, m) not in done]
         if not todo:
@@ -177,7 +186,8 @@ def _run_worker(name: str, methods: list[str], args) -> list[dict]:
     for method in methods:
         if method not in seen:
             reason = stderr.strip().splitlines()[-1] if stderr.strip() else f"worker exited with {code}"
-            cases.append({"model": name, "method": method, "status": "failed", "stage": "worker",
+            status = "timeout" if code is None else "failed"
+            cases.append({"model": name, "method": method, "status": status, "stage": "worker",
                           "message": reason[:400]})
     for case in cases:
         case.setdefault("model_wall_s", round(time.perf_counter() - started, 1))
@@ -191,7 +201,7 @@ def markdown(record: dict) -> str:
     methods = [m for m in METHODS.split(",") if any(c["method"] == m for c in cases)]
     models = list(dict.fromkeys(c["model"] for c in cases))
     by_key = {(c["model"], c["method"]): c for c in cases}
-    mark = {"ok": "ok", "refused": "refused", "failed": "**FAILED**"}
+    mark = {"ok": "ok", "refused": "refused", "failed": "**FAILED**", "timeout": "timeout"}
     rows = []
     for name in models:
         row = [name]
@@ -205,14 +215,16 @@ def markdown(record: dict) -> str:
                 cell += f" {case['macs_ratio']:.2f}"
             row.append(cell)
         rows.append(row)
-    totals = {status: sum(c["status"] == status for c in cases) for status in ("ok", "refused", "failed")}
+    totals = {status: sum(c["status"] == status for c in cases) for status in ("ok", "refused", "failed", "timeout")}
     details = "\n".join(f"- {c['model']} / {c['method']} ({c['status']} at {c['stage']}): "
                         f"`{c.get('error', '')} {c.get('message', '')[:300]}`"
                         for c in cases if c["status"] != "ok")
     return (f"# keras.applications sweep (Keras {record['keras']})\n\nCommand: `{record['command']}`\n\n"
             f"Target: {record['target_flops']} of the MACs. Each cell: ok (with the realised MACs ratio), refused "
-            f"(a kerascomp error) or FAILED (an internal error, a broken budget or parity, or a timeout).\n\n"
-            f"**{totals['ok']} ok, {totals['refused']} refused, {totals['failed']} failed** of {len(cases)} cases "
+            f"(a kerascomp error), FAILED (an internal error, a broken budget or parity) or timeout (the model's "
+            f"methods ran past --timeout).\n\n"
+            f"**{totals['ok']} ok, {totals['refused']} refused, {totals['failed']} failed, {totals['timeout']} timed "
+            f"out** of {len(cases)} cases "
             f"on {len(models)} models.\n\n{table(['model'] + methods, rows, markdown=True)}\n\n"
             f"## Refusals and failures\n\n{details or 'None.'}\n")
 
