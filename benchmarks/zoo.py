@@ -6,7 +6,8 @@
     # writes benchmarks/results/zoo.{json,md}; cases already in the JSON are skipped
     # (--fresh redoes them all, --redo-failed the failed ones)
 
-Each model is built with ``weights=None``, ``classes=10`` and the smallest input its family
+Each model is built with ``weights=None``, ``classes=10``, logits out (``classifier_activation=None``:
+a saturated softmax would make the parity check vacuous) and the smallest input its family
 accepts (32x32, or 75x75 for Inception, 71x71 for Xception), in its own process with a time limit
 (``--timeout`` seconds per model), so a crash or a hang in one model cannot stop the sweep. Per
 method: ``kerascomp.compress(target_flops=--target, data=16 random images)`` (collaborative gets
@@ -60,7 +61,11 @@ def run_case(keras, name: str, method: str, target: float, folder: Path) -> dict
     case = {"model": name, "method": method, "input": size}
     stage = "build"
     try:
-        model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3), classes=10)
+        build = getattr(keras.applications, name)
+        try:  # logits: a saturated softmax of random weights would make the parity check vacuous
+            model = build(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
+        except TypeError:
+            model = build(weights=None, input_shape=(size, size, 3), classes=10)
         before = [w.copy() for w in model.get_weights()]
         case["params"] = int(model.count_params())
         rng = np.random.default_rng(0)
