@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 DATA_HELP = "folder or .npz (default: $KERASCOMP_DATA, ../shared/data)"
 
@@ -11,6 +12,9 @@ def load_cifar(data_argument: str | None) -> dict | None:
     from kerascomp.data import find_data, load_npz
 
     path = find_data(data_argument)
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
+    if path is None and shared.is_file():
+        path = shared
     if path is None:
         print("CIFAR-10 not found: pass --data or set KERASCOMP_DATA", file=sys.stderr)
         return None

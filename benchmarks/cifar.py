@@ -1,0 +1,450 @@
+"""The CIFAR-10 benchmark suite: every kerascomp method and the peers at equal targets and one finetune budget.
+
+    KERASCOMP_DATA=../shared/data python -m benchmarks.cifar --model resnet20 \\
+        --methods none,fga,l1,correlation,svd,joint_svd,tucker,collaborative,tfmot,mct --targets 0.5,0.2
+    python -m benchmarks.cifar --report        # benchmarks/RESULTS.md + results/cifar_accuracy_vs_macs.png
+    python -m benchmarks.cifar --verify        # reload the kept .keras files, check checksums and top-1
+
+Writes ``benchmarks/results/cifar_<model>.{json,md}`` after every row; a re-run keeps the rows it
+already has (``--redo KEY,...`` or ``--fresh`` to measure again). Rows, one per method and target:
+
+* ``none``: the baseline finetuned with the same budget (the control every drop is read against);
+* ``fga``, ``l1``, ``svd``, ``tucker``: ``clone_compressed(method=..., target_flops=t, data=256 images)``;
+* ``joint_svd``: the same with ``target_params=t`` (the method is a params compressor);
+* ``correlation``: ``prune_in_rounds`` with one round: one epoch of the correlation regulariser,
+  the drop (compensated, BN recalibrated), then the remaining epochs of finetuning;
+* ``collaborative``: ``kerascomp.plan`` on 512 labelled training images the finetuning never sees, then
+  ``clone_compressed(plan=...)``;
+* ``tfmot``: tensorflow-model-optimization magnitude pruning to sparsity 1 - t (tf_keras, in a child
+  process), sparsity ramped over the first half of the budget; the masks stay dense in the .tflite;
+* ``mct``: Sony model-compression-toolkit structured pruning to t of the kernel memory, run in a
+  separate TF 2.15 venv (``benchmarks/peers/setup_mct.sh``), then finetuned here like every row.
+
+Every row is finetuned ``--epochs`` epochs on the first ``--train-samples`` training images (standard
+augmentation, SGD momentum 0.9 nesterov, cosine decay from ``--lr``, batch 128) and evaluated on all
+10,000 test images. Latency ratios are compressed/original LiteRT medians at 1 thread, XNNPACK on,
+the pair timed interleaved in one run; realised fraction = MACs ratio / latency ratio (1.0 = the
+speed-up equals the MACs cut). The shared CIFAR copy is JPEG-degraded: compare rows with each other.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+from benchmarks.common import DATA_HELP, load_cifar
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+KEPT = HERE / "models" / "compressed"
+MCT_PYTHON = HERE.parent / ".venv-mct" / "bin" / "python"
+MODELS = {"resnet20": (20, None), "resnet56": (56, HERE / "models" / "resnet56_cifar10.keras")}
+METHODS = ("none", "fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative", "tfmot", "mct")
+LEGACY = ("tfmot", "mct")  # need tf_keras: run in a child process with TF_USE_LEGACY_KERAS=1
+KEEP_BYTES = 2_000_000
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", choices=sorted(MODELS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--targets", default="0.5,0.2", help="fractions of MACs kept (params for joint_svd/mct)")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-samples", type=int, default=10000)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--runs", type=int, default=60, help="LiteRT runs per file for the latency ratios")
+    parser.add_argument("--out", default=None, help="results file stem (default: benchmarks/results/cifar_MODEL)")
+    parser.add_argument("--redo", default="", help="comma-separated row keys (method@target) to measure again")
+    parser.add_argument("--fresh", action="store_true", help="drop every kept row of this model")
+    parser.add_argument("--report", action="store_true", help="only write benchmarks/RESULTS.md and the plot")
+    parser.add_argument("--verify", action="store_true", help="only re-check the kept .keras files")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.report:
+        from benchmarks.cifar_report import write_report
+
+        write_report()
+        return 0
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {','.join(METHODS)}")
+    if args.epochs < 2 and "correlation" in methods:
+        parser.error("--epochs must be >= 2: correlation spends one epoch on its regulariser")
+    data = load_cifar(args.data)
+    if data is None:
+        return 2
+    out = Path(args.out) if args.out else RESULTS / f"cifar_{args.model}"
+    store = Store(out.with_suffix(".json"), setup={
+        "model": args.model, "epochs": args.epochs, "train_samples": args.train_samples, "lr": args.lr,
+        "data": args.data})
+    if args.verify:
+        return verify(store, data)
+    if args.fresh:
+        store.clear()
+    bench = None
+    redo = set(filter(None, args.redo.split(",")))
+    legacy = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
+    for requested in (float(t) for t in args.targets.split(",")):
+        for method in methods:
+            target = requested
+            if method == "none":  # the finetuned control is one row, whatever the targets
+                target = 1.0
+            key = f"{method}@{target:g}"
+            if key in store.rows() and key not in redo:
+                print(f"{key}: kept from {store.path.name}")
+                continue
+            if method in LEGACY and not legacy:
+                _run_legacy_child(argv, method, target, key in redo)
+                continue
+            print(f"== {key}", flush=True)
+            bench = bench or Bench(args, data, KEPT / out.name)
+            store.put(key, bench.row(method, target))
+            store.write_markdown()
+    store.write_markdown()
+    return 0
+
+
+def _run_legacy_child(argv, method: str, target: float, redo: bool) -> None:
+    """Measure one tf_keras-only row in a child process (tfmot sets TF_USE_LEGACY_KERAS process-wide)."""
+    args = [a for a in (argv if argv is not None else sys.argv[1:])]
+    child = [sys.executable, "-m", "benchmarks.cifar", *_without(args, ("--methods", "--targets", "--redo", "--fresh")),
+             "--methods", method, "--targets", f"{target:g}"] + (["--redo", f"{method}@{target:g}"] if redo else [])
+    print(f"== {method}@{target:g} in a tf_keras child process", flush=True)
+    subprocess.run(child, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, check=False)
+
+
+def _without(args: list[str], options: tuple[str, ...]) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in options:
+            skip = "=" not in arg and name != "--fresh"
+            continue
+        out.append(arg)
+    return out
+
+
+class Store:
+    """The JSON file of one model's rows; re-read before every write so child processes can add rows."""
+
+    def __init__(self, path: Path, setup: dict):
+        self.path, self.setup = path, setup
+        if path.exists():
+            kept = json.loads(path.read_text()).get("setup")
+            if kept is not None and kept != setup:
+                raise SystemExit(f"{path} holds rows measured with {kept}, not {setup}. "
+                                 "Pass the same options, or --fresh to start over.")
+
+    def _load(self) -> dict:
+        if self.path.exists():
+            return json.loads(self.path.read_text())
+        return {"setup": self.setup, "rows": {}}
+
+    def rows(self) -> dict:
+        return self._load()["rows"]
+
+    def clear(self) -> None:
+        state = self._load()
+        state["rows"] = {}
+        self._save(state)
+
+    def put(self, key: str, row: dict) -> None:
+        state = self._load()
+        state["rows"][key] = row
+        self._save(state)
+
+    def update(self, **fields) -> None:
+        state = self._load()
+        state.update(fields)
+        self._save(state)
+
+    def _save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state["setup"] = self.setup
+        self.path.write_text(json.dumps(state, indent=2, default=str) + "\n")
+
+    def write_markdown(self) -> None:
+        from benchmarks.cifar_report import model_table
+
+        state = self._load()
+        self.path.with_suffix(".md").write_text(model_table(state) + "\n")
+
+
+class Bench:
+    """The baseline, the data, and the measurements every row goes through."""
+
+    def __init__(self, args, data: dict, kept: Path):
+        import numpy as np
+
+        import kerascomp
+
+        self.args, self.kerascomp, self.np, self.kept = args, kerascomp, np, kept
+        self.keras = kerascomp._default_keras()
+        self.x_train = data["x_train"][:args.train_samples]
+        self.y_train = data["y_train"][:args.train_samples].ravel()
+        self.x_test, self.y_test = data["x_test"].astype("float32"), data["y_test"].ravel()
+        self.calibration = self.x_train[:256].astype("float32")
+        # the planner's labelled images come from the end of the training set, apart from the finetuning rows
+        self.labelled = (data["x_train"][-512:].astype("float32"), data["y_train"][-512:].ravel())
+        self.baseline = load_baseline(args.model)
+        self.original = kerascomp.cost(self.baseline)
+        self.workdir = Path(tempfile.mkdtemp(prefix="kerascomp-cifar-"))
+        self.originals = {}
+        for mode in ("fp32", "int8"):
+            self.originals[mode] = self.workdir / f"original_{mode}.tflite"
+            self._export(self.baseline, self.originals[mode], mode)
+        self.baseline_accuracy = self.accuracy(self.baseline)
+        self.baseline_info = {"accuracy": self.baseline_accuracy, "macs": self.original.macs,
+                              "params": self.original.params,
+                              "tflite_bytes_fp32": self.originals["fp32"].stat().st_size,
+                              "tflite_bytes_int8": self.originals["int8"].stat().st_size}
+
+    # -- measurements -------------------------------------------------------------------------------------------
+    def accuracy(self, model) -> float:
+        return float((model.predict(self.x_test, batch_size=500, verbose=0).argmax(-1) == self.y_test).mean())
+
+    def train(self, model, epochs: int, callbacks=()) -> float:
+        from kerascomp.data import augmented_dataset
+
+        keras, started = self.keras, time.perf_counter()
+        if epochs == 0:
+            return 0.0
+        steps = epochs * int(self.np.ceil(len(self.x_train) / 128))
+        model.compile(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(self.args.lr, steps), momentum=0.9,
+                                           nesterov=True),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
+                      jit_compile=False)
+        model.fit(augmented_dataset(self.x_train, self.y_train, 128), epochs=epochs, verbose=2,
+                  callbacks=list(callbacks))
+        return time.perf_counter() - started
+
+    def _export(self, model, path: Path, mode: str) -> None:
+        self.kerascomp.export_tflite(model, path, quantize=None if mode == "fp32" else mode,
+                                     representative_data=self.calibration)
+
+    def row(self, method: str, target: float) -> dict:
+        """Compress, finetune and measure one row; a kerascomp refusal is a row too."""
+        from kerascomp.errors import CompressionError
+
+        kerascomp, started = self.kerascomp, time.perf_counter()
+        row = {"method": method, "target": target, "target_kind": "params" if method in ("joint_svd", "mct")
+               else "macs", "baseline": self.baseline_info, "keras": f"{self.keras.__name__} {self.keras.__version__}",
+               "command": _command(method, target), "machine": platform.platform()}
+        try:
+            model, info = compress_for(self, method, target)
+        except CompressionError as error:
+            row.update(status="refused", error=f"{type(error).__name__}: {error}")
+            return row
+        except Exception:  # a crash is a result too; the run goes on to the next row
+            row.update(status="failed", error=traceback.format_exc())
+            print(row["error"], file=sys.stderr)
+            return row
+        callbacks, finish, trained = info.pop("callbacks", ()), info.pop("finish", None), info.pop("trained", False)
+        row.update(info)
+        row["compress_seconds"] = time.perf_counter() - started - info.get("train_seconds", 0.0)
+        if "accuracy_before_finetune" not in row:
+            row["accuracy_before_finetune"] = self.accuracy(model)
+        if not trained:
+            row["train_seconds"] = self.train(model, self.args.epochs, callbacks)
+        if finish is not None:
+            model = finish(model)
+            row.update(finish.extra)
+        row["accuracy_after_finetune"] = self.accuracy(model)
+        cost = kerascomp.cost(model)
+        row.update(macs=cost.macs, params=cost.params, macs_ratio=cost.macs / self.original.macs,
+                   params_ratio=cost.params / self.original.params)
+        for mode in ("fp32", "int8"):
+            path = self.workdir / f"{method}_{target:g}_{mode}.tflite"
+            self._export(model, path, mode)
+            timings = kerascomp.compare_tflite([self.originals[mode], path], num_threads=1, runs=self.args.runs)
+            ratio = timings[1].median_ms / timings[0].median_ms
+            row[f"tflite_bytes_{mode}"] = path.stat().st_size
+            row[f"latency_ratio_{mode}"] = ratio
+            row[f"realised_fraction_{mode}"] = row["macs_ratio"] / ratio
+        row.update(_keep(kerascomp.strip(model) if method not in LEGACY else model, method, target, self.kept))
+        row["status"] = "ok"
+        row["seconds"] = time.perf_counter() - started
+        print({k: v for k, v in row.items() if k != "baseline"}, flush=True)
+        return row
+
+
+def compress_for(bench: Bench, method: str, target: float):
+    """(model, info) for one row: the compressed, not yet finetuned model (or a trained one with trained=True)."""
+    kerascomp, base = bench.kerascomp, bench.baseline
+    common = {"data": bench.calibration, "verbose": 0}
+    if method == "none":
+        return _copy(bench, base), {}
+    if method in ("fga", "l1", "svd", "tucker"):
+        return kerascomp.clone_compressed(base, method=method, target_flops=target, **common), {}
+    if method == "joint_svd":
+        return kerascomp.clone_compressed(base, method=method, target_flops=None, target_params=target, **common), {}
+    if method == "collaborative":
+        plan = kerascomp.plan(base, target_flops=target, data=bench.labelled, verbose=0)
+        model = kerascomp.clone_compressed(base, plan=plan, **common)
+        return model, {"plan_seconds": plan.seconds}
+    if method == "correlation":
+        one_shot = kerascomp.clone_compressed(base, method="correlation", target_flops=target, **common)
+        before = bench.accuracy(one_shot)
+        seconds = []
+
+        def phase(epochs):
+            return lambda m: seconds.append(bench.train(m, epochs))
+
+        result = kerascomp.prune_in_rounds(base, phase(bench.args.epochs - 1), method="correlation",
+                                           target_flops=target, rounds=1, strength=1.0,
+                                           regularize_train=phase(1), **common)
+        return result.model, {"accuracy_before_finetune": before, "trained": True, "train_seconds": sum(seconds),
+                              "regularized_pairs": result.regularized_pairs[0]}
+    if method == "tfmot":
+        return _tfmot(bench, target)
+    if method == "mct":
+        return _mct(bench, target)
+    raise ValueError(method)
+
+
+def _copy(bench: Bench, model):
+    twin = bench.keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _tfmot(bench: Bench, target: float):
+    """Magnitude pruning to sparsity 1 - target over the first half of the finetune budget (tf_keras only)."""
+    import numpy as np
+    import tensorflow_model_optimization as tfmot
+
+    sparsity = 1.0 - target
+    masked = _copy(bench, bench.baseline)
+    for layer in masked.layers:  # the one-shot magnitude mask, for "top-1 before finetuning"
+        if hasattr(layer, "kernel"):
+            kernel = layer.kernel.numpy()
+            threshold = np.quantile(np.abs(kernel), sparsity)
+            layer.kernel.assign(np.where(np.abs(kernel) > threshold, kernel, 0.0))
+    before = bench.accuracy(masked)
+    steps = bench.args.epochs * int(np.ceil(len(bench.x_train) / 128))
+    schedule = tfmot.sparsity.keras.PolynomialDecay(0.0, sparsity, begin_step=0, end_step=max(1, steps // 2),
+                                                     frequency=max(1, steps // 20))
+    keras = bench.keras
+
+    def wrap(layer):  # tfmot's documented route for models with layers it cannot prune (Rescaling)
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            return tfmot.sparsity.keras.prune_low_magnitude(layer, pruning_schedule=schedule)
+        return layer
+
+    model = keras.models.clone_model(_copy(bench, bench.baseline), clone_function=wrap)
+
+    def finish(trained):
+        stripped = tfmot.sparsity.keras.strip_pruning(trained)
+        kernels = [w for layer in stripped.layers if hasattr(layer, "kernel") for w in [layer.kernel.numpy()]]
+        total = sum(k.size for k in kernels)
+        finish.extra = {"nonzero_kernel_fraction": sum(int(np.count_nonzero(k)) for k in kernels) / total}
+        return stripped
+
+    info = {"accuracy_before_finetune": before, "sparsity": sparsity,
+            "callbacks": [tfmot.sparsity.keras.UpdatePruningStep()], "finish": finish}
+    return model, info
+
+
+def _mct(bench: Bench, target: float):
+    """Sony MCT structured pruning in its own TF 2.15 venv, handed over as an .h5 file."""
+    from kerascomp.errors import CompressionError
+
+    if not MCT_PYTHON.exists():
+        raise CompressionError(f"{MCT_PYTHON} not found: run benchmarks/peers/setup_mct.sh first (MCT's Keras "
+                               "pruning needs TF <= 2.15).")
+    source, pruned = bench.workdir / "baseline.h5", bench.workdir / f"mct_{target:g}.h5"
+    calibration = bench.workdir / "calibration.npy"
+    bench.baseline.save(source)
+    bench.np.save(calibration, bench.calibration)
+    started = time.perf_counter()
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # TF 2.15 has no tf_keras
+    done = subprocess.run([str(MCT_PYTHON), str(HERE / "peers" / "mct_prune.py"), str(source), str(pruned),
+                           str(calibration), str(target)], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
+        raise CompressionError(f"MCT {last}\n{done.stderr[-3000:]}")
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    model = bench.keras.models.load_model(pruned, compile=False)
+    return model, {"mct": info, "mct_seconds": time.perf_counter() - started}
+
+
+def load_baseline(name: str):
+    """The model ``name`` in this process's Keras flavour (a tf_keras twin gets the Keras 3 file's weights)."""
+    import keras as keras3
+
+    import kerascomp
+    from kerascomp.cli import load_demo_model
+    from kerascomp.zoo import cifar_resnet
+
+    depth, path = MODELS[name]
+    if path is None:
+        return load_demo_model()
+    model = keras3.models.load_model(path, custom_objects=kerascomp.custom_objects(keras3), compile=False)
+    flavour = kerascomp._default_keras()
+    if flavour is keras3:
+        return model
+    twin = cifar_resnet(depth, 16, keras_module=flavour)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def _keep(model, method: str, target: float, folder: Path) -> dict:
+    """Save the finetuned model when small; its path and sha256 go into the row."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{method}_{target:g}.keras"
+    model.save(path)
+    if path.stat().st_size > KEEP_BYTES:
+        size = path.stat().st_size
+        path.unlink()
+        return {"kept_model": None, "kept_model_bytes": size}
+    return {"kept_model": str(path.relative_to(HERE.parent)), "kept_model_bytes": path.stat().st_size,
+            "kept_model_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+def verify(store: Store, data: dict) -> int:
+    """Reload every kept model, check its checksum and that its top-1 matches the row (to 1e-3)."""
+    import kerascomp
+
+    x, y = data["x_test"].astype("float32"), data["y_test"].ravel()
+    keras, bad = kerascomp._default_keras(), 0
+    for key, row in store.rows().items():
+        if not row.get("kept_model"):
+            continue
+        path = HERE.parent / row["kept_model"]
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+        if digest != row["kept_model_sha256"]:
+            print(f"{key}: {path} checksum mismatch or missing")
+            bad += 1
+            continue
+        if row["method"] in LEGACY and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+            print(f"{key}: checksum ok (tf_keras file; re-run with TF_USE_LEGACY_KERAS=1 to re-evaluate)")
+            continue
+        model = keras.models.load_model(path, custom_objects=kerascomp.custom_objects(keras), compile=False)
+        accuracy = float((model.predict(x, batch_size=500, verbose=0).argmax(-1) == y).mean())
+        ok = abs(accuracy - row["accuracy_after_finetune"]) <= 1e-3
+        bad += not ok
+        print(f"{key}: checksum ok, top-1 {accuracy:.4f} vs {row['accuracy_after_finetune']:.4f} "
+              f"{'ok' if ok else 'MISMATCH'}")
+    return 1 if bad else 0
+
+
+def _command(method: str, target: float) -> str:
+    args = _without(sys.argv[1:], ("--methods", "--targets", "--redo", "--fresh"))
+    return " ".join(["python -m benchmarks.cifar", *args, "--methods", method, "--targets", f"{target:g}"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Tables, the claims check and the plot for ``benchmarks/RESULTS.md``, from ``results/cifar_*.json``.
+
+    python -m benchmarks.cifar --report
+
+Only the block between the ``<!-- generated:begin -->`` and ``<!-- generated:end -->`` markers of
+RESULTS.md is rewritten; the discussion around it is written by hand.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REPORT = HERE / "RESULTS.md"
+PLOT = RESULTS / "cifar_accuracy_vs_macs.png"
+BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
+PEERS = ("l1", "tfmot", "mct")
+OURS = ("fga", "correlation", "svd", "joint_svd", "tucker", "collaborative")
+ORDER = ("none",) + OURS + PEERS
+
+
+def _rows(state: dict) -> list[dict]:
+    rows = list(state["rows"].values())
+    return sorted(rows, key=lambda r: (-r["target"], ORDER.index(r["method"]) if r["method"] in ORDER else 99))
+
+
+def _reference(state: dict) -> tuple[float | None, float | None]:
+    """(the shipped baseline's top-1, the finetuned control's top-1 or None)."""
+    rows = list(state["rows"].values())
+    baseline = rows[0]["baseline"]["accuracy"] if rows else None
+    control = state["rows"].get("none@1", {}).get("accuracy_after_finetune")
+    return baseline, control
+
+
+def _drop_reference(state: dict) -> float | None:
+    """Drops are read against the better of the baseline and the finetuned control (the stricter)."""
+    baseline, control = _reference(state)
+    return max(x for x in (baseline, control) if x is not None) if baseline is not None else None
+
+
+def model_table(state: dict) -> str:
+    setup = state["setup"]
+    baseline, control = _reference(state)
+    reference = _drop_reference(state)
+    lines = [f"### {setup['model']}: {setup['epochs']} finetune epochs on {setup['train_samples']} images, "
+             f"SGD lr {setup['lr']}", ""]
+    if baseline is not None:
+        lines.append(f"Baseline top-1 {baseline:.4f}" + (f"; the baseline finetuned with the same budget "
+                                                          f"(`none`) {control:.4f}" if control is not None else "")
+                     + f". Change = top-1 after finetuning minus {reference:.4f} (the better of the two).")
+        lines.append("")
+    lines.append("| method | target | top-1 before ft | top-1 after ft | change | MACs kept | params kept | "
+                 "tflite KiB fp32 / int8 | latency fp32 | latency int8 | realised fp32 / int8 | compress s |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in _rows(state):
+        target = "-" if r["method"] == "none" else f"{r['target']:g} {r['target_kind']}"
+        if r.get("status") != "ok":
+            lines.append(f"| {r['method']} | {target} | {r.get('status')}: {r.get('error', '?').splitlines()[0][:160]} "
+                         "|  |  |  |  |  |  |  |  |  |")
+            continue
+        params = f"{r['params_ratio']:.3f}"
+        if "nonzero_kernel_fraction" in r:
+            params += f" ({r['nonzero_kernel_fraction']:.3f} non-zero)"
+        lines.append(
+            f"| {r['method']} | {target} | {r['accuracy_before_finetune']:.4f} | {r['accuracy_after_finetune']:.4f} | "
+            f"{r['accuracy_after_finetune'] - reference:+.4f} | {r['macs_ratio']:.3f} | {params} | "
+            f"{r['tflite_bytes_fp32'] / 1024:.0f} / {r['tflite_bytes_int8'] / 1024:.0f} | "
+            f"{r['latency_ratio_fp32']:.3f} | {r['latency_ratio_int8']:.3f} | "
+            f"{r['realised_fraction_fp32']:.2f} / {r['realised_fraction_int8']:.2f} | {r['compress_seconds']:.1f} |")
+    lines += ["", "Commands (each row also stores its own in the JSON): "
+              f"`python -m benchmarks.cifar --model {setup['model']} --epochs {setup['epochs']} "
+              f"--train-samples {setup['train_samples']} --lr {setup['lr']}"
+              + (f" --data {setup['data']}" if setup.get("data") else "") + " --methods ... --targets ...`."]
+    return "\n".join(lines)
+
+
+def claims(state: dict) -> list[str]:
+    """The issue's four targets, checked on one model's rows; each line says met / not met and the evidence."""
+    reference = _drop_reference(state)
+    ok = [r for r in state["rows"].values() if r.get("status") == "ok" and r["method"] != "none"]
+    if reference is None or not ok:
+        return []
+
+    def change(r):
+        return r["accuracy_after_finetune"] - reference
+
+    ours = [r for r in ok if r["method"] in OURS]
+    out = []
+    deep = [r for r in ours if r["macs_ratio"] <= 0.2 + 1e-9]
+    best = max(deep, key=change, default=None)
+    out.append(_claim("≥ 80% MACs removed at ≤ 1.0 pt drop", best is not None and change(best) >= -0.01,
+                      best and f"best: {best['method']} at {best['macs_ratio']:.3f} MACs, {100 * change(best):+.2f} pt"))
+    half = [r for r in ours if r["macs_ratio"] <= 0.5 + 1e-9]
+    best = max(half, key=change, default=None)
+    out.append(_claim("≤ 0.0 pt drop at 50% MACs", best is not None and change(best) >= 0.0,
+                      best and f"best: {best['method']} at {best['macs_ratio']:.3f} MACs, {100 * change(best):+.2f} pt"))
+    for target in sorted({r["target"] for r in ok}, reverse=True):
+        mine = [r for r in ours if r["target"] == target and r["target_kind"] == "macs"]
+        peers = [r for r in ok if r["target"] == target and r["method"] in PEERS]
+        if mine and peers:
+            a, b = max(mine, key=change), max(peers, key=change)
+            gap = 100 * (a["accuracy_after_finetune"] - b["accuracy_after_finetune"])
+            out.append(_claim(f"≥ 1 pt ahead of the best peer at {target:g} MACs", gap >= 1.0,
+                              f"{a['method']} {a['accuracy_after_finetune']:.4f} vs {b['method']} "
+                              f"{b['accuracy_after_finetune']:.4f}: {gap:+.2f} pt"))
+    realised = [(r["realised_fraction_fp32"], r) for r in ours if r["target_kind"] == "macs"]
+    if realised:
+        worst = min(realised, key=lambda p: p[0])
+        good = sum(p[0] >= 0.9 for p in realised)
+        out.append(_claim("realised speed-up ≥ 0.9 of ideal (fp32)", good == len(realised),
+                          f"{good} of {len(realised)} rows; worst {worst[1]['method']}@{worst[1]['target']:g} "
+                          f"{worst[0]:.2f}"))
+    return out
+
+
+def _claim(text: str, met: bool, evidence: str | None) -> str:
+    return f"| {text} | {'met' if met else 'not met'} | {evidence or 'no row'} |"
+
+
+def plot(states: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(states), figsize=(6.5 * len(states), 4.8), squeeze=False)
+    for axis, state in zip(axes[0], states):
+        rows = [r for r in state["rows"].values() if r.get("status") == "ok"]
+        baseline, control = _reference(state)
+        for method in ORDER[1:]:
+            points = sorted((r["macs_ratio"], r["accuracy_after_finetune"]) for r in rows if r["method"] == method)
+            if points:
+                style = "--" if method in PEERS else "-"
+                axis.plot(*zip(*points), style, marker="o", label=method)
+        if baseline is not None:
+            axis.axhline(baseline, color="black", lw=0.8, label="baseline")
+        if control is not None:
+            axis.axhline(control, color="grey", lw=0.8, ls=":", label="baseline, same finetune")
+        axis.set(title=f"CIFAR-10 {state['setup']['model']} (JPEG-degraded copy)", xlabel="MACs kept (fraction)",
+                 ylabel="top-1 after finetuning")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report() -> None:
+    states = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cifar_resnet*.json"))]
+    states = [s for s in states if s.get("rows")]
+    blocks = []
+    if states:
+        plot(states, PLOT)
+        blocks.append(f"![top-1 vs MACs kept]({PLOT.relative_to(HERE).as_posix()})\n")
+    for state in states:
+        path = RESULTS / f"cifar_{state['setup']['model']}.json"
+        blocks.append(model_table(state) + f"\n\nData: [`{path.relative_to(HERE).as_posix()}`]"
+                      f"({path.relative_to(HERE).as_posix()}).\n")
+        checks = claims(state)
+        if checks:
+            blocks.append(f"Targets on {state['setup']['model']}:\n\n| target | result | evidence |\n|---|---|---|\n"
+                          + "\n".join(checks) + "\n")
+    generated = "\n".join(blocks)
+    text = REPORT.read_text() if REPORT.exists() else f"# CIFAR-10 results\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    REPORT.write_text(f"{head}{BEGIN}\n{generated}\n{END}{tail}")
