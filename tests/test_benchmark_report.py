@@ -1,0 +1,72 @@
+"""benchmarks/cifar_report.py: the RESULTS.md tables and the targets check, on made-up rows."""
+import json
+
+import pytest
+
+report = pytest.importorskip("benchmarks.cifar_report")
+
+
+def _row(method, target, after, macs, latency=None, kind="macs", status="ok"):
+    row = {"method": method, "target": target, "target_kind": kind, "status": status,
+           "baseline": {"accuracy": 0.80}, "accuracy_before_finetune": after - 0.1, "accuracy_after_finetune": after,
+           "macs_ratio": macs, "params_ratio": macs, "tflite_bytes_fp32": 1000 * 1024 * macs,
+           "tflite_bytes_int8": 300 * 1024 * macs, "compress_seconds": 1.0}
+    latency = macs if latency is None else latency
+    for mode in ("fp32", "int8"):
+        row[f"latency_ratio_{mode}"] = latency
+        row[f"realised_fraction_{mode}"] = macs / latency
+    return row
+
+
+def _state(*rows):
+    return {"setup": {"model": "resnet20", "epochs": 2, "train_samples": 100, "lr": 0.01, "data": None},
+            "rows": {f"{r['method']}@{r['target']:g}": r for r in rows}}
+
+
+def test_drops_are_read_against_the_better_of_baseline_and_control():
+    state = _state(_row("none", 1.0, 0.82, 1.0), _row("fga", 0.5, 0.81, 0.5))
+    table = report.model_table(state)
+    assert "| fga | 0.5 macs | 0.7100 | 0.8100 | -0.0100 | 0.500 |" in table
+    assert "minus 0.8200" in table
+
+
+def test_targets_met_and_missed():
+    state = _state(_row("none", 1.0, 0.79, 1.0),
+                   _row("collaborative", 0.2, 0.795, 0.2, latency=0.25),   # -0.5 pt at 80% removed, realised 0.8
+                   _row("fga", 0.5, 0.80, 0.5),                            # +0.0 pt at 50%
+                   _row("l1", 0.5, 0.795, 0.5), _row("tfmot", 0.5, 0.70, 1.0),
+                   _row("l1", 0.2, 0.70, 0.2))
+    lines = {line.split("|")[1].strip(): line for line in report.claims(state)}
+    assert "| met |" in lines["≥ 80% MACs removed at ≤ 1.0 pt drop"]
+    assert "| met |" in lines["≤ 0.0 pt drop at 50% MACs"]
+    assert "| not met |" in lines["≥ 1 pt ahead of the best peer at 0.5 MACs"]  # fga 0.800 vs l1 0.795
+    assert "+0.50 pt" in lines["≥ 1 pt ahead of the best peer at 0.5 MACs"]
+    assert "| met |" in lines["≥ 1 pt ahead of the best peer at 0.2 MACs"]
+    assert "| not met |" in lines["realised speed-up ≥ 0.9 of ideal (fp32)"]
+    assert "collaborative@0.2 0.80" in lines["realised speed-up ≥ 0.9 of ideal (fp32)"]
+
+
+def test_refused_rows_are_listed_and_ignored_by_the_checks():
+    refused = {"method": "mct", "target": 0.5, "target_kind": "params", "status": "refused",
+               "baseline": {"accuracy": 0.8}, "error": "CompressionError: MCT Exception: Insufficient memory\nmore"}
+    state = _state(_row("fga", 0.5, 0.7, 0.5), refused)
+    assert "| mct | 0.5 params | refused: CompressionError: MCT Exception: Insufficient memory |" in \
+        report.model_table(state)
+    assert all("mct" not in line for line in report.claims(state))
+
+
+def test_write_report_keeps_the_hand_written_text(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "cifar_resnet20.json").write_text(json.dumps(_state(_row("none", 1.0, 0.8, 1.0),
+                                                                   _row("fga", 0.5, 0.78, 0.5))))
+    target = tmp_path / "RESULTS.md"
+    target.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\noutro\n")
+    monkeypatch.setattr(report, "HERE", tmp_path)
+    monkeypatch.setattr(report, "RESULTS", results)
+    monkeypatch.setattr(report, "REPORT", target)
+    monkeypatch.setattr(report, "PLOT", results / "plot.png")
+    report.write_report()
+    text = target.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "| fga | 0.5 macs |" in text and (results / "plot.png").stat().st_size > 1000
