@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
 def _run_legacy_child(argv, method: str, target: float, redo: bool) -> None:
     """Measure one tf_keras-only row in a child process (tfmot sets TF_USE_LEGACY_KERAS process-wide)."""
-    args = [a for a in (argv if argv is not None else sys.argv[1:])]
+    args = list(argv if argv is not None else sys.argv[1:])
     child = [sys.executable, "-m", "benchmarks.cifar", *_without(args, ("--methods", "--targets", "--redo", "--fresh")),
              "--methods", method, "--targets", f"{target:g}"] + (["--redo", f"{method}@{target:g}"] if redo else [])
     print(f"== {method}@{target:g} in a tf_keras child process", flush=True)
@@ -429,8 +429,10 @@ def verify(store: Store, data: dict) -> int:
             print(f"{key}: {path} checksum mismatch or missing")
             bad += 1
             continue
-        if row["method"] in LEGACY and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
-            print(f"{key}: checksum ok (tf_keras file; re-run with TF_USE_LEGACY_KERAS=1 to re-evaluate)")
+        if (row["method"] in LEGACY) != (os.environ.get("TF_USE_LEGACY_KERAS") == "1"):
+            flavour = "tf_keras" if row["method"] in LEGACY else "Keras 3"
+            print(f"{key}: checksum ok ({flavour} file: re-evaluated in the {flavour} run, "
+                  "TF_USE_LEGACY_KERAS=1 for tf_keras)")
             continue
         model = keras.models.load_model(path, custom_objects=kerascomp.custom_objects(keras), compile=False)
         accuracy = float((model.predict(x, batch_size=500, verbose=0).argmax(-1) == y).mean())
