@@ -386,7 +386,7 @@ def load_baseline(name: str):
     import keras as keras3
 
     import kerascomp
-    from kerascomp.cli import load_demo_model
+    from kerascomp.loading import load_demo_model
     from kerascomp.zoo import cifar_resnet
 
     depth, path = MODELS[name]

@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     import numpy as np
 
     import kerascomp
-    from kerascomp.cli import load_demo_model
     from kerascomp.data import augmented_dataset
     from kerascomp.graph.flavour import default_keras
+    from kerascomp.loading import load_demo_model
 
     data = load_cifar(args.data)
     if data is None:

@@ -32,9 +32,9 @@ def main(argv=None) -> int:
     import numpy as np
 
     import kerascomp
-    from kerascomp.cli import load_demo_model
     from kerascomp.data import augmented_dataset, find_data, load_npz
     from kerascomp.graph.flavour import keras_of
+    from kerascomp.loading import load_demo_model
     from kerascomp.report import table
 
     path = find_data(args.data)

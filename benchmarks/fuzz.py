@@ -4,9 +4,9 @@
     TF_USE_LEGACY_KERAS=1 python -m benchmarks.fuzz --graphs 500 --out benchmarks/results/fuzz_tf_keras
     # writes benchmarks/results/fuzz.{json,md}
 
-Each graph is drawn by ``kerascomp.fuzz.draw_recipe`` (conv, grouped, dilated, strided, depthwise and
+Each graph is drawn by ``kerascomp.testing.draw_recipe`` (conv, grouped, dilated, strided, depthwise and
 separable convs, BN, residual Add, Concatenate, pooling, Dense or no head; Sequential or functional)
-and checked by ``kerascomp.fuzz.check_graph``: the IR round trip and the lossless rewrite of every
+and checked by ``kerascomp.testing.check_graph``: the IR round trip and the lossless rewrite of every
 method, then one method (cycling through ``--methods``; ``--all-methods`` for each) compressed to
 ``--target`` of the MACs, fitted one step, exported and compared with LiteRT. A refusal with a
 kerascomp error counts as a refusal; any other exception or a broken property is a failure.
@@ -40,8 +40,8 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from kerascomp.fuzz import build_model, check_graph, draw_recipe, numpy_chooser
     from kerascomp.graph.flavour import default_keras, legacy_requested
+    from kerascomp.testing import build_model, check_graph, draw_recipe, numpy_chooser
 
     keras = default_keras()
     methods = args.methods.split(",")

@@ -50,10 +50,10 @@ def weight_errors(model, svd_ranks=(2, 4, 8, 16)) -> list[dict]:
     """Relative squared weight error of every automatic joint group at matched params, per variant."""
     from kerascomp.decompose import jsvd
     from kerascomp.graph.keras_io import infer_shapes, read_model
-    from kerascomp.methods.joint_svd import SVDOptions, _units
+    from kerascomp.methods.joint_svd import SVDOptions, svd_units
 
     graph = read_model(model)
-    units, _ = _units(graph, infer_shapes(graph), "joint_svd", SVDOptions())
+    units, _ = svd_units(graph, infer_shapes(graph), "joint_svd", SVDOptions())
     rows = []
     for unit in units:
         if len(unit.members) < 2:
@@ -90,9 +90,9 @@ def main(argv=None) -> int:
     import numpy as np
 
     import kerascomp
-    from kerascomp.cli import load_demo_model
     from kerascomp.data import augmented_dataset
     from kerascomp.graph.flavour import default_keras
+    from kerascomp.loading import load_demo_model
     from kerascomp.report import table
 
     data = load_cifar(args.data)

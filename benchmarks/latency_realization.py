@@ -22,7 +22,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _models(keras, which: list[str]):
-    from kerascomp.cli import load_demo_model
+    from kerascomp.loading import load_demo_model
 
     if "resnet20" in which:
         yield "cifar_resnet20", load_demo_model(), {}

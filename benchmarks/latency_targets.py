@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import kerascomp
-    from kerascomp.cli import load_demo_model, load_model
+    from kerascomp.loading import load_demo_model, load_model
     from kerascomp.report import table
 
     data = load_cifar(args.data)

@@ -47,10 +47,10 @@ def main(argv=None) -> int:
 
 
     import kerascomp
-    from kerascomp.cli import load_demo_model
     from kerascomp.data import augmented_dataset
     from kerascomp.export.tflite import run_tflite
     from kerascomp.graph.flavour import keras_of
+    from kerascomp.loading import load_demo_model
     from kerascomp.report import table
 
     data = load_cifar(args.data)

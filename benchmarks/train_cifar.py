@@ -1,6 +1,10 @@
 """Train a CIFAR-10 baseline (the demo model shipped in kerascomp/assets is made with this).
 
     python -m benchmarks.train_cifar --depth 20 --epochs 15 -o kerascomp/assets/resnet20_cifar10.keras
+    python -m benchmarks.train_cifar --depth 20 --epochs 40 -o out/resnet20.keras --resume   # continue a stopped run
+
+With ``--resume`` the model and optimizer state are backed up every epoch (Keras' ``BackupAndRestore``)
+under ``<output>.backup/``, and a rerun of the same command continues from the last finished epoch.
 
 Recipe: SGD(momentum 0.9, nesterov), batch 128, one-cycle LR (linear warm-up to 0.1 over the
 first 15% of steps, cosine to 0), L2 weight decay 5e-4 via kernel regularisers, standard
@@ -45,6 +49,8 @@ def main(argv=None) -> None:
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--resume", action="store_true",
+                        help="back up every epoch to <output>.backup/ and continue from there when rerun")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -63,15 +69,18 @@ def main(argv=None) -> None:
     steps = args.epochs * math.ceil(len(data["x_train"]) / args.batch_size)
     model.compile(optimizer=keras.optimizers.SGD(one_cycle(keras, args.lr, steps), momentum=0.9, nesterov=True),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    output = Path(args.output)
+    callbacks = []
+    if args.resume:
+        callbacks.append(keras.callbacks.BackupAndRestore(str(output.with_suffix(".backup")), delete_checkpoint=False))
     start = time.time()
     model.fit(augmented_dataset(data["x_train"], data["y_train"], args.batch_size, args.seed),
-              epochs=args.epochs, verbose=2)
+              epochs=args.epochs, verbose=2, callbacks=callbacks)
     seconds = time.time() - start
     _, accuracy = model.evaluate(data["x_test"].astype("float32"), data["y_test"].astype("int32"), verbose=0)
     # Ship the model without regularisers or optimizer state: users compile it their own way.
     clean = cifar_resnet(args.depth, args.width, keras_module=keras)
     clean.set_weights(model.get_weights())
-    output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     clean.save(output)
     summary = {"model": clean.name, "epochs": args.epochs, "test_accuracy": float(accuracy),

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 import kerascomp
-from kerascomp.cli import load_demo_model, load_model
 from kerascomp.data import augmented_dataset, find_data, load_npz
 from kerascomp.graph.flavour import keras_of
+from kerascomp.loading import load_demo_model, load_model
 
 
 def main() -> None:

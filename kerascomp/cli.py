@@ -7,30 +7,25 @@ import os
 import sys
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
-DEMO_MODEL = "resnet20_cifar10.keras"
+import numpy as np
+
+import kerascomp
+from kerascomp.bench.android import DeviceSettings, benchmark_on_device, layer_latency_table
+from kerascomp.data import augmented_dataset, find_data, load_npz
+from kerascomp.errors import CompressionError, InvalidArgumentError
+from kerascomp.graph.flavour import keras_of
+from kerascomp.loading import load_demo_model, load_model
+from kerascomp.methods import registry
+from kerascomp.report import table
 
 
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def load_model(path: str):
-    import kerascomp
-    from kerascomp.errors import InvalidArgumentError
-    from kerascomp.graph.flavour import default_keras
-
-    keras = default_keras()
-    if not Path(path).is_file():
-        raise InvalidArgumentError(f"model file {path} does not exist.")
-    return keras.models.load_model(path, custom_objects=kerascomp.custom_objects(keras), compile=False)
-
-
 def _load_inputs(path: str | None, limit: int):
-    import numpy as np
-
     if path is None:
         return None
     with np.load(path) as archive:
@@ -40,10 +35,6 @@ def _load_inputs(path: str | None, limit: int):
 
 def _load_labelled(path: str | None, limit: int):
     """``(x, y)`` from an .npz holding x/y, x_val/y_val, x_train/y_train or x_test/y_test (None without a path)."""
-    import numpy as np
-
-    from kerascomp.errors import InvalidArgumentError
-
     if path is None:
         return None
     with np.load(path) as archive:
@@ -56,8 +47,6 @@ def _load_labelled(path: str | None, limit: int):
 
 
 def _latency_argument(args, model):
-    import kerascomp
-
     if getattr(args, "latency_table", None):
         return kerascomp.LatencyTable.load(args.latency_table)
     if getattr(args, "phone_json", None):
@@ -65,76 +54,47 @@ def _latency_argument(args, model):
     return None
 
 
-def demo_model_path() -> Path:
-    return Path(str(resources.files("kerascomp") / "assets" / DEMO_MODEL))
+def _method_options(method, args) -> dict:
+    """The method's options that were given as flags (unset flags leave the method's defaults)."""
+    return {name: getattr(args, name) for name in method.cli_options if getattr(args, name, None) is not None}
 
 
-def load_demo_model():
-    """The shipped CIFAR-10 ResNet-20, in this process's Keras flavour.
-
-    The file is a Keras 3 ``.keras``; under ``TF_USE_LEGACY_KERAS=1`` the same architecture is
-    built with tf_keras and given the file's weights (same layer order).
-    """
-    import keras as keras3
-
-    import kerascomp
-    from kerascomp.graph.flavour import default_keras
-    from kerascomp.zoo import cifar_resnet
-
-    model = keras3.models.load_model(demo_model_path(), custom_objects=kerascomp.custom_objects(keras3), compile=False)
-    flavour = default_keras()
-    if flavour is keras3:
-        return model
-    twin = cifar_resnet(20, 16, keras_module=flavour)
-    twin.set_weights(model.get_weights())
-    return twin
+def _targets(args) -> dict:
+    unset = args.target_params is not None or args.target_latency is not None
+    return {"target_flops": None if unset else args.target_flops, "target_params": args.target_params,
+            "target_latency": args.target_latency}
 
 
 def cmd_compress(args) -> int:
-    import kerascomp
-
     model = load_model(args.model)
     verbose = 0 if args.quiet else 1
-    if args.plan or args.method == "collaborative":
-        plan = kerascomp.Plan.load(args.plan) if args.plan else None
-        result = kerascomp.compress(model, method="collaborative", plan=plan, verbose=verbose,
-                                    data=_load_labelled(args.data, 512) if plan is None else _load_inputs(args.data, 256),
-                                    target_flops=None if args.target_params or args.target_latency else args.target_flops,
-                                    target_params=args.target_params, target_latency=args.target_latency,
-                                    latency=_latency_argument(args, model),
-                                    **({} if plan else {"sensitivity": args.sensitivity}))
+    plan = kerascomp.Plan.load(args.plan) if args.plan else None
+    method = registry.get(plan.method if plan else args.method)
+    if plan is not None:
+        result = kerascomp.compress(model, plan=plan, verbose=verbose,
+                                    data=_load_inputs(args.data, 512 if method.needs_labels else 256))
     else:
-        if args.method == "fga":
-            options = {"min_channels_per_group": args.min_channels_per_group, "pointwise": args.pointwise}
-        elif args.method in ("svd", "joint_svd"):
-            options = {"allocation": args.allocation, "pointwise": args.pointwise}
-            if args.method == "joint_svd":
-                options.update(variant=args.variant, **({"groups": args.groups} if args.groups else {}))
-        elif args.method == "tucker":
-            options = {"allocation": args.allocation}
-        else:
-            options = {"allocation": args.allocation, "max_fraction": args.max_fraction}
-        result = kerascomp.compress(model, method=args.method,
-                                    target_flops=None if args.target_params else args.target_flops,
-                                    target_params=args.target_params, data=_load_inputs(args.data, 256),
-                                    verbose=verbose, **options)
+        data = _load_labelled(args.data, 512) if method.needs_labels else _load_inputs(args.data, 256)
+        result = kerascomp.compress(model, method=method.name, data=data, verbose=verbose,
+                                    latency=_latency_argument(args, model), **_targets(args),
+                                    **_method_options(method, args))
     if args.quiet:
         print(result.report)
     result.model.save(args.output)
     if args.report_json:
         Path(args.report_json).write_text(result.report.to_json())
+    if args.plan_json:
+        result.plan.save(args.plan_json)
     print(f"saved {args.output}")
     return 0
 
 
 def cmd_plan(args) -> int:
-    import kerascomp
-
     model = load_model(args.model)
-    plan = kerascomp.plan(model, target_flops=None if args.target_params or args.target_latency else args.target_flops,
-                          target_params=args.target_params, target_latency=args.target_latency,
-                          data=_load_labelled(args.data, args.samples), latency=_latency_argument(args, model),
-                          verbose=0 if args.quiet else 1, sensitivity=args.sensitivity, allocation=args.allocation)
+    method = registry.get(args.method)
+    data = _load_labelled(args.data, args.samples) if method.needs_labels else _load_inputs(args.data, args.samples)
+    plan = kerascomp.plan(model, method.name, data=data, latency=_latency_argument(args, model),
+                          verbose=0 if args.quiet else 1, **_targets(args), **_method_options(method, args))
     plan.save(args.output)
     print(plan)
     print(f"saved {args.output}; apply with: kerascomp compress {args.model} --plan {args.output} -o SMALL.keras")
@@ -142,8 +102,6 @@ def cmd_plan(args) -> int:
 
 
 def cmd_latency(args) -> int:
-    import kerascomp
-
     table = kerascomp.latency_table(load_model(args.model), num_threads=args.threads, runs=args.runs,
                                     verbose=0 if args.quiet else 1)
     table.save(args.output)
@@ -152,8 +110,6 @@ def cmd_latency(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import kerascomp
-
     model = load_model(args.model)
     result = kerascomp.export_tflite(model, args.output, quantize=args.quantize,
                                      representative_data=_load_inputs(args.calibration, 500), int8_io=args.int8_io)
@@ -163,8 +119,6 @@ def cmd_export(args) -> int:
 
 def bench_table(results, markdown: bool = False) -> str:
     """Host rows (median/p90 over interleaved runs) or phone rows (benchmark_model's avg/min/std)."""
-    from kerascomp.report import table
-
     if hasattr(results[0], "median_ms"):
         base = results[0].median_ms
         rows = [[Path(r.path).name, f"{r.size_bytes / 1024:.1f}", f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}",
@@ -183,17 +137,12 @@ def bench_table(results, markdown: bool = False) -> str:
 
 
 def _device_settings(args):
-    from kerascomp.bench.android import DeviceSettings
-
     return DeviceSettings(num_threads=args.threads, use_xnnpack=not args.no_xnnpack, use_gpu=args.use_gpu,
                           num_runs=args.runs, enable_op_profiling=args.op_profile or bool(args.layers_from),
                           binary=args.binary, device_dir=args.device_dir, serial=args.serial, adb=args.adb_path)
 
 
 def cmd_bench(args) -> int:
-    import kerascomp
-    from kerascomp.errors import InvalidArgumentError
-
     command = "kerascomp bench " + " ".join(args.argv)
     phone_only = [flag for flag, used in (("--use-gpu", args.use_gpu), ("--op-profile", args.op_profile),
                                           ("--layers-from", args.layers_from), ("--serial", args.serial)) if used]
@@ -201,8 +150,6 @@ def cmd_bench(args) -> int:
         raise InvalidArgumentError(f"{', '.join(phone_only)} only apply with --adb: the host LiteRT Python API has no "
                                    "per-operator profiler, and GPU timings belong on the phone.")
     if args.adb:
-        from kerascomp.bench.android import benchmark_on_device
-
         settings = _device_settings(args)
         results = benchmark_on_device(args.models, settings)
         where = (f"phone{' ' + args.serial if args.serial else ''} via adb, benchmark_model, {args.threads} thread(s), "
@@ -229,20 +176,12 @@ def cmd_bench(args) -> int:
 
 def _layer_tables(model_path: str, results) -> dict:
     """Per-layer milliseconds for each profiled file, for the layers of ``model_path`` that hold weights."""
-    from kerascomp.bench.android import layer_latency_table
-
     model = load_model(model_path)
     names = [layer.name for layer in model.layers if layer.weights]
     return {Path(r.path).name: layer_latency_table(r.op_profile, names, tflite=r.path) for r in results}
 
 
 def cmd_demo(args) -> int:
-    import numpy as np
-
-    import kerascomp
-    from kerascomp.data import find_data, load_npz
-    from kerascomp.report import table
-
     started = time.time()
     model = load_model(args.model) if args.model else load_demo_model()
     data_path = find_data(args.data)
@@ -259,8 +198,6 @@ def cmd_demo(args) -> int:
 
     accuracy = {}
     if data_path is not None:
-        from kerascomp.graph.flavour import keras_of
-
         keras = keras_of(model)
 
         def evaluate(m):
@@ -270,8 +207,6 @@ def cmd_demo(args) -> int:
         accuracy["compressed"] = evaluate(small)
         steps = args.finetune_steps
         if steps > 0:
-            from kerascomp.data import augmented_dataset
-
             train = augmented_dataset(data["x_train"], data["y_train"], 128).repeat().take(steps)
             schedule = keras.optimizers.schedules.CosineDecay(args.finetune_lr, steps)
             small.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9),
@@ -309,11 +244,11 @@ def cmd_demo(args) -> int:
 def _add_target_arguments(parser) -> None:
     """The collaborative planner's arguments shared by ``compress`` and ``plan``."""
     parser.add_argument("--target-latency", type=float, default=None,
-                        help="collaborative: fraction of the original latency to keep (needs a latency table: "
+                        help="collaborative, fga: fraction of the original latency to keep (needs a latency table: "
                              "--latency-table, --phone-json, or measured here)")
     parser.add_argument("--latency-table", help="JSON from kerascomp latency-table")
     parser.add_argument("--phone-json", help="JSON from kerascomp bench --adb --op-profile --layers-from MODEL")
-    parser.add_argument("--sensitivity", default="taylor", choices=["taylor", "measured"],
+    parser.add_argument("--sensitivity", default=None, choices=["taylor", "measured"],
                         help="collaborative: first-order Taylor scores (reference) or measured loss changes")
 
 
@@ -324,36 +259,40 @@ def build_parser() -> argparse.ArgumentParser:
     compress = commands.add_parser("compress", help="compress a .keras model")
     compress.add_argument("model")
     compress.add_argument("-o", "--output", required=True)
-    compress.add_argument("--method", default="fga",
-                          choices=["fga", "correlation", "l1", "svd", "joint_svd", "tucker", "collaborative"])
-    compress.add_argument("--target-flops", type=float, default=0.25)
+    compress.add_argument("--method", default="fga", choices=registry.names())
+    compress.add_argument("--target-flops", type=float, default=kerascomp.DEFAULT_TARGET_FLOPS)
     compress.add_argument("--target-params", type=float, default=None)
     compress.add_argument("--data", help=".npz with inputs (x, x_train or x_test): fga refinement, pruning compensation and BN recalibration")
-    compress.add_argument("--min-channels-per-group", type=int, default=16)
-    compress.add_argument("--pointwise", action="store_true", help="fga, svd, joint_svd: also factor 1x1 convs")
-    compress.add_argument("--allocation", default="uniform", choices=["uniform", "global"],
+    compress.add_argument("--min-channels-per-group", type=int, default=None, help="fga (default 16)")
+    compress.add_argument("--pointwise", action="store_true", default=None,
+                          help="fga, svd, joint_svd: also factor 1x1 convs")
+    compress.add_argument("--allocation", default=None, choices=["uniform", "global"],
                           help="pruning: same fraction per channel group, or one global score threshold; "
                                "svd/joint_svd: one rate for every layer (the paper's rule), or the global allocation")
-    compress.add_argument("--variant", default="left", choices=["left", "right", "bi"],
+    compress.add_argument("--variant", default=None, choices=["left", "right", "bi"],
                           help="joint_svd: which factor is shared (left: the kx1 conv, right: the 1xk conv, bi: both)")
     compress.add_argument("--groups", action="append", metavar="REGEX",
                           help="joint_svd: one joint group per regex over layer names (repeatable); default: automatic")
-    compress.add_argument("--max-fraction", type=float, default=0.8,
-                          help="pruning: at most this fraction of a group's channels is removed")
-    compress.add_argument("--plan", help="collaborative: apply this plan JSON (from kerascomp plan) instead of planning")
+    compress.add_argument("--max-fraction", type=float, default=None,
+                          help="pruning: at most this fraction of a group's channels is removed (default 0.8)")
+    compress.add_argument("--plan", help="apply this plan JSON (kerascomp plan, or --plan-json of an earlier run) "
+                                         "instead of planning; the method is the plan's")
     _add_target_arguments(compress)
     compress.add_argument("--report-json")
+    compress.add_argument("--plan-json", help="also save the plan that reproduces this model")
     compress.add_argument("-q", "--quiet", action="store_true")
     compress.set_defaults(run=cmd_compress)
 
-    plan = commands.add_parser("plan", help="collaborative: per-layer channels and ranks for a target, as JSON")
+    plan = commands.add_parser("plan", help="per-layer decisions of any method for a target, as JSON")
     plan.add_argument("model")
     plan.add_argument("-o", "--output", required=True, help="plan JSON to write")
-    plan.add_argument("--data", required=True, help=".npz with labelled data (x and y, x_val/y_val or x_train/y_train)")
-    plan.add_argument("--samples", type=int, default=512, help="labelled rows the sensitivity reads")
-    plan.add_argument("--target-flops", type=float, default=0.5)
+    plan.add_argument("--method", default="collaborative", choices=registry.names())
+    plan.add_argument("--data", help=".npz with data; collaborative needs labels (x and y, x_val/y_val or "
+                                     "x_train/y_train)")
+    plan.add_argument("--samples", type=int, default=512, help="rows of --data read")
+    plan.add_argument("--target-flops", type=float, default=kerascomp.DEFAULT_TARGET_FLOPS)
     plan.add_argument("--target-params", type=float, default=None)
-    plan.add_argument("--allocation", default="global", choices=["global", "uniform"])
+    plan.add_argument("--allocation", default=None, choices=["global", "uniform"])
     _add_target_arguments(plan)
     plan.add_argument("-q", "--quiet", action="store_true")
     plan.set_defaults(run=cmd_plan)
@@ -412,8 +351,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]
-    from kerascomp.errors import CompressionError
-
     try:
         return args.run(args)
     except CompressionError as error:

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from kerascomp.graph.ir import Graph, LayerSpec
+from kerascomp.graph.keras_io import infer_shapes, read_model
+from kerascomp.report import table
 
 MacsRule = Callable[[dict, tuple, tuple], int]
 _RULES: dict[str, MacsRule] = {}
@@ -105,8 +107,6 @@ class CostReport:
         return [layer.name for layer in self.layers if not layer.counted]
 
     def __str__(self) -> str:
-        from kerascomp.report import table
-
         rows = [[layer.name, layer.class_name, f"{layer.macs:,}", f"{layer.params:,}"] for layer in self.layers
                 if layer.macs or layer.params]
         rows.append(["total", "", f"{self.macs:,}", f"{self.params:,}"])
@@ -152,7 +152,5 @@ def cost(model: Any) -> CostReport:
         print(report.macs, report.params)
         print(report)                       # per-layer table
     """
-    from kerascomp.graph.keras_io import infer_shapes, read_model
-
     graph = read_model(model)
     return graph_cost(graph, infer_shapes(graph))

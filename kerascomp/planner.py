@@ -1,142 +1,81 @@
 """``kerascomp.plan``: per-layer compression decisions that can be printed, saved, edited and re-applied.
 
-A :class:`Plan` says, for every conv of a model, which input channels go and which rank it is
-cut to, with the MACs and params before and after and the expected loss change (the Taylor
-score). ``kerascomp.plan(model, method="collaborative", target_flops=0.5, data=(x, y))`` makes
-one; ``clone_compressed(model, plan=plan)`` applies it, without data, bit for bit the same way
-each time::
+Every registered method plans: ``kerascomp.plan(model, method=..., target_flops=0.5, data=...)``
+returns a :class:`kerascomp.Plan` (per layer: groups and rank, Tucker ranks, SVD ranks, channels
+removed, or collaborative's channels and singular values), and ``clone_compressed(model, plan=plan)``
+applies it, bit for bit the same way each time::
 
-    plan = kerascomp.plan(model, target_flops=0.5, data=(x_val, y_val))
+    plan = kerascomp.plan(model, method="collaborative", target_flops=0.5, data=(x_val, y_val))
     print(plan)
     plan.save("plan.json")
-    small = kerascomp.clone_compressed(model, plan=kerascomp.Plan.load("plan.json"))
+    small = kerascomp.clone_compressed(model, plan=kerascomp.Plan.load("plan.json"), data=x_val)
+
+This module also holds what planning needs from the layers above the methods: the host latency
+table and the measured latency ratio (export + LiteRT), handed to methods through their
+:class:`~kerascomp.methods.registry.Context`.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from kerascomp.bench.host import compare_tflite
+from kerascomp.bench.latency import LatencyTable, latency_table
 from kerascomp.errors import InvalidArgumentError
+from kerascomp.export.tflite import convert
 from kerascomp.graph.ir import Graph
+from kerascomp.graph.keras_io import write_model
+from kerascomp.methods import registry
+from kerascomp.methods.base import Budget, LayerPlan, LayerRecord, Plan, fingerprint
+from kerascomp.methods.inputs import budget_for, check_verbose, read_checked
+from kerascomp.methods.registry import Context, Method
+from kerascomp.methods.strip import strip_graph
 
-PLAN_FORMAT = 1
-
-
-@dataclass
-class LayerPlan:
-    """One layer's decision.
-
-    ``removed_inputs``: positions of the layer's input channels to remove (their producers lose
-    the same filters). ``rank``: the layer becomes a kxk conv to ``rank`` filters plus a 1x1 conv,
-    keeping the singular values ``kept_values`` (indices into the descending singular values of
-    the kernel left after channel removal); ``None`` keeps it a single conv. ``rate`` is the
-    fraction of the layer's MACs the global optimisation asked for; ``score`` the Taylor estimate
-    of the loss change of the whole layer change.
-    """
-
-    layer: str
-    class_name: str
-    action: str
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    removed_inputs: list[int] = field(default_factory=list)
-    rank: int | None = None
-    kept_values: list[int] | None = None
-    rate: float = 0.0
-    score: float = 0.0
-    reason: str = ""
+__all__ = ["plan", "Plan", "LayerPlan", "LayerRecord", "fingerprint", "context_for", "measured_latency_ratio"]
 
 
-@dataclass
-class Plan:
-    """A whole model's decisions (see the module docstring)."""
-
-    method: str
-    model: str
-    fingerprint: str
-    metric: str
-    target: float
-    layers: list[LayerPlan]
-    macs_before: int
-    macs_after: int
-    params_before: int
-    params_after: int
-    settings: dict = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def macs_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    @property
-    def params_ratio(self) -> float:
-        return self.params_after / self.params_before if self.params_before else 1.0
-
-    def layer(self, name: str) -> LayerPlan:
-        for entry in self.layers:
-            if entry.layer == name:
-                return entry
-        raise KeyError(name)
-
-    def to_table(self, markdown: bool = False) -> str:
-        from kerascomp.report import table
-
-        headers = ["layer", "action", "inputs removed", "rank", "rate asked", "MACs before", "MACs after",
-                   "params after", "score"]
-        rows = [[p.layer, p.action if p.action != "kept" else f"kept ({p.reason})", str(len(p.removed_inputs)),
-                 "" if p.rank is None else str(p.rank), f"{p.rate:.2f}", f"{p.macs_before:,}", f"{p.macs_after:,}",
-                 f"{p.params_after:,}", f"{p.score:.3g}"] for p in self.layers]
-        rows.append(["total", "", "", "", "", f"{self.macs_before:,}", f"{self.macs_after:,}",
-                     f"{self.params_after:,}", ""])
-        summary = (f"{self.method} plan for {self.model!r}: MACs x{self.macs_ratio:.3f}, params x{self.params_ratio:.3f} "
-                   f"(target {self.metric} <= {self.target}), planned in {self.seconds:.1f} s")
-        return table(headers, rows, markdown=markdown) + "\n" + summary
-
-    def __str__(self) -> str:
-        return self.to_table()
-
-    def to_json(self) -> str:
-        payload = asdict(self)
-        payload["format"] = PLAN_FORMAT
-        return json.dumps(payload, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Plan":
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InvalidArgumentError(f"not a kerascomp plan: invalid JSON ({error}).") from None
-        if not isinstance(payload, dict) or payload.pop("format", None) != PLAN_FORMAT:
-            raise InvalidArgumentError(f"not a kerascomp plan of format {PLAN_FORMAT}: save plans with Plan.save().")
-        try:
-            layers = [LayerPlan(**entry) for entry in payload.pop("layers")]
-            return cls(layers=layers, **payload)
-        except (TypeError, KeyError) as error:
-            raise InvalidArgumentError(f"not a kerascomp plan: {error}.") from None
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Plan":
-        return cls.from_json(Path(path).read_text())
+def latency_for(model: Any, latency: Any, verbose: int) -> LatencyTable:
+    """``latency`` checked, or measured on this host when ``None``."""
+    if latency is None:
+        return latency_table(model, verbose=verbose)
+    if not isinstance(latency, LatencyTable):
+        raise InvalidArgumentError(f"latency must be a kerascomp.LatencyTable, got {type(latency).__name__}.")
+    return latency
 
 
-def fingerprint(graph: Graph) -> str:
-    """A hash of the layer names, classes and weights: which model a plan was made for."""
-    digest = hashlib.sha256()
-    for name, spec in graph.layers.items():
-        digest.update(f"{name}:{spec.class_name}".encode())
-        for weight in spec.weights:
-            digest.update(np.ascontiguousarray(weight).tobytes())
-    return digest.hexdigest()[:16]
+def measured_latency_ratio(num_threads: int = 1, runs: int = 50):
+    """``measure(original, compressed)``: LiteRT latency of ``compressed`` over ``original``'s, timed
+    interleaved on this host (fp32, ``num_threads``)."""
+    def measure(original: Graph, compressed: Graph) -> float:
+        with tempfile.TemporaryDirectory(prefix="kerascomp-latency-check-") as folder:
+            paths = [Path(folder) / "original.tflite", Path(folder) / "planned.tflite"]
+            for path, source in zip(paths, (original, compressed)):
+                path.write_bytes(convert(write_model(strip_graph(source)), None, None, False))
+            before, after = compare_tflite(paths, num_threads=num_threads, runs=runs)
+        return after.median_ms / before.median_ms
+
+    return measure
+
+
+def context_for(method: Method, model: Any, budget: Budget, loss: Any, latency: Any, verbose: int) -> Context:
+    """The :class:`Context` of one compression: the loss, and a latency table (measured here if none is
+    given) only for a latency target; ``loss=`` and latency arguments are refused by methods that ignore them."""
+    if loss is not None and not method.uses_loss:
+        users = [name for name in registry.names() if registry.get(name).uses_loss]
+        raise InvalidArgumentError(f"loss= is used by method={' or '.join(map(repr, users))} only, not "
+                                   f"{method.name!r}.")
+    if (budget.metric == "latency" or latency is not None) and not method.uses_latency:
+        users = [name for name in registry.names() if registry.get(name).uses_latency]
+        argument = "target_latency" if budget.metric == "latency" else "latency"
+        raise InvalidArgumentError(f"{argument}= is used by method={' and '.join(map(repr, users))} only, not "
+                                   f"{method.name!r}.")
+    if budget.metric == "latency" or latency is not None:
+        latency = latency_for(model, latency, verbose)
+    if budget.metric != "latency":
+        latency = None  # a table only steers latency targets
+    measure = measured_latency_ratio(latency.num_threads) if latency is not None else None
+    return Context(verbose=verbose, loss=loss, latency=latency, measure=measure)
 
 
 def plan(model: Any, method: str = "collaborative", target_flops: float | None = None,
@@ -146,36 +85,25 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
 
     Args:
         model: a built Keras 3 or tf_keras model.
-        method: ``"collaborative"`` (joint channel pruning and low-rank decomposition, Li et al. 2021).
+        method: any registered method (``kerascomp.methods.registry.names()``); default
+            ``"collaborative"`` (joint channel pruning and low-rank decomposition, Li et al. 2021).
         target_flops / target_params: fraction of the original MACs / params to keep, in (0, 1]
-            (default ``target_flops=0.5``, the reference's setting).
+            (default ``target_flops=0.5``, as in ``clone_compressed`` and ``prune_in_rounds``).
         target_latency: fraction of the original model's latency to keep, estimated from ``latency``
             (a :class:`kerascomp.LatencyTable`; measured on this host with :func:`kerascomp.latency_table`
-            when not given). Channels and ranks are then chosen by measured cost, not MACs.
-        data: labelled data for the gradient sensitivity: ``(x, y)`` numpy arrays or a
-            ``tf.data.Dataset`` of ``(x, y)`` batches; a few hundred validation images suffice.
-        loss: ``loss(y_true, y_pred) -> scalar``; defaults to the model's compiled loss, else sparse
-            categorical cross-entropy from logits or probabilities, as the output layer implies.
-        **options: see :class:`kerascomp.methods.collaborative.CollaborativeOptions`.
+            when not given); methods ``"collaborative"`` and ``"fga"``.
+        data: collaborative: labelled data for the gradient sensitivity, ``(x, y)`` arrays or a
+            ``tf.data.Dataset`` of ``(x, y)`` batches (a few hundred validation images suffice).
+            Other methods: inputs for their data-driven steps (FGA's refit, compensation, BN
+            recalibration), which planning runs to fill in the per-layer errors.
+        loss: collaborative: ``loss(y_true, y_pred) -> scalar``; defaults to the model's compiled loss,
+            else sparse categorical cross-entropy from logits or probabilities, as the output layer implies.
+        **options: the method's options (e.g. :class:`kerascomp.CollaborativeOptions`).
     """
-    from kerascomp.api import check_verbose, latency_for, latency_budget, read_checked
-    from kerascomp.graph.keras_io import infer_shapes
-    from kerascomp.methods.base import Budget
-    from kerascomp.methods.collaborative import collaborative_options, plan_collaborative
-
-    if method != "collaborative":
-        raise InvalidArgumentError(f"kerascomp.plan supports method='collaborative', got {method!r}; the other "
-                                   "methods plan inside clone_compressed (their report lists each layer's choice).")
-    built = collaborative_options(options)
-    if target_latency is not None:
-        budget = latency_budget(target_latency, target_flops, target_params)
-    else:
-        budget = Budget.from_targets(0.5 if target_flops is None and target_params is None else target_flops,
-                                     target_params)
+    chosen = registry.get(method)
+    built = chosen.make_options(options)
+    budget = budget_for(target_flops, target_params, target_latency)
     check_verbose(verbose)
     graph = read_checked(model)
-    if budget.metric == "latency" or latency is not None:
-        latency = latency_for(model, latency, verbose)
-    if budget.metric != "latency":
-        latency = None  # a table only steers latency targets
-    return plan_collaborative(graph, infer_shapes(graph), budget, data, loss, built, verbose, latency)
+    context = context_for(chosen, model, budget, loss, latency, verbose)
+    return chosen.plan(graph, budget, data, built, context)

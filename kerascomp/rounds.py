@@ -13,14 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from kerascomp.api import check_verbose, input_batch, method_options_for, pruning_scorer, read_checked
 from kerascomp.cost import graph_cost
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.channels import analyse_channels
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
+from kerascomp.methods import registry
 from kerascomp.methods.base import Budget, CompressionReport
 from kerascomp.methods.correlation import regularize_graph
-from kerascomp.methods.pruning import apply_pruning, plan_pruning
+from kerascomp.methods.inputs import DEFAULT_TARGET_FLOPS, check_verbose, input_batch, read_checked
+from kerascomp.methods.pruning import PruningMethod, apply_pruning, plan_pruning
 from kerascomp.methods.strip import strip_regularizers
 
 
@@ -46,7 +47,7 @@ class RoundsResult:
 
 
 def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "correlation",
-                    target_flops: float | None = 0.5, target_params: float | None = None, rounds: int = 3,
+                    target_flops: float | None = DEFAULT_TARGET_FLOPS, target_params: float | None = None, rounds: int = 3,
                     strength: float = 0.1, data: Any = None, regularize_train: Callable[[Any], Any] | None = None,
                     verbose: int = 1, **options: Any) -> RoundsResult:
     """Prune ``model`` to the target in ``rounds`` steps, training with the user's ``train`` in between.
@@ -76,8 +77,10 @@ def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "corr
         kerascomp.export_tflite(result.model, "pruned.tflite")
     """
     started = time.perf_counter()
-    if method not in ("correlation", "l1"):
-        raise InvalidArgumentError(f"prune_in_rounds supports method='correlation' or 'l1', got {method!r}.")
+    pruners = [name for name in registry.names() if isinstance(registry.get(name), PruningMethod)]
+    if method not in pruners:
+        raise InvalidArgumentError(f"prune_in_rounds supports the channel-pruning methods {pruners}, got {method!r}.")
+    pruner = registry.get(method)
     if not callable(train) or (regularize_train is not None and not callable(regularize_train)):
         raise InvalidArgumentError("train (and regularize_train) must be callables taking a model, e.g. "
                                    "`lambda m: (m.compile(...), m.fit(...))`.")
@@ -88,11 +91,11 @@ def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "corr
     if target_params is not None:
         target_flops = None
     budget = Budget.from_targets(target_flops, target_params)
-    prune_options = method_options_for(method, options)
+    prune_options = pruner.make_options(options)
     check_verbose(verbose)
     graph = read_checked(model)
     batch = input_batch(graph, data)
-    scorer, pairs = pruning_scorer(method)
+    scorer, pairs = pruner.steps, pruner.pairs
     original = graph_cost(graph, infer_shapes(graph))
     original_total = original.macs if budget.metric == "flops" else original.params
     result = RoundsResult(model=None)
@@ -105,7 +108,7 @@ def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "corr
         round_budget = Budget(budget.metric, fraction)
         analysis = analyse_channels(current, shapes)
         orders = plan_pruning(current, shapes, analysis, round_budget, scorer, method, prune_options, verbose)
-        if method == "correlation" and strength > 0:
+        if pairs and strength > 0:
             regularized, count = regularize_graph(current, analysis, orders, strength)
             regularized_model = write_model(regularized)
             (regularize_train or train)(regularized_model)

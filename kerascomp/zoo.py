@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kerascomp.graph.flavour import default_keras
+
 
 def cifar_resnet(
     depth: int = 20,
@@ -59,6 +61,4 @@ def cifar_resnet(
 
 
 def _default_keras():
-    from kerascomp.graph.flavour import default_keras
-
     return default_keras()

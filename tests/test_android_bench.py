@@ -6,10 +6,16 @@ import pytest
 
 import kerascomp
 from kerascomp.bench import android
-from kerascomp.bench.android import (DeviceSettings, benchmark_on_device, commands_for, layer_latency_table,
-                                     parse_benchmark_output)
-from kerascomp.cli import load_demo_model, main
+from kerascomp.bench.android import (
+    DeviceSettings,
+    benchmark_on_device,
+    commands_for,
+    layer_latency_table,
+    parse_benchmark_output,
+)
+from kerascomp.cli import main
 from kerascomp.errors import BenchmarkError, InvalidArgumentError
+from kerascomp.loading import load_demo_model
 from tests.conftest import flavour_independent
 
 pytestmark = flavour_independent

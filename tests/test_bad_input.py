@@ -4,20 +4,26 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import model_fingerprint
 
 import kerascomp
-from kerascomp.errors import (BenchmarkError, BudgetError, CompressionError, ExportError, InvalidArgumentError,
-                              InvalidWeightsError, UnsupportedModelError)
+from kerascomp.errors import (
+    BenchmarkError,
+    BudgetError,
+    CompressionError,
+    ExportError,
+    InvalidArgumentError,
+    InvalidWeightsError,
+    UnsupportedModelError,
+)
 from kerascomp.graph.flavour import legacy_requested
-
-from conftest import model_fingerprint
 
 
 def test_non_model_argument():
     with pytest.raises(InvalidArgumentError, match="expected a Keras model.*ndarray"):
         kerascomp.clone_compressed(np.zeros((3, 3)))
     with pytest.raises(InvalidArgumentError, match="strip expects a Keras model"):
-        kerascomp.strip("model.keras")
+        kerascomp.strip("model.keras")  # noqa: B005 (kerascomp.strip, not str.strip)
 
 
 @pytest.mark.parametrize("target", [0.0, -0.1, 1.5, float("nan")])

@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from kerascomp.cli import demo_model_path, main
+from kerascomp.cli import main
+from kerascomp.loading import demo_model_path
 from tests.conftest import flavour_independent
 
 

@@ -4,10 +4,19 @@ import itertools
 import numpy as np
 import pytest
 
+from kerascomp.decompose.collaborative import (
+    channel_matrix,
+    channel_removal_curve,
+    channel_scores,
+    factor_kernel,
+    fit_exponential,
+    global_rates,
+    kept_fraction,
+    multi_step_curve,
+    singular_value_scores,
+    values_to_keep,
+)
 from kerascomp.errors import InvalidArgumentError
-from kerascomp.decompose.collaborative import (channel_matrix, channel_removal_curve, channel_scores, factor_kernel,
-                                               fit_exponential, global_rates, kept_fraction, multi_step_curve,
-                                               singular_value_scores, values_to_keep)
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ import pytest
 from conftest import flavour_independent
 
 import kerascomp
-from kerascomp.decompose.correlation import (filter_rows, l1_norms, linear_fit, pearson_matrix, removal_order,
-                                             top_pairs)
+from kerascomp.decompose.correlation import filter_rows, l1_norms, linear_fit, pearson_matrix, removal_order, top_pairs
 from kerascomp.graph.channels import analyse_channels
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods.base import Budget
@@ -104,7 +103,7 @@ def test_regularizer_survives_save_load_and_is_stripped(keras, small_resnet, tmp
 def test_regularizer_raises_pair_correlation_on_real_data(keras, cifar_path):
     """A short fit of the shipped CIFAR ResNet-20 raises the selected pairs' |corr| with the regulariser,
     and by more than the same fit without it (strength 0)."""
-    from kerascomp.cli import load_demo_model
+    from kerascomp.loading import load_demo_model
 
     data = np.load(cifar_path)
     x, y = data["x_train"][:1024].astype("float32"), data["y_train"][:1024].ravel()

@@ -1,8 +1,8 @@
 import numpy as np
 
 import kerascomp
-from kerascomp.cli import load_demo_model
 from kerascomp.data import load_npz
+from kerascomp.loading import load_demo_model
 
 
 def test_shipped_model_on_real_cifar(cifar_path):

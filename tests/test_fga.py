@@ -2,12 +2,11 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import model_fingerprint
 
 import kerascomp
 from kerascomp.decompose import fga as fga_math
 from kerascomp.graph.keras_io import read_model
-
-from conftest import model_fingerprint
 
 
 @pytest.mark.parametrize("conv_kwargs,groups", [

@@ -1,4 +1,4 @@
-"""Property tests on random CNN graphs (kerascomp.fuzz): IR round trip, lossless rewrites, and compression
+"""Property tests on random CNN graphs (kerascomp.testing): IR round trip, lossless rewrites, and compression
 at a real target. ``python -m benchmarks.fuzz`` runs the same checks on hundreds of graphs."""
 import os
 
@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from kerascomp.api import METHODS
-from kerascomp.fuzz import Recipe, build_model, check_graph, draw_recipe, sample_inputs, lossless, round_trip
+from kerascomp.testing import Recipe, build_model, check_graph, draw_recipe, lossless, round_trip, sample_inputs
 
 # CI runs a few examples; KERASCOMP_FUZZ_EXAMPLES=200 runs more (benchmarks/fuzz.py runs hundreds).
 EXAMPLES = int(os.environ.get("KERASCOMP_FUZZ_EXAMPLES", "8"))
@@ -86,7 +86,7 @@ def test_regressions_found_by_the_fuzzer(keras, method, recipe, tmp_path):
 
 def test_the_checks_catch_a_broken_rewrite(keras, monkeypatch):
     """A rewrite that changes the function is reported as a failure, not passed."""
-    import kerascomp.fuzz as fuzz
+    import kerascomp.testing as fuzz
 
     model = build_model(MIXED, keras)
 

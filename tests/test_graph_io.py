@@ -1,13 +1,12 @@
 import numpy as np
 import pytest
+from conftest import weights_hash
 
 import kerascomp
 from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.flavour import legacy_requested
 from kerascomp.graph.ir import Ref
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
-
-from conftest import weights_hash
 
 
 def _assert_same(original, rebuilt, inputs):

@@ -158,9 +158,9 @@ def _full_rank(model, variant, **options):
     graph = read_model(model)
     shapes = infer_shapes(graph)
     opts = joint_svd.SVDOptions(variant=variant, min_saving=0.0, **options)
-    units, _ = joint_svd._units(graph, shapes, "svd" if variant == "svd" else "joint_svd", opts)
+    units, _ = joint_svd.svd_units(graph, shapes, "svd" if variant == "svd" else "joint_svd", opts)
     for unit in units:
-        joint_svd._apply(graph, unit, jsvd.full_rank(unit.shape, len(unit.members), unit.variant), opts,
+        joint_svd.factor_unit(graph, unit, jsvd.full_rank(unit.shape, len(unit.members), unit.variant), opts,
                          module_for(graph))
     return write_model(graph), units
 
@@ -178,7 +178,7 @@ def test_full_rank_reproduces_outputs(variant, fixture, request):
 
 def test_groups_are_found_per_stage_without_the_shape_changing_conv(resnet14):
     graph = read_model(resnet14)
-    units, _ = joint_svd._units(graph, infer_shapes(graph), "joint_svd", joint_svd.SVDOptions())
+    units, _ = joint_svd.svd_units(graph, infer_shapes(graph), "joint_svd", joint_svd.SVDOptions())
     groups = sorted(sorted(m.spec.name for m in u.members) for u in units if len(u.members) > 1)
     singles = sorted(u.members[0].spec.name for u in units if len(u.members) == 1)
     assert [len(g) for g in groups] == [4, 3, 3]  # stage 2 and 3: the first conv changes shape

@@ -4,12 +4,11 @@ import hashlib
 
 import numpy as np
 import pytest
+from conftest import flavour_independent, model_fingerprint, weights_hash
 
 import kerascomp
 from kerascomp.api import METHODS
 from kerascomp.graph.flavour import legacy_requested
-
-from conftest import flavour_independent, model_fingerprint, weights_hash
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ build, apply and train models run under both Keras flavours.
 """
 import numpy as np
 import pytest
+from conftest import _randomise_bn, flavour_independent, model_fingerprint, weights_hash
 
 import kerascomp
-from conftest import _randomise_bn, flavour_independent, model_fingerprint, weights_hash
 from kerascomp.errors import BudgetError, InvalidArgumentError
 from kerascomp.zoo import cifar_resnet
 

@@ -3,13 +3,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import model_fingerprint
 
 import kerascomp
 from kerascomp.graph.flavour import legacy_requested
 from kerascomp.graph.keras_io import infer_shapes, read_model
 from kerascomp.methods.calibrate import recalibrate_batchnorm
-
-from conftest import model_fingerprint
 
 
 def _fit_one_step(keras, model, batch=4, classes=10, logits=True):

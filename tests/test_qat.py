@@ -133,8 +133,8 @@ def test_tfmot_never_switches_a_keras3_session_to_legacy(tmp_path):
 
 @flavour_independent  # the tf_keras int8 path is exercised in test_export_bench
 def test_int8_keeps_top1_of_the_shipped_trained_model(cifar_path, tmp_path):
-    from kerascomp.cli import load_demo_model
     from kerascomp.data import load_npz
+    from kerascomp.loading import load_demo_model
 
     calibration = load_npz(cifar_path)["x_train"][:200].astype("float32")
     result = kerascomp.export_tflite(load_demo_model(), tmp_path / "int8.tflite", quantize="int8",

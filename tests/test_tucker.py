@@ -1,9 +1,9 @@
 """method='tucker': Tucker-2 factors, budgets and refusals."""
 import numpy as np
 import pytest
+from conftest import model_fingerprint
 
 import kerascomp
-from conftest import model_fingerprint
 from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
 from kerascomp.errors import BudgetError, InvalidArgumentError
 

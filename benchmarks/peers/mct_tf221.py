@@ -20,8 +20,8 @@ def main(mct_path: str) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from kerascomp.cli import load_demo_model
     from kerascomp.graph.flavour import default_keras
+    from kerascomp.loading import load_demo_model
 
     keras = default_keras()
     model = load_demo_model()

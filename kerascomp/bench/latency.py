@@ -24,8 +24,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from kerascomp.bench.host import benchmark_tflite, compare_tflite
+from kerascomp.cost import graph_cost
 from kerascomp.errors import InvalidArgumentError
-
+from kerascomp.export.tflite import convert
+from kerascomp.graph.keras_io import infer_shapes, module_for, read_model
+from kerascomp.methods.sensitivity import conv_layers
+from kerascomp.methods.strip import strip_model
 
 
 @dataclass
@@ -116,10 +121,6 @@ class LatencyTable:
 
 
 def _conv_macs(model: Any) -> dict[str, int]:
-    from kerascomp.cost import graph_cost
-    from kerascomp.graph.keras_io import infer_shapes, read_model
-    from kerascomp.methods.sensitivity import conv_layers
-
     graph = read_model(model)
     costs = graph_cost(graph, infer_shapes(graph)).by_name()
     return {name: int(costs[name].macs) for name in conv_layers(graph)}
@@ -169,11 +170,6 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
     candidate is a single-layer fp32 ``.tflite`` at batch 1; candidates of one shape are timed
     interleaved, ``runs`` times each, at ``num_threads``.
     """
-    from kerascomp.bench.host import benchmark_tflite, compare_tflite
-    from kerascomp.export.tflite import _convert
-    from kerascomp.graph.keras_io import infer_shapes, module_for, read_model
-    from kerascomp.methods.sensitivity import conv_layers
-
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise InvalidArgumentError(f"runs must be an int >= 1, got {runs!r}.")
     if not fractions or any(not 0 < float(f) < 1 for f in fractions):
@@ -196,7 +192,7 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
         # a 1x1 conv on one pixel and one channel, subtracted from every candidate
         empty = keras.Input((1, 1, 1), batch_size=1)
         trivial = Path(folder) / "overhead.tflite"
-        trivial.write_bytes(_convert(keras.Model(empty, keras.layers.Conv2D(1, 1)(empty)), None, None, False))
+        trivial.write_bytes(convert(keras.Model(empty, keras.layers.Conv2D(1, 1)(empty)), None, None, False))
         overhead = benchmark_tflite(trivial, num_threads=num_threads, runs=runs).median_ms
         for index, (key, names) in enumerate(tqdm(signatures.items(), desc="latency table", disable=not verbose)):
             spec = graph.layers[names[0]]
@@ -205,7 +201,7 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
             paths = []
             for position, (_, _, single) in enumerate(candidates):
                 path = Path(folder) / f"{index}_{position}.tflite"
-                path.write_bytes(_convert(single, None, None, False))
+                path.write_bytes(convert(single, None, None, False))
                 paths.append(path)
             timings = compare_tflite(paths, num_threads=num_threads, runs=runs)
             for name in names:
@@ -213,9 +209,7 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
                                  "ms": max(t.median_ms - overhead, 0.0)}
                                 for (form, fraction, _), t in zip(candidates, timings)]
         whole = Path(folder) / "model.tflite"
-        from kerascomp.api import strip
-
-        whole.write_bytes(_convert(strip(model), None, None, False))
+        whole.write_bytes(convert(strip_model(model), None, None, False))
         total = max(benchmark_tflite(whole, num_threads=num_threads, runs=runs).median_ms - overhead, 0.0)
     return LatencyTable(layers, total, f"host LiteRT (XNNPACK), {num_threads} thread(s)", num_threads, macs,
                         overhead)

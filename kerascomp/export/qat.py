@@ -18,6 +18,10 @@ from types import ModuleType
 from typing import Any, Iterable
 
 from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
+from kerascomp.graph.bridge import to_tf_keras
+from kerascomp.graph.keras_io import read_model, write_model
+from kerascomp.methods.inputs import check_finite
+from kerascomp.methods.strip import strip_graph
 
 _LEGACY_VARIABLE = "TF_USE_LEGACY_KERAS"
 _BN_FOLDED_AFTER = {"Conv2D", "DepthwiseConv2D", "Dense"}
@@ -100,11 +104,6 @@ def quantize_aware(model: Any, keep_float: Iterable[str] = ()) -> Any:
         qat.fit(x, y, epochs=1)
         kerascomp.export_tflite(qat, "small_int8.tflite")
     """
-    from kerascomp.api import check_finite
-    from kerascomp.graph.bridge import to_tf_keras
-    from kerascomp.graph.keras_io import read_model, write_model
-    from kerascomp.methods.strip import strip_graph
-
     if isinstance(keep_float, str) or not all(isinstance(name, str) for name in keep_float):
         raise InvalidArgumentError(f"keep_float must be a list of layer names, got {keep_float!r}.")
     keep_float = set(keep_float)

@@ -13,6 +13,10 @@ from typing import Any
 import numpy as np
 
 from kerascomp.errors import ExportError, InvalidArgumentError
+from kerascomp.export.qat import is_quantize_aware
+from kerascomp.graph.keras_io import read_model, write_model
+from kerascomp.methods.inputs import check_finite, inputs_for
+from kerascomp.methods.strip import strip_graph
 
 QUANTIZE_MODES = (None, "float16", "dynamic", "int8")
 
@@ -55,7 +59,7 @@ def _sample_inputs(model: Any, representative_data: Any, samples: int, seed: int
             for t in model.inputs]
 
 
-def _convert(model: Any, quantize: str | None, calibration: list[np.ndarray] | None, int8_io: bool,
+def convert(model: Any, quantize: str | None, calibration: list[np.ndarray] | None, int8_io: bool,
              quantize_aware: bool = False) -> bytes:
     import tensorflow as tf
 
@@ -146,11 +150,6 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     reports the top-1 agreement and warns (:class:`ParityWarning`) past a per-mode tolerance.
     The file is written atomically: an interrupted export leaves nothing at ``path``.
     """
-    from kerascomp.api import check_finite, inputs_for
-    from kerascomp.export.qat import is_quantize_aware
-    from kerascomp.graph.keras_io import read_model, write_model
-    from kerascomp.methods.strip import strip_graph
-
     if quantize not in QUANTIZE_MODES:
         raise InvalidArgumentError(f"quantize={quantize!r} is not one of {QUANTIZE_MODES}.")
     path = Path(path)
@@ -177,7 +176,7 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
         calibration = [calibration]
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the Keras exporter prints every captured variable
-            content = _convert(stripped, quantize, calibration, int8_io, quantize_aware)
+            content = convert(stripped, quantize, calibration, int8_io, quantize_aware)
     except Exception as error:
         raise ExportError(f"the TF converter failed on model {model.name!r} ({quantize or 'fp32'}): {error}") from error
     if check_samples is None:

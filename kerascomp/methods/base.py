@@ -1,10 +1,25 @@
-"""What every method pass shares: the budget, per-layer decisions, the compression report and which convs a factoring method may take."""
+"""What every method shares: the budget, the per-layer record, the compression report and the plan.
+
+A :class:`Plan` is data: per layer, what a method decided (groups and rank, ranks, channels removed,
+singular values kept), with the MACs and params before and after. Every registered method returns
+one from ``plan`` and realises one in ``apply``; it prints, saves as JSON and re-applies bit for bit.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from kerascomp.errors import InvalidArgumentError
+from kerascomp.graph.ir import Graph
+from kerascomp.report import table
+
+PLAN_FORMAT = 2
+READABLE_PLAN_FORMATS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -32,8 +47,17 @@ class Budget:
 
 
 @dataclass
-class LayerDecision:
-    """What a method did to one layer, with its cost before and after."""
+class LayerRecord:
+    """What a method decided for, or did to, one layer, with its cost before and after.
+
+    The same record serves reports and plans. ``relative_error``: the kernel's relative
+    approximation error; ``detail``: method-specific facts (groups, rank, refit errors);
+    ``reason``: why a layer with MACs was left alone. Collaborative plans also fill
+    ``removed_inputs`` (positions of the layer's input channels to remove), ``rank`` and
+    ``kept_values`` (the singular values kept of the kernel left after channel removal),
+    ``rate`` (the share of the layer's MACs the global optimisation asked for) and ``score``
+    (the Taylor estimate of the loss change).
+    """
 
     layer: str
     class_name: str
@@ -45,19 +69,29 @@ class LayerDecision:
     relative_error: float | None = None
     detail: dict = field(default_factory=dict)
     reason: str = ""
+    removed_inputs: list[int] = field(default_factory=list)
+    rank: int | None = None
+    kept_values: list[int] | None = None
+    rate: float = 0.0
+    score: float = 0.0
+
+
+LayerDecision = LayerRecord  # the name reports used before plans and reports shared one record
+LayerPlan = LayerRecord  # the name collaborative plans used
 
 
 @dataclass
 class CompressionReport:
     method: str
     budget: Budget
-    layers: list[LayerDecision]
+    layers: list[LayerRecord]
     macs_before: int
     macs_after: int
     params_before: int
     params_after: int
     seconds: float = 0.0
     notes: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
 
     @property
     def macs_ratio(self) -> float:
@@ -83,8 +117,6 @@ class CompressionReport:
         return rows
 
     def to_table(self, markdown: bool = False) -> str:
-        from kerascomp.report import table
-
         headers = ["layer", "class", "action", "MACs before", "MACs after", "params before", "params after", "rel. error"]
         summary = (f"{self.method}: MACs x{self.macs_ratio:.3f}, params x{self.params_ratio:.3f} "
                    f"(target {self.budget.metric} <= {self.budget.fraction}), {self.seconds:.1f} s")
@@ -99,6 +131,117 @@ class CompressionReport:
         payload = asdict(self)
         payload.update(macs_ratio=self.macs_ratio, params_ratio=self.params_ratio)
         return json.dumps(payload, indent=2)
+
+
+@dataclass
+class Plan:
+    """A whole model's per-layer decisions for one method (see the module docstring).
+
+    ``choices`` holds what ``apply`` realises for the factoring and pruning methods (per layer:
+    ``[groups, rank]`` for FGA, ``[r_in, r_out]`` for Tucker, a rank per SVD unit, channels per
+    pruned group); collaborative keeps its decisions in the records' ``removed_inputs``, ``rank``
+    and ``kept_values``. ``settings`` holds the method's options.
+    """
+
+    method: str
+    model: str
+    fingerprint: str
+    metric: str
+    target: float
+    layers: list[LayerRecord]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    settings: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    choices: dict = field(default_factory=dict)
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.metric, self.target)
+
+    def layer(self, name: str) -> LayerRecord:
+        for entry in self.layers:
+            if entry.layer == name:
+                return entry
+        raise KeyError(name)
+
+    def to_table(self, markdown: bool = False) -> str:
+        summary = (f"{self.method} plan for {self.model!r}: MACs x{self.macs_ratio:.3f}, params x{self.params_ratio:.3f} "
+                   f"(target {self.metric} <= {self.target}), planned in {self.seconds:.1f} s")
+        if self.method != "collaborative":
+            headers = ["layer", "class", "action", "MACs before", "MACs after", "params before", "params after"]
+            rows = [[p.layer, p.class_name, p.action if p.action != "kept" else f"kept ({p.reason})",
+                     f"{p.macs_before:,}", f"{p.macs_after:,}", f"{p.params_before:,}", f"{p.params_after:,}"]
+                    for p in self.layers]
+            rows.append(["total", "", "", f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.params_before:,}",
+                         f"{self.params_after:,}"])
+            return table(headers, rows, markdown=markdown) + "\n" + summary
+        headers = ["layer", "action", "inputs removed", "rank", "rate asked", "MACs before", "MACs after",
+                   "params after", "score"]
+        rows = [[p.layer, p.action if p.action != "kept" else f"kept ({p.reason})", str(len(p.removed_inputs)),
+                 "" if p.rank is None else str(p.rank), f"{p.rate:.2f}", f"{p.macs_before:,}", f"{p.macs_after:,}",
+                 f"{p.params_after:,}", f"{p.score:.3g}"] for p in self.layers]
+        rows.append(["total", "", "", "", "", f"{self.macs_before:,}", f"{self.macs_after:,}",
+                     f"{self.params_after:,}", ""])
+        return table(headers, rows, markdown=markdown) + "\n" + summary
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    def to_json(self) -> str:
+        payload = asdict(self)
+        payload["format"] = PLAN_FORMAT
+        return json.dumps(payload, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Plan":
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InvalidArgumentError(f"not a kerascomp plan: invalid JSON ({error}).") from None
+        if not isinstance(payload, dict) or payload.pop("format", None) not in READABLE_PLAN_FORMATS:
+            raise InvalidArgumentError(f"not a kerascomp plan of format {READABLE_PLAN_FORMATS}: save plans with "
+                                       "Plan.save().")
+        try:
+            layers = [LayerRecord(**entry) for entry in payload.pop("layers")]
+            return cls(layers=layers, **payload)
+        except (TypeError, KeyError) as error:
+            raise InvalidArgumentError(f"not a kerascomp plan: {error}.") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        return cls.from_json(Path(path).read_text())
+
+
+def fingerprint(graph: Graph) -> str:
+    """A hash of the layer names, classes and weights: which model a plan was made for."""
+    digest = hashlib.sha256()
+    for name, spec in graph.layers.items():
+        digest.update(f"{name}:{spec.class_name}".encode())
+        for weight in spec.weights:
+            digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def plan_from_report(graph: Graph, report: CompressionReport, settings: dict[str, Any]) -> Plan:
+    """The :class:`Plan` a pass's report describes: its records and the choices ``apply`` realises."""
+    return Plan(report.method, graph.name, fingerprint(graph), report.budget.metric, report.budget.fraction,
+                [LayerRecord(**asdict(record)) for record in report.layers], report.macs_before, report.macs_after,
+                report.params_before, report.params_after, settings=dict(settings), seconds=report.seconds,
+                choices=json.loads(json.dumps(report.choices)))
 
 
 def dense_conv2d_ineligibility(spec, pointwise: bool, pointwise_reason: str) -> str | None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from kerascomp.graph.ir import Graph
-from kerascomp.graph.keras_io import write_model, read_model
+from kerascomp.graph.keras_io import read_model, write_model
 
 
 def recalibrate_batchnorm(graph: Graph, data: Any, max_samples: int = 256) -> tuple[Graph, int]:

@@ -20,7 +20,6 @@ residual block, not on the residual stream); other convs get ranks only. The pla
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,17 +30,18 @@ from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModel
 from kerascomp.graph.channels import PER_CHANNEL, ChannelAnalysis, ChannelGroup, analyse_channels, prune_channels
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, LayerRecord, Plan, fingerprint
 from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.methods.inputs import input_batch
 from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.pruning import cost_tables, pruned_cost
+from kerascomp.methods.registry import Context, Method, build_options, check_plan
 from kerascomp.methods.sensitivity import LayerSensitivity, conv_layers, layer_sensitivities
-from kerascomp.planner import LayerPlan, Plan, fingerprint
 
 ALLOCATIONS = ("global", "uniform")
 
 
-@dataclass
+@dataclass(frozen=True)
 class CollaborativeOptions:
     """Options of ``method="collaborative"`` (``kerascomp.plan`` / ``clone_compressed`` keywords).
 
@@ -104,13 +104,7 @@ class CollaborativeOptions:
 
 
 def collaborative_options(options: dict) -> CollaborativeOptions:
-    try:
-        built = CollaborativeOptions(**options)
-    except TypeError as error:
-        raise InvalidArgumentError(f"unknown option for method='collaborative': {error}. Known: "
-                                   f"{sorted(CollaborativeOptions.__dataclass_fields__)}.") from None
-    built.validate()
-    return built
+    return build_options(CollaborativeOptions, options, "collaborative")
 
 
 @dataclass
@@ -321,8 +315,12 @@ def _binding(convs: list[_Conv], choices: list[_Choice], reasons: dict[str, str]
 
 
 def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, options: CollaborativeOptions,
-                       verbose: int = 1, latency=None) -> Plan:
-    """Score, allocate and decide every conv; returns the :class:`Plan` (the graph is not modified)."""
+                       verbose: int = 1, latency=None, measure=None) -> Plan:
+    """Score, allocate and decide every conv; returns the :class:`Plan` (the graph is not modified).
+
+    ``measure(original, compressed) -> float``: the measured latency ratio of two graphs; with a
+    ``target_latency`` and a host table, the planned model is measured and the goal corrected
+    (``options.latency_checks`` times)."""
     started = time.perf_counter()
     analysis = analyse_channels(graph, shapes)
     convs, reasons = _convs(graph, shapes, analysis, options)
@@ -388,11 +386,11 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
 
     rates, choices = solve(target)
     checks = []
-    if metric == 2 and latency.source.startswith("host"):
+    if metric == 2 and latency.source.startswith("host") and measure is not None:
         # the table adds up one-layer files; time the real model and correct the goal by what it shows
         goal = target
         for _ in range(options.latency_checks):
-            measured = _measured_ratio(graph, analysis, convs, choices, rates, reasons, budget, options, latency)
+            measured = measure(graph, _plan(graph, shapes, analysis, convs, choices, rates, reasons, budget, options)[1])
             estimated = realised(choices) / before
             checks.append({"estimated": round(estimated, 4), "measured": round(measured, 4)})
             if abs(measured - budget.fraction) <= 0.05 * budget.fraction:
@@ -409,33 +407,15 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
     return result
 
 
-def _measured_ratio(graph: Graph, analysis: ChannelAnalysis, convs, choices, rates, reasons, budget: Budget,
-                    options: CollaborativeOptions, latency) -> float:
-    """LiteRT latency of the model ``choices`` give over the original's, timed interleaved on this host."""
-    import tempfile
-    from pathlib import Path
-
-    from kerascomp.bench.host import compare_tflite
-    from kerascomp.export.tflite import _convert
-    from kerascomp.graph.keras_io import write_model
-    from kerascomp.methods.strip import strip_graph
-
-    compressed = _plan(graph, infer_shapes(graph), analysis, convs, choices, rates, reasons, budget, options)[1]
-    with tempfile.TemporaryDirectory(prefix="kerascomp-latency-check-") as folder:
-        paths = [Path(folder) / "original.tflite", Path(folder) / "planned.tflite"]
-        for path, source in zip(paths, (graph, compressed)):
-            path.write_bytes(_convert(write_model(strip_graph(source)), None, None, False))
-        original, planned = compare_tflite(paths, num_threads=latency.num_threads, runs=50)
-    return planned.median_ms / original.median_ms
-
-
 def _plan(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs: list[_Conv], choices: list[_Choice],
           rates: np.ndarray, reasons: dict[str, str], budget: Budget,
           options: CollaborativeOptions) -> tuple[Plan, Graph]:
-    entries = [LayerPlan(conv.spec.name, "Conv2D", "dense", 0, 0, 0, 0, [int(i) for i in choice.removed],
-                         choice.rank, None, float(rate), choice.score, conv.fixed_reason if conv.group is None else "")
+    entries = [LayerRecord(conv.spec.name, "Conv2D", "dense", 0, 0, 0, 0,
+                           reason=conv.fixed_reason if conv.group is None else "",
+                           removed_inputs=[int(i) for i in choice.removed], rank=choice.rank, kept_values=None,
+                           rate=float(rate), score=choice.score)
                for conv, choice, rate in zip(convs, choices, rates)]
-    entries += [LayerPlan(name, graph.layers[name].class_name, "kept", 0, 0, 0, 0, reason=reason)
+    entries += [LayerRecord(name, graph.layers[name].class_name, "kept", 0, 0, 0, 0, reason=reason)
                 for name, reason in reasons.items()]
     draft = Plan("collaborative", graph.name, fingerprint(graph), budget.metric, budget.fraction, entries, 0, 0, 0, 0,
                  settings={k: getattr(options, k) for k in CollaborativeOptions.__dataclass_fields__})
@@ -523,16 +503,7 @@ def apply_plan(graph: Graph, plan: Plan, data=None, recalibrate: bool | str = "a
                verbose: int = 1) -> tuple[Graph, CompressionReport]:
     """Realise ``plan`` on ``graph`` (which must be the model it was made for); ``data`` only
     re-estimates BatchNormalization statistics."""
-    if not isinstance(plan, Plan):
-        raise InvalidArgumentError(f"plan must be a kerascomp.Plan (see kerascomp.plan), got {type(plan).__name__}.")
-    missing = [entry.layer for entry in plan.layers if entry.layer not in graph.layers]
-    if missing:
-        raise InvalidArgumentError(f"the plan names layers this model lacks: {', '.join(missing[:5])}. "
-                                   "Apply a plan only to the model it was made for.")
-    if plan.fingerprint != fingerprint(graph):
-        warnings.warn(f"the plan was made for model {plan.model!r} with other weights (fingerprint "
-                      f"{plan.fingerprint} != {fingerprint(graph)}); its channel and rank choices may no longer be "
-                      "the best for these weights.", UserWarning, stacklevel=3)
+    check_plan(graph, plan)
     shapes = infer_shapes(graph)
     applied = Plan.from_json(plan.to_json())
     result = _realise(graph, analyse_channels(graph, shapes), applied, None)
@@ -549,3 +520,29 @@ def apply_plan(graph: Graph, plan: Plan, data=None, recalibrate: bool | str = "a
                                applied.macs_after, applied.params_before, applied.params_after,
                                notes={"recalibrated_batchnorms": recalibrated, "planned_in_s": round(plan.seconds, 1)})
     return result, report
+
+
+class CollaborativeMethod(Method):
+    """``method="collaborative"``: joint channel pruning and low-rank decomposition with per-layer rates
+    from gradient sensitivity (Li et al. 2021); needs labelled ``data=(x, y)``."""
+
+    name = "collaborative"
+    options_class = CollaborativeOptions
+    needs_labels = True
+    uses_loss = True
+    uses_latency = True
+    cli_options = ("sensitivity", "allocation")
+
+    def plan(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:
+        return plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,
+                                  context.latency, context.measure)
+
+    def apply(self, graph: Graph, plan: Plan, data, context: Context) -> tuple[Graph, CompressionReport]:
+        options = self.plan_options(plan)
+        return apply_plan(graph, plan, input_batch(graph, data), options.recalibrate, options.max_samples,
+                          context.verbose)
+
+    def compress(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions,
+                 context: Context) -> tuple[Graph, CompressionReport, Plan]:
+        plan = self.plan(graph, budget, data, options, context)
+        return (*self.apply(graph, plan, data, context), plan)

@@ -15,7 +15,7 @@ from kerascomp.graph.channels import SEPARABLE, TRANSPOSED, ChannelAnalysis, Cha
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import module_for
 from kerascomp.layers import layers_for
-from kerascomp.methods.pruning import GroupOrder, Step, group_l1, group_rows
+from kerascomp.methods.pruning import GroupOrder, PruningMethod, Step, group_l1, group_rows
 
 
 def group_correlation(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> np.ndarray:
@@ -72,3 +72,14 @@ def regularize_graph(graph: Graph, analysis: ChannelAnalysis, orders: list[Group
         instance = regularizer(pairs, strength / len(pairs_of), out_axis, base=spec.config.get(slot))
         spec.config = {**spec.config, slot: keras.regularizers.serialize(instance)}
     return result, sum(len(p) for p in pairs_of.values())
+
+
+class CorrelationMethod(PruningMethod):
+    """``method="correlation"``: drop one filter of each most-correlated pair, folded into its partner
+    when ``data`` is given (Singh et al.); the regularised rounds are :func:`kerascomp.prune_in_rounds`."""
+
+    name = "correlation"
+    pairs = True
+
+    def steps(self, graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> list[Step]:
+        return correlation_steps(graph, analysis, group)

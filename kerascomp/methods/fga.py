@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from kerascomp.allocation import Candidates, allocate
 from kerascomp.cost import graph_cost
-from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.decompose import fga as fga_math
+from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.ir import Graph, LayerSpec, Node
-from kerascomp.graph.keras_io import module_for, sample_node_inputs
+from kerascomp.graph.keras_io import infer_shapes, module_for, sample_node_inputs
 from kerascomp.layers import layers_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
-from kerascomp.allocation import Candidates, allocate
+from kerascomp.methods.registry import Context, Method
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,21 @@ class FGAOptions:
     max_rows: int = 20000
     ridge: float = 1e-3
     seed: int = 0
+
+    def validate(self) -> None:
+        for option in ("min_channels_per_group", "rank_multiple", "max_samples", "max_rows"):
+            value = getattr(self, option)
+            if option == "rank_multiple" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
+        for option in ("pointwise", "refine"):
+            if not isinstance(getattr(self, option), bool):
+                raise InvalidArgumentError(f"{option} must be True or False, got {getattr(self, option)!r}.")
+        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge >= 0:
+            raise InvalidArgumentError(f"ridge must be a number >= 0, got {self.ridge!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InvalidArgumentError(f"seed must be an int, got {self.seed!r}.")
 
 
 @dataclass
@@ -124,7 +140,7 @@ def _candidates(layer: _Layer, metric: str, rank_multiple: int, latency=None) ->
     return Candidates(name, np.array(costs), np.array(errors))
 
 
-def _fga_spec(spec: LayerSpec, groups: int, rank: int, keras) -> LayerSpec:
+def fga_spec(spec: LayerSpec, groups: int, rank: int, keras) -> LayerSpec:
     config = spec.config
     kernel, bias = spec.weights[0], spec.weights[1:]
     grouped, pointwise = fga_math.fga_factors(kernel, groups, rank)
@@ -174,10 +190,27 @@ def _refine(graph: Graph, chosen: dict[str, LayerSpec], originals: dict[str, Lay
     return details
 
 
+def _fixed_choice(layer: _Layer, fixed: dict) -> tuple[int, int]:
+    """The plan's (groups, rank) of ``layer`` (``(0, 0)``: dense), checked against what FGA may build."""
+    name = layer.spec.name
+    if name not in fixed:
+        return 0, 0
+    try:
+        groups, rank = (int(value) for value in fixed[name])
+    except (TypeError, ValueError):
+        raise InvalidArgumentError(f"the plan's FGA choice for {name!r} must be [groups, rank], got "
+                                   f"{fixed[name]!r}.") from None
+    if groups not in layer.curves or not 1 <= rank <= fga_math.max_rank(layer.spec.weights[0].shape, groups):
+        raise InvalidArgumentError(f"the plan asks groups={groups}, rank={rank} for {name!r}; FGA may use groups "
+                                   f"{sorted(layer.curves)} with ranks 1..max rank. Re-plan or fix the plan.")
+    return groups, rank
+
+
 def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGAOptions = FGAOptions(),
-             verbose: int = 1, latency=None) -> tuple[Graph, CompressionReport]:
+             verbose: int = 1, latency=None, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Return a new graph with FGA applied under ``budget``, and the per-layer report. A
-    ``"latency"`` budget costs every (groups, rank) option by the :class:`LatencyTable` ``latency``."""
+    ``"latency"`` budget costs every (groups, rank) option by the :class:`LatencyTable` ``latency``.
+    ``fixed``: a plan's choices (``{"layers": {name: [groups, rank]}}``) to realise instead of allocating."""
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     costs = before.by_name()
@@ -196,7 +229,22 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         layers.append(_Layer(spec, _output_pixels(graph, shapes, name), costs[name].macs, costs[name].params, {}))
     for layer in tqdm(layers, desc="fga candidates", disable=not verbose):
         layer.curves = _error_curves(layer.spec, options)
-    if budget.metric == "latency":
+    if fixed is not None:
+        planned = dict(fixed.get("layers", {}))
+        unknown = sorted(set(planned) - {layer.spec.name for layer in layers})
+        if unknown:
+            raise InvalidArgumentError(f"the plan factors {', '.join(unknown[:5])}, which FGA cannot factor in this "
+                                       f"model ({'; '.join(reasons.get(n, 'no MACs') for n in unknown[:5])}).")
+        payable = layers
+        for layer in layers:
+            layer.options = [_fixed_choice(layer, planned)]
+            curve = layer.curves.get(layer.options[0][0])
+            layer.candidates = Candidates(layer.spec.name, np.zeros(1),
+                                          np.array([0.0 if curve is None else curve[layer.options[0][1]]]))
+        choice = [0] * len(layers)
+        rank_multiple = fixed.get("rank_multiple")
+        too_small = {}
+    elif budget.metric == "latency":
         if latency is None:
             raise InvalidArgumentError("target_latency needs latency=kerascomp.latency_table(model) (or a phone table).")
         metric_total = latency.estimate({})
@@ -204,7 +252,7 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         metric_total = before.macs if budget.metric == "flops" else before.params
     what = {"flops": "MACs", "params": "params", "latency": "estimated ms"}[budget.metric]
     multiples = (options.rank_multiple,) if options.rank_multiple else AUTO_RANK_MULTIPLES
-    for attempt, rank_multiple in enumerate(multiples):
+    for attempt, rank_multiple in enumerate(multiples if fixed is None else ()):
         for layer in layers:
             layer.candidates = _candidates(layer, budget.metric, rank_multiple, latency)
         payable = [layer for layer in layers if len(layer.options) > 1]
@@ -236,7 +284,7 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         if groups == 0:
             continue
         originals[name] = layer.spec
-        chosen[name] = _fga_spec(layer.spec, groups, rank, keras)
+        chosen[name] = fga_spec(layer.spec, groups, rank, keras)
         errors[name] = float(np.sqrt(layer.candidates.error[index]))
     refine_details = {}
     if data is not None and options.refine and chosen:
@@ -264,7 +312,23 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
                                            costs[name].params, new.params, reason=reasons.get(name, "")))
     report = CompressionReport("fga", budget, decisions, before.macs, sum(c.macs for c in after.values()),
                                before.params, sum(c.params for c in after.values()))
-    if latency is not None:
+    report.choices = {"layers": {name: [spec.config["groups"], spec.config["rank"]] for name, spec in chosen.items()},
+                      "rank_multiple": rank_multiple}
+    if latency is not None and fixed is None:
         spent = metric_total - compressible + sum(layer.candidates.cost[i] for layer, i in zip(payable, choice))
         report.notes["estimated_latency_ratio"] = round(float(spent / metric_total), 4)
     return result, report
+
+
+class FGAMethod(Method):
+    """``method="fga"``: filter-group approximation (every kxk conv becomes a grouped kxk conv to a
+    low rank plus a 1x1 conv), allocated globally by MACs, params or a latency table."""
+
+    name = "fga"
+    options_class = FGAOptions
+    uses_latency = True
+    cli_options = ("min_channels_per_group", "pointwise")
+
+    def run(self, graph: Graph, budget: Budget, data, options: FGAOptions, context: Context,
+            fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+        return fga_pass(graph, infer_shapes(graph), budget, data, options, context.verbose, context.latency, fixed)

@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
+from kerascomp.allocation import Candidates, allocate
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import jsvd
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
-from kerascomp.graph.keras_io import module_for
+from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
+from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.methods.registry import Context, Method, build_options
 from kerascomp.methods.strip import is_channel_batchnorm
-from kerascomp.allocation import Candidates, allocate
 
 JOINT_VARIANTS = ("left", "right", "bi")
 ALLOCATIONS = ("uniform", "global")
@@ -221,7 +223,7 @@ def _bias_target(graph: Graph, member: _Member) -> str | None:
     return bn.name if len(graph.nodes_of(bn.name)) == 1 else None
 
 
-def _units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> tuple[list[_Unit], dict[str, str]]:
+def svd_units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> tuple[list[_Unit], dict[str, str]]:
     before = graph_cost(graph, shapes).by_name()
     reasons: dict[str, str] = {}
     members: dict[str, _Member] = {}
@@ -417,7 +419,7 @@ def _tail(splicer: _Splicer, member: _Member, shared: LayerSpec, head: Ref, grap
                      [head], final=True)
 
 
-def _apply(graph: Graph, unit: _Unit, rank: int, options: SVDOptions, keras) -> dict:
+def factor_unit(graph: Graph, unit: _Unit, rank: int, options: SVDOptions, keras) -> dict:
     matrices = [jsvd.spatial_matrix(m.spec.weights[0]).astype(np.float64) for m in unit.members]
     result = jsvd.decompose(matrices, rank, unit.variant, options.iterations)
     shape = unit.shape
@@ -493,18 +495,37 @@ def _apply(graph: Graph, unit: _Unit, rank: int, options: SVDOptions, keras) -> 
     return detail
 
 
+def _fixed_ranks(units: list[_Unit], fixed: dict, reasons: dict, method: str) -> list[int]:
+    """A plan's ``{"units": {unit: rank}}`` (0 or absent: dense), checked against each unit's allowed ranks."""
+    planned = dict(fixed.get("units", {}))
+    unknown = sorted(set(planned) - {unit.name for unit in units})
+    if unknown:
+        raise InvalidArgumentError(f"the plan factors {', '.join(unknown[:5])}, which method={method!r} cannot "
+                                   f"factor in this model ({'; '.join(reasons.get(n, 'not a unit') for n in unknown[:5])}).")
+    ranks = []
+    for unit in units:
+        rank = planned.get(unit.name, 0)
+        if rank and rank not in unit.ranks:
+            raise InvalidArgumentError(f"the plan's rank {rank!r} for {unit.name!r} is not one method={method!r} "
+                                       f"may use there (allowed: {min(unit.ranks)}..{max(unit.ranks)} in its steps).")
+        ranks.append(rank)
+    return ranks
+
+
 def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: SVDOptions = SVDOptions(),
-             data=None, verbose: int = 1) -> tuple[Graph, CompressionReport]:
-    """Return a new graph with (joint) spatial SVD applied under ``budget``, and the per-layer report."""
+             data=None, verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+    """Return a new graph with (joint) spatial SVD applied under ``budget`` (or the ranks of a plan's
+    ``fixed`` choices), and the per-layer report."""
     if options.recalibrate is True and data is None:
         raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
+    fixed_choices = fixed
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     costs = before.by_name()
     metric = budget.metric
     what = "MACs" if metric == "flops" else "params"
     result = graph.copy()
-    units, reasons = _units(result, shapes, method, options)
+    units, reasons = svd_units(result, shapes, method, options)
     for unit in tqdm(units, desc=f"{method} spectra", disable=not verbose):
         unit.ranks = _allowed_ranks(unit, metric, options.rank_multiple)
         if options.allocation == "global":
@@ -530,7 +551,9 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     fixed = total - sum(unit.original(metric) for unit in units)
     kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list(reasons.items())[:6])
     hint = f"Left alone: {kept_summary}." if kept_summary else ""
-    if options.allocation == "global":
+    if fixed_choices is not None:
+        ranks, rate = _fixed_ranks(units, fixed_choices, reasons, method), None
+    elif options.allocation == "global":
         ranks, rate = _allocate_global(units, metric, fixed, budget.fraction * total, hint), None
     else:
         ranks, rate = _allocate_uniform(units, metric, fixed, budget.fraction * total, hint)
@@ -541,7 +564,7 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     for unit, rank in zip(units, ranks):
         if not rank:
             continue
-        detail = _apply(result, unit, rank, options, keras)
+        detail = factor_unit(result, unit, rank, options, keras)
         if unit.variant != "svd":
             groups[unit.name] = detail["group"]
         n = len(unit.members)
@@ -567,12 +590,33 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
                                              costs[name].params, costs[name].params, reason=reasons.get(name, "")))
     report = CompressionReport(method, budget, report_rows, before.macs, int(planned["macs"]), before.params,
                                int(planned["params"]))
+    report.choices = {"units": {unit.name: int(rank) for unit, rank in zip(units, ranks) if rank}}
     if decisions and (options.recalibrate is True or (options.recalibrate == "auto" and data is not None)):
-        from kerascomp.methods.calibrate import recalibrate_batchnorm
-
         result, report.notes["recalibrated_batchnorms"] = recalibrate_batchnorm(result, data, options.max_samples)
     if groups:
         report.notes["joint groups"] = "; ".join(f"{k}: {len(v)} convs" for k, v in groups.items())
     if rate is not None:
         report.notes["uniform rate"] = round(rate, 4)
     return result, report
+
+
+class SVDMethod(Method):
+    """``method="svd"`` (per-layer spatial SVD: kxk -> kx1 + 1xk) and ``method="joint_svd"`` (the
+    factors shared by the repeated convs of a stage)."""
+
+    options_class = SVDOptions
+    cli_options = ("allocation", "pointwise", "variant", "groups")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        if name == "svd":
+            self.cli_options = ("allocation", "pointwise")
+
+    def make_options(self, options: dict | None = None) -> SVDOptions:
+        built = build_options(SVDOptions, dict(options or {}), self.name, validate=False)
+        built.validate(self.name)
+        return built
+
+    def run(self, graph: Graph, budget: Budget, data, options: SVDOptions, context: Context,
+            fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+        return svd_pass(graph, infer_shapes(graph), budget, self.name, options, data, context.verbose, fixed)

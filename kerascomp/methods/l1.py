@@ -9,7 +9,7 @@ import numpy as np
 
 from kerascomp.graph.channels import ChannelAnalysis, ChannelGroup
 from kerascomp.graph.ir import Graph
-from kerascomp.methods.pruning import Step, group_l1
+from kerascomp.methods.pruning import PruningMethod, Step, group_l1
 
 
 def l1_steps(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> list[Step]:
@@ -18,3 +18,12 @@ def l1_steps(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> li
     prunable = np.array(group.prunable(), dtype=np.int64)
     order = prunable[np.argsort(norms[prunable], kind="stable")]
     return [Step(int(channel), float(norms[channel])) for channel in order]
+
+
+class L1Method(PruningMethod):
+    """``method="l1"``: remove the channels whose filters have the smallest L1 norm."""
+
+    name = "l1"
+
+    def steps(self, graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> list[Step]:
+        return l1_steps(graph, analysis, group)

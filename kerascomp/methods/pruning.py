@@ -21,18 +21,28 @@ from tqdm.auto import tqdm
 from kerascomp.cost import graph_cost, layer_macs
 from kerascomp.decompose.correlation import filter_rows, l1_norms, linear_fit
 from kerascomp.errors import BudgetError, InvalidArgumentError
-from kerascomp.graph.channels import (CONV, DEPTHWISE, PER_CHANNEL, PRUNE_RULES, TRANSPOSED,
-                                      ChannelAnalysis, ChannelGroup, prune_channels)
+from kerascomp.graph.channels import (
+    CONV,
+    DEPTHWISE,
+    PER_CHANNEL,
+    PRUNE_RULES,
+    TRANSPOSED,
+    ChannelAnalysis,
+    ChannelGroup,
+    analyse_channels,
+    prune_channels,
+)
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
 from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
 IO_REASONS = ("model input", "model output")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruneOptions:
     """Options of the pruning methods (``clone_compressed(..., method="l1" | "correlation", **options)``).
 
@@ -358,12 +368,51 @@ def apply_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, orders:
     return result, report
 
 
+def pruning_choices(orders: list[GroupOrder]) -> dict:
+    """The plan form of ``orders``: per pruned group, its producers and the ``[channel, partner]`` removed."""
+    return {"groups": {str(order.group.index): {"producers": list(order.group.producers),
+                                                "removed": [[step.channel, step.partner]
+                                                            for step in order.steps[:order.chosen]]}
+                       for order in orders if order.chosen}}
+
+
+def orders_from_choices(analysis: ChannelAnalysis, choices: dict) -> list[GroupOrder]:
+    """The :class:`GroupOrder` list a plan's :func:`pruning_choices` describe, checked against ``analysis``."""
+    orders = []
+    for key, entry in dict(choices.get("groups", {})).items():
+        index = int(key)
+        if not 0 <= index < len(analysis.groups):
+            raise InvalidArgumentError(f"the plan prunes channel group {key}, but this model has "
+                                       f"{len(analysis.groups)} groups; re-plan for this model.")
+        group = analysis.groups[index]
+        if list(entry.get("producers", [])) != list(group.producers):
+            raise InvalidArgumentError(f"the plan's channel group {key} is produced by {entry.get('producers')}, "
+                                       f"but in this model by {group.producers}; re-plan for this model.")
+        prunable = set(group.prunable())
+        steps = []
+        for channel, partner in entry.get("removed", []):
+            if channel not in prunable or (partner is not None and not 0 <= partner < group.size):
+                raise InvalidArgumentError(f"the plan removes channel {channel} (partner {partner}) of group {key} "
+                                           f"({', '.join(group.producers[:3])}), which may not be removed there.")
+            steps.append(Step(int(channel), 0.0, None if partner is None else int(partner)))
+        if len(steps) >= group.size:
+            raise InvalidArgumentError(f"the plan removes every channel of group {key}; keep at least one.")
+        orders.append(GroupOrder(group, steps, len(steps), len(steps)))
+    return orders
+
+
 def prune_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, scorer: Scorer, method: str,
                options: PruneOptions, data=None, pairs: bool = False,
-               verbose: int = 1) -> tuple[Graph, CompressionReport]:
-    """Plan and apply pruning to ``budget`` in one go."""
-    orders = plan_pruning(graph, shapes, analysis, budget, scorer, method, options, verbose)
-    return apply_pruning(graph, shapes, analysis, orders, budget, method, options, data, pairs, verbose)
+               verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+    """Plan and apply pruning to ``budget`` in one go (or realise the ``fixed`` choices of a plan)."""
+    if fixed is None:
+        orders = plan_pruning(graph, shapes, analysis, budget, scorer, method, options, verbose)
+    else:
+        options.validate()
+        orders = orders_from_choices(analysis, fixed)
+    result, report = apply_pruning(graph, shapes, analysis, orders, budget, method, options, data, pairs, verbose)
+    report.choices = pruning_choices(orders)
+    return result, report
 
 
 def _report(graph: Graph, shapes: dict, result: Graph, analysis: ChannelAnalysis, budget: Budget, method: str,
@@ -408,3 +457,21 @@ def _channel_count(spec: LayerSpec, role: str) -> int | None:
             if weight_role == role:
                 return int(weight.shape[axis])
     return None
+
+
+class PruningMethod(Method):
+    """The shared shape of the channel-pruning methods: a subclass only scores a group's channels
+    (``steps``: the order in which they go); coupling, allocation and removal are common."""
+
+    options_class = PruneOptions
+    cli_options = ("allocation", "max_fraction")
+    pairs = False  # whether steps pair each dropped channel with a kept partner (compensation)
+
+    def steps(self, graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> list[Step]:
+        raise NotImplementedError
+
+    def run(self, graph: Graph, budget: Budget, data, options: PruneOptions, context: Context,
+            fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+        shapes = infer_shapes(graph)
+        return prune_pass(graph, shapes, analyse_channels(graph, shapes), budget, self.steps, self.name, options,
+                          data, self.pairs, context.verbose, fixed)

@@ -13,8 +13,16 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.decompose.collaborative import (RemovalCurve, Trajectory, channel_matrix, channel_removal_curve,
-                                               factor_kernel, fit_exponential, multi_step_curve, values_to_keep)
+from kerascomp.decompose.collaborative import (
+    RemovalCurve,
+    Trajectory,
+    channel_matrix,
+    channel_removal_curve,
+    factor_kernel,
+    fit_exponential,
+    multi_step_curve,
+    values_to_keep,
+)
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.flavour import keras_of
 from kerascomp.graph.ir import Graph

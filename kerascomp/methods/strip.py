@@ -5,8 +5,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph, LayerSpec
-from kerascomp.graph.keras_io import module_for
+from kerascomp.graph.keras_io import module_for, read_model, write_model
 
 StripRule = Callable[[LayerSpec, Any], list[LayerSpec]]
 _RULES: dict[str, StripRule] = {}
@@ -122,3 +123,10 @@ def strip_regularizers(graph: Graph) -> Graph:
             if slot in spec.config:
                 spec.config = {**spec.config, slot: value}
     return result
+
+
+def strip_model(model: Any) -> Any:
+    """An equivalent model of only standard Keras layers (for the TFLite converter)."""
+    if model is None or not hasattr(model, "get_config"):
+        raise InvalidArgumentError(f"strip expects a Keras model, got {type(model).__name__}.")
+    return write_model(strip_graph(read_model(model)))

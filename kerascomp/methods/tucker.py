@@ -20,13 +20,15 @@ from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModel
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
+from kerascomp.methods.calibrate import recalibrate_batchnorm
 from kerascomp.methods.joint_svd import conv_spec
+from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
 RHOS = np.linspace(0.02, 1.0, 50)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TuckerOptions:
     """Options of ``method="tucker"``: ``allocation`` (``"uniform"`` or ``"global"``), ``iterations``
     of HOOI, ``recalibrate`` BatchNormalization on ``data`` (``"auto"``: when given), ``max_samples``."""
@@ -73,8 +75,32 @@ class _Layer:
         return ranks if self.cost(ranks, metric) < self.cost(None, metric) else None
 
 
+def _fixed_ranks(layers: list[_Layer], fixed: dict, reasons: dict) -> list[tuple[int, int] | None]:
+    """A plan's ``{"layers": {name: [r_in, r_out]}}``, checked against each kernel."""
+    planned = dict(fixed.get("layers", {}))
+    names = {layer.spec.name for layer in layers}
+    unknown = sorted(set(planned) - names)
+    if unknown:
+        raise InvalidArgumentError(f"the plan decomposes {', '.join(unknown[:5])}, which Tucker cannot take in this "
+                                   f"model ({'; '.join(reasons.get(n, 'no MACs') for n in unknown[:5])}).")
+    chosen = []
+    for layer in layers:
+        ranks = planned.get(layer.spec.name)
+        if ranks is not None:
+            _, _, channels, filters = layer.spec.weights[0].shape
+            if (len(ranks) != 2 or not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks)
+                    or not (1 <= ranks[0] <= channels and 1 <= ranks[1] <= filters)):
+                raise InvalidArgumentError(f"the plan's Tucker ranks for {layer.spec.name!r} must be [r_in, r_out] "
+                                           f"with 1 <= r_in <= {channels} and 1 <= r_out <= {filters}, got {ranks!r}.")
+            ranks = (ranks[0], ranks[1])
+        chosen.append(ranks)
+    return chosen
+
+
 def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: TuckerOptions,
-                verbose: int = 1) -> tuple[Graph, CompressionReport]:
+                verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+    """Tucker-2 every kxk conv under ``budget`` (or with the ranks of a plan's ``fixed`` choices)."""
+    plan_choices = fixed
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     costs = before.by_name()
@@ -102,7 +128,9 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     total = before.macs if metric == "flops" else before.params
     fixed = total - sum(layer.cost(None, metric) for layer in layers)
     goal = budget.fraction * total
-    if options.allocation == "uniform":
+    if plan_choices is not None:
+        chosen = _fixed_ranks(layers, plan_choices, reasons)
+    elif options.allocation == "uniform":
         chosen = _uniform(layers, metric, fixed, goal, total, reasons)
     else:
         chosen = _global(layers, metric, fixed, goal, reasons)
@@ -116,8 +144,6 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     if options.recalibrate is True and data is None:
         raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
     if errors and (options.recalibrate is True or (options.recalibrate == "auto" and data is not None)):
-        from kerascomp.methods.calibrate import recalibrate_batchnorm
-
         result, recalibrated = recalibrate_batchnorm(result, data, options.max_samples)
     after_shapes = infer_shapes(result)
     after = graph_cost(result, after_shapes).by_name()
@@ -136,7 +162,9 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
                                        reasons.get(name, "")))
     totals = graph_cost(result, after_shapes)
     report = CompressionReport("tucker", budget, decisions, before.macs, totals.macs, before.params, totals.params,
-                               notes={"recalibrated_batchnorms": recalibrated, "allocation": options.allocation})
+                               notes={"recalibrated_batchnorms": recalibrated, "allocation": options.allocation},
+                               choices={"layers": {layer.spec.name: list(ranks) for layer, ranks in zip(layers, chosen)
+                                                   if ranks is not None}})
     return result, report
 
 
@@ -195,3 +223,15 @@ def _budget_error(metric: str, floor: float, goal: float, reasons: dict) -> Budg
     left = "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5]) or "none"
     return BudgetError(f"method='tucker' cannot reach target_{metric}={goal:.3g}: rank 1 everywhere still leaves "
                        f"{floor:.3f} of the {what}. Layers it cannot decompose: {left}. Raise the target.")
+
+
+class TuckerMethod(Method):
+    """``method="tucker"``: Tucker-2 (1x1 -> kxk -> 1x1) of every kxk conv, by tensorly."""
+
+    name = "tucker"
+    options_class = TuckerOptions
+    cli_options = ("allocation",)
+
+    def run(self, graph: Graph, budget: Budget, data, options: TuckerOptions, context: Context,
+            fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+        return tucker_pass(graph, infer_shapes(graph), budget, data, options, context.verbose, fixed)

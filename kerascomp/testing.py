@@ -27,7 +27,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+import kerascomp
+from kerascomp.decompose import fga as fga_math
+from kerascomp.decompose import jsvd
 from kerascomp.errors import CompressionError
+from kerascomp.graph.flavour import keras_of
+from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write_model
+from kerascomp.methods import joint_svd
+from kerascomp.methods.fga import FGAOptions, allowed_groups, fga_spec, ineligibility
+from kerascomp.methods.tucker import factor_layer
 
 Chooser = Callable[[Sequence], Any]
 LINEAR_BLOCKS = ("conv", "conv", "grouped", "dilated", "depthwise", "separable", "bn", "relu", "pool")
@@ -223,8 +231,6 @@ def relative_error(actual: Any, expected: Any) -> float:
 
 def round_trip(model: Any) -> Any:
     """``model`` read into the IR and written back."""
-    from kerascomp.graph.keras_io import read_model, write_model
-
     return write_model(read_model(model))
 
 
@@ -236,14 +242,6 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
     with shared full-rank bases); pruning methods and collaborative compression run at a target of
     1.0. Raises :class:`kerascomp.CompressionError` where the method refuses the model.
     """
-    import kerascomp
-    from kerascomp.decompose import fga as fga_math
-    from kerascomp.decompose import jsvd
-    from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write_model
-    from kerascomp.methods import joint_svd
-    from kerascomp.methods.fga import FGAOptions, _fga_spec, allowed_groups, ineligibility
-    from kerascomp.methods.tucker import factor_layer
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
         if method in ("l1", "correlation"):
@@ -262,7 +260,7 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
             if len(graph.nodes_of(name)) and ineligibility(spec, options) is None:
                 kernel = spec.weights[0]
                 groups = max(g for g in allowed_groups(spec, 1) if g <= 4)
-                graph.layers[name] = _fga_spec(spec, groups, fga_math.max_rank(kernel.shape, groups), keras)
+                graph.layers[name] = fga_spec(spec, groups, fga_math.max_rank(kernel.shape, groups), keras)
     elif method == "tucker":
         for name, spec in list(graph.layers.items()):
             if spec.class_name == "Conv2D" and spec.config.get("groups", 1) == 1 and len(graph.nodes_of(name)) == 1:
@@ -273,9 +271,9 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
         variants = ("svd",) if method == "svd" else ("left", "right", "bi")
         options = joint_svd.SVDOptions(variant=variants[len(graph.layers) % len(variants)], min_saving=0.0,
                                        pointwise=True)
-        units, _ = joint_svd._units(graph, shapes, method, options)
+        units, _ = joint_svd.svd_units(graph, shapes, method, options)
         for unit in units:
-            joint_svd._apply(graph, unit, jsvd.full_rank(unit.shape, len(unit.members), unit.variant), options, keras)
+            joint_svd.factor_unit(graph, unit, jsvd.full_rank(unit.shape, len(unit.members), unit.variant), options, keras)
     else:
         raise ValueError(f"unknown method {method!r}")
     return write_model(graph)
@@ -295,8 +293,6 @@ class Outcome:
 def check_graph(model: Any, method: str, target: float | None = 0.5, export: bool = True,
                 folder: str | Path | None = None) -> list[Outcome]:
     """Run the properties of the module docstring; ``target=None`` skips the compressed-model checks."""
-    import kerascomp
-
     x = sample_inputs(model)
     expected = np.asarray(model(x, training=False))
     outcomes = []
@@ -361,8 +357,6 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
 
 
 def _module(model: Any):
-    from kerascomp.graph.flavour import keras_of
-
     return keras_of(model)
 
 

@@ -1,0 +1,156 @@
+"""The method protocol and its registry: every compression method is one registered object.
+
+A method has validated ``options`` (a dataclass built by :meth:`Method.make_options`),
+``plan(graph, budget, data, options, context) -> Plan`` and ``apply(graph, plan, data, context)
+-> (Graph, CompressionReport)``. ``kerascomp.clone_compressed``, ``kerascomp.plan``, the CLI,
+``prune_in_rounds`` and the fuzz harness find methods here, so adding one is a file with a
+:class:`Method` subclass and one :func:`register` call (see docs/ARCHITECTURE.md)::
+
+    class Identity(Method):
+        name = "identity"
+
+        def run(self, graph, budget, data, options, context, fixed=None):
+            ...  # return (new graph, CompressionReport with .choices filled)
+
+    register(Identity())
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from kerascomp.errors import InvalidArgumentError
+from kerascomp.graph.ir import Graph
+from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint, plan_from_report
+from kerascomp.methods.inputs import input_batch
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a method may use besides the graph, the budget and the data.
+
+    ``loss``: the loss a gradient sensitivity differentiates; ``latency``: a measured
+    :class:`kerascomp.LatencyTable`; ``measure``: ``measure(original, compressed) -> float``, the
+    measured latency ratio of two graphs (methods never export or time models themselves).
+    """
+
+    verbose: int = 1
+    loss: Any = None
+    latency: Any = None
+    measure: Callable[[Graph, Graph], float] | None = None
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none."""
+
+    def validate(self) -> None:
+        return None
+
+
+def build_options(cls: type, options: dict, method: str, validate: bool = True) -> Any:
+    """``cls(**options)``, validated (unless ``validate=False``: the caller validates), with an error that
+    names an unknown option and lists the known ones."""
+    known = sorted(field.name for field in dataclasses.fields(cls))
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise InvalidArgumentError(f"unknown option(s) {', '.join(unknown)} for method={method!r}. "
+                                   f"Known: {known or 'none'}.")
+    built = cls(**options)
+    if validate and hasattr(built, "validate"):
+        built.validate()
+    return built
+
+
+class Method:
+    """One compression method. Subclasses set ``name`` and ``options_class`` and implement ``run``
+    (or, for a planner with its own plan format, ``plan`` and ``apply``).
+
+    Attributes:
+        needs_labels: ``plan`` reads ``(x, y)`` data (a gradient sensitivity).
+        uses_loss: ``loss=`` means something to it.
+        uses_latency: it plans against a latency table (``target_latency=`` / ``latency=``).
+        cli_options: option names the ``kerascomp compress`` command passes from its flags.
+    """
+
+    name: str = ""
+    options_class: type = NoOptions
+    needs_labels: bool = False
+    uses_loss: bool = False
+    uses_latency: bool = False
+    cli_options: tuple[str, ...] = ()
+
+    def make_options(self, options: dict | None = None) -> Any:
+        return build_options(self.options_class, dict(options or {}), self.name)
+
+    def settings(self, options: Any) -> dict:
+        """The options as plain data, stored in a plan so that ``apply`` rebuilds them."""
+        return dataclasses.asdict(options)
+
+    def run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
+            fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+        """Compress ``graph`` to ``budget`` (or realise the ``fixed`` choices of a plan); the report's
+        ``choices`` hold what a plan needs to redo it."""
+        raise NotImplementedError
+
+    def compress(self, graph: Graph, budget: Budget, data: Any, options: Any,
+                 context: Context) -> tuple[Graph, CompressionReport, Plan]:
+        """Plan and apply in one go; returns the graph, the report and the plan that reproduces it."""
+        result, report = self.run(graph, budget, input_batch(graph, data), options, context)
+        return result, report, plan_from_report(graph, report, self.settings(options))
+
+    def plan(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context) -> Plan:
+        return self.compress(graph, budget, data, options, context)[2]
+
+    def plan_options(self, plan: Plan) -> Any:
+        """The options a plan was made with (its ``settings`` that are options of this method)."""
+        known = {field.name for field in dataclasses.fields(self.options_class)}
+        return self.make_options({key: value for key, value in plan.settings.items() if key in known})
+
+    def apply(self, graph: Graph, plan: Plan, data: Any, context: Context) -> tuple[Graph, CompressionReport]:
+        check_plan(graph, plan)
+        options = self.plan_options(plan)
+        return self.run(graph, plan.budget, input_batch(graph, data), options, context, fixed=plan.choices)
+
+
+def check_plan(graph: Graph, plan: Any) -> None:
+    """Refuse a plan for another model (by layer names); warn when only the weights differ."""
+    if not isinstance(plan, Plan):
+        raise InvalidArgumentError(f"plan must be a kerascomp.Plan (see kerascomp.plan), got {type(plan).__name__}.")
+    missing = [entry.layer for entry in plan.layers if entry.layer not in graph.layers]
+    if missing:
+        raise InvalidArgumentError(f"the plan names layers this model lacks: {', '.join(missing[:5])}. "
+                                   "Apply a plan only to the model it was made for.")
+    if plan.fingerprint != fingerprint(graph):
+        warnings.warn(f"the plan was made for model {plan.model!r} with other weights (fingerprint "
+                      f"{plan.fingerprint} != {fingerprint(graph)}); its choices may no longer be the best for "
+                      "these weights.", UserWarning, stacklevel=4)
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method, replace: bool = False) -> Method:
+    """Make ``method`` available by its name to every entry point; returns it."""
+    if not isinstance(method, Method) or not method.name or not isinstance(method.name, str):
+        raise InvalidArgumentError(f"register expects a kerascomp Method instance with a name, got {method!r}.")
+    if method.name in _REGISTRY and not replace:
+        raise InvalidArgumentError(f"a method named {method.name!r} is registered already; pass replace=True.")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def unregister(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def get(name: Any) -> Method:
+    if name not in _REGISTRY:
+        raise InvalidArgumentError(f"method={name!r} is not one of {names()}.")
+    return _REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
