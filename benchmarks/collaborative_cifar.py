@@ -42,7 +42,7 @@ VARIANTS = {
     "collaborative": ("collaborative", {}),
     "collaborative_prune_only": ("collaborative", {"decompose": False}),
     "collaborative_measured": ("collaborative", {"sensitivity": "measured"}),
-    "collaborative_max08": ("collaborative", {"max_fraction": 0.8}),
+    "collaborative_max08": ("collaborative", {"max_macs_fraction": 0.8}),
     "uniform_pruning": ("l1", {"allocation": "uniform"}),
     "uniform_lowrank": ("collaborative", {"allocation": "uniform", "prune": False}),
     "uniform_tucker": ("tucker", {"allocation": "uniform"}),

@@ -62,11 +62,11 @@ def context_for(method: Method, model: Any, budget: Budget, loss: Any, latency: 
     """The :class:`Context` of one compression: the loss, and a latency table (measured here if none is
     given) only for a latency target; ``loss=`` and latency arguments are refused by methods that ignore them."""
     if loss is not None and not method.uses_loss:
-        users = [name for name in registry.names() if registry.get(name).uses_loss]
+        users = sorted(name for name in registry.names() if registry.get(name).uses_loss)
         raise InvalidArgumentError(f"loss= is used by method={' or '.join(map(repr, users))} only, not "
                                    f"{method.name!r}.")
     if (budget.metric == "latency" or latency is not None) and not method.uses_latency:
-        users = [name for name in registry.names() if registry.get(name).uses_latency]
+        users = sorted(name for name in registry.names() if registry.get(name).uses_latency)
         argument = "target_latency" if budget.metric == "latency" else "latency"
         raise InvalidArgumentError(f"{argument}= is used by method={' and '.join(map(repr, users))} only, not "
                                    f"{method.name!r}.")

@@ -243,17 +243,3 @@ def plan_from_report(graph: Graph, report: CompressionReport, settings: dict[str
                 report.params_before, report.params_after, settings=dict(settings), seconds=report.seconds,
                 choices=json.loads(json.dumps(report.choices)))
 
-
-def dense_conv2d_ineligibility(spec, pointwise: bool, pointwise_reason: str) -> str | None:
-    """Why a factoring method leaves this layer alone, or ``None`` for a dense channels_last Conv2D
-    (a 1x1 kernel only with ``pointwise``; ``pointwise_reason`` says why it is skipped otherwise)."""
-    if spec.class_name != "Conv2D":
-        return f"{spec.class_name} is not a dense Conv2D"
-    config = spec.config
-    if config.get("data_format") not in (None, "channels_last"):
-        return "channels_first: rebuild the model channels_last (TFLite is channels_last)"
-    if (config.get("groups") or 1) != 1:
-        return "already a grouped conv"
-    if spec.weights[0].shape[:2] == (1, 1) and not pointwise:
-        return f"1x1 conv: {pointwise_reason} (pass pointwise=True to factor it)"
-    return None

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import read_model, write_model
 
@@ -36,3 +37,20 @@ def recalibrate_batchnorm(graph: Graph, data: Any, max_samples: int = 256) -> tu
     for name in batchnorms:
         result.layers[name].weights = [np.array(w) for w in measured.layers[name].weights]
     return result, len(batchnorms)
+
+
+def check_recalibrate(recalibrate: bool | str, data: Any) -> None:
+    """Refuse ``recalibrate=True`` without ``data`` before any work is done."""
+    if recalibrate is True and data is None:
+        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
+
+
+def recalibrate_if_asked(graph: Graph, data: Any, recalibrate: bool | str, max_samples: int,
+                         changed: bool = True) -> tuple[Graph, int]:
+    """BN recalibration as every method's ``recalibrate`` option asks: ``True`` (needs ``data``), ``False``, or
+    ``"auto"`` (when ``data`` is given); only when the method ``changed`` something. Returns the graph and the
+    number of BatchNormalization layers re-estimated."""
+    check_recalibrate(recalibrate, data)
+    if changed and (recalibrate is True or (recalibrate == "auto" and data is not None)):
+        return recalibrate_batchnorm(graph, data, max_samples)
+    return graph, 0

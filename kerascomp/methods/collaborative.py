@@ -31,12 +31,13 @@ from kerascomp.graph.channels import PER_CHANNEL, ChannelAnalysis, ChannelGroup,
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, LayerRecord, Plan, fingerprint
-from kerascomp.methods.calibrate import recalibrate_batchnorm
-from kerascomp.methods.inputs import input_batch
+from kerascomp.methods.calibrate import recalibrate_if_asked
+from kerascomp.methods.eligibility import eligible_convs
+from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number, input_batch
 from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.pruning import cost_tables, pruned_cost
 from kerascomp.methods.registry import Context, Method, build_options, check_plan
-from kerascomp.methods.sensitivity import LayerSensitivity, conv_layers, layer_sensitivities
+from kerascomp.methods.sensitivity import LayerSensitivity, layer_sensitivities
 
 ALLOCATIONS = ("global", "uniform")
 
@@ -50,7 +51,9 @@ class CollaborativeOptions:
         allocation: ``"global"`` (fitted curves and one Lagrange multiplier) or ``"uniform"`` (the
             same fraction of every conv's MACs: the baseline the global rates should beat).
         step_fraction: share of a layer's units removed per step before rescoring (reference: 1%).
-        max_fraction: at most this share of a layer's MACs goes (reference: 0.95).
+        max_macs_fraction: at most this share of a layer's MACs goes (reference: 0.95). Called
+            ``max_fraction`` before 0.2 (still accepted, with a ``DeprecationWarning``): pruning's
+            ``max_fraction`` is a share of a group's *channels*.
         batch_size / max_samples: batches of the gradient pass and how many labelled rows it reads.
         recalibrate: re-estimate BatchNormalization statistics on ``data`` after compressing
             (``"auto"``: when data is given).
@@ -68,7 +71,7 @@ class CollaborativeOptions:
     decompose: bool = True
     allocation: str = "global"
     step_fraction: float = 0.01
-    max_fraction: float = 0.95
+    max_macs_fraction: float = 0.95
     batch_size: int = 64
     max_samples: int = 512
     recalibrate: bool | str = "auto"
@@ -78,29 +81,18 @@ class CollaborativeOptions:
     normalize: bool = False
 
     def validate(self) -> None:
-        for name in ("prune", "decompose"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidArgumentError(f"{name} must be True or False, got {getattr(self, name)!r}.")
+        for name in ("prune", "decompose", "normalize"):
+            check_bool(name, getattr(self, name))
         if not (self.prune or self.decompose):
             raise InvalidArgumentError("prune=False and decompose=False leave nothing to remove; enable one.")
-        if self.allocation not in ALLOCATIONS:
-            raise InvalidArgumentError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
-        for name, low, high in (("step_fraction", 0.0, 0.5), ("max_fraction", 0.0, 0.99)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-                raise InvalidArgumentError(f"{name} must be a number in ({low}, {high}], got {value!r}.")
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_number("step_fraction", self.step_fraction, 0.0, 0.5, "(]")
+        check_number("max_macs_fraction", self.max_macs_fraction, 0.0, 0.99, "(]")
         for name, least in (("batch_size", 1), ("max_samples", 1), ("latency_checks", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InvalidArgumentError(f"{name} must be an int >= {least}, got {value!r}.")
-        if self.gradient not in ("mean", "rms"):
-            raise InvalidArgumentError(f"gradient must be 'mean' or 'rms', got {self.gradient!r}.")
-        if not isinstance(self.normalize, bool):
-            raise InvalidArgumentError(f"normalize must be True or False, got {self.normalize!r}.")
-        if self.sensitivity not in ("taylor", "measured"):
-            raise InvalidArgumentError(f"sensitivity must be 'taylor' or 'measured', got {self.sensitivity!r}.")
-        if self.recalibrate not in (True, False, "auto"):
-            raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
+            check_int(name, getattr(self, name), least)
+        check_choice("gradient", self.gradient, ("mean", "rms"))
+        check_choice("sensitivity", self.sensitivity, ("taylor", "measured"))
+        check_auto("recalibrate", self.recalibrate)
 
 
 def collaborative_options(options: dict) -> CollaborativeOptions:
@@ -154,19 +146,10 @@ def _input_group(graph: Graph, analysis: ChannelAnalysis, layer: str) -> tuple[C
 
 
 def _convs(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: CollaborativeOptions) -> tuple[list[_Conv], dict[str, str]]:
-    eligible = set(conv_layers(graph))
-    costs = graph_cost(graph, shapes).by_name()
-    convs, reasons = [], {}
-    for name, spec in graph.layers.items():
-        if costs[name].macs == 0 and costs[name].counted:
-            continue
-        if name not in eligible:
-            reasons[name] = (f"{spec.class_name} is not a dense channels_last Conv2D" if costs[name].counted
-                             else f"unknown layer class {spec.class_name}")
-            continue
-        if len(graph.nodes_of(name)) != 1:
-            reasons[name] = "shared layer (called more than once)"
-            continue
+    eligible, reasons = eligible_convs(graph, shapes)
+    convs = []
+    for name in eligible:
+        spec = graph.layers[name]
         pixels = int(np.prod(shapes[graph.nodes_of(name)[0].name][0][1:-1]))
         group, positions, why = _input_group(graph, analysis, name) if options.prune else (None, None, "prune=False")
         convs.append(_Conv(spec, pixels, group, positions, why))
@@ -294,10 +277,10 @@ def _sizes(convs: list[_Conv], metric: int, latency=None) -> np.ndarray:
 
 def _rates(convs: list[_Conv], requested: float, sizes: np.ndarray, options: CollaborativeOptions) -> np.ndarray:
     if options.allocation == "uniform":
-        return np.full(len(convs), min(requested / sizes.sum(), options.max_fraction))
+        return np.full(len(convs), min(requested / sizes.sum(), options.max_macs_fraction))
     p1 = np.array([conv.sensitivity.p1 for conv in convs])
     p2 = np.array([conv.sensitivity.p2 for conv in convs])
-    return global_rates(sizes, p1, p2, min(requested, options.max_fraction * sizes.sum()), options.max_fraction)
+    return global_rates(sizes, p1, p2, min(requested, options.max_macs_fraction * sizes.sum()), options.max_macs_fraction)
 
 
 def _binding(convs: list[_Conv], choices: list[_Choice], reasons: dict[str, str], graph: Graph, shapes: dict) -> str:
@@ -307,7 +290,7 @@ def _binding(convs: list[_Conv], choices: list[_Choice], reasons: dict[str, str]
     for conv, choice in zip(convs, choices):
         height, width, channels, filters = conv.shape
         left = kept_fraction(height * width, channels, filters, channels - len(choice.removed), choice.rank)
-        why = "at max_fraction" + ("" if conv.group is not None else f"; {conv.fixed_reason}")
+        why = "at max_macs_fraction" + ("" if conv.group is not None else f"; {conv.fixed_reason}")
         rows.append((left * conv.macs, f"{conv.spec.name} ({left:.0%} of its MACs left: {why})"))
     rows += [(costs[name].macs, f"{name} ({reason})") for name, reason in reasons.items()]
     rows.sort(key=lambda row: -row[0])
@@ -330,7 +313,7 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
                                     f"({listed}).")
     prunable = {conv.spec.name: conv.group is not None for conv in convs}
     sensitivities = layer_sensitivities(graph, data, loss, options.batch_size, options.max_samples, prunable,
-                                        options.step_fraction, options.max_fraction, options.decompose, verbose,
+                                        options.step_fraction, options.max_macs_fraction, options.decompose, verbose,
                                         options.sensitivity, rms=options.gradient == "rms",
                                         normalize=options.normalize)
     by_name = {s.layer: s for s in sensitivities}
@@ -361,20 +344,20 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
     untouched = decide(0.0)
     before = realised(untouched[1])
     target = budget.fraction * before
-    rates, choices = decide(options.max_fraction * sizes.sum())
+    rates, choices = decide(options.max_macs_fraction * sizes.sum())
     floor = realised(choices)
     what = {0: "MACs", 1: "params", 2: f"estimated latency ({latency.source if latency else ''})"}[metric]
     if floor > target:
         raise BudgetError(
             f"method='collaborative' cannot reach target_{budget.metric}={budget.fraction}: compressing every conv "
             f"as far as it may leaves {floor / before:.3f} of the {what}. Binding layers: "
-            f"{_binding(convs, choices, reasons, graph, shapes)}. Raise the target or max_fraction.")
+            f"{_binding(convs, choices, reasons, graph, shapes)}. Raise the target or max_macs_fraction.")
 
     def solve(goal: float) -> tuple[np.ndarray, list[_Choice]]:
         """The least requested removal whose realised cost meets ``goal`` (bisection)."""
         if before <= goal:
             return untouched
-        low, high, best = 0.0, options.max_fraction * sizes.sum(), (rates, choices)
+        low, high, best = 0.0, options.max_macs_fraction * sizes.sum(), (rates, choices)
         for _ in range(40):
             middle = 0.5 * (low + high)
             trial = decide(middle)
@@ -507,11 +490,7 @@ def apply_plan(graph: Graph, plan: Plan, data=None, recalibrate: bool | str = "a
     shapes = infer_shapes(graph)
     applied = Plan.from_json(plan.to_json())
     result = _realise(graph, analyse_channels(graph, shapes), applied, None)
-    recalibrated = 0
-    if recalibrate is True and data is None:
-        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
-    if recalibrate is True or (recalibrate == "auto" and data is not None):
-        result, recalibrated = recalibrate_batchnorm(result, data, max_samples)
+    result, recalibrated = recalibrate_if_asked(result, data, recalibrate, max_samples)
     decisions = [LayerDecision(e.layer, e.class_name, e.action, e.macs_before, e.macs_after, e.params_before,
                                e.params_after, detail={"rank": e.rank, "inputs_removed": len(e.removed_inputs),
                                                        "rate": round(e.rate, 4), "score": e.score}, reason=e.reason)
@@ -532,6 +511,7 @@ class CollaborativeMethod(Method):
     uses_loss = True
     uses_latency = True
     cli_options = ("sensitivity", "allocation")
+    renamed = {"max_fraction": "max_macs_fraction"}
 
     def plan(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:
         return plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,

@@ -19,7 +19,10 @@ from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModel
 from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import infer_shapes, module_for, sample_node_inputs
 from kerascomp.layers import layers_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
+from kerascomp.methods.eligibility import dense_conv2d_ineligibility, eligible_convs
+from kerascomp.methods.inputs import check_auto, check_bool, check_int, check_number
 from kerascomp.methods.registry import Context, Method
 
 
@@ -39,6 +42,10 @@ class FGAOptions:
       speedup against 0.78 with any rank (benchmarks/results/latency_realization*.md).
     * ``refine``: when ``data`` is given, refit each 1x1 conv by ridge least squares so the
       layer's response on sampled activations matches the original (response reconstruction).
+    * ``recalibrate``: re-estimate BatchNormalization statistics on ``data`` afterwards, as the
+      other methods do (``"auto"``: when ``data`` is given). Off by default, as FGA has always been.
+    * ``max_samples`` / ``max_rows``: images of ``data`` and activation rows per layer of the refit;
+      ``ridge``: its regularisation; ``seed``: the row subsampling.
     """
 
     min_channels_per_group: int = 16
@@ -49,21 +56,18 @@ class FGAOptions:
     max_rows: int = 20000
     ridge: float = 1e-3
     seed: int = 0
+    recalibrate: bool | str = False
 
     def validate(self) -> None:
-        for option in ("min_channels_per_group", "rank_multiple", "max_samples", "max_rows"):
-            value = getattr(self, option)
-            if option == "rank_multiple" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
-        for option in ("pointwise", "refine"):
-            if not isinstance(getattr(self, option), bool):
-                raise InvalidArgumentError(f"{option} must be True or False, got {getattr(self, option)!r}.")
-        if isinstance(self.ridge, bool) or not isinstance(self.ridge, (int, float)) or not self.ridge >= 0:
-            raise InvalidArgumentError(f"ridge must be a number >= 0, got {self.ridge!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise InvalidArgumentError(f"seed must be an int, got {self.seed!r}.")
+        for option in ("min_channels_per_group", "max_samples", "max_rows"):
+            check_int(option, getattr(self, option))
+        if self.rank_multiple is not None:
+            check_int("rank_multiple", self.rank_multiple)
+        check_bool("pointwise", self.pointwise)
+        check_bool("refine", self.refine)
+        check_auto("recalibrate", self.recalibrate)
+        check_number("ridge", self.ridge, 0.0, float("inf"), "[)")
+        check_int("seed", self.seed, least=0)
 
 
 @dataclass
@@ -84,9 +88,12 @@ def _output_pixels(graph: Graph, shapes: dict, layer: str) -> int:
     return sum(int(np.prod(shapes[node.name][0][1:-1])) for node in graph.nodes_of(layer))
 
 
+ONE_BY_ONE = "1x1 conv: no filter-group structure (pass pointwise=True to factor it)"
+
+
 def ineligibility(spec: LayerSpec, options: FGAOptions) -> str | None:
     """Why FGA leaves this layer alone, or ``None`` if it may be factored."""
-    return dense_conv2d_ineligibility(spec, options.pointwise, "no filter-group structure")
+    return dense_conv2d_ineligibility(spec, options.pointwise, ONE_BY_ONE)
 
 
 def _group_options(channels: int, min_per_group: int) -> list[int]:
@@ -211,22 +218,14 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
     """Return a new graph with FGA applied under ``budget``, and the per-layer report. A
     ``"latency"`` budget costs every (groups, rank) option by the :class:`LatencyTable` ``latency``.
     ``fixed``: a plan's choices (``{"layers": {name: [groups, rank]}}``) to realise instead of allocating."""
+    check_recalibrate(options.recalibrate, data)
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     costs = before.by_name()
-    reasons: dict[str, str] = {}
-    layers: list[_Layer] = []
-    for name, spec in graph.layers.items():
-        if not costs[name].counted:
-            reasons[name] = f"unknown layer class {spec.class_name}: kerascomp cannot cost or factor it"
-            continue
-        if costs[name].macs == 0:
-            continue
-        reason = ineligibility(spec, options)
-        if reason:
-            reasons[name] = reason
-            continue
-        layers.append(_Layer(spec, _output_pixels(graph, shapes, name), costs[name].macs, costs[name].params, {}))
+    # a shared conv stays one (grouped) layer called at every place, so FGA may take it
+    eligible, reasons = eligible_convs(graph, shapes, None if options.pointwise else ONE_BY_ONE, allow_shared=True)
+    layers = [_Layer(graph.layers[name], _output_pixels(graph, shapes, name), costs[name].macs, costs[name].params, {})
+              for name in eligible]
     for layer in tqdm(layers, desc="fga candidates", disable=not verbose):
         layer.curves = _error_curves(layer.spec, options)
     if fixed is not None:
@@ -291,6 +290,7 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         refine_details = _refine(graph, chosen, originals, data, options, verbose)
     for name, spec in chosen.items():
         result.layers[name] = spec
+    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples, bool(chosen))
 
     after = graph_cost(result, shapes).by_name()
     decisions = []
@@ -314,6 +314,8 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
                                before.params, sum(c.params for c in after.values()))
     report.choices = {"layers": {name: [spec.config["groups"], spec.config["rank"]] for name, spec in chosen.items()},
                       "rank_multiple": rank_multiple}
+    if recalibrated:
+        report.notes["recalibrated_batchnorms"] = recalibrated
     if latency is not None and fixed is None:
         spent = metric_total - compressible + sum(layer.candidates.cost[i] for layer, i in zip(payable, choice))
         report.notes["estimated_latency_ratio"] = round(float(spent / metric_total), 4)

@@ -121,3 +121,37 @@ def budget_for(target_flops: Any = None, target_params: Any = None, target_laten
     if target_flops is None and target_params is None:
         target_flops = DEFAULT_TARGET_FLOPS
     return Budget.from_targets(target_flops, target_params)
+
+
+# Validators of option fields: one message per kind of mistake, naming the option.
+
+def check_int(name: str, value: Any, least: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InvalidArgumentError(f"{name} must be an int >= {least}, got {value!r}.")
+
+
+def check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be True or False, got {value!r}.")
+
+
+def check_auto(name: str, value: Any) -> None:
+    if value not in (True, False, "auto") or (not isinstance(value, bool) and value != "auto"):
+        raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {value!r}.")
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidArgumentError(f"{name} must be one of {choices}, got {value!r}.")
+
+
+def check_number(name: str, value: Any, low: float, high: float, interval: str = "(]") -> None:
+    """``value`` a real number in the interval from ``low`` to ``high``; ``interval`` gives the brackets."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and np.isfinite(value)
+    if ok:
+        above = value > low if interval[0] == "(" else value >= low
+        below = value < high if interval[1] == ")" else value <= high
+        ok = above and below
+    if not ok:
+        raise InvalidArgumentError(f"{name} must be a number in {interval[0]}{low:g}, {high:g}{interval[1]}, "
+                                   f"got {value!r}.")

@@ -27,12 +27,15 @@ from kerascomp.decompose import jsvd
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
 from kerascomp.graph.keras_io import infer_shapes, module_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
-from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
+from kerascomp.methods.eligibility import eligible_convs
+from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
 from kerascomp.methods.registry import Context, Method, build_options
 from kerascomp.methods.strip import is_channel_batchnorm
 
 JOINT_VARIANTS = ("left", "right", "bi")
+ONE_BY_ONE = "1x1 conv: no spatial extent (pass pointwise=True to factor it)"
 ALLOCATIONS = ("uniform", "global")
 
 
@@ -69,19 +72,14 @@ class SVDOptions:
     max_samples: int = 256
 
     def validate(self, method: str) -> None:
-        if method == "joint_svd" and self.variant not in JOINT_VARIANTS:
-            raise InvalidArgumentError(f"variant={self.variant!r} is not one of {JOINT_VARIANTS}.")
-        if self.allocation not in ALLOCATIONS:
-            raise InvalidArgumentError(f"allocation={self.allocation!r} is not one of {ALLOCATIONS}.")
-        if isinstance(self.min_saving, bool) or not isinstance(self.min_saving, (int, float)) \
-                or not 0.0 <= self.min_saving < 1.0:
-            raise InvalidArgumentError(f"min_saving must be a fraction in [0, 1), got {self.min_saving!r}.")
-        if self.recalibrate not in (True, False, "auto"):
-            raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
+        if method == "joint_svd":
+            check_choice("variant", self.variant, JOINT_VARIANTS)
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_number("min_saving", self.min_saving, 0.0, 1.0, "[)")
+        check_auto("recalibrate", self.recalibrate)
+        check_bool("pointwise", self.pointwise)
         for option in ("rank_multiple", "iterations", "max_samples"):
-            value = getattr(self, option)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{option} must be an int >= 1, got {value!r}.")
+            check_int(option, getattr(self, option))
         if self.groups is not None and (isinstance(self.groups, str) or not isinstance(self.groups, (list, tuple))):
             raise InvalidArgumentError("groups must be a list whose items are lists of layer names or regex strings, "
                                        f"got {type(self.groups).__name__}.")
@@ -151,13 +149,6 @@ class _Unit:
         return sum(jsvd.macs(self.shape, rank, m.vertical_pixels, m.output_pixels) for m in self.members) + extra
 
 
-def _eligibility(spec: LayerSpec, calls: int, options: SVDOptions) -> str | None:
-    why = dense_conv2d_ineligibility(spec, options.pointwise, "no spatial extent")
-    if why is None and calls != 1:
-        why = f"already shared by {calls} calls"
-    return why
-
-
 def _conv_key(member: _Member, shapes: dict) -> tuple:
     config = member.spec.config
     ref = member.node.input_refs()[0]
@@ -225,22 +216,14 @@ def _bias_target(graph: Graph, member: _Member) -> str | None:
 
 def svd_units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> tuple[list[_Unit], dict[str, str]]:
     before = graph_cost(graph, shapes).by_name()
-    reasons: dict[str, str] = {}
+    eligible, reasons = eligible_convs(graph, shapes, None if options.pointwise else ONE_BY_ONE)
     members: dict[str, _Member] = {}
-    for name, spec in graph.layers.items():
-        if not before[name].counted:
-            reasons[name] = f"unknown layer class {spec.class_name}: kerascomp cannot cost or factor it"
+    for name in eligible:
+        spec = graph.layers[name]
+        if _excluded(name, options.exclude):
+            reasons[name] = "excluded by the exclude= option"
             continue
-        if before[name].macs == 0:
-            continue
-        calls = graph.nodes_of(name)
-        why = _eligibility(spec, len(calls), options)
-        if why is None and _excluded(name, options.exclude):
-            why = "excluded by the exclude= option"
-        if why:
-            reasons[name] = why
-            continue
-        node = calls[0]
+        node = graph.nodes_of(name)[0]
         ref = node.input_refs()[0]
         in_shape, out_shape = shapes[ref.node][ref.index], shapes[node.name][0]
         members[name] = _Member(spec, node, int(out_shape[1] * in_shape[2]), int(np.prod(out_shape[1:3])),
@@ -516,8 +499,7 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
              data=None, verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Return a new graph with (joint) spatial SVD applied under ``budget`` (or the ranks of a plan's
     ``fixed`` choices), and the per-layer report."""
-    if options.recalibrate is True and data is None:
-        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
+    check_recalibrate(options.recalibrate, data)
     fixed_choices = fixed
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
@@ -591,8 +573,10 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     report = CompressionReport(method, budget, report_rows, before.macs, int(planned["macs"]), before.params,
                                int(planned["params"]))
     report.choices = {"units": {unit.name: int(rank) for unit, rank in zip(units, ranks) if rank}}
-    if decisions and (options.recalibrate is True or (options.recalibrate == "auto" and data is not None)):
-        result, report.notes["recalibrated_batchnorms"] = recalibrate_batchnorm(result, data, options.max_samples)
+    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples,
+                                                bool(decisions))
+    if recalibrated:
+        report.notes["recalibrated_batchnorms"] = recalibrated
     if groups:
         report.notes["joint groups"] = "; ".join(f"{k}: {len(v)} convs" for k, v in groups.items())
     if rate is not None:

@@ -35,7 +35,8 @@ from kerascomp.graph.channels import (
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
-from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.methods.calibrate import recalibrate_if_asked
+from kerascomp.methods.inputs import check_auto, check_choice, check_int, check_number
 from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
@@ -71,18 +72,13 @@ class PruneOptions:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.allocation not in ALLOCATIONS:
-            raise InvalidArgumentError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
-        if isinstance(self.max_fraction, bool) or not isinstance(self.max_fraction, (int, float)) \
-                or not 0.0 < self.max_fraction < 1.0:
-            raise InvalidArgumentError(f"max_fraction must be a number in (0, 1), got {self.max_fraction!r}.")
-        for name in ("compensate", "recalibrate"):
-            if getattr(self, name) not in (True, False, "auto"):
-                raise InvalidArgumentError(f"{name} must be True, False or 'auto', got {getattr(self, name)!r}.")
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_number("max_fraction", self.max_fraction, 0.0, 1.0, "()")
+        check_auto("compensate", self.compensate)
+        check_auto("recalibrate", self.recalibrate)
         for name in ("max_samples", "max_rows", "channel_multiple"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}.")
+            check_int(name, getattr(self, name))
+        check_int("seed", self.seed, least=0)
 
 
 @dataclass
@@ -358,11 +354,7 @@ def apply_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, orders:
     folds = compensate(working, analysis, orders, data, options, verbose) if use_compensation else {}
     removal = {order.group.index: [s.channel for s in order.steps[:order.chosen]] for order in orders if order.chosen}
     result = prune_channels(working, analysis, removal)
-    if options.recalibrate is True and data is None:
-        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
-    recalibrated = 0
-    if options.recalibrate is True or (options.recalibrate == "auto" and data is not None):
-        result, recalibrated = recalibrate_batchnorm(result, data, options.max_samples)
+    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples)
     report = _report(graph, shapes, result, analysis, budget, method, folds)
     report.notes = {"compensated_consumers": len(folds), "recalibrated_batchnorms": recalibrated}
     return result, report

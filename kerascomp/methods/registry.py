@@ -81,9 +81,22 @@ class Method:
     uses_loss: bool = False
     uses_latency: bool = False
     cli_options: tuple[str, ...] = ()
+    renamed: dict[str, str] = {}  # old option name -> new name, accepted for one release
 
     def make_options(self, options: dict | None = None) -> Any:
-        return build_options(self.options_class, dict(options or {}), self.name)
+        return build_options(self.options_class, self.rename(options), self.name)
+
+    def rename(self, options: dict | None) -> dict:
+        """``options`` with deprecated names replaced by their new ones (with a ``DeprecationWarning``)."""
+        options = dict(options or {})
+        for old, new in self.renamed.items():
+            if old in options:
+                if new in options:
+                    raise InvalidArgumentError(f"pass {new}= only; {old}= is its deprecated name.")
+                warnings.warn(f"method={self.name!r}: option {old}= is renamed {new}=; the old name goes in the "
+                              "next release.", DeprecationWarning, stacklevel=4)
+                options[new] = options.pop(old)
+        return options
 
     def settings(self, options: Any) -> dict:
         """The options as plain data, stored in a plan so that ``apply`` rebuilds them."""
@@ -106,8 +119,10 @@ class Method:
 
     def plan_options(self, plan: Plan) -> Any:
         """The options a plan was made with (its ``settings`` that are options of this method)."""
-        known = {field.name for field in dataclasses.fields(self.options_class)}
-        return self.make_options({key: value for key, value in plan.settings.items() if key in known})
+        known = {field.name for field in dataclasses.fields(self.options_class)} | set(self.renamed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # a plan saved before a rename
+            return self.make_options({key: value for key, value in plan.settings.items() if key in known})
 
     def apply(self, graph: Graph, plan: Plan, data: Any, context: Context) -> tuple[Graph, CompressionReport]:
         check_plan(graph, plan)

@@ -27,7 +27,7 @@ from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.flavour import keras_of
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import write_model
-from kerascomp.methods.base import dense_conv2d_ineligibility
+from kerascomp.methods.eligibility import dense_conv2d_ineligibility
 
 
 @dataclass

@@ -19,13 +19,16 @@ from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, dense_conv2d_ineligibility
-from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
+from kerascomp.methods.eligibility import eligible_convs
+from kerascomp.methods.inputs import check_auto, check_choice, check_int
 from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
 RHOS = np.linspace(0.02, 1.0, 50)
+ONE_BY_ONE = "1x1 conv: its Tucker-2 is a low-rank pair, use method='svd' with pointwise=True"
 
 
 @dataclass(frozen=True)
@@ -39,14 +42,10 @@ class TuckerOptions:
     max_samples: int = 256
 
     def validate(self) -> None:
-        if self.allocation not in ALLOCATIONS:
-            raise InvalidArgumentError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}.")
-        for name in ("iterations", "max_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"{name} must be an int >= 1, got {value!r}.")
-        if self.recalibrate not in (True, False, "auto"):
-            raise InvalidArgumentError(f"recalibrate must be True, False or 'auto', got {self.recalibrate!r}.")
+        check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_int("iterations", self.iterations)
+        check_int("max_samples", self.max_samples)
+        check_auto("recalibrate", self.recalibrate)
 
 
 @dataclass
@@ -101,22 +100,14 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
                 verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Tucker-2 every kxk conv under ``budget`` (or with the ranks of a plan's ``fixed`` choices)."""
     plan_choices = fixed
+    check_recalibrate(options.recalibrate, data)
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     costs = before.by_name()
-    reasons, layers = {}, []
-    for name, spec in graph.layers.items():
-        if costs[name].macs == 0 and costs[name].counted:
-            continue
-        reason = (dense_conv2d_ineligibility(spec, pointwise=True, pointwise_reason="")
-                  if costs[name].counted else f"unknown layer class {spec.class_name}")
-        if reason is None and spec.weights[0].shape[:2] == (1, 1):
-            reason = "1x1 conv: its Tucker-2 is a low-rank pair, use method='svd' with pointwise=True"
-        if reason is None and len(graph.nodes_of(name)) != 1:
-            reason = "shared layer (called more than once)"
-        if reason:
-            reasons[name] = reason
-            continue
+    eligible, reasons = eligible_convs(graph, shapes, ONE_BY_ONE)
+    layers = []
+    for name in eligible:
+        spec = graph.layers[name]
         node = graph.nodes_of(name)[0]
         source = node.input_refs()[0]
         layers.append(_Layer(spec, int(np.prod(shapes[source.node][source.index][1:-1])),
@@ -140,11 +131,7 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
         if ranks is None:
             continue
         errors[layer.spec.name] = factor_layer(result, layer.spec, ranks, options.iterations, keras)
-    recalibrated = 0
-    if options.recalibrate is True and data is None:
-        raise InvalidArgumentError("recalibrate=True needs data= (inputs to re-estimate BatchNormalization on).")
-    if errors and (options.recalibrate is True or (options.recalibrate == "auto" and data is not None)):
-        result, recalibrated = recalibrate_batchnorm(result, data, options.max_samples)
+    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples, bool(errors))
     after_shapes = infer_shapes(result)
     after = graph_cost(result, after_shapes).by_name()
     decisions = []
