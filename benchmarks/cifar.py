@@ -4,6 +4,13 @@
         --methods none,fga,l1,correlation,svd,joint_svd,tucker,collaborative,tfmot,mct --targets 0.5,0.2
     python -m benchmarks.cifar --report        # benchmarks/RESULTS.md + results/cifar_accuracy_vs_macs.png
     python -m benchmarks.cifar --verify        # reload the kept .keras files, check checksums and top-1
+    python -m benchmarks.cifar --preset pruning   # an ablation grid: results/cifar_resnet20_pruning.{json,md}
+
+``--methods`` takes the names in ``VARIANTS`` (a kerascomp method with options: ``fga_no_refine``,
+``correlation_x4``, ``collaborative_prune_only``, ``joint_bi``, ...) as well as ``none``, ``tfmot`` and
+``mct``. ``--preset`` fills in the methods, targets and epochs of the ablations that once had scripts of
+their own (``pruning``, ``jsvd``, ``collaborative``, ``fga_refinement``; see ``PRESETS``); flags given on
+the command line still win.
 
 Writes ``benchmarks/results/cifar_<model>.{json,md}`` after every row; a re-run keeps the rows it
 already has (``--redo KEY,...`` or ``--fresh`` to measure again). Rows, one per method and target:
@@ -40,7 +47,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import DATA_HELP, load_cifar
+from benchmarks.common import DATA_HELP, cpu_model, load_cifar
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -49,6 +56,43 @@ MCT_PYTHON = HERE.parent / ".venv-mct" / "bin" / "python"
 MODELS = {"resnet20": (20, None), "resnet56": (56, HERE / "models" / "resnet56_cifar10.keras")}
 METHODS = ("none", "fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative", "tfmot", "mct")
 LEGACY = ("tfmot", "mct")  # need tf_keras: run in a child process with TF_USE_LEGACY_KERAS=1
+# A row name -> (how it is built, the kerascomp method, its options, the budget it targets).
+# "clone": clone_compressed on 256 calibration images; "plan": kerascomp.plan on 512 labelled images the
+# finetuning never sees, then the plan applied; "rounds": prune_in_rounds, one regularised round.
+VARIANTS = {
+    "fga": ("clone", "fga", {}, "macs"),
+    "fga_no_refine": ("clone", "fga", {"refine": False}, "macs"),
+    "l1": ("clone", "l1", {}, "macs"),
+    "l1_x4": ("clone", "l1", {"channel_multiple": 4}, "macs"),
+    "svd": ("clone", "svd", {}, "macs"),
+    "svd_params": ("clone", "svd", {}, "params"),
+    "tucker": ("clone", "tucker", {}, "macs"),
+    "tucker_global": ("clone", "tucker", {"allocation": "global"}, "macs"),
+    "joint_svd": ("clone", "joint_svd", {}, "params"),
+    "joint_right": ("clone", "joint_svd", {"variant": "right"}, "params"),
+    "joint_bi": ("clone", "joint_svd", {"variant": "bi"}, "params"),
+    "joint_left_global": ("clone", "joint_svd", {"variant": "left", "allocation": "global"}, "params"),
+    "correlation": ("rounds", "correlation", {}, "macs"),
+    "correlation_no_reg": ("clone", "correlation", {}, "macs"),
+    "correlation_no_comp": ("rounds", "correlation", {"compensate": False}, "macs"),
+    "correlation_x4": ("rounds", "correlation", {"channel_multiple": 4}, "macs"),
+    "collaborative": ("plan", "collaborative", {}, "macs"),
+    "collaborative_prune_only": ("plan", "collaborative", {"decompose": False}, "macs"),
+    "collaborative_measured": ("plan", "collaborative", {"sensitivity": "measured"}, "macs"),
+    "collaborative_max08": ("plan", "collaborative", {"max_macs_fraction": 0.8}, "macs"),
+    "uniform_lowrank": ("plan", "collaborative", {"allocation": "uniform", "prune": False}, "macs"),
+}
+# The ablations that had scripts of their own before (pruning_cifar, jsvd_cifar, collaborative_cifar,
+# fga_refinement); their old results files stay in results/ with the command that made them.
+PRESETS = {
+    "pruning": {"methods": "none,correlation,correlation_no_reg,correlation_no_comp,l1,correlation_x4",
+                "targets": "0.5", "epochs": 3},
+    "jsvd": {"methods": "none,svd_params,joint_svd,joint_right,joint_bi,joint_left_global", "targets": "0.1",
+             "epochs": 3},
+    "collaborative": {"methods": "none,collaborative,collaborative_prune_only,collaborative_max08,l1,"
+                                 "uniform_lowrank,tucker", "targets": "0.5,0.25"},
+    "fga_refinement": {"methods": "none,fga,fga_no_refine", "targets": "0.5"},
+}
 KEEP_BYTES = 2_000_000
 
 
@@ -67,6 +111,10 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="drop every kept row of this model")
     parser.add_argument("--report", action="store_true", help="only write benchmarks/RESULTS.md and the plot")
     parser.add_argument("--verify", action="store_true", help="only re-check the kept .keras files")
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="an ablation grid (sets methods, targets, epochs)")
+    preset = parser.parse_known_args(argv)[0].preset
+    if preset:
+        parser.set_defaults(**PRESETS[preset])
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.report:
@@ -75,15 +123,16 @@ def main(argv=None) -> int:
         write_report()
         return 0
     methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(METHODS))
+    known = ("none", *VARIANTS, *LEGACY)
+    unknown = sorted(set(methods) - set(known))
     if unknown:
-        parser.error(f"unknown methods {unknown}; choose from {','.join(METHODS)}")
-    if args.epochs < 2 and "correlation" in methods:
+        parser.error(f"unknown methods {unknown}; choose from {','.join(known)}")
+    if args.epochs < 2 and any(VARIANTS.get(m, ("",))[0] == "rounds" for m in methods):
         parser.error("--epochs must be >= 2: correlation spends one epoch on its regulariser")
     data = load_cifar(args.data)
     if data is None:
         return 2
-    out = Path(args.out) if args.out else RESULTS / f"cifar_{args.model}"
+    out = Path(args.out) if args.out else RESULTS / (f"cifar_{args.model}" + (f"_{preset}" if preset else ""))
     store = Store(out.with_suffix(".json"), setup={
         "model": args.model, "epochs": args.epochs, "train_samples": args.train_samples, "lr": args.lr,
         "data": args.data})
@@ -240,9 +289,12 @@ class Bench:
         from kerascomp.errors import CompressionError
 
         kerascomp, started = self.kerascomp, time.perf_counter()
-        row = {"method": method, "target": target, "target_kind": "params" if method in ("joint_svd", "mct")
-               else "macs", "baseline": self.baseline_info, "keras": f"{self.keras.__name__} {self.keras.__version__}",
-               "command": _command(method, target), "machine": platform.platform()}
+        kind = "params" if method == "mct" else VARIANTS.get(method, ("", "", {}, "macs"))[3]
+        row = {"method": method, "target": target, "target_kind": kind, "baseline": self.baseline_info,
+               "keras": f"{self.keras.__name__} {self.keras.__version__}", "command": _command(method, target),
+               "machine": platform.platform(), "cpu": cpu_model()}
+        if method in VARIANTS:
+            row["kerascomp_method"], row["options"] = VARIANTS[method][1], VARIANTS[method][2]
         try:
             model, info = compress_for(self, method, target)
         except CompressionError as error:
@@ -287,32 +339,29 @@ def compress_for(bench: Bench, method: str, target: float):
     common = {"data": bench.calibration, "verbose": 0}
     if method == "none":
         return _copy(bench, base), {}
-    if method in ("fga", "l1", "svd", "tucker"):
-        return kerascomp.clone_compressed(base, method=method, target_flops=target, **common), {}
-    if method == "joint_svd":
-        return kerascomp.clone_compressed(base, method=method, target_flops=None, target_params=target, **common), {}
-    if method == "collaborative":
-        plan = kerascomp.plan(base, target_flops=target, data=bench.labelled, verbose=0)
+    if method in LEGACY:
+        return _tfmot(bench, target) if method == "tfmot" else _mct(bench, target)
+    how, name, options, kind = VARIANTS[method]
+    targets = {"target_flops": None, "target_params": target} if kind == "params" else {"target_flops": target}
+    if how == "clone":
+        return kerascomp.clone_compressed(base, method=name, **targets, **options, **common), {}
+    if how == "plan":
+        plan = kerascomp.plan(base, name, **targets, data=bench.labelled, verbose=0, **options)
         model = kerascomp.clone_compressed(base, plan=plan, **common)
         return model, {"plan_seconds": plan.seconds}
-    if method == "correlation":
-        one_shot = kerascomp.clone_compressed(base, method="correlation", target_flops=target, **common)
+    if how == "rounds":
+        one_shot = kerascomp.clone_compressed(base, method=name, **targets, **options, **common)
         before = bench.accuracy(one_shot)
         seconds = []
 
         def phase(epochs):
             return lambda m: seconds.append(bench.train(m, epochs))
 
-        result = kerascomp.prune_in_rounds(base, phase(bench.args.epochs - 1), method="correlation",
-                                           target_flops=target, rounds=1, strength=1.0,
-                                           regularize_train=phase(1), **common)
+        result = kerascomp.prune_in_rounds(base, phase(bench.args.epochs - 1), method=name, **targets, rounds=1,
+                                           strength=1.0, regularize_train=phase(1), **options, **common)
         return result.model, {"accuracy_before_finetune": before, "trained": True, "train_seconds": sum(seconds),
                               "regularized_pairs": result.regularized_pairs[0]}
-    if method == "tfmot":
-        return _tfmot(bench, target)
-    if method == "mct":
-        return _mct(bench, target)
-    raise ValueError(method)
+    raise ValueError(f"unknown way {how!r} of building row {method!r}")
 
 
 def _copy(bench: Bench, model):

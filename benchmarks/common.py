@@ -21,6 +21,22 @@ def load_cifar(data_argument: str | None) -> dict | None:
     return load_npz(path)
 
 
+def cpu_model() -> str:
+    """The host CPU, for every latency row: its model name and the SIMD extensions LiteRT's kernels use."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    simd = [flag for flag in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+            if flag in flags]
+    cores = text.count("processor\t:")
+    return f"{name} ({cores} logical cores; {' '.join(simd) or 'no AVX2'})"
+
+
 def command_line(module: str) -> str:
     """The command that reproduces this run, for the results files."""
     return f"python -m {module} " + " ".join(sys.argv[1:])

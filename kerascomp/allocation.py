@@ -10,10 +10,40 @@ multiplier that meets the budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from kerascomp.errors import BudgetError
+
+T = TypeVar("T")
+
+
+def bisect(trial: Callable[[float], T], fits: Callable[[T], bool], good: float, bad: float, best: T,
+           iterations: int = 40) -> tuple[float, T]:
+    """The budget search every method shares: bisect a knob between ``good`` (its trial fits the budget)
+    and ``bad`` (it does not), ``iterations`` times; returns the last good knob and its trial (``best`` if no
+    tried knob fitted). The knob may run either way: ``good`` above or below ``bad``."""
+    for _ in range(iterations):
+        middle = 0.5 * (good + bad)
+        candidate = trial(middle)
+        if fits(candidate):
+            good, best = middle, candidate
+        else:
+            bad = middle
+    return good, best
+
+
+def smallest_index(fits: Callable[[int], bool], low: int, high: int) -> int:
+    """The smallest index in ``[low, high]`` that fits, for a fit that only turns on as the index grows
+    (``high`` is returned when none below it does)."""
+    while low < high:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 @dataclass
@@ -51,13 +81,8 @@ def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, wha
     choice = _choose(candidates, 10.0 ** high / scale)
     if fixed_cost + _total(candidates, choice) > budget:
         return cheapest
-    for _ in range(80):
-        middle = 0.5 * (low + high)
-        trial = _choose(candidates, 10.0 ** middle / scale)
-        if fixed_cost + _total(candidates, trial) <= budget:
-            high, choice = middle, trial
-        else:
-            low = middle
+    _, choice = bisect(lambda exponent: _choose(candidates, 10.0 ** exponent / scale),
+                       lambda trial: fixed_cost + _total(candidates, trial) <= budget, high, low, choice, iterations=80)
     return _fill_slack(candidates, choice, budget - fixed_cost)
 
 

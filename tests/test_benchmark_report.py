@@ -70,3 +70,16 @@ def test_write_report_keeps_the_hand_written_text(tmp_path, monkeypatch):
     text = target.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "| fga | 0.5 macs |" in text and (results / "plot.png").stat().st_size > 1000
+
+
+def test_every_benchmark_variant_and_preset_is_valid():
+    """Each named row of the CIFAR grid is a registered method with options it accepts, and each preset
+    names only known rows (an option renamed in kerascomp would fail here, not hours into a grid)."""
+    from benchmarks.cifar import LEGACY, PRESETS, VARIANTS
+    from kerascomp.methods import registry
+
+    for name, (how, method, options, kind) in VARIANTS.items():
+        assert how in ("clone", "plan", "rounds") and kind in ("macs", "params"), name
+        registry.get(method).make_options(options)
+    for preset in PRESETS.values():
+        assert set(preset["methods"].split(",")) <= {"none", *VARIANTS, *LEGACY}

@@ -11,6 +11,7 @@ import kerascomp
 from kerascomp.api import METHODS
 from kerascomp.cli import main
 from kerascomp.errors import InvalidArgumentError
+from kerascomp.loading import load_model
 from kerascomp.methods import registry
 from kerascomp.methods.base import CompressionReport, LayerRecord
 from kerascomp.zoo import cifar_resnet
@@ -161,3 +162,43 @@ def test_one_default_target_everywhere(model):
             "target_flops"].default
     plan = kerascomp.plan(model, "l1", verbose=0)
     assert plan.target == kerascomp.DEFAULT_TARGET_FLOPS and plan.metric == "flops"
+
+
+def test_a_renamed_option_still_works_with_a_deprecation_warning(model, data):
+    with pytest.warns(DeprecationWarning, match="max_fraction= is renamed max_macs_fraction="):
+        old = kerascomp.plan(model, "collaborative", data=data, verbose=0, max_fraction=0.5)
+    new = kerascomp.plan(model, "collaborative", data=data, verbose=0, max_macs_fraction=0.5)
+    assert [(e.layer, e.removed_inputs, e.rank) for e in old.layers] == \
+        [(e.layer, e.removed_inputs, e.rank) for e in new.layers]
+    assert old.settings["max_macs_fraction"] == 0.5
+    with pytest.raises(InvalidArgumentError, match="pass max_macs_fraction= only"):
+        kerascomp.plan(model, "collaborative", data=data, verbose=0, max_fraction=0.5, max_macs_fraction=0.5)
+
+
+def test_a_format_1_collaborative_plan_still_applies(model, data):
+    """Plans saved before the protocol (format 1: no choices, records without error/detail) load and re-apply."""
+    plan = kerascomp.plan(model, "collaborative", target_flops=0.6, data=data, verbose=0)
+    payload = json.loads(plan.to_json())
+    payload["format"] = 1
+    payload.pop("choices")
+    for entry in payload["layers"]:
+        entry.pop("relative_error"), entry.pop("detail")
+    payload["settings"]["max_fraction"] = payload["settings"].pop("max_macs_fraction")
+    old = kerascomp.Plan.from_json(json.dumps(payload))
+    first = kerascomp.clone_compressed(model, plan=plan, data=data[0], verbose=0)
+    second = kerascomp.clone_compressed(model, plan=old, data=data[0], verbose=0)
+    assert _weights_equal(first, second)
+
+
+def test_cli_saves_and_applies_any_methods_plan(model, data, tmp_path):
+    path = tmp_path / "model.keras"
+    model.save(path)
+    np.savez(tmp_path / "calib.npz", x=data[0])
+    common = [str(path), "--data", str(tmp_path / "calib.npz"), "-q"]
+    assert main(["compress", *common, "--method", "tucker", "--target-flops", "0.6", "-o", str(tmp_path / "a.keras"),
+                 "--plan-json", str(tmp_path / "plan.json")]) == 0
+    assert main(["compress", *common, "--plan", str(tmp_path / "plan.json"), "-o", str(tmp_path / "b.keras")]) == 0
+    first, second = (load_model(tmp_path / name) for name in ("a.keras", "b.keras"))
+    assert _weights_equal(first, second)
+    assert main(["plan", *common, "--method", "l1", "-o", str(tmp_path / "l1.json")]) == 0
+    assert kerascomp.Plan.load(tmp_path / "l1.json").choices["groups"]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kerascomp.allocation import bisect
 from kerascomp.cost import graph_cost
 from kerascomp.decompose.collaborative import factor_kernel, global_rates, kept_fraction, values_to_keep
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
@@ -357,15 +358,8 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
         """The least requested removal whose realised cost meets ``goal`` (bisection)."""
         if before <= goal:
             return untouched
-        low, high, best = 0.0, options.max_macs_fraction * sizes.sum(), (rates, choices)
-        for _ in range(40):
-            middle = 0.5 * (low + high)
-            trial = decide(middle)
-            if realised(trial[1]) <= goal:
-                high, best = middle, trial
-            else:
-                low = middle
-        return best
+        return bisect(decide, lambda trial: realised(trial[1]) <= goal, options.max_macs_fraction * sizes.sum(), 0.0,
+                      (rates, choices))[1]
 
     rates, choices = solve(target)
     checks = []

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.allocation import Candidates, allocate
+from kerascomp.allocation import Candidates, allocate, bisect
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import jsvd
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
@@ -288,15 +288,8 @@ def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: flo
                           f"the model still has {total(floor):,.0f} {what} against a budget of "
                           f"{budget:,.0f} ({fixed:,.0f} of it in layers this method leaves alone). Relax the target "
                           "or enable more layers (pointwise=True factors 1x1 convs). " + hint)
-    low, high, best = 0.0, 1.0, floor
-    for _ in range(40):
-        middle = 0.5 * (low + high)
-        trial = ranks_at(middle)
-        if total(trial) <= budget:
-            low, best = middle, trial
-        else:
-            high = middle
-    return _raise_ranks(units, best, lambda ranks: total(ranks) <= budget), low
+    rate, best = bisect(ranks_at, lambda ranks: total(ranks) <= budget, 0.0, 1.0, floor)
+    return _raise_ranks(units, best, lambda ranks: total(ranks) <= budget), rate
 
 
 def _raise_ranks(units: list[_Unit], ranks: list[int], fits) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from kerascomp.allocation import smallest_index
 from kerascomp.cost import graph_cost, layer_macs
 from kerascomp.decompose.correlation import filter_rows, l1_norms, linear_fit
 from kerascomp.errors import BudgetError, InvalidArgumentError
@@ -213,15 +214,9 @@ def allocate_counts(orders: list[GroupOrder], tables: list[tuple], budget: Budge
     def cost(knob) -> float:
         return pruned_cost(tables, _removed(orders, count_for(orders, knob)))[metric]
 
-    lo, hi = 0, len(knobs) - 1
-    if cost(knobs[hi]) > target:
+    if cost(knobs[-1]) > target:
         return []
-    while lo < hi:
-        middle = (lo + hi) // 2
-        if cost(knobs[middle]) <= target:
-            hi = middle
-        else:
-            lo = middle + 1
+    lo = smallest_index(lambda index: cost(knobs[index]) <= target, 0, len(knobs) - 1)
     return _give_back(orders, tables, count_for(orders, knobs[lo]), target, metric)
 
 
@@ -232,15 +227,12 @@ def _give_back(orders: list[GroupOrder], tables: list[tuple], counts: list[int],
     ranked = sorted(range(len(orders)), key=lambda i: -counts[i] / max(len(orders[i].group.prunable()), 1))
     for index in ranked:
         allowed = [c for c in orders[index].allowed if c <= counts[index]]
-        lo, hi = 0, len(allowed) - 1
-        while lo < hi:
-            middle = (lo + hi) // 2
-            trial = counts[:index] + [allowed[middle]] + counts[index + 1:]
-            if pruned_cost(tables, _removed(orders, trial))[metric] <= target:
-                hi = middle
-            else:
-                lo = middle + 1
-        counts[index] = allowed[lo]
+
+        def fits(position: int, index: int = index, allowed: list[int] = allowed) -> bool:
+            trial = counts[:index] + [allowed[position]] + counts[index + 1:]
+            return pruned_cost(tables, _removed(orders, trial))[metric] <= target
+
+        counts[index] = allowed[smallest_index(fits, 0, len(allowed) - 1)]
     return counts
 
 

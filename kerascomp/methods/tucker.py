@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.allocation import Candidates, allocate
+from kerascomp.allocation import Candidates, allocate, bisect
 from kerascomp.cost import graph_cost
 from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
@@ -179,16 +179,10 @@ def _uniform(layers: list[_Layer], metric: str, fixed: float, goal: float, total
     def cost(rho: float) -> float:
         return fixed + sum(layer.cost(layer.best(rho, metric), metric) for layer in layers)
 
-    low, high = 1e-6, 1.0
-    if cost(low) > goal:
-        raise _budget_error(metric, cost(low) / total, goal / total, reasons)
-    for _ in range(40):
-        middle = 0.5 * (low + high)
-        if cost(middle) <= goal:
-            low = middle
-        else:
-            high = middle
-    return [layer.best(low, metric) for layer in layers]
+    if cost(1e-6) > goal:
+        raise _budget_error(metric, cost(1e-6) / total, goal / total, reasons)
+    rho, _ = bisect(lambda rho: rho, lambda rho: cost(rho) <= goal, 1e-6, 1.0, None)
+    return [layer.best(rho, metric) for layer in layers]
 
 
 def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, reasons: dict) -> list[tuple[int, int] | None]:
