@@ -72,7 +72,7 @@ def cmd_compress(args) -> int:
     method = registry.get(plan.method if plan else args.method)
     if plan is not None:
         result = kerascomp.compress(model, plan=plan, verbose=verbose,
-                                    data=_load_inputs(args.data, 512 if method.needs_labels else 256))
+                                    data=_load_inputs(args.data, 256))
     else:
         data = _load_labelled(args.data, 512) if method.needs_labels else _load_inputs(args.data, 256)
         result = kerascomp.compress(model, method=method.name, data=data, verbose=verbose,

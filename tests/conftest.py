@@ -52,6 +52,21 @@ def _randomise_bn(model, seed=0):
                                rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
 
 
+@pytest.fixture(scope="module")
+def module_resnet(keras):
+    """A ResNet-8 on 16x16 inputs with non-trivial BN statistics, shared by a module's tests (do not modify it)."""
+    keras.utils.set_random_seed(0)
+    model = cifar_resnet(depth=8, width=16, input_shape=(16, 16, 3), keras_module=keras)
+    _randomise_bn(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def labelled():
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32"), np.arange(32) % 10
+
+
 @pytest.fixture
 def images():
     return np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype("float32")

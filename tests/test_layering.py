@@ -26,10 +26,16 @@ LAYERS = {
     "cli": 7,
     "testing": 8,  # the fuzz harness: may use every layer
 }
-# Heavy or optional dependencies that may be imported inside a function, so that importing kerascomp stays cheap
-# and tfmot (which flips TF_USE_LEGACY_KERAS process-wide) loads only when asked for.
-LAZY = {"tensorflow", "tf_keras", "keras", "tensorflow_model_optimization", "tensorly", "matplotlib",
-        "ai_edge_litert"}
+# The dependencies a function may import lazily, each with the reason it loads late.
+LAZY = {
+    "tensorflow": "modules use it in a few functions only; the package root loads it anyway (via Keras)",
+    "keras": "a module must use the flavour the process chose (Keras 3 or tf_keras), known only at call time",
+    "tf_keras": "optional flavour, present only with the [qat] or [dev] extras",
+    "tensorflow_model_optimization": "importing it sets TF_USE_LEGACY_KERAS=1 process-wide: only inside QAT",
+    "tensorly": "only Tucker-2 needs it, and it imports its own backends",
+    "matplotlib": "only the benchmark plots need it; not a runtime dependency",
+    "ai_edge_litert": "the LiteRT runtime, loaded only to run or time a .tflite",
+}
 
 
 def module_name(path: Path) -> str:

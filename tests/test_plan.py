@@ -5,25 +5,15 @@ build, apply and train models run under both Keras flavours.
 """
 import numpy as np
 import pytest
-from conftest import _randomise_bn, flavour_independent, model_fingerprint, weights_hash
+from conftest import flavour_independent, model_fingerprint, weights_hash
 
 import kerascomp
 from kerascomp.errors import BudgetError, InvalidArgumentError
-from kerascomp.zoo import cifar_resnet
 
 
 @pytest.fixture(scope="module")
-def small_resnet(keras):
-    keras.utils.set_random_seed(0)
-    model = cifar_resnet(depth=8, width=16, input_shape=(16, 16, 3), keras_module=keras)
-    _randomise_bn(model)
-    return model
-
-
-@pytest.fixture(scope="module")
-def labelled():
-    rng = np.random.default_rng(0)
-    return rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32"), np.arange(32) % 10
+def small_resnet(module_resnet):
+    return module_resnet
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import _randomise_bn, weights_hash
+from conftest import weights_hash
 
 import kerascomp
 from kerascomp.api import METHODS
@@ -14,21 +14,16 @@ from kerascomp.errors import InvalidArgumentError
 from kerascomp.loading import load_model
 from kerascomp.methods import registry
 from kerascomp.methods.base import CompressionReport, LayerRecord
-from kerascomp.zoo import cifar_resnet
 
 
 @pytest.fixture(scope="module")
-def model(keras):
-    keras.utils.set_random_seed(0)
-    built = cifar_resnet(depth=8, width=16, input_shape=(16, 16, 3), keras_module=keras)
-    _randomise_bn(built)
-    return built
+def model(module_resnet):
+    return module_resnet
 
 
 @pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(1)
-    return rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32"), np.arange(32) % 10
+def data(labelled):
+    return labelled
 
 
 def _compress(model, method, data, **kwargs):

@@ -80,8 +80,25 @@ LayerDecision = LayerRecord  # the name reports used before plans and reports sh
 LayerPlan = LayerRecord  # the name collaborative plans used
 
 
+class CostRatios:
+    """The MACs and params after over before, of a report or a plan."""
+
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+
 @dataclass
-class CompressionReport:
+class CompressionReport(CostRatios):
     method: str
     budget: Budget
     layers: list[LayerRecord]
@@ -92,14 +109,6 @@ class CompressionReport:
     seconds: float = 0.0
     notes: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
-
-    @property
-    def macs_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    @property
-    def params_ratio(self) -> float:
-        return self.params_after / self.params_before if self.params_before else 1.0
 
     def kept(self) -> list[LayerDecision]:
         """Layers with MACs the method could not compress, each with its reason (not those it chose to keep dense)."""
@@ -134,7 +143,7 @@ class CompressionReport:
 
 
 @dataclass
-class Plan:
+class Plan(CostRatios):
     """A whole model's per-layer decisions for one method (see the module docstring).
 
     ``choices`` holds what ``apply`` realises for the factoring and pruning methods (per layer:
@@ -156,14 +165,6 @@ class Plan:
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
     choices: dict = field(default_factory=dict)
-
-    @property
-    def macs_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    @property
-    def params_ratio(self) -> float:
-        return self.params_after / self.params_before if self.params_before else 1.0
 
     @property
     def budget(self) -> Budget:
