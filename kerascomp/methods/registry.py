@@ -17,6 +17,7 @@ A method has validated ``options`` (a dataclass built by :meth:`Method.make_opti
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -111,7 +112,9 @@ class Method:
     def compress(self, graph: Graph, budget: Budget, data: Any, options: Any,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:
         """Plan and apply in one go; returns the graph, the report and the plan that reproduces it."""
+        started = time.perf_counter()
         result, report = self.run(graph, budget, input_batch(graph, data), options, context)
+        report.seconds = time.perf_counter() - started
         return result, report, plan_from_report(graph, report, self.settings(options))
 
     def plan(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context) -> Plan:
