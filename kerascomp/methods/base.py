@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from kerascomp.cost import graph_cost
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph
+from kerascomp.graph.keras_io import infer_shapes
 from kerascomp.report import table
 
 PLAN_FORMAT = 2
@@ -235,6 +237,40 @@ def fingerprint(graph: Graph) -> str:
         for weight in spec.weights:
             digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()[:16]
+
+
+def build_report(method: str, budget: Budget, graph: Graph, result: Graph, shapes: dict,
+                 rewritten: dict[str, tuple[str, float | None, dict]], reasons: dict[str, str],
+                 parts: dict[str, list[str]] | None = None, result_shapes: dict | None = None,
+                 **fields: Any) -> CompressionReport:
+    """The report every method returns, built the same way: one row per layer with MACs (or a reason).
+
+    ``rewritten[layer] = (action, relative error, detail)`` for the layers the method decided on;
+    ``reasons[layer]``: why a layer is left alone (a ``kept`` row); other layers with MACs are
+    ``dense`` rows. Costs before come from ``graph``, after from ``result`` (``parts[layer]``: the
+    layers of ``result`` that replace it, default the layer of the same name); ``fields`` go to the
+    report (``notes``, ``choices``).
+    """
+    costs = graph_cost(graph, shapes).by_name()
+    after = graph_cost(result, result_shapes if result_shapes is not None else infer_shapes(result)).by_name()
+    parts = parts or {}
+    records = []
+    for name, spec in graph.layers.items():
+        if costs[name].macs == 0 and name not in reasons and name not in rewritten:
+            continue
+        pieces = [piece for piece in parts.get(name, [name]) if piece in after]
+        macs, params = sum(after[p].macs for p in pieces), sum(after[p].params for p in pieces)
+        if name in rewritten:
+            action, error, detail = rewritten[name]
+            records.append(LayerRecord(name, spec.class_name, action, costs[name].macs, macs, costs[name].params,
+                                       params, error, dict(detail)))
+        else:
+            records.append(LayerRecord(name, spec.class_name, "kept" if name in reasons else "dense",
+                                       costs[name].macs, macs, costs[name].params, params,
+                                       reason=reasons.get(name, "")))
+    return CompressionReport(method, budget, records, sum(c.macs for c in costs.values()),
+                             sum(c.macs for c in after.values()), sum(c.params for c in costs.values()),
+                             sum(c.params for c in after.values()), **fields)
 
 
 def plan_from_report(graph: Graph, report: CompressionReport, settings: dict[str, Any]) -> Plan:

@@ -19,7 +19,7 @@ from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModel
 from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import infer_shapes, module_for, sample_node_inputs
 from kerascomp.layers import layers_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.eligibility import dense_conv2d_ineligibility, eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_int, check_number
@@ -292,28 +292,15 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         result.layers[name] = spec
     result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples, bool(chosen))
 
-    after = graph_cost(result, shapes).by_name()
-    decisions = []
-    for name, spec in graph.layers.items():
-        if costs[name].macs == 0 and name not in reasons:
-            continue
-        new = after[name]
-        if name in chosen:
-            detail = {"groups": chosen[name].config["groups"], "rank": chosen[name].config["rank"],
-                      "rank_multiple": rank_multiple,
-                      **refine_details.get(name, {})}
-            decisions.append(LayerDecision(name, spec.class_name, f"fga g={detail['groups']} r={detail['rank']}",
-                                           costs[name].macs, new.macs, costs[name].params, new.params,
-                                           errors[name], detail))
-        else:
-            # "dense": compressible, but the allocation spent the budget elsewhere; "kept": not compressible.
-            action = "kept" if name in reasons else "dense"
-            decisions.append(LayerDecision(name, spec.class_name, action, costs[name].macs, new.macs,
-                                           costs[name].params, new.params, reason=reasons.get(name, "")))
-    report = CompressionReport("fga", budget, decisions, before.macs, sum(c.macs for c in after.values()),
-                               before.params, sum(c.params for c in after.values()))
-    report.choices = {"layers": {name: [spec.config["groups"], spec.config["rank"]] for name, spec in chosen.items()},
-                      "rank_multiple": rank_multiple}
+    # "dense" rows: compressible, but the allocation spent the budget elsewhere; "kept": not compressible
+    rewritten = {name: (f"fga g={spec.config['groups']} r={spec.config['rank']}", errors[name],
+                        {"groups": spec.config["groups"], "rank": spec.config["rank"], "rank_multiple": rank_multiple,
+                         **refine_details.get(name, {})})
+                 for name, spec in chosen.items()}
+    choices = {"layers": {name: [spec.config["groups"], spec.config["rank"]] for name, spec in chosen.items()},
+               "rank_multiple": rank_multiple}
+    report = build_report("fga", budget, graph, result, shapes, rewritten, reasons, result_shapes=shapes,
+                          choices=choices)
     if recalibrated:
         report.notes["recalibrated_batchnorms"] = recalibrated
     if latency is not None and fixed is None:

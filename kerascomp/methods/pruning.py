@@ -35,7 +35,7 @@ from kerascomp.graph.channels import (
 )
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.calibrate import recalibrate_if_asked
 from kerascomp.methods.inputs import check_auto, check_choice, check_int, check_number
 from kerascomp.methods.registry import Context, Method
@@ -401,38 +401,28 @@ def prune_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Bu
 
 def _report(graph: Graph, shapes: dict, result: Graph, analysis: ChannelAnalysis, budget: Budget, method: str,
             folds: dict[str, int]) -> CompressionReport:
-    before = graph_cost(graph, shapes)
-    after = graph_cost(result, infer_shapes(result)).by_name()
-    costs = before.by_name()
     blocked_out = {}
     for group in analysis.groups:
         for reason in group.blocked.values():
             if not reason.startswith(IO_REASONS):
                 for producer in group.producers:
                     blocked_out.setdefault(producer, reason)
-    decisions = []
+    costs = graph_cost(graph, shapes).by_name()
+    rewritten = {}
     for name, spec in graph.layers.items():
         if costs[name].macs == 0 and name not in blocked_out:
-            continue
-        new_spec = result.layers[name]
+            continue  # BN, activations and pooling follow their producer's channels: no row of their own
         changes = []
         for role, atoms in (("in", analysis.in_atoms.get(name)), ("out", analysis.out_atoms.get(name))):
             if atoms is None or (role == "out" and spec.class_name in PER_CHANNEL | DEPTHWISE):
                 continue
-            kept = _channel_count(new_spec, role)
+            kept = _channel_count(result.layers[name], role)
             if kept is not None and kept != len(atoms):
                 changes.append(f"{role} {len(atoms)}->{kept}")
         if changes:
-            action, reason = "pruned " + ", ".join(changes), ""
-        elif name in blocked_out:
-            action, reason = "kept", blocked_out[name]
-        else:
-            action, reason = "dense", ""
-        detail = {"compensated": folds[name]} if name in folds else {}
-        decisions.append(LayerDecision(name, spec.class_name, action, costs[name].macs, after[name].macs,
-                                       costs[name].params, after[name].params, detail=detail, reason=reason))
-    return CompressionReport(method, budget, decisions, before.macs, sum(c.macs for c in after.values()),
-                             before.params, sum(c.params for c in after.values()))
+            rewritten[name] = ("pruned " + ", ".join(changes), None,
+                               {"compensated": folds[name]} if name in folds else {})
+    return build_report(method, budget, graph, result, shapes, rewritten, blocked_out)
 
 
 def _channel_count(spec: LayerSpec, role: str) -> int | None:

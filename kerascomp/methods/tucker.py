@@ -19,7 +19,7 @@ from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
-from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
+from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_choice, check_int
@@ -103,7 +103,6 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     check_recalibrate(options.recalibrate, data)
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
-    costs = before.by_name()
     eligible, reasons = eligible_convs(graph, shapes, ONE_BY_ONE)
     layers = []
     for name in eligible:
@@ -132,26 +131,14 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
             continue
         errors[layer.spec.name] = factor_layer(result, layer.spec, ranks, options.iterations, keras)
     result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples, bool(errors))
-    after_shapes = infer_shapes(result)
-    after = graph_cost(result, after_shapes).by_name()
-    decisions = []
-    by_name = {layer.spec.name: ranks for layer, ranks in zip(layers, chosen)}
-    for name, spec in graph.layers.items():
-        if name not in by_name and name not in reasons:
-            continue
-        parts = [name] + ([f"{name}_tucker_in", f"{name}_tucker_core"] if name in errors else [])
-        macs = sum(after[p].macs for p in parts if p in after)
-        params = sum(after[p].params for p in parts if p in after)
-        ranks = by_name.get(name)
-        action = "kept" if name in reasons else (f"tucker r_in={ranks[0]} r_out={ranks[1]}" if ranks else "dense")
-        decisions.append(LayerDecision(name, spec.class_name, action, costs[name].macs, macs, costs[name].params,
-                                       params, errors.get(name), {"ranks": list(ranks) if ranks else None},
-                                       reasons.get(name, "")))
-    totals = graph_cost(result, after_shapes)
-    report = CompressionReport("tucker", budget, decisions, before.macs, totals.macs, before.params, totals.params,
-                               notes={"recalibrated_batchnorms": recalibrated, "allocation": options.allocation},
-                               choices={"layers": {layer.spec.name: list(ranks) for layer, ranks in zip(layers, chosen)
-                                                   if ranks is not None}})
+    rewritten = {layer.spec.name: (f"tucker r_in={ranks[0]} r_out={ranks[1]}" if ranks else "dense",
+                                   errors.get(layer.spec.name), {"ranks": list(ranks) if ranks else None})
+                 for layer, ranks in zip(layers, chosen)}
+    parts = {name: [name, f"{name}_tucker_in", f"{name}_tucker_core"] for name in errors}
+    report = build_report("tucker", budget, graph, result, shapes, rewritten, reasons, parts,
+                          notes={"recalibrated_batchnorms": recalibrated, "allocation": options.allocation},
+                          choices={"layers": {layer.spec.name: list(ranks) for layer, ranks in zip(layers, chosen)
+                                              if ranks is not None}})
     return result, report
 
 
