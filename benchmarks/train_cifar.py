@@ -86,7 +86,8 @@ def main(argv=None) -> None:
     summary = {"model": clean.name, "epochs": args.epochs, "test_accuracy": float(accuracy),
                "train_seconds": round(seconds, 1), "params": int(clean.count_params()),
                "data": str(path), "command": "python -m benchmarks.train_cifar " + " ".join(argv or __import__("sys").argv[1:]),
-               "tf_version": tf.__version__, "keras_version": keras.__version__}
+               "tf_version": tf.__version__, "keras_version": keras.__version__,
+               "resumed": bool(args.resume)}  # with --resume, train_seconds covers the last (resumed) run only
     output.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

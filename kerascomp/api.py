@@ -118,8 +118,9 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
         target_latency, latency: ``method="collaborative"`` or ``"fga"``: keep this fraction of the original latency,
             estimated from the :class:`kerascomp.LatencyTable` ``latency`` (measured on this host if omitted).
         verbose: 0 silences the progress bars and the report table.
-        **options: method options, see :class:`kerascomp.methods.fga.FGAOptions`,
-            :class:`kerascomp.methods.pruning.PruneOptions` and :class:`kerascomp.methods.joint_svd.SVDOptions`.
+        **options: the method's options (``kerascomp.FGAOptions``, ``PruneOptions``, ``SVDOptions``,
+            ``TuckerOptions``, ``CollaborativeOptions``; all in one table in docs/options.md). An unknown
+            or invalid option raises ``InvalidArgumentError`` naming it.
 
     Example::
 
