@@ -35,12 +35,6 @@ class Compressed:
     plan: Plan | None = None
 
 
-def _known(method: registry.Method, settings: dict) -> dict:
-    """The entries of a plan's ``settings`` that are options of ``method`` (plans also record notes)."""
-    fields = set(method.options_class.__dataclass_fields__) | set(method.renamed)
-    return {key: value for key, value in settings.items() if key in fields}
-
-
 def compress(model: Any, method: str = "fga", target_flops: float | None = None, target_params: float | None = None,
              data: Any = None, verbose: int = 1, plan: Any = None, loss: Any = None, target_latency: float | None = None,
              latency: Any = None, **options: Any) -> Compressed:
@@ -67,8 +61,8 @@ def compress(model: Any, method: str = "fga", target_flops: float | None = None,
         if options:
             # options given with a plan override its settings (e.g. recalibrate=False)
             given = chosen.rename(options)
+            chosen.plan_options(plan, given)  # refuses a bad option by name before any work
             plan = Plan.from_json(plan.to_json())
-            chosen.make_options({**chosen.rename(_known(chosen, plan.settings)), **given})  # names a bad option
             plan.settings = {**plan.settings, **given}
         compressed_graph, report = chosen.apply(graph, plan, data, Context(verbose=verbose))
     new_model = write_model(compressed_graph)

@@ -197,3 +197,15 @@ def test_cli_saves_and_applies_any_methods_plan(model, data, tmp_path):
     assert _weights_equal(first, second)
     assert main(["plan", *common, "--method", "l1", "-o", str(tmp_path / "l1.json")]) == 0
     assert kerascomp.Plan.load(tmp_path / "l1.json").choices["groups"]
+
+
+def test_options_given_with_a_plan_override_its_settings(model, data):
+    plan = _compress(model, "tucker", data).plan
+    with pytest.raises(InvalidArgumentError, match=r"unknown option\(s\) bogus for method='tucker'"):
+        kerascomp.clone_compressed(model, plan=plan, data=data[0], verbose=0, bogus=1)
+    recalibrated = kerascomp.compress(model, plan=plan, data=data[0], verbose=0)
+    plain = kerascomp.compress(model, plan=plan, data=data[0], verbose=0, recalibrate=False)
+    assert recalibrated.report.notes["recalibrated_batchnorms"] > 0
+    assert plain.report.notes["recalibrated_batchnorms"] == 0
+    assert not _weights_equal(recalibrated.model, plain.model)
+    assert plan.settings["recalibrate"] == "auto"  # the caller's plan is not modified

@@ -120,12 +120,14 @@ class Method:
     def plan(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context) -> Plan:
         return self.compress(graph, budget, data, options, context)[2]
 
-    def plan_options(self, plan: Plan) -> Any:
-        """The options a plan was made with (its ``settings`` that are options of this method)."""
+    def plan_options(self, plan: Plan, overrides: dict | None = None) -> Any:
+        """The options a plan was made with (its ``settings`` that are options of this method; plans also
+        record notes), with ``overrides`` on top (an unknown override is refused by name)."""
         known = {field.name for field in dataclasses.fields(self.options_class)} | set(self.renamed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # a plan saved before a rename
-            return self.make_options({key: value for key, value in plan.settings.items() if key in known})
+            saved = self.rename({key: value for key, value in plan.settings.items() if key in known})
+        return self.make_options({**saved, **(overrides or {})})
 
     def apply(self, graph: Graph, plan: Plan, data: Any, context: Context) -> tuple[Graph, CompressionReport]:
         check_plan(graph, plan)
