@@ -15,6 +15,7 @@ from kerascomp.api import Compressed, CompressionWarning, clone_compressed, comp
 from kerascomp.bench.host import BenchmarkResult, benchmark_tflite, compare_tflite
 from kerascomp.bench.latency import LatencyTable, latency_table
 from kerascomp.cost import CostReport, cost
+from kerascomp.distill import distiller
 from kerascomp.errors import (
                               BenchmarkError,
                               BudgetError,
@@ -46,7 +47,7 @@ __version__ = "0.1.0"
 layers_for(_default_keras())
 
 __all__ = [
-    "clone_compressed", "compress", "plan", "Plan", "LayerPlan", "LayerRecord", "DEFAULT_TARGET_FLOPS",
+    "clone_compressed", "compress", "plan", "distiller", "Plan", "LayerPlan", "LayerRecord", "DEFAULT_TARGET_FLOPS",
     "register", "Method", "Context", "method_names", "FGAOptions", "PruneOptions", "SVDOptions", "TuckerOptions",
     "CollaborativeOptions", "latency_table", "LatencyTable", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
     "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",

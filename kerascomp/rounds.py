@@ -20,8 +20,9 @@ from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods import registry
 from kerascomp.methods.base import Budget, CompressionReport
 from kerascomp.methods.correlation import regularize_graph
-from kerascomp.methods.inputs import DEFAULT_TARGET_FLOPS, check_verbose, input_batch, read_checked
+from kerascomp.methods.inputs import DEFAULT_TARGET_FLOPS, check_verbose, read_checked
 from kerascomp.methods.pruning import PruningMethod, apply_pruning, plan_pruning
+from kerascomp.methods.registry import finish
 from kerascomp.methods.strip import strip_regularizers
 
 
@@ -94,7 +95,7 @@ def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "corr
     prune_options = pruner.make_options(options)
     check_verbose(verbose)
     graph = read_checked(model)
-    batch = input_batch(graph, data)
+    batch = registry.method_inputs(graph, data, prune_options)
     scorer, pairs = pruner.steps, pruner.pairs
     original = graph_cost(graph, infer_shapes(graph))
     original_total = original.macs if budget.metric == "flops" else original.params
@@ -114,8 +115,9 @@ def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "corr
             (regularize_train or train)(regularized_model)
             current = strip_regularizers(read_model(regularized_model))
             result.regularized_pairs.append(count)
-        current, report = apply_pruning(current, shapes, analysis, orders, round_budget, method, prune_options,
-                                        batch, pairs, verbose)
+        pruned, report = apply_pruning(current, shapes, analysis, orders, round_budget, method, prune_options,
+                                       batch, pairs, verbose)
+        current = finish(current, pruned, report, batch, prune_options, verbose)
         pruned_model = write_model(current)
         train(pruned_model)
         current = read_model(pruned_model)

@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kerascomp"
 LAYERS = {
     "errors": 0, "report": 0, "data": 0,
     "graph": 1, "layers": 1, "zoo": 1,
-    "decompose": 2, "cost": 2, "allocation": 2, "loading": 2,
+    "decompose": 2, "cost": 2, "allocation": 2, "loading": 2, "distill": 2,
     "methods": 3,
     "export": 4,
     "bench": 5,

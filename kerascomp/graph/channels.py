@@ -355,6 +355,17 @@ def kept_positions(atoms: np.ndarray, removed: set[int]) -> np.ndarray:
     return np.array([i for i, atom in enumerate(atoms) if int(atom) not in removed], dtype=np.int64)
 
 
+def kept_outputs(analysis: ChannelAnalysis, removal: dict[int, list[int]]) -> dict[str, list[int]]:
+    """For every layer that loses output channels under ``removal``, the indices of the outputs it keeps."""
+    removed = removed_atoms(analysis, removal)
+    kept = {}
+    for layer, atoms in analysis.out_atoms.items():
+        positions = kept_positions(atoms, removed)
+        if len(positions) != len(atoms):
+            kept[layer] = positions.tolist()
+    return kept
+
+
 def removed_atoms(analysis: ChannelAnalysis, removal: dict[int, list[int]]) -> set[int]:
     """The atoms of the channels ``removal`` names (group index -> channel indices), checked."""
     atoms: set[int] = set()

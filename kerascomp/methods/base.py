@@ -111,6 +111,7 @@ class CompressionReport(CostRatios):
     seconds: float = 0.0
     notes: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
+    kept_outputs: dict = field(default_factory=dict)  # layer -> original output channels kept (pruned layers)
 
     def kept(self) -> list[LayerDecision]:
         """Layers with MACs the method could not compress, each with its reason (not those it chose to keep dense)."""

@@ -28,16 +28,32 @@ from kerascomp.allocation import bisect
 from kerascomp.cost import graph_cost
 from kerascomp.decompose.collaborative import factor_kernel, global_rates, kept_fraction, values_to_keep
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
-from kerascomp.graph.channels import PER_CHANNEL, ChannelAnalysis, ChannelGroup, analyse_channels, prune_channels
+from kerascomp.graph.channels import (
+    PER_CHANNEL,
+    ChannelAnalysis,
+    ChannelGroup,
+    analyse_channels,
+    kept_outputs,
+    kept_positions,
+    prune_channels,
+    removed_atoms,
+)
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, LayerRecord, Plan, fingerprint
-from kerascomp.methods.calibrate import recalibrate_if_asked
 from kerascomp.methods.eligibility import eligible_convs
-from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number, input_batch
+from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
 from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.pruning import cost_tables, pruned_cost
-from kerascomp.methods.registry import Context, Method, build_options, check_plan
+from kerascomp.methods.registry import (
+    Context,
+    Method,
+    build_options,
+    check_finishing,
+    check_plan,
+    finish,
+    method_inputs,
+)
 from kerascomp.methods.sensitivity import LayerSensitivity, layer_sensitivities
 
 ALLOCATIONS = ("global", "uniform")
@@ -76,6 +92,8 @@ class CollaborativeOptions:
     batch_size: int = 64
     max_samples: int = 512
     recalibrate: bool | str = "auto"
+    reconstruct: bool | str = "auto"
+    reconstruct_samples: int = 2048
     latency_checks: int = 2
     sensitivity: str = "taylor"
     gradient: str = "mean"
@@ -418,8 +436,7 @@ def _removal(graph: Graph, analysis: ChannelAnalysis, plan: Plan) -> dict[int, l
 
 def _kept_indices(analysis: ChannelAnalysis, removal: dict[int, list[int]], layer: str, role: str) -> np.ndarray:
     atoms = analysis.in_atoms[layer] if role == "in" else analysis.out_atoms[layer]
-    gone = {int(a) for g, channels in removal.items() for c in channels for a in analysis.groups[g].channels[c]}
-    return np.array([i for i, atom in enumerate(atoms) if int(atom) not in gone], dtype=np.int64)
+    return kept_positions(atoms, removed_atoms(analysis, removal))
 
 
 def _factored(spec: LayerSpec, kernel: np.ndarray, kept: list[int], basis_name: str, keras) -> list[LayerSpec]:
@@ -476,22 +493,22 @@ def _realise(graph: Graph, analysis: ChannelAnalysis, plan: Plan, gradients: dic
     return result
 
 
-def apply_plan(graph: Graph, plan: Plan, data=None, recalibrate: bool | str = "auto", max_samples: int = 512,
-               verbose: int = 1) -> tuple[Graph, CompressionReport]:
-    """Realise ``plan`` on ``graph`` (which must be the model it was made for); ``data`` only
-    re-estimates BatchNormalization statistics."""
+def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
+    """Realise ``plan`` on ``graph`` (which must be the model it was made for), without data: reconstruction
+    and BN recalibration are the shared steps :meth:`CollaborativeMethod.apply` runs afterwards."""
     check_plan(graph, plan)
     shapes = infer_shapes(graph)
+    analysis = analyse_channels(graph, shapes)
     applied = Plan.from_json(plan.to_json())
-    result = _realise(graph, analyse_channels(graph, shapes), applied, None)
-    result, recalibrated = recalibrate_if_asked(result, data, recalibrate, max_samples)
+    result = _realise(graph, analysis, applied, None)
     decisions = [LayerDecision(e.layer, e.class_name, e.action, e.macs_before, e.macs_after, e.params_before,
                                e.params_after, detail={"rank": e.rank, "inputs_removed": len(e.removed_inputs),
                                                        "rate": round(e.rate, 4), "score": e.score}, reason=e.reason)
                  for e in applied.layers]
     report = CompressionReport("collaborative", Budget(plan.metric, plan.target), decisions, applied.macs_before,
                                applied.macs_after, applied.params_before, applied.params_after,
-                               notes={"recalibrated_batchnorms": recalibrated, "planned_in_s": round(plan.seconds, 1)})
+                               notes={"planned_in_s": round(plan.seconds, 1)},
+                               kept_outputs=kept_outputs(analysis, _removal(graph, analysis, applied)))
     return result, report
 
 
@@ -513,8 +530,10 @@ class CollaborativeMethod(Method):
 
     def apply(self, graph: Graph, plan: Plan, data, context: Context) -> tuple[Graph, CompressionReport]:
         options = self.plan_options(plan)
-        return apply_plan(graph, plan, input_batch(graph, data), options.recalibrate, options.max_samples,
-                          context.verbose)
+        data = method_inputs(graph, data, options)
+        check_finishing(options, data)
+        result, report = apply_plan(graph, plan)
+        return finish(graph, result, report, data, options, context.verbose), report
 
     def compress(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:

@@ -20,9 +20,9 @@ from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import infer_shapes, module_for, sample_node_inputs
 from kerascomp.layers import layers_for
 from kerascomp.methods.base import Budget, CompressionReport, build_report
-from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.eligibility import dense_conv2d_ineligibility, eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_int, check_number
+from kerascomp.methods.reconstruct import reconstruct_active
 from kerascomp.methods.registry import Context, Method
 
 
@@ -57,6 +57,8 @@ class FGAOptions:
     ridge: float = 1e-3
     seed: int = 0
     recalibrate: bool | str = False
+    reconstruct: bool | str = "auto"
+    reconstruct_samples: int = 2048
 
     def validate(self) -> None:
         for option in ("min_channels_per_group", "max_samples", "max_rows"):
@@ -218,7 +220,6 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
     """Return a new graph with FGA applied under ``budget``, and the per-layer report. A
     ``"latency"`` budget costs every (groups, rank) option by the :class:`LatencyTable` ``latency``.
     ``fixed``: a plan's choices (``{"layers": {name: [groups, rank]}}``) to realise instead of allocating."""
-    check_recalibrate(options.recalibrate, data)
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     costs = before.by_name()
@@ -286,11 +287,10 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         chosen[name] = fga_spec(layer.spec, groups, rank, keras)
         errors[name] = float(np.sqrt(layer.candidates.error[index]))
     refine_details = {}
-    if data is not None and options.refine and chosen:
+    if data is not None and options.refine and chosen and not reconstruct_active(options, data):
         refine_details = _refine(graph, chosen, originals, data, options, verbose)
     for name, spec in chosen.items():
         result.layers[name] = spec
-    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples, bool(chosen))
 
     # "dense" rows: compressible, but the allocation spent the budget elsewhere; "kept": not compressible
     rewritten = {name: (f"fga g={spec.config['groups']} r={spec.config['rank']}", errors[name],
@@ -301,8 +301,6 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
                "rank_multiple": rank_multiple}
     report = build_report("fga", budget, graph, result, shapes, rewritten, reasons, result_shapes=shapes,
                           choices=choices)
-    if recalibrated:
-        report.notes["recalibrated_batchnorms"] = recalibrated
     if latency is not None and fixed is None:
         spent = metric_total - compressible + sum(layer.candidates.cost[i] for layer, i in zip(payable, choice))
         report.notes["estimated_latency_ratio"] = round(float(spent / metric_total), 4)

@@ -28,7 +28,6 @@ from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModel
 from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
-from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
 from kerascomp.methods.registry import Context, Method, build_options
@@ -69,6 +68,8 @@ class SVDOptions:
     min_saving: float = 0.005
     iterations: int = 10
     recalibrate: bool | str = "auto"
+    reconstruct: bool | str = "auto"
+    reconstruct_samples: int = 2048
     max_samples: int = 256
 
     def validate(self, method: str) -> None:
@@ -492,7 +493,6 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
              data=None, verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Return a new graph with (joint) spatial SVD applied under ``budget`` (or the ranks of a plan's
     ``fixed`` choices), and the per-layer report."""
-    check_recalibrate(options.recalibrate, data)
     fixed_choices = fixed
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
@@ -566,10 +566,6 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     report = CompressionReport(method, budget, report_rows, before.macs, int(planned["macs"]), before.params,
                                int(planned["params"]))
     report.choices = {"units": {unit.name: int(rank) for unit, rank in zip(units, ranks) if rank}}
-    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples,
-                                                bool(decisions))
-    if recalibrated:
-        report.notes["recalibrated_batchnorms"] = recalibrated
     if groups:
         report.notes["joint groups"] = "; ".join(f"{k}: {len(v)} convs" for k, v in groups.items())
     if rate is not None:

@@ -31,12 +31,12 @@ from kerascomp.graph.channels import (
     ChannelAnalysis,
     ChannelGroup,
     analyse_channels,
+    kept_outputs,
     prune_channels,
 )
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
 from kerascomp.methods.base import Budget, CompressionReport, build_report
-from kerascomp.methods.calibrate import recalibrate_if_asked
 from kerascomp.methods.inputs import check_auto, check_choice, check_int, check_number
 from kerascomp.methods.registry import Context, Method
 
@@ -70,6 +70,8 @@ class PruneOptions:
     max_samples: int = 128
     max_rows: int = 20000
     recalibrate: bool | str = "auto"
+    reconstruct: bool | str = "auto"
+    reconstruct_samples: int = 2048
     seed: int = 0
 
     def validate(self) -> None:
@@ -346,9 +348,9 @@ def apply_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, orders:
     folds = compensate(working, analysis, orders, data, options, verbose) if use_compensation else {}
     removal = {order.group.index: [s.channel for s in order.steps[:order.chosen]] for order in orders if order.chosen}
     result = prune_channels(working, analysis, removal)
-    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples)
     report = _report(graph, shapes, result, analysis, budget, method, folds)
-    report.notes = {"compensated_consumers": len(folds), "recalibrated_batchnorms": recalibrated}
+    report.notes = {"compensated_consumers": len(folds)}
+    report.kept_outputs = kept_outputs(analysis, removal)
     return result, report
 
 

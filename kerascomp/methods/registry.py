@@ -25,7 +25,15 @@ from typing import Any, Callable
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph
 from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint, plan_from_report
+from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.inputs import input_batch
+from kerascomp.methods.reconstruct import (
+    check_reconstruct,
+    find_units,
+    reconstruct,
+    reconstruct_active,
+    validate_reconstruct,
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +70,49 @@ def build_options(cls: type, options: dict, method: str, validate: bool = True) 
     built = cls(**options)
     if validate and hasattr(built, "validate"):
         built.validate()
+    validate_reconstruct(built)
     return built
+
+
+def finish(original: Graph, result: Graph, report: CompressionReport, data: Any, options: Any,
+           verbose: int = 1) -> Graph:
+    """The steps every method shares after its rewrite, in order: reconstruction (the ``reconstruct`` option:
+    refit each changed layer's last linear map so the compressed model's outputs match the original's, see
+    :mod:`kerascomp.methods.reconstruct`), then BatchNormalization recalibration (the ``recalibrate`` option).
+    Options objects without these fields skip the step. Records what was done in ``report``."""
+    check_finishing(options, data)
+    changed = fingerprint(original) != fingerprint(result)
+    if changed and reconstruct_active(options, data):
+        units, skipped = find_units(original, result, report.kept_outputs)
+        result, details = reconstruct(original, result, units, data, options.reconstruct_samples, verbose)
+        rows = {record.layer: record for record in report.layers}
+        for name, detail in details.items():
+            if name in rows:
+                rows[name].detail.update(detail)
+        for name, reason in skipped.items():
+            if name in rows:
+                rows[name].detail["not_reconstructed"] = reason
+        report.notes["reconstructed_layers"] = f"{sum(d['refit'] for d in details.values())}/{len(units)}"
+        if skipped:
+            report.notes["not_reconstructed"] = len(skipped)
+    if hasattr(options, "recalibrate"):
+        result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate,
+                                                    getattr(options, "max_samples", 256), changed)
+        if recalibrated:
+            report.notes["recalibrated_batchnorms"] = recalibrated
+    return result
+
+
+def check_finishing(options: Any, data: Any) -> None:
+    """Refuse ``reconstruct=True`` / ``recalibrate=True`` without data, before any work is done."""
+    check_reconstruct(options, data)
+    if hasattr(options, "recalibrate"):
+        check_recalibrate(options.recalibrate, data)
+
+
+def method_inputs(graph: Graph, data: Any, options: Any) -> Any:
+    """``data`` as model inputs; from a ``tf.data`` pipeline, as many rows as reconstruction reads."""
+    return input_batch(graph, data, limit=max(512, int(getattr(options, "reconstruct_samples", 0))))
 
 
 class Method:
@@ -113,7 +163,10 @@ class Method:
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:
         """Plan and apply in one go; returns the graph, the report and the plan that reproduces it."""
         started = time.perf_counter()
-        result, report = self.run(graph, budget, input_batch(graph, data), options, context)
+        data = method_inputs(graph, data, options)
+        check_finishing(options, data)
+        result, report = self.run(graph, budget, data, options, context)
+        result = finish(graph, result, report, data, options, context.verbose)
         report.seconds = time.perf_counter() - started
         return result, report, plan_from_report(graph, report, self.settings(options))
 
@@ -132,7 +185,10 @@ class Method:
     def apply(self, graph: Graph, plan: Plan, data: Any, context: Context) -> tuple[Graph, CompressionReport]:
         check_plan(graph, plan)
         options = self.plan_options(plan)
-        return self.run(graph, plan.budget, input_batch(graph, data), options, context, fixed=plan.choices)
+        data = method_inputs(graph, data, options)
+        check_finishing(options, data)
+        result, report = self.run(graph, plan.budget, data, options, context, fixed=plan.choices)
+        return finish(graph, result, report, data, options, context.verbose), report
 
 
 def check_plan(graph: Graph, plan: Any) -> None:

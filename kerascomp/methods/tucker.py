@@ -20,7 +20,6 @@ from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModel
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, build_report
-from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_choice, check_int
 from kerascomp.methods.joint_svd import conv_spec
@@ -39,6 +38,8 @@ class TuckerOptions:
     allocation: str = "uniform"
     iterations: int = 30
     recalibrate: bool | str = "auto"
+    reconstruct: bool | str = "auto"
+    reconstruct_samples: int = 2048
     max_samples: int = 256
 
     def validate(self) -> None:
@@ -100,7 +101,6 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
                 verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Tucker-2 every kxk conv under ``budget`` (or with the ranks of a plan's ``fixed`` choices)."""
     plan_choices = fixed
-    check_recalibrate(options.recalibrate, data)
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
     eligible, reasons = eligible_convs(graph, shapes, ONE_BY_ONE)
@@ -130,13 +130,12 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
         if ranks is None:
             continue
         errors[layer.spec.name] = factor_layer(result, layer.spec, ranks, options.iterations, keras)
-    result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate, options.max_samples, bool(errors))
     rewritten = {layer.spec.name: (f"tucker r_in={ranks[0]} r_out={ranks[1]}" if ranks else "dense",
                                    errors.get(layer.spec.name), {"ranks": list(ranks) if ranks else None})
                  for layer, ranks in zip(layers, chosen)}
     parts = {name: [name, f"{name}_tucker_in", f"{name}_tucker_core"] for name in errors}
     report = build_report("tucker", budget, graph, result, shapes, rewritten, reasons, parts,
-                          notes={"recalibrated_batchnorms": recalibrated, "allocation": options.allocation},
+                          notes={"allocation": options.allocation},
                           choices={"layers": {layer.spec.name: list(ranks) for layer, ranks in zip(layers, chosen)
                                               if ranks is not None}})
     return result, report

@@ -1,0 +1,273 @@
+"""Error-correcting reconstruction: refit each compressed unit's last linear map on data, in order.
+
+After a method rewrites a model, every layer whose weights it changed computes something slightly
+different from the original, and the errors add up along the network. Reconstruction walks those
+layers in topological order and refits the last linear map of each (FGA's 1x1, the last factor of
+SVD and Tucker-2, the per-layer factor of joint SVD, the kernel of a pruned layer on the input
+channels it kept, both for collaborative) by ridge least squares, so that its pre-activation output
+*in the compressed model* matches the original model's output at the same place (He et al. 2017,
+"Channel pruning"; ThiNet; the response reconstruction of the FGA paper):
+
+* the inputs come from the compressed model with every earlier refit applied, so each refit also
+  corrects the error of the layers before it;
+* the targets come from the original model;
+* memory is bounded: only the Gram matrices are kept (:class:`kerascomp.decompose.ridge.Moments`),
+  summed over batches of the data;
+* a refit is kept only when it lowers the layer's output error on the data; the report shows the
+  error before and after (relative to the spread of the original output).
+
+The units are found by comparing the two graphs (:func:`find_units`), so any method that keeps the
+node names of the layers it rewrites, as every built-in does, gets reconstruction for free. A method
+that removes output channels says which it kept (``CompressionReport.kept_outputs``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kerascomp.decompose.ridge import Moments
+from kerascomp.errors import InvalidArgumentError
+from kerascomp.graph.ir import Graph, LayerSpec
+from kerascomp.graph.keras_io import module_for, write_model
+from kerascomp.methods.inputs import check_auto, check_int
+from kerascomp.methods.strip import is_channel_batchnorm
+
+REFITTABLE = ("Conv2D", "Dense", "FilterGroupConv2D")  # layers whose last map reconstruction can refit
+RIDGE = 1e-3  # relative to the mean diagonal of the Gram matrix (see Moments.solve)
+BATCH = 64
+MAX_FEATURES = 8192  # a kxk conv over more input channels than this (kh*kw*C) is not refit: its Gram is too big
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One layer to refit. ``layer``: its name in the compressed graph; ``nodes``: its calls, each named as a
+    call in the original graph whose pre-activation output is the target; ``originals``: the original
+    layer of each call (the report rows; a layer shared by several calls, as joint SVD's shared factor,
+    is refit on all of them at once); ``outputs``: per call, which of the original's output channels the
+    layer's outputs are (``None``: all, in order); ``bias_into``: a BatchNormalization that alone consumes
+    the layer and absorbs a fitted intercept when the layer has no bias (``moving_mean -= intercept``)."""
+
+    layer: str
+    nodes: tuple[str, ...]
+    originals: tuple[str, ...]
+    outputs: tuple[tuple[int, ...] | None, ...]
+    bias_into: str | None = None
+
+
+def validate_reconstruct(options: Any) -> None:
+    """Validate the shared ``reconstruct`` / ``reconstruct_samples`` options (any options object with them)."""
+    if hasattr(options, "reconstruct"):
+        check_auto("reconstruct", options.reconstruct)
+        check_int("reconstruct_samples", options.reconstruct_samples)
+
+
+def check_reconstruct(options: Any, data: Any) -> None:
+    """:func:`validate_reconstruct`, and refuse ``reconstruct=True`` without ``data``."""
+    validate_reconstruct(options)
+    if getattr(options, "reconstruct", False) is True and data is None:
+        raise InvalidArgumentError("reconstruct=True needs data= (inputs on which the compressed layers are refit "
+                                   "to match the original model); pass data or reconstruct=False.")
+
+
+def reconstruct_active(options: Any, data: Any) -> bool:
+    """Whether the shared reconstruction step runs: ``reconstruct=True``, or ``"auto"`` with ``data``."""
+    value = getattr(options, "reconstruct", False)
+    return data is not None and (value is True or value == "auto")
+
+
+def _differs(a: LayerSpec, b: LayerSpec) -> bool:
+    if a.class_name != b.class_name or len(a.weights) != len(b.weights):
+        return True
+    return any(x.shape != y.shape or not np.array_equal(x, y) for x, y in zip(a.weights, b.weights))
+
+
+def _out_width(spec: LayerSpec) -> int:
+    return int(spec.weights[1].shape[-1] if spec.class_name == "FilterGroupConv2D" else spec.weights[0].shape[-1])
+
+
+def _why_not(spec: LayerSpec) -> str | None:
+    if spec.class_name not in REFITTABLE:
+        return f"its last map is a {spec.class_name}, not a Conv2D, Dense or FilterGroupConv2D"
+    if spec.config.get("data_format") == "channels_first":
+        return "channels_first conv"
+    if spec.class_name == "Conv2D" and int(spec.config.get("groups", 1)) != 1:
+        return "grouped Conv2D (its kernel is block-diagonal)"
+    if spec.class_name == "Conv2D" and int(np.prod(spec.weights[0].shape[:3])) > MAX_FEATURES:
+        return f"{int(np.prod(spec.weights[0].shape[:3]))} input features per output (more than {MAX_FEATURES})"
+    return None
+
+
+def _has_bias(spec: LayerSpec) -> bool:
+    return len(spec.weights) > (2 if spec.class_name == "FilterGroupConv2D" else 1)
+
+
+def find_units(original: Graph, compressed: Graph,
+               kept_outputs: dict[str, list[int]] | None = None) -> tuple[list[Unit], dict[str, str]]:
+    """The layers of ``compressed`` to refit, in topological order, and why each other changed layer is not.
+
+    A unit is a layer of ``compressed`` whose calls all have namesakes in ``original`` that call a linear
+    layer (Conv2D, Dense or FilterGroupConv2D), and that differs from that original layer. ``kept_outputs``:
+    for an original layer whose output channels were removed, the indices of those kept.
+    """
+    kept_outputs = kept_outputs or {}
+    original_nodes = {node.name: node for node in original.nodes}
+    units, skipped, seen = [], {}, set()
+    for node in compressed.nodes:
+        if node.layer in seen or node.name not in original_nodes:
+            continue
+        seen.add(node.layer)
+        spec = compressed.spec(node)
+        calls = compressed.nodes_of(node.layer)
+        sources = [original.spec(original_nodes[call.name]) for call in calls if call.name in original_nodes]
+        if len(sources) != len(calls) or any(source.class_name not in REFITTABLE for source in sources):
+            continue
+        if not any(_differs(spec, source) for source in sources):
+            continue
+        reason = _why_not(spec)
+        width = _out_width(spec) if reason is None else 0
+        outputs = [kept_outputs.get(source.name) for source in sources]
+        for source, kept in zip(sources, outputs):
+            if reason is None and kept is None and width != _out_width(source):
+                reason = "its output channels changed and the method did not say which it kept"
+            if reason is None and kept is not None and len(kept) != width:
+                reason = f"{width} outputs but {len(kept)} kept channels recorded"
+        if reason is not None:
+            skipped.update({source.name: reason for source in sources})
+            continue
+        bias_into = None
+        if not _has_bias(spec) and len(calls) == 1 and spec.config.get("activation") in (None, "linear"):
+            consumers = compressed.consumers(node.name)
+            if len(consumers) == 1 and is_channel_batchnorm(compressed.spec(consumers[0])) \
+                    and len(compressed.nodes_of(consumers[0].layer)) == 1:
+                bias_into = consumers[0].layer
+        units.append(Unit(node.layer, tuple(call.name for call in calls), tuple(source.name for source in sources),
+                          tuple(None if kept is None else tuple(int(i) for i in kept) for kept in outputs), bias_into))
+    return units, skipped
+
+
+def _conv_args(spec: LayerSpec) -> dict:
+    config = spec.config
+    return dict(strides=tuple(config.get("strides", (1, 1))), padding=str(config.get("padding", "valid")).upper(),
+                dilations=tuple(config.get("dilation_rate", (1, 1))))
+
+
+def design(spec: LayerSpec, inputs: np.ndarray) -> np.ndarray:
+    """The rows ``X`` with ``X @ W + b`` = the layer's pre-activation output (``W``: :func:`linear_map`)."""
+    import tensorflow as tf
+
+    x = tf.constant(inputs, tf.float32)
+    if spec.class_name == "Dense":
+        return np.asarray(x).reshape(-1, inputs.shape[-1])
+    if spec.class_name == "FilterGroupConv2D":
+        grouped = tf.nn.conv2d(x, spec.weights[0], **_conv_args(spec)).numpy()
+        return grouped.reshape(-1, grouped.shape[-1])
+    height, width = spec.weights[0].shape[:2]
+    args = _conv_args(spec)
+    if (height, width) == (1, 1) and args["strides"] == (1, 1):
+        return inputs.reshape(-1, inputs.shape[-1])
+    patches = tf.image.extract_patches(x, sizes=[1, height, width, 1], strides=[1, *args["strides"], 1],
+                                       rates=[1, *args["dilations"], 1], padding=args["padding"]).numpy()
+    return patches.reshape(-1, patches.shape[-1])
+
+
+def linear_map(spec: LayerSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The layer's last linear map as ``(W (F, O), b (O,))``, ``F`` matching :func:`design`'s columns."""
+    kernel = spec.weights[1] if spec.class_name == "FilterGroupConv2D" else spec.weights[0]
+    offset = 2 if spec.class_name == "FilterGroupConv2D" else 1
+    weights = kernel.reshape(-1, kernel.shape[-1])
+    bias = spec.weights[offset] if len(spec.weights) > offset else np.zeros(weights.shape[1], weights.dtype)
+    return weights, bias
+
+
+def linear_output(spec: LayerSpec, inputs: np.ndarray) -> np.ndarray:
+    """The original layer's pre-activation output as rows ``(rows, O)``."""
+    import tensorflow as tf
+
+    if spec.class_name == "Conv2D" and int(spec.config.get("groups", 1)) != 1:
+        out = tf.nn.conv2d(tf.constant(inputs, tf.float32), spec.weights[0], **_conv_args(spec)).numpy()
+        out = out.reshape(-1, out.shape[-1])
+        return out + spec.weights[1] if len(spec.weights) > 1 else out
+    weights, bias = linear_map(spec)
+    return design(spec, inputs) @ weights + bias
+
+
+def _set_map(spec: LayerSpec, weights: np.ndarray, bias: np.ndarray) -> None:
+    index = 1 if spec.class_name == "FilterGroupConv2D" else 0
+    spec.weights[index] = weights.reshape(spec.weights[index].shape).astype(spec.weights[index].dtype)
+    if _has_bias(spec):
+        spec.weights[index + 1] = bias.astype(spec.weights[index + 1].dtype)
+
+
+def _batches(data: Any, samples: int) -> Iterator[Any]:
+    arrays = data if isinstance(data, list) else [data]
+    rows = min(samples, len(arrays[0]))
+    for start in range(0, rows, BATCH):
+        stop = min(start + BATCH, rows)
+        yield [np.asarray(array[start:stop]) for array in arrays]
+
+
+def _probe(graph: Graph, nodes: list[str]) -> Any:
+    """A Keras model of ``graph`` whose outputs are the first input of each named node."""
+    probe = graph.copy()
+    probe.outputs = [probe.node(name).input_refs()[0] for name in nodes]
+    probe.sequential = False
+    return write_model(probe)
+
+
+def _submodel(keras, model: Any, positions: list[int]) -> Any:
+    return keras.Model(model.inputs, [model.outputs[p] for p in positions])
+
+
+def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any, samples: int = 2048,
+                verbose: int = 1) -> tuple[Graph, dict[str, dict]]:
+    """A copy of ``compressed`` with each unit's last linear map refit (see the module docstring), and per
+    original layer name ``{"output_error_before", "output_error_after", "refit"}``."""
+    result = compressed.copy()
+    if not units:
+        return result, {}
+    keras = module_for(result)
+    calls = [name for unit in units for name in unit.nodes]
+    original_model, compressed_model = _probe(original, calls), _probe(result, calls)
+    position = {name: index for index, name in enumerate(calls)}
+    probed = {layer.name for layer in compressed_model.layers}
+    details: dict[str, dict] = {}
+    for unit in tqdm(units, desc="reconstruct", disable=not verbose):
+        spec = result.layers[unit.layer]
+        positions = [position[name] for name in unit.nodes]
+        inputs_now, inputs_then = _submodel(keras, compressed_model, positions), _submodel(keras, original_model, positions)
+        weights, bias = linear_map(spec)
+        moments = Moments.zeros(weights.shape[0], weights.shape[1])
+        for batch in _batches(data, samples):
+            now, then = inputs_now(batch, training=False), inputs_then(batch, training=False)
+            now = now if isinstance(now, (list, tuple)) else [now]
+            then = then if isinstance(then, (list, tuple)) else [then]
+            for x_now, x_then, source, kept in zip(now, then, unit.originals, unit.outputs):
+                targets = linear_output(original.layers[source], np.asarray(x_then))
+                if kept is not None:
+                    targets = targets[:, list(kept)]
+                moments.add(design(spec, np.asarray(x_now)), targets)
+        fit_bias = _has_bias(spec) or unit.bias_into is not None
+        new_weights, new_bias = moments.solve(RIDGE, fit_bias)
+        before, after = moments.residual(weights, bias), moments.residual(new_weights, new_bias)
+        spread = max(moments.spread(), 1e-30)
+        refit = after < before
+        if refit:
+            _set_map(spec, new_weights, new_bias)
+            changed = [unit.layer]
+            if unit.bias_into is not None and not _has_bias(spec):
+                bn = result.layers[unit.bias_into]
+                offset = int(bool(bn.config.get("scale", True))) + int(bool(bn.config.get("center", True)))
+                bn.weights[offset] = (bn.weights[offset] - new_bias).astype(bn.weights[offset].dtype)
+                changed.append(unit.bias_into)
+            for name in changed:  # the probe holds only what feeds a later unit
+                if name in probed:
+                    compressed_model.get_layer(name).set_weights(result.layers[name].weights)
+        detail = {"output_error_before": round(float(np.sqrt(before / spread)), 5),
+                  "output_error_after": round(float(np.sqrt(min(after, before) / spread)), 5), "refit": bool(refit)}
+        if len(unit.nodes) > 1:
+            detail["refit_jointly_with"] = sorted(set(unit.originals))
+        details.update({source: dict(detail) for source in unit.originals})
+    return result, details

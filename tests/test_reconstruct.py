@@ -1,0 +1,165 @@
+"""The shared reconstruction step: ridge refits from accumulated moments, the design matrices of each layer
+kind, and what reconstruction does to every method's model (never a worse layer, a no-op when nothing was lost)."""
+import warnings
+
+import numpy as np
+import pytest
+from conftest import weights_hash
+
+import kerascomp
+from kerascomp.decompose.ridge import Moments
+from kerascomp.errors import InvalidArgumentError
+from kerascomp.graph.keras_io import read_model
+from kerascomp.methods.reconstruct import design, find_units, linear_map
+from kerascomp.zoo import cifar_resnet
+
+
+def test_moments_match_a_direct_least_squares_fit_and_its_residual():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 7)) + 3.0
+    y = x @ rng.normal(size=(7, 4)) + 1.5 + 0.1 * rng.normal(size=(500, 4))
+    moments = Moments.zeros(7, 4)
+    for start in range(0, 500, 64):  # batches give the same statistics as one pass
+        moments.add(x[start:start + 64], y[start:start + 64])
+    weights, bias = moments.solve(ridge=0.0, fit_bias=True)
+    expected = np.linalg.lstsq(np.hstack([x, np.ones((500, 1))]), y, rcond=None)[0]
+    np.testing.assert_allclose(weights, expected[:7], rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(bias, expected[7], rtol=1e-8, atol=1e-8)
+    other = rng.normal(size=(7, 4))
+    direct = float(((x @ other + 0.3 - y) ** 2).sum())
+    assert moments.residual(other, 0.3) == pytest.approx(direct, rel=1e-9)
+    assert moments.residual(weights, bias) < moments.residual(other, 0.3)
+    assert moments.spread() == pytest.approx(float(((y - y.mean(0)) ** 2).sum()), rel=1e-9)
+    no_bias = moments.solve(ridge=0.0, fit_bias=False)
+    assert np.all(no_bias[1] == 0) and moments.residual(*no_bias) > moments.residual(weights, bias)
+    with pytest.raises(ValueError, match="does not fit"):
+        moments.add(x[:, :3], y)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=3, padding="same"), dict(kernel_size=3, strides=2),
+                                    dict(kernel_size=(3, 1), padding="same", dilation_rate=2),
+                                    dict(kernel_size=1, strides=2, use_bias=False), dict(kernel_size=(1, 3))])
+def test_design_times_the_linear_map_is_the_layers_output(keras, kwargs):
+    inputs = keras.Input((9, 9, 5))
+    model = keras.Model(inputs, keras.layers.Conv2D(6, name="conv", **kwargs)(inputs))
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    x = rng.normal(size=(3, 9, 9, 5)).astype("float32")
+    spec = read_model(model).layers["conv"]
+    weights, bias = linear_map(spec)
+    expected = model.predict(x, verbose=0)
+    np.testing.assert_allclose(design(spec, x) @ weights + bias, expected.reshape(-1, 6), rtol=1e-4, atol=1e-4)
+
+
+def test_design_of_a_filter_group_conv_and_a_dense(keras):
+    inputs = keras.Input((8, 8, 32))
+    fga = kerascomp.layers_for(keras).FilterGroupConv2D(16, 3, groups=2, rank=4, padding="same", name="fga")
+    hidden = fga(inputs)
+    outputs = keras.layers.Dense(5, name="dense")(hidden)
+    model = keras.Model(inputs, [hidden, outputs])
+    rng = np.random.default_rng(2)
+    model.set_weights([rng.normal(size=w.shape).astype("float32") for w in model.get_weights()])
+    x = rng.normal(size=(2, 8, 8, 32)).astype("float32")
+    graph = read_model(model)
+    hidden_value, out_value = model.predict(x, verbose=0)
+    for name, inputs_value, expected in (("fga", x, hidden_value), ("dense", hidden_value, out_value)):
+        spec = graph.layers[name]
+        weights, bias = linear_map(spec)
+        np.testing.assert_allclose(design(spec, inputs_value) @ weights + bias, expected.reshape(-1, expected.shape[-1]),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def _compress(model, method, x, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        return kerascomp.compress(model, method, target_flops=0.5, verbose=0, data=x, recalibrate=False, **options)
+
+
+@pytest.fixture(scope="module")
+def trained(keras):
+    """A ResNet-8 whose BN statistics match its data (fit briefly), and that data: reconstruction matches the
+    original's outputs, so it is judged on a model whose outputs mean something."""
+    keras.utils.set_random_seed(0)
+    model = cifar_resnet(depth=8, width=16, input_shape=(16, 16, 3), keras_module=keras)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (192, 16, 16, 3)).astype("float32")
+    y = (x[:, :8].mean(axis=(1, 2, 3)) > x[:, 8:].mean(axis=(1, 2, 3))).astype("int64") + 2 * (
+        x[..., 0].mean(axis=(1, 2)) > x[..., 2].mean(axis=(1, 2)))
+    model.compile(keras.optimizers.SGD(0.05, momentum=0.9), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0)
+    return model, x
+
+
+@pytest.mark.parametrize("method", ["fga", "svd", "tucker", "l1", "joint_svd"])
+def test_reconstruction_never_worsens_a_layer_and_brings_the_outputs_closer(trained, method):
+    model, x = trained
+    before = weights_hash(model)
+    raw = _compress(model, method, x, reconstruct=False)
+    fixed = _compress(model, method, x, reconstruct=True, reconstruct_samples=128)
+    assert weights_hash(model) == before
+    rows = [row.detail for row in fixed.report.layers if "output_error_before" in row.detail]
+    assert rows, f"{method}: no layer was reconstructed"
+    assert all(row["output_error_after"] <= row["output_error_before"] for row in rows)
+    assert any(row["output_error_after"] < 0.95 * row["output_error_before"] for row in rows)
+    assert fixed.report.notes["reconstructed_layers"].split("/")[1] == str(len(rows))
+    assert not any("output_error_before" in row.detail for row in raw.report.layers)
+    # judged end to end on held-out inputs, against the original's logits-free probabilities
+    held_out = np.random.default_rng(5).uniform(0, 255, (64, 16, 16, 3)).astype("float32")
+    reference = model.predict(held_out, verbose=0)
+    error_raw = np.abs(raw.model.predict(held_out, verbose=0) - reference).mean()
+    error_fixed = np.abs(fixed.model.predict(held_out, verbose=0) - reference).mean()
+    assert error_fixed < error_raw
+
+
+def test_reconstruction_is_a_no_op_when_the_rewrite_is_exact(trained):
+    model, x = trained
+    plan = kerascomp.plan(model, method="tucker", target_flops=0.7, verbose=0)
+    full = {}
+    for name in plan.choices["layers"]:
+        kernel = model.get_layer(name).get_weights()[0]
+        full[name] = [kernel.shape[2], kernel.shape[3]]
+    plan.choices["layers"] = full
+    exact = kerascomp.clone_compressed(model, plan=plan, data=x, reconstruct=False, recalibrate=False, verbose=0)
+    refit = kerascomp.compress(model, plan=plan, data=x, reconstruct=True, recalibrate=False, verbose=0)
+    errors = [row.detail["output_error_before"] for row in refit.report.layers if "output_error_before" in row.detail]
+    assert errors and max(errors) < 1e-3
+    np.testing.assert_allclose(refit.model.predict(x[:16], verbose=0), exact.predict(x[:16], verbose=0), atol=1e-5)
+    nothing = kerascomp.compress(model, "l1", target_flops=1.0, data=x, verbose=0)
+    assert "reconstructed_layers" not in nothing.report.notes
+
+
+def test_pruned_outputs_are_matched_to_the_channels_kept(trained):
+    model, x = trained
+    result = _compress(model, "l1", x, reconstruct=True, reconstruct_samples=64)
+    graph = read_model(model)
+    units, skipped = find_units(graph, read_model(result.model), result.report.kept_outputs)
+    pruned_producers = [unit for unit in units if unit.outputs[0] is not None]
+    assert pruned_producers and not skipped
+    for unit in pruned_producers:
+        assert len(unit.outputs[0]) == result.model.get_layer(unit.layer).get_weights()[0].shape[-1]
+    # without the kept channels, a pruned producer cannot be matched: it is reported, not guessed
+    units, skipped = find_units(graph, read_model(result.model), {})
+    assert skipped and all("did not say which it kept" in reason for reason in skipped.values())
+
+
+def test_a_shared_last_map_is_refit_on_all_its_calls_and_a_sum_is_reported_as_not_refit(trained):
+    model, x = trained
+    right = _compress(model, "joint_svd", x, variant="right", reconstruct=True, reconstruct_samples=64)
+    shared = [row for row in right.report.layers if row.detail.get("refit_jointly_with")]
+    assert len(shared) >= 2 and all(row.layer in row.detail["refit_jointly_with"] for row in shared)
+    assert all(row.detail["output_error_after"] <= row.detail["output_error_before"] for row in shared)
+    bi = _compress(model, "joint_svd", x, variant="bi", reconstruct=True, reconstruct_samples=64)
+    reasons = [row.detail.get("not_reconstructed", "") for row in bi.report.layers]
+    assert any("Add" in reason for reason in reasons) and bi.report.notes["not_reconstructed"] >= 2
+
+
+def test_bad_reconstruct_options_are_refused_by_name(trained, capsys):
+    model, x = trained
+    with pytest.raises(InvalidArgumentError, match="reconstruct=True needs data"):
+        kerascomp.compress(model, "fga", target_flops=0.5, reconstruct=True, verbose=0)
+    with pytest.raises(InvalidArgumentError, match="reconstruct"):
+        kerascomp.compress(model, "l1", target_flops=0.5, data=x, reconstruct="always", verbose=0)
+    with pytest.raises(InvalidArgumentError, match="reconstruct_samples"):
+        kerascomp.compress(model, "svd", target_flops=0.5, data=x, reconstruct_samples=0, verbose=0)
+    _compress(model, "fga", x, reconstruct=True, reconstruct_samples=32)
+    assert "reconstruct" not in capsys.readouterr().err
