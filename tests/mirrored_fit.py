@@ -56,6 +56,16 @@ def rounds():
                                      verbose=0).model
 
 
+def distill():
+    """kerascomp.distiller, its teacher the uncompressed model, trains the FGA student."""
+    student = fga()
+    trainer = kerascomp.distiller(student, users_model(), temperature=4.0, alpha=0.5)
+    trainer.compile(keras.optimizers.SGD(0.02), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = trainer.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    DISTILL_LOSSES.append(float(history.history["loss"][-1]))
+    return student
+
+
 def run(case, strategy):
     with strategy.scope():
         model = case()
@@ -68,8 +78,9 @@ def run(case, strategy):
 # collective instance keys, and the second one's all-reduce then mixes up tensors.
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 FITTED = []  # the weights after each fit of prune_in_rounds, single-device runs first
+DISTILL_LOSSES = []  # the distiller's last loss, single-device run first
 report = {"replicas": strategy.num_replicas_in_sync}
-for name, case in (("fga", fga), ("rounds", rounds)):
+for name, case in (("fga", fga), ("rounds", rounds), ("distill", distill)):
     single = run(case, tf.distribute.get_strategy())
     mirrored = run(case, strategy)
     difference = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) or 1.0)) for a, b in zip(single[0], mirrored[0]))
@@ -79,4 +90,5 @@ half = len(FITTED) // 2
 report["rounds"]["per_fit_difference"] = [
     max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) or 1.0)) for a, b in zip(FITTED[i], FITTED[half + i]))
     for i in range(half)]
+report["distill"]["losses"] = DISTILL_LOSSES
 json.dump(report, sys.stdout)

@@ -1,4 +1,5 @@
-"""Finetuning a compressed model under tf.distribute.MirroredStrategy gives the single-device result."""
+"""Finetuning a compressed model (plain fit, prune_in_rounds, kerascomp.distiller) under
+tf.distribute.MirroredStrategy gives the single-device result."""
 import json
 import os
 import subprocess
@@ -14,8 +15,10 @@ def test_mirrored_strategy_matches_single_device():
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["replicas"] == 2
     assert "FilterGroupConv2D" in report["fga"]["classes"]  # the training-time wrapper is what was fitted
-    for case in ("fga", "rounds"):
+    for case in ("fga", "rounds", "distill"):
         assert report[case]["params"][0] == report[case]["params"][1]
         assert report[case]["relative_difference"] < 1e-5, report
     assert len(report["rounds"]["per_fit_difference"]) == 2  # the regularised fit and the pruned model's fit
     assert abs(report["fga"]["single_loss"] - report["fga"]["mirrored_loss"]) < 1e-4
+    single, mirrored = report["distill"]["losses"]
+    assert abs(single - mirrored) < 1e-4 * max(1.0, abs(single))  # the distiller's loss is a global-batch mean

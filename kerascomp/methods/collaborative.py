@@ -93,7 +93,7 @@ class CollaborativeOptions:
     max_samples: int = 512
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
-    reconstruct_samples: int = 2048
+    reconstruct_samples: int = 512
     latency_checks: int = 2
     sensitivity: str = "taylor"
     gradient: str = "mean"

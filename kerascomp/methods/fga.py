@@ -58,7 +58,7 @@ class FGAOptions:
     seed: int = 0
     recalibrate: bool | str = False
     reconstruct: bool | str = "auto"
-    reconstruct_samples: int = 2048
+    reconstruct_samples: int = 512
 
     def validate(self) -> None:
         for option in ("min_channels_per_group", "max_samples", "max_rows"):

@@ -69,7 +69,7 @@ class SVDOptions:
     iterations: int = 10
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
-    reconstruct_samples: int = 2048
+    reconstruct_samples: int = 512
     max_samples: int = 256
 
     def validate(self, method: str) -> None:

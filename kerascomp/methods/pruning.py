@@ -71,7 +71,7 @@ class PruneOptions:
     max_rows: int = 20000
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
-    reconstruct_samples: int = 2048
+    reconstruct_samples: int = 512
     seed: int = 0
 
     def validate(self) -> None:

@@ -38,6 +38,7 @@ from kerascomp.methods.strip import is_channel_batchnorm
 REFITTABLE = ("Conv2D", "Dense", "FilterGroupConv2D")  # layers whose last map reconstruction can refit
 RIDGE = 1e-3  # relative to the mean diagonal of the Gram matrix (see Moments.solve)
 BATCH = 64
+MAX_ROWS = 60000  # activation rows (pixels x images) per unit in its Gram matrix, sampled evenly over the batches
 MAX_FEATURES = 8192  # a kxk conv over more input channels than this (kh*kw*C) is not refit: its Gram is too big
 
 
@@ -221,8 +222,8 @@ def _submodel(keras, model: Any, positions: list[int]) -> Any:
     return keras.Model(model.inputs, [model.outputs[p] for p in positions])
 
 
-def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any, samples: int = 2048,
-                verbose: int = 1) -> tuple[Graph, dict[str, dict]]:
+def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any, samples: int = 512,
+                verbose: int = 1, seed: int = 0) -> tuple[Graph, dict[str, dict]]:
     """A copy of ``compressed`` with each unit's last linear map refit (see the module docstring), and per
     original layer name ``{"output_error_before", "output_error_after", "refit"}``."""
     result = compressed.copy()
@@ -234,6 +235,9 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
     position = {name: index for index, name in enumerate(calls)}
     probed = {layer.name for layer in compressed_model.layers}
     details: dict[str, dict] = {}
+    batches = -(-min(samples, len(data[0] if isinstance(data, list) else data)) // BATCH)
+    per_batch = -(-MAX_ROWS // max(batches, 1))
+    rng = np.random.default_rng(seed)
     for unit in tqdm(units, desc="reconstruct", disable=not verbose):
         spec = result.layers[unit.layer]
         positions = [position[name] for name in unit.nodes]
@@ -248,7 +252,11 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
                 targets = linear_output(original.layers[source], np.asarray(x_then))
                 if kept is not None:
                     targets = targets[:, list(kept)]
-                moments.add(design(spec, np.asarray(x_now)), targets)
+                features = design(spec, np.asarray(x_now))
+                if len(features) > per_batch:
+                    rows = rng.choice(len(features), per_batch, replace=False)
+                    features, targets = features[rows], targets[rows]
+                moments.add(features, targets)
         fit_bias = _has_bias(spec) or unit.bias_into is not None
         new_weights, new_bias = moments.solve(RIDGE, fit_bias)
         before, after = moments.residual(weights, bias), moments.residual(new_weights, new_bias)

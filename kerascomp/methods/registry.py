@@ -98,8 +98,7 @@ def finish(original: Graph, result: Graph, report: CompressionReport, data: Any,
     if hasattr(options, "recalibrate"):
         result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate,
                                                     getattr(options, "max_samples", 256), changed)
-        if recalibrated:
-            report.notes["recalibrated_batchnorms"] = recalibrated
+        report.notes["recalibrated_batchnorms"] = recalibrated
     return result
 
 

@@ -39,7 +39,7 @@ class TuckerOptions:
     iterations: int = 30
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
-    reconstruct_samples: int = 2048
+    reconstruct_samples: int = 512
     max_samples: int = 256
 
     def validate(self) -> None:
