@@ -14,6 +14,7 @@ skips the rows already there (``--fresh`` starts over).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -28,6 +29,8 @@ SETTINGS = {
     "neither": {"reconstruct": False, "recalibrate": False},
     "recalibrate_only": {"reconstruct": False, "recalibrate": True},
     "reconstruct_recalibrate": {"reconstruct": True, "recalibrate": True},
+    "no_bn_weighting": {"bn_weighting": False},
+    "raw": {"reconstruct": False, "recalibrate": False, "bn_weighting": False},
 }
 
 
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     import kerascomp
     from benchmarks.cifar import VARIANTS
     from kerascomp.loading import demo_model_path, load_demo_model, load_model
+    from kerascomp.methods import registry
 
     data = load_cifar(args.data)
     if data is None:
@@ -76,6 +80,10 @@ def main(argv=None) -> int:
         how, name, options, kind = VARIANTS[method]
         for setting in args.settings.split(","):
             if (method, setting, args.target) in done:
+                continue
+            known = {f.name for f in dataclasses.fields(registry.get(name).options_class)}
+            if not set(SETTINGS[setting]) <= known:
+                print(f"{method}: setting {setting} uses options it does not have; skipped", flush=True)
                 continue
             chosen = {**options, **SETTINGS[setting]}
             data_arg = (x_cal, y_cal) if name == "collaborative" else x_cal

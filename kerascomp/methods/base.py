@@ -122,14 +122,20 @@ class CompressionReport(CostRatios):
         for d in self.layers:
             error = "" if d.relative_error is None else f"{d.relative_error:.4f}"
             action = d.action if d.action != "kept" else f"kept ({d.reason})"
+            refit = ""
+            if "output_error_before" in d.detail:
+                refit = f"{d.detail['output_error_before']:.3f} -> {d.detail['output_error_after']:.3f}"
+            elif "not_reconstructed" in d.detail:
+                refit = "not refit"
             rows.append([d.layer, d.class_name, action, f"{d.macs_before:,}", f"{d.macs_after:,}",
-                         f"{d.params_before:,}", f"{d.params_after:,}", error])
+                         f"{d.params_before:,}", f"{d.params_after:,}", error, refit])
         rows.append(["total", "", "", f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.params_before:,}",
-                     f"{self.params_after:,}", ""])
+                     f"{self.params_after:,}", "", ""])
         return rows
 
     def to_table(self, markdown: bool = False) -> str:
-        headers = ["layer", "class", "action", "MACs before", "MACs after", "params before", "params after", "rel. error"]
+        headers = ["layer", "class", "action", "MACs before", "MACs after", "params before", "params after", "rel. error",
+                   "output error (refit)"]
         summary = (f"{self.method}: MACs x{self.macs_ratio:.3f}, params x{self.params_ratio:.3f} "
                    f"(target {self.budget.metric} <= {self.budget.fraction}), {self.seconds:.1f} s")
         if self.notes:

@@ -59,6 +59,7 @@ class FGAOptions:
     recalibrate: bool | str = False
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
+    bn_weighting: bool = True
 
     def validate(self) -> None:
         for option in ("min_channels_per_group", "max_samples", "max_rows"):
@@ -68,6 +69,7 @@ class FGAOptions:
         check_bool("pointwise", self.pointwise)
         check_bool("refine", self.refine)
         check_auto("recalibrate", self.recalibrate)
+        check_bool("bn_weighting", self.bn_weighting)
         check_number("ridge", self.ridge, 0.0, float("inf"), "[)")
         check_int("seed", self.seed, least=0)
 

@@ -70,6 +70,7 @@ class SVDOptions:
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
+    bn_weighting: bool = True
     max_samples: int = 256
 
     def validate(self, method: str) -> None:
@@ -78,6 +79,7 @@ class SVDOptions:
         check_choice("allocation", self.allocation, ALLOCATIONS)
         check_number("min_saving", self.min_saving, 0.0, 1.0, "[)")
         check_auto("recalibrate", self.recalibrate)
+        check_bool("bn_weighting", self.bn_weighting)
         check_bool("pointwise", self.pointwise)
         for option in ("rank_multiple", "iterations", "max_samples"):
             check_int(option, getattr(self, option))

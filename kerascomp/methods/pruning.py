@@ -37,7 +37,7 @@ from kerascomp.graph.channels import (
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
 from kerascomp.methods.base import Budget, CompressionReport, build_report
-from kerascomp.methods.inputs import check_auto, check_choice, check_int, check_number
+from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
 from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
@@ -72,6 +72,7 @@ class PruneOptions:
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
+    bn_weighting: bool = True
     seed: int = 0
 
     def validate(self) -> None:
@@ -79,6 +80,7 @@ class PruneOptions:
         check_number("max_fraction", self.max_fraction, 0.0, 1.0, "()")
         check_auto("compensate", self.compensate)
         check_auto("recalibrate", self.recalibrate)
+        check_bool("bn_weighting", self.bn_weighting)
         for name in ("max_samples", "max_rows", "channel_multiple"):
             check_int(name, getattr(self, name))
         check_int("seed", self.seed, least=0)

@@ -25,6 +25,7 @@ from typing import Any, Callable
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph
 from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint, plan_from_report
+from kerascomp.methods.bnfold import fold_batchnorm, unfold_batchnorm
 from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.inputs import input_batch
 from kerascomp.methods.reconstruct import (
@@ -158,13 +159,25 @@ class Method:
         ``choices`` hold what a plan needs to redo it."""
         raise NotImplementedError
 
+    def weighted_run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
+                     fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+        """:meth:`run` on the BN-weighted graph when the options ask for it (``bn_weighting``, see
+        :mod:`kerascomp.methods.bnfold`), with the weighting undone on the result."""
+        if not getattr(options, "bn_weighting", False):
+            return self.run(graph, budget, data, options, context, fixed)
+        folded, folds = fold_batchnorm(graph)
+        result, report = self.run(folded, budget, data, options, context, fixed)
+        if folds:
+            report.notes["bn_weighted_convs"] = len(folds)
+        return unfold_batchnorm(result, folds, report.kept_outputs, folded, graph), report
+
     def compress(self, graph: Graph, budget: Budget, data: Any, options: Any,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:
         """Plan and apply in one go; returns the graph, the report and the plan that reproduces it."""
         started = time.perf_counter()
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
-        result, report = self.run(graph, budget, data, options, context)
+        result, report = self.weighted_run(graph, budget, data, options, context)
         result = finish(graph, result, report, data, options, context.verbose)
         report.seconds = time.perf_counter() - started
         return result, report, plan_from_report(graph, report, self.settings(options))
@@ -186,7 +199,7 @@ class Method:
         options = self.plan_options(plan)
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
-        result, report = self.run(graph, plan.budget, data, options, context, fixed=plan.choices)
+        result, report = self.weighted_run(graph, plan.budget, data, options, context, fixed=plan.choices)
         return finish(graph, result, report, data, options, context.verbose), report
 
 

@@ -21,7 +21,7 @@ from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.eligibility import eligible_convs
-from kerascomp.methods.inputs import check_auto, check_choice, check_int
+from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int
 from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.registry import Context, Method
 
@@ -40,6 +40,7 @@ class TuckerOptions:
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
+    bn_weighting: bool = True
     max_samples: int = 256
 
     def validate(self) -> None:
@@ -47,6 +48,7 @@ class TuckerOptions:
         check_int("iterations", self.iterations)
         check_int("max_samples", self.max_samples)
         check_auto("recalibrate", self.recalibrate)
+        check_bool("bn_weighting", self.bn_weighting)
 
 
 @dataclass
