@@ -105,6 +105,11 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-samples", type=int, default=10000)
     parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--alpha", type=float, default=0.0,
+                        help="distillation weight: finetune through kerascomp.distiller with the baseline as teacher "
+                             "(0: plain finetuning, as rows before 2026-12 were made)")
+    parser.add_argument("--temperature", type=float, default=4.0, help="distillation temperature")
+    parser.add_argument("--calibration", type=int, default=256, help="training images passed to methods as data")
     parser.add_argument("--runs", type=int, default=60, help="LiteRT runs per file for the latency ratios")
     parser.add_argument("--out", default=None, help="results file stem (default: benchmarks/results/cifar_MODEL)")
     parser.add_argument("--redo", default="", help="comma-separated row keys (method@target) to measure again")
@@ -135,7 +140,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else RESULTS / (f"cifar_{args.model}" + (f"_{preset}" if preset else ""))
     store = Store(out.with_suffix(".json"), setup={
         "model": args.model, "epochs": args.epochs, "train_samples": args.train_samples, "lr": args.lr,
-        "data": args.data})
+        "data": args.data, **({"alpha": args.alpha, "temperature": args.temperature} if args.alpha else {}),
+        **({"calibration": args.calibration} if args.calibration != 256 else {})})
     if args.verify:
         return verify(store, data)
     if args.fresh:
@@ -245,7 +251,7 @@ class Bench:
         self.x_train = data["x_train"][:args.train_samples]
         self.y_train = data["y_train"][:args.train_samples].ravel()
         self.x_test, self.y_test = data["x_test"].astype("float32"), data["y_test"].ravel()
-        self.calibration = self.x_train[:256].astype("float32")
+        self.calibration = self.x_train[:args.calibration].astype("float32")
         # the planner's labelled images come from the end of the training set, apart from the finetuning rows
         self.labelled = (data["x_train"][-512:].astype("float32"), data["y_train"][-512:].ravel())
         self.baseline = load_baseline(args.model)
@@ -272,6 +278,9 @@ class Bench:
         if epochs == 0:
             return 0.0
         steps = epochs * int(self.np.ceil(len(self.x_train) / 128))
+        if self.args.alpha:  # the same distillation from the same teacher for every row, the control included
+            model = self.kerascomp.distiller(model, self.baseline, temperature=self.args.temperature,
+                                             alpha=self.args.alpha)
         model.compile(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(self.args.lr, steps), momentum=0.9,
                                            nesterov=True),
                       keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"],
