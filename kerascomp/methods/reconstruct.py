@@ -96,8 +96,9 @@ def _why_not(spec: LayerSpec) -> str | None:
         return "channels_first conv"
     if spec.class_name == "Conv2D" and int(spec.config.get("groups", 1)) != 1:
         return "grouped Conv2D (its kernel is block-diagonal)"
-    if spec.class_name == "Conv2D" and int(np.prod(spec.weights[0].shape[:3])) > MAX_FEATURES:
-        return f"{int(np.prod(spec.weights[0].shape[:3]))} input features per output (more than {MAX_FEATURES})"
+    features = int(linear_map(spec)[0].shape[0])
+    if features > MAX_FEATURES:
+        return f"{features} input features per output (more than {MAX_FEATURES}: its Gram matrix would not fit)"
     return None
 
 
