@@ -39,6 +39,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None, help="baseline .keras (default: the shipped demo model)")
     parser.add_argument("--methods", default="fga,l1,correlation,svd,joint_svd,tucker,collaborative")
     parser.add_argument("--settings", default="default,neither", help=f"from {','.join(SETTINGS)}")
+    parser.add_argument("--setting", action="append", default=[], metavar="NAME=JSON",
+                        help='an extra setting, e.g. old_mixing=\'{"mixing": "pruning_first"}\' (repeatable; '
+                             'name it in --settings too)')
     parser.add_argument("--target", type=float, default=0.5, help="fraction of MACs kept")
     parser.add_argument("--calibration", type=int, default=2000, help="training images passed as data")
     parser.add_argument("--test", type=int, default=10000, help="test images scored")
@@ -46,6 +49,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args(argv)
+    for item in args.setting:
+        name, _, options = item.partition("=")
+        SETTINGS[name] = json.loads(options)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import numpy as np
@@ -82,6 +88,8 @@ def main(argv=None) -> int:
             if (method, setting, args.target) in done:
                 continue
             known = {f.name for f in dataclasses.fields(registry.get(name).options_class)}
+            if setting not in SETTINGS:
+                parser.error(f"unknown setting {setting!r}: pick from {', '.join(SETTINGS)} or define it with --setting")
             if not set(SETTINGS[setting]) <= known:
                 print(f"{method}: setting {setting} uses options it does not have; skipped", flush=True)
                 continue

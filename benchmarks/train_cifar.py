@@ -38,6 +38,15 @@ def one_cycle(keras, peak_lr: float, total_steps: int, warmup_fraction: float = 
     return OneCycle()
 
 
+def recipe(args) -> dict:
+    """The training recipe, as this script applies it."""
+    return {"depth": args.depth, "width": args.width, "epochs": args.epochs, "batch_size": args.batch_size,
+            "optimizer": "SGD momentum 0.9 nesterov", "schedule": "one-cycle: linear warm-up over 15% of the steps "
+            f"to {args.lr}, cosine to 0", "weight_decay": args.weight_decay,
+            "augmentation": "kerascomp.data.augmented_dataset (random crop with 4-pixel padding, horizontal flip)",
+            "seed": args.seed, "train_images": "all of x_train in the data file", "loss": "cross-entropy from logits"}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="cifar10.npz (default: $KERASCOMP_DATA)")
@@ -87,7 +96,7 @@ def main(argv=None) -> None:
                "train_seconds": round(seconds, 1), "params": int(clean.count_params()),
                "data": str(path), "command": "python -m benchmarks.train_cifar " + " ".join(argv or __import__("sys").argv[1:]),
                "tf_version": tf.__version__, "keras_version": keras.__version__,
-               "resumed": bool(args.resume)}  # with --resume, train_seconds covers the last (resumed) run only
+               "resumed": bool(args.resume), "recipe": recipe(args)}  # with --resume, train_seconds covers the last (resumed) run only
     output.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
 

@@ -90,14 +90,32 @@ def test_factor_kernel_is_exact_at_full_rank_and_keeps_the_chosen_values(layer):
     basis, pointwise = factor_kernel(kernel, np.arange(8))
     assert basis.shape == (3, 3, 6, 8) and pointwise.shape == (1, 1, 8, 8)
     np.testing.assert_allclose(np.einsum("hwcr,rn->hwcn", basis, pointwise[0, 0]), kernel, atol=1e-10)
-    kept = values_to_keep(kernel, gradient, 3)
+    assert values_to_keep(kernel, gradient, 3).tolist() == [0, 1, 2]  # the reference: the top of the spectrum
+    kept = values_to_keep(kernel, gradient, 3, "taylor")
     scores = singular_value_scores(kernel, gradient)[1]
     assert set(kept.tolist()) == set(np.argsort(-scores)[:3].tolist())
+    assert kept.tolist() != [0, 1, 2]  # this kernel's gradient scores do rank differently
     left, values, right = np.linalg.svd(channel_matrix(kernel), full_matrices=False)
     truncated = sum(values[i] * np.outer(left[:, i], right[i]) for i in kept)
     basis, pointwise = factor_kernel(kernel, kept)
     np.testing.assert_allclose(channel_matrix(np.einsum("hwcr,rn->hwcn", basis, pointwise[0, 0])), truncated,
                                atol=1e-10)
+
+
+def test_decision_drops_the_rank_only_when_the_joint_channels_reach_the_rate(layer):
+    kernel, gradient = layer
+    curve = multi_step_curve(kernel, gradient, step_fraction=0.1, max_fraction=0.9)
+    outcomes = set()
+    for rate in np.linspace(0.02, float(curve.macs_removed[-1]), 40):
+        j = curve.point(rate)
+        removed, rank = curve.decision(rate, 9, 6, 8)
+        assert sorted(removed.tolist()) == sorted(curve.channel_order[:curve.channels_removed[j]].tolist())
+        alone = curve.channels_removed[j] / 6  # MACs the joint step's channels remove on their own
+        expected = None if alone >= rate or curve.rank[j] >= min(9 * (6 - curve.channels_removed[j]), 8) \
+            else int(curve.rank[j])
+        assert rank == expected
+        outcomes.add("pruned" if rank is None else ("mixed" if len(removed) else "rank"))
+    assert {"mixed", "pruned"} <= outcomes or {"mixed", "rank"} <= outcomes, outcomes
 
 
 def test_fit_exponential_recovers_the_curve():

@@ -178,11 +178,24 @@ def test_full_rank_reproduces_outputs(variant, fixture, request):
 
 def test_groups_are_found_per_stage_without_the_shape_changing_conv(resnet14):
     graph = read_model(resnet14)
-    units, _ = joint_svd.svd_units(graph, infer_shapes(graph), "joint_svd", joint_svd.SVDOptions())
+    units, _ = joint_svd.svd_units(graph, infer_shapes(graph), "joint_svd", joint_svd.SVDOptions(grouping="shape"))
     groups = sorted(sorted(m.spec.name for m in u.members) for u in units if len(u.members) > 1)
     singles = sorted(u.members[0].spec.name for u in units if len(u.members) == 1)
     assert [len(g) for g in groups] == [4, 3, 3]  # stage 2 and 3: the first conv changes shape
     assert all(name.startswith(f"s{i + 1}") for i, group in enumerate(groups) for name in group) and "s2b1_conv1" in singles and "s3b1_conv1" in singles
+
+
+def test_default_groups_split_each_stage_by_position_in_the_block(resnet14):
+    graph = read_model(resnet14)
+    assert [joint_svd.block_position(graph, graph.nodes_of(name)[0]) for name in
+            ("stem_conv", "s1b1_conv1", "s1b1_conv2", "s2b1_conv1", "s2b2_conv2")] == [0, 0, 1, 0, 1]
+    units, _ = joint_svd.svd_units(graph, infer_shapes(graph), "joint_svd", joint_svd.SVDOptions())
+    groups = sorted(sorted(m.spec.name for m in u.members) for u in units if len(u.members) > 1)
+    # the authors' grouping: a stage's first convs together, its second convs together
+    assert groups == [["s1b1_conv1", "s1b2_conv1"], ["s1b1_conv2", "s1b2_conv2"], ["s2b1_conv2", "s2b2_conv2"],
+                      ["s3b1_conv2", "s3b2_conv2"]]
+    with pytest.raises(InvalidArgumentError, match="grouping"):
+        kerascomp.compress(resnet14, "joint_svd", target_params=0.5, grouping="blocks", verbose=0)
 
 
 @pytest.mark.parametrize("variant", ["left", "right", "bi"])
@@ -195,7 +208,7 @@ def test_params_equal_the_plan_and_meet_the_target(resnet14, variant):
     assert model_fingerprint(resnet14) == fingerprint
     graph = read_model(result.model)
     shared = [name for name in graph.layers if len(graph.nodes_of(name)) > 1]
-    assert len(shared) == (6 if variant == "bi" else 3)
+    assert len(shared) == (8 if variant == "bi" else 4)
 
 
 def test_svd_and_flops_target(resnet14, images):

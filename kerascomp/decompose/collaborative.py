@@ -104,6 +104,19 @@ class Trajectory:
         index = int(np.searchsorted(self.macs_removed, fraction - 1e-12))
         return min(index, len(self.macs_removed) - 1)
 
+    def decision(self, fraction: float, area: int, channels: int, filters: int) -> tuple[np.ndarray, int | None]:
+        """(input channels removed, rank or ``None``) at the first step removing ``fraction`` of the MACs.
+
+        The reference's rule: the rank part is dropped only when the channels chosen jointly already
+        remove ``fraction`` on their own (pruned dense conv); otherwise both parts apply together."""
+        index = self.point(fraction)
+        removed = np.sort(self.channel_order[:self.channels_removed[index]])
+        rank = int(self.rank[index])
+        kept = channels - len(removed)
+        if 1.0 - kept / channels >= fraction - 1e-12 or rank >= min(area * kept, filters):
+            return removed, None
+        return removed, rank
+
 
 def kept_fraction(area: int, channels: int, filters: int, kept_channels: int, rank: int | None,
                   kept_filters: int | None = None) -> float:
@@ -205,9 +218,18 @@ def factor_kernel(kernel: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.
             pointwise.reshape(1, 1, len(kept), filters).astype(kernel.dtype))
 
 
-def values_to_keep(kernel: np.ndarray, gradient: np.ndarray, rank: int) -> np.ndarray:
-    """Indices (into the descending singular values) of the ``rank`` values whose removal would cost
-    the most; removing values one by one does not change the others' scores, so this is exact."""
+def values_to_keep(kernel: np.ndarray, gradient: np.ndarray, rank: int, rule: str = "largest") -> np.ndarray:
+    """Indices (into the descending singular values) of the ``rank`` values to keep.
+
+    ``rule="largest"`` (the reference's choice): the top ``rank`` of the (channel-pruned) kernel, the
+    truncation with the smallest weight error. ``rule="taylor"``: the values whose removal would cost
+    the most by the gradient score; removing values one by one does not change the others' scores,
+    so this is exact, but on a trained model it trades a large weight error for a small first-order
+    loss estimate (measured in ``benchmarks/results/start_point_resnet20_cifar10.md``)."""
+    if rule == "largest":
+        return np.arange(rank)
+    if rule != "taylor":
+        raise ValueError(f"rule must be 'largest' or 'taylor', got {rule!r}")
     left, values, right = np.linalg.svd(channel_matrix(kernel.astype(np.float64)), full_matrices=False)
     scores = _value_scores(left, values, right, channel_matrix(gradient.astype(np.float64)))
     return np.sort(np.argsort(-scores, kind="stable")[:rank])

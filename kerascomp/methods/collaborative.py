@@ -8,8 +8,9 @@
    conv's input channels also shrinks the filters of their producer, which the per-layer curves
    do not see, so an outer bisection on the requested total makes the *realised* model meet the
    budget.
-3. **Per layer**: pruning alone if it reaches the layer's rate, else the joint trajectory's first
-   step that does. Channels are removed physically through the channel graph; a cut rank turns the
+3. **Per layer**: the joint trajectory's first step that reaches the layer's rate, channels and
+   rank together; the rank part is dropped only when the channels alone already reach it (the
+   reference's rule; ``mixing="pruning_first"`` is the older rule, pruning alone whenever it can). Channels are removed physically through the channel graph; a cut rank turns the
    conv into a kxk conv to ``r`` filters plus a 1x1 conv (the reference's output form), both plain
    ``Conv2D`` layers.
 
@@ -57,6 +58,8 @@ from kerascomp.methods.registry import (
 from kerascomp.methods.sensitivity import LayerSensitivity, layer_sensitivities
 
 ALLOCATIONS = ("global", "uniform")
+MIXING = ("joint", "pruning_first")
+VALUES = ("largest", "taylor")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,12 @@ class CollaborativeOptions:
             square of per-batch gradients (the Taylor score summed over batches, a diagonal Fisher).
         normalize: divide each conv's scores by the score of removing its whole kernel before the
             curve fit, so the global rates follow the curves' shapes rather than their scale.
+        mixing: ``"joint"`` (the reference): each conv takes the joint trajectory's point at its rate,
+            and its curve is fitted to that trajectory. ``"pruning_first"``: pruning alone whenever
+            the pruning curve reaches the rate, fitted to the cheaper of the two curves (kerascomp
+            before 0.3; on ResNets it factors no layer).
+        values: which singular values a cut rank keeps: ``"largest"`` of the channel-pruned kernel
+            (the reference; smallest weight error) or ``"taylor"`` (highest gradient score).
         latency_checks: with ``target_latency`` and a host table, how many times the planned model is
             exported and timed against the original to correct the table's estimate (0: trust the table).
     """
@@ -98,6 +107,8 @@ class CollaborativeOptions:
     sensitivity: str = "taylor"
     gradient: str = "mean"
     normalize: bool = False
+    mixing: str = "joint"
+    values: str = "largest"
 
     def validate(self) -> None:
         for name in ("prune", "decompose", "normalize"):
@@ -111,6 +122,8 @@ class CollaborativeOptions:
             check_int(name, getattr(self, name), least)
         check_choice("gradient", self.gradient, ("mean", "rms"))
         check_choice("sensitivity", self.sensitivity, ("taylor", "measured"))
+        check_choice("mixing", self.mixing, MIXING)
+        check_choice("values", self.values, VALUES)
         check_auto("recalibrate", self.recalibrate)
 
 
@@ -188,6 +201,7 @@ def _pruning_choice(conv: _Conv, index: int) -> _Choice:
 
 
 def _joint_choice(conv: _Conv, index: int) -> _Choice:
+    """The joint trajectory's step ``index`` as it stands (channels and rank)."""
     joint = conv.sensitivity.joint
     height, width, channels, filters = conv.shape
     rank = int(joint.rank[index])
@@ -196,9 +210,11 @@ def _joint_choice(conv: _Conv, index: int) -> _Choice:
     return _Choice(removed, rank if low_rank else None, float(joint.score[index]))
 
 
-def _choose(conv: _Conv, rate: float, latency=None) -> _Choice:
-    """The layer's decision at a requested reduction ``rate`` of its MACs: pruning alone if it gets
-    there (the reference's rule), else the joint trajectory. With a ``latency`` table the rate is of
+def _choose(conv: _Conv, rate: float, latency=None, mixing: str = "joint") -> _Choice:
+    """The layer's decision at a requested reduction ``rate`` of its MACs: the joint trajectory's
+    step at that rate, without its rank part when its channels alone get there (``mixing="joint"``,
+    the reference's rule), or pruning alone whenever the pruning curve gets there
+    (``"pruning_first"``). With a ``latency`` table the rate is of
     the layer's estimated milliseconds instead, and the cheapest-scoring point of either curve whose
     estimate gets there wins: a rank cut that saves MACs but not time does not count."""
     if rate <= 0:
@@ -207,6 +223,10 @@ def _choose(conv: _Conv, rate: float, latency=None) -> _Choice:
     has_pruning, has_joint = pruning is not None and len(pruning.macs_removed) > 0, len(joint.macs_removed) > 0
     if latency is not None:
         return _choose_by_latency(conv, rate, latency)
+    if mixing == "joint" and has_joint:
+        height, width, channels, filters = conv.shape
+        removed, rank = joint.decision(rate, height * width, channels, filters)
+        return _Choice(removed, rank, float(joint.score[joint.point(rate)]))
     reach = pruning.macs_removed[-1] if has_pruning else 0.0
     if reach > 0 and (reach >= rate - 1e-12 or not has_joint or joint.macs_removed[-1] <= reach):
         return _pruning_choice(conv, min(int(np.searchsorted(pruning.macs_removed, rate - 1e-12)),
@@ -334,7 +354,8 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
     sensitivities = layer_sensitivities(graph, data, loss, options.batch_size, options.max_samples, prunable,
                                         options.step_fraction, options.max_macs_fraction, options.decompose, verbose,
                                         options.sensitivity, rms=options.gradient == "rms",
-                                        normalize=options.normalize)
+                                        normalize=options.normalize, mixing=options.mixing,
+                                        values=options.values)
     by_name = {s.layer: s for s in sensitivities}
     for conv in convs:
         if conv.spec.name not in by_name:
@@ -358,7 +379,7 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
 
     def decide(requested: float) -> tuple[np.ndarray, list[_Choice]]:
         rates = _rates(convs, requested, sizes, options)
-        return rates, [_choose(conv, rate, latency) for conv, rate in zip(convs, rates)]
+        return rates, [_choose(conv, rate, latency, options.mixing) for conv, rate in zip(convs, rates)]
 
     untouched = decide(0.0)
     before = realised(untouched[1])
@@ -468,7 +489,7 @@ def _realise(graph: Graph, analysis: ChannelAnalysis, plan: Plan, gradients: dic
             if entry.rank * (height * width * channels + filters) >= height * width * channels * filters:
                 entry.rank = None  # its outputs were pruned too: the factors no longer save
                 continue
-            entry.kept_values = values_to_keep(kernel, gradient, entry.rank).tolist()
+            entry.kept_values = values_to_keep(kernel, gradient, entry.rank, plan.settings.get("values", "taylor")).tolist()
         if entry.kept_values is None or len(entry.kept_values) != entry.rank or \
                 max(entry.kept_values) >= min(kernel.shape[-1], height * width * channels):
             raise InvalidArgumentError(f"the plan's kept singular values of {entry.layer!r} do not fit its kernel "

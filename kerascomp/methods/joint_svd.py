@@ -36,6 +36,10 @@ from kerascomp.methods.strip import is_channel_batchnorm
 JOINT_VARIANTS = ("left", "right", "bi")
 ONE_BY_ONE = "1x1 conv: no spatial extent (pass pointwise=True to factor it)"
 ALLOCATIONS = ("uniform", "global")
+GROUPINGS = ("position", "shape")
+# layers that count as a step of a block for block_position (they mix or filter the channels)
+MIXING = {"Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose", "Dense",
+          "FilterGroupConv2D"}
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ class SVDOptions:
       ignores it.
     * ``groups``: explicit joint groups, as lists of layer names or as regular expressions
       (each matched with ``re.fullmatch`` against layer names). ``None`` groups automatically.
+    * ``grouping``: how automatic groups form. ``"position"`` (the authors' code): convs of the
+      same shape *and the same position in their block*, i.e. all first convs of a stage in one
+      group and all second convs in another, since they read different input spaces.
+      ``"shape"``: every conv of the same kernel, strides and input shape (kerascomp before 0.3,
+      which put a stage's first and second convs in one group).
     * ``exclude``: a regular expression (or list of layer names) of convs to leave dense.
     * ``allocation``: ``"uniform"`` (one rate everywhere, the paper's rule) or ``"global"``.
     * ``pointwise``: also factor 1x1 convs (a low-rank pair of 1x1 convs). Off by default.
@@ -61,6 +70,7 @@ class SVDOptions:
 
     variant: str = "left"
     groups: list | None = None
+    grouping: str = "position"
     exclude: str | list | None = None
     allocation: str = "uniform"
     pointwise: bool = False
@@ -77,6 +87,7 @@ class SVDOptions:
         if method == "joint_svd":
             check_choice("variant", self.variant, JOINT_VARIANTS)
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_choice("grouping", self.grouping, GROUPINGS)
         check_number("min_saving", self.min_saving, 0.0, 1.0, "[)")
         check_auto("recalibrate", self.recalibrate)
         check_bool("bn_weighting", self.bn_weighting)
@@ -159,6 +170,26 @@ def _conv_key(member: _Member, shapes: dict) -> tuple:
             tuple(config.get("dilation_rate", (1, 1))), tuple(shapes[ref.node][ref.index][1:]))
 
 
+def block_position(graph: Graph, node: Node) -> int:
+    """How many channel-mixing layers separate ``node``'s input from the last *stream* tensor:
+    0 for a conv reading a tensor that branches (feeds several calls), a merge (``Add``,
+    ``Concatenate``...) or a model input, 1 for the conv after it (through BN, activations and
+    other single-input layers), and so on. In a residual block, conv1 is at 0 and conv2 at 1."""
+    position, ref = 0, node.input_refs()[0]
+    for _ in range(len(graph.nodes)):
+        if ref.node in graph.inputs or len(graph.consumers(ref.node)) > 1:
+            return position
+        producer = graph.node(ref.node)
+        spec = graph.spec(producer)
+        inputs = producer.input_refs()
+        if len(inputs) != 1:
+            return position  # a merge
+        if spec.class_name in MIXING:
+            position += 1
+        ref = inputs[0]
+    return position
+
+
 def _excluded(name: str, exclude) -> bool:
     if exclude is None:
         return False
@@ -239,7 +270,10 @@ def svd_units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> t
     else:
         by_key: dict[tuple, list[str]] = {}
         for name, member in members.items():
-            by_key.setdefault(_conv_key(member, shapes), []).append(name)
+            key = _conv_key(member, shapes)
+            if options.grouping == "position":
+                key += (block_position(graph, member.node),)
+            by_key.setdefault(key, []).append(name)
         grouped = [names for names in by_key.values() if len(names) > 1]
     units, in_group = [], set()
     for index, names in enumerate(grouped):

@@ -20,6 +20,7 @@ from kerascomp.decompose.collaborative import (
     channel_removal_curve,
     factor_kernel,
     fit_exponential,
+    kept_fraction,
     multi_step_curve,
     values_to_keep,
 )
@@ -130,15 +131,18 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
                         max_samples: int = 512, prunable: dict[str, bool] | None = None, step_fraction: float = 0.01,
                         max_fraction: float = 0.95, decompose: bool = True, verbose: int = 0, mode: str = "taylor",
                         measured_rates: tuple = (0.25, 0.5, 0.75, 0.9), rms: bool = False,
-                        normalize: bool = False) -> list[LayerSensitivity]:
+                        normalize: bool = False, mixing: str = "joint", values: str = "largest"
+                        ) -> list[LayerSensitivity]:
     """Removal curves and fitted exponentials for every dense Conv2D.
 
     ``prunable[layer]`` says whether the layer's input channels may be removed (default: all may);
     only ranks are cut where they may not, and nothing where ``decompose`` is off too.
     ``mode="taylor"`` fits the curves' Taylor scores (the reference); ``mode="measured"`` fits the
     loss increase measured on ``data`` when the layer alone is cut to each of ``measured_rates`` of
-    its MACs (the cheaper curve's point), one layer at a time. ``rms`` and ``normalize``: see
-    :class:`kerascomp.methods.collaborative.CollaborativeOptions` (``gradient="rms"``, ``normalize``).
+    its MACs (the point the layer would take), one layer at a time. ``rms``, ``normalize``, ``mixing``
+    and ``values``: see :class:`kerascomp.methods.collaborative.CollaborativeOptions`
+    (``gradient="rms"``, ...). With ``mixing="joint"`` the curve fitted is the joint trajectory, the
+    one the layer's decision is read from; with ``"pruning_first"`` the cheaper of the two curves.
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"sensitivity must be one of {MODES}, got {mode!r}.")
@@ -156,7 +160,7 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
         pruning = channel_removal_curve(kernel, gradient, max_fraction) if prune else None
         joint = multi_step_curve(kernel, gradient, prune, decompose, step_fraction, max_fraction)
         fractions, scores = joint.macs_removed, joint.score
-        if pruning is not None:
+        if pruning is not None and mixing == "pruning_first":
             fractions = np.concatenate([fractions, pruning.macs_removed])
             scores = np.concatenate([scores, pruning.score])
         saving = fractions > 0
@@ -165,12 +169,13 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
         measured = None
         if evaluate is not None:
             measured = _measure(model.get_layer(name).weights[0], kernel, gradient, pruning, joint, measured_rates,
-                                evaluate, base)
+                                evaluate, base, mixing, values)
             fractions, increases = map(np.array, zip(*measured))
             p1, p2 = fit_exponential(fractions, np.maximum(increases, 0.0))  # a loss that fell costs nothing
         else:
             scale = float(np.sum((gradient * kernel) ** 2)) if normalize else 1.0  # removing the whole kernel
             p1, p2 = fit_exponential(*_lower_envelope(fractions[saving], scores[saving] / max(scale, 1e-30)))
+            # (on the joint trajectory alone the envelope only makes the scores monotone)
         result.append(LayerSensitivity(name, pruning, joint, p1, p2, gradient, measured))
     return result
 
@@ -191,9 +196,16 @@ def _loss_on(model: Any, batches: list, loss: Callable) -> Callable[[], float]:
 
 
 def cut_kernel(kernel: np.ndarray, gradient: np.ndarray, pruning: RemovalCurve | None, joint: Trajectory,
-               rate: float) -> tuple[float, np.ndarray]:
-    """The kernel with the cheaper-scoring curve point that removes ``rate`` of the MACs (or the
-    furthest point) applied: input channels zeroed, then the rank cut. Returns (MACs removed, kernel)."""
+               rate: float, mixing: str = "joint", values: str = "largest") -> tuple[float, np.ndarray]:
+    """The kernel with the layer's decision at ``rate`` of its MACs applied (input channels zeroed,
+    then the rank cut): with ``mixing="joint"`` the joint step's (:meth:`Trajectory.decision`),
+    with ``"pruning_first"`` the cheaper-scoring curve point that gets there (or the furthest
+    point). Returns (MACs removed, kernel)."""
+    height, width, channels, filters = kernel.shape
+    if mixing == "joint" and len(joint.macs_removed):
+        channels_out, rank = joint.decision(rate, height * width, channels, filters)
+        removed_fraction = 1.0 - kept_fraction(height * width, channels, filters, channels - len(channels_out), rank)
+        return removed_fraction, _cut(kernel, gradient, channels_out, rank, values)
     options = []
     if pruning is not None and len(pruning.macs_removed):
         index = min(int(np.searchsorted(pruning.macs_removed, rate - 1e-12)), len(pruning.macs_removed) - 1)
@@ -204,22 +216,26 @@ def cut_kernel(kernel: np.ndarray, gradient: np.ndarray, pruning: RemovalCurve |
         options.append((joint.score[index], joint.macs_removed[index],
                         joint.channel_order[:joint.channels_removed[index]], int(joint.rank[index])))
     reaching = [o for o in options if o[1] >= rate - 1e-12] or [max(options, key=lambda o: o[1])]
-    _, removed_fraction, channels, rank = min(reaching, key=lambda o: o[0])
+    _, removed_fraction, channels_out, rank = min(reaching, key=lambda o: o[0])
+    return float(removed_fraction), _cut(kernel, gradient, channels_out, rank, values)
+
+
+def _cut(kernel: np.ndarray, gradient: np.ndarray, channels: np.ndarray, rank: int | None, values: str) -> np.ndarray:
     cut = kernel.astype(np.float64).copy()
     cut[:, :, channels, :] = 0.0
     if rank is not None and rank < min(channel_matrix(cut).shape):
-        basis, pointwise = factor_kernel(cut, values_to_keep(cut, gradient, rank))
+        basis, pointwise = factor_kernel(cut, values_to_keep(cut, gradient, rank, values))
         cut = np.einsum("hwcr,rn->hwcn", basis.astype(np.float64), pointwise[0, 0].astype(np.float64))
-    return float(removed_fraction), cut.astype(kernel.dtype)
+    return cut.astype(kernel.dtype)
 
 
 def _measure(variable: Any, kernel: np.ndarray, gradient: np.ndarray, pruning, joint, rates, evaluate,
-             base: float) -> list[tuple[float, float]]:
+             base: float, mixing: str, values: str) -> list[tuple[float, float]]:
     """(MACs fraction removed, loss change) with this layer alone cut at each rate; restores the kernel."""
     points = []
     try:
         for rate in rates:
-            fraction, cut = cut_kernel(kernel, gradient, pruning, joint, rate)
+            fraction, cut = cut_kernel(kernel, gradient, pruning, joint, rate, mixing, values)
             variable.assign(cut)
             points.append((fraction, evaluate() - base))
     finally:
