@@ -55,7 +55,7 @@ KEPT = HERE / "models" / "compressed"
 MCT_PYTHON = HERE.parent / ".venv-mct" / "bin" / "python"
 MODELS = {"resnet20": (20, None), "resnet56": (56, HERE / "models" / "resnet56_cifar10.keras")}
 METHODS = ("none", "fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative", "tfmot", "mct")
-LEGACY = ("tfmot", "mct")  # need tf_keras: run in a child process with TF_USE_LEGACY_KERAS=1
+LEGACY = ("tfmot", "mct", "mct_simd1")  # need tf_keras: run in a child process with TF_USE_LEGACY_KERAS=1
 # A row name -> (how it is built, the kerascomp method, its options, the budget it targets).
 # "clone": clone_compressed on 256 calibration images; "plan": kerascomp.plan on 512 labelled images the
 # finetuning never sees, then the plan applied; "rounds": prune_in_rounds, one regularised round.
@@ -146,6 +146,8 @@ def main(argv=None) -> int:
         return verify(store, data)
     if args.fresh:
         store.clear()
+    if args.out:  # the report's command line names the file
+        store.update(out=args.out)
     bench = None
     redo = set(filter(None, args.redo.split(",")))
     legacy = os.environ.get("TF_USE_LEGACY_KERAS") == "1"
@@ -265,7 +267,8 @@ class Bench:
         self.baseline_info = {"accuracy": self.baseline_accuracy, "macs": self.original.macs,
                               "params": self.original.params,
                               "tflite_bytes_fp32": self.originals["fp32"].stat().st_size,
-                              "tflite_bytes_int8": self.originals["int8"].stat().st_size}
+                              "tflite_bytes_int8": self.originals["int8"].stat().st_size,
+                              "parity_int8": self.parity(self.baseline, self.originals["int8"])}
 
     # -- measurements -------------------------------------------------------------------------------------------
     def accuracy(self, model) -> float:
@@ -289,16 +292,27 @@ class Bench:
                   callbacks=list(callbacks))
         return time.perf_counter() - started
 
-    def _export(self, model, path: Path, mode: str) -> None:
-        self.kerascomp.export_tflite(model, path, quantize=None if mode == "fp32" else mode,
-                                     representative_data=self.calibration)
+    def _export(self, model, path: Path, mode: str):
+        return self.kerascomp.export_tflite(model, path, quantize=None if mode == "fp32" else mode,
+                                            representative_data=self.calibration)
+
+    def parity(self, model, path: Path, images: int = 2000) -> dict:
+        """The .tflite against the Keras model on the first ``images`` test images: top-1 of each and how
+        often their top-1 agree (an int8 latency is shown only with this)."""
+        from kerascomp.export.tflite import run_tflite
+
+        x, y = self.x_test[:images], self.y_test[:images]
+        lite = run_tflite(path, [x])[0].argmax(-1)
+        keras_top = model.predict(x, batch_size=500, verbose=0).argmax(-1)
+        return {"images": images, "top1_tflite": float((lite == y).mean()), "top1_keras": float((keras_top == y).mean()),
+                "top1_agreement": float((lite == keras_top).mean())}
 
     def row(self, method: str, target: float) -> dict:
         """Compress, finetune and measure one row; a kerascomp refusal is a row too."""
         from kerascomp.errors import CompressionError
 
         kerascomp, started = self.kerascomp, time.perf_counter()
-        kind = "params" if method == "mct" else VARIANTS.get(method, ("", "", {}, "macs"))[3]
+        kind = "params" if method.startswith("mct") else VARIANTS.get(method, ("", "", {}, "macs"))[3]
         row = {"method": method, "target": target, "target_kind": kind, "baseline": self.baseline_info,
                "keras": f"{self.keras.__name__} {self.keras.__version__}", "command": _command(method, target),
                "machine": platform.platform(), "cpu": cpu_model()}
@@ -329,7 +343,9 @@ class Bench:
                    params_ratio=cost.params / self.original.params)
         for mode in ("fp32", "int8"):
             path = self.workdir / f"{method}_{target:g}_{mode}.tflite"
-            self._export(model, path, mode)
+            exported = self._export(model, path, mode)
+            row[f"export_relative_error_{mode}"] = exported.relative_error
+            row[f"parity_{mode}"] = self.parity(model, path)
             timings = kerascomp.compare_tflite([self.originals[mode], path], num_threads=1, runs=self.args.runs)
             ratio = timings[1].median_ms / timings[0].median_ms
             row[f"tflite_bytes_{mode}"] = path.stat().st_size
@@ -349,7 +365,7 @@ def compress_for(bench: Bench, method: str, target: float):
     if method == "none":
         return _copy(bench, base), {}
     if method in LEGACY:
-        return _tfmot(bench, target) if method == "tfmot" else _mct(bench, target)
+        return _tfmot(bench, target) if method == "tfmot" else _mct(bench, target, 1 if method == "mct_simd1" else None)
     how, name, options, kind = VARIANTS[method]
     targets = {"target_flops": None, "target_params": target} if kind == "params" else {"target_flops": target}
     if how == "clone":
@@ -416,8 +432,9 @@ def _tfmot(bench: Bench, target: float):
     return model, info
 
 
-def _mct(bench: Bench, target: float):
-    """Sony MCT structured pruning in its own TF 2.15 venv, handed over as an .h5 file."""
+def _mct(bench: Bench, target: float, simd: int | None = None):
+    """Sony MCT structured pruning in its own TF 2.15 venv, handed over as an .h5 file (``simd``: its
+    TPC's op configs cloned with that ``simd_size``; ``None``: MCT's default, groups of 32)."""
     from kerascomp.errors import CompressionError
 
     if not MCT_PYTHON.exists():
@@ -430,7 +447,8 @@ def _mct(bench: Bench, target: float):
     started = time.perf_counter()
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # TF 2.15 has no tf_keras
     done = subprocess.run([str(MCT_PYTHON), str(HERE / "peers" / "mct_prune.py"), str(source), str(pruned),
-                           str(calibration), str(target)], capture_output=True, text=True, env=env)
+                           str(calibration), str(target)] + ([str(simd)] if simd else []),
+                          capture_output=True, text=True, env=env)
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
         raise CompressionError(f"MCT {last}\n{done.stderr[-3000:]}")

@@ -141,6 +141,24 @@ def test_global_rates_meet_the_target_and_match_brute_force():
     assert objective <= best + 1e-9  # the exact optimum is at least as good as any grid point
 
 
+def test_flops_weighted_rates_are_the_references_closed_form():
+    macs = np.array([100.0, 300.0, 200.0])
+    p1, p2 = np.array([0.2, 0.05, 0.1]), np.array([3.0, 5.0, 8.0])
+    target = 0.4 * macs.sum()
+    rates = global_rates(macs, p1, p2, target, weights=macs)
+    assert float(np.sum(macs * rates)) == pytest.approx(target, rel=1e-9)
+    # the reference: rate_l = ln(x / (p1 p2)) / p2 with one x for every layer (clipped)
+    x = np.exp(p2 * rates + np.log(p1 * p2))
+    inside = (rates > 1e-9) & (rates < 0.95 - 1e-9)
+    assert inside.sum() >= 2 and np.ptp(x[inside]) < 1e-6 * x[inside].max()
+    assert not np.allclose(rates, global_rates(macs, p1, p2, target))  # the weighting changes the answer
+    objective = float(np.sum(macs * p1 * np.exp(p2 * rates)))
+    grid = np.linspace(0, 0.95, 39)
+    best = min(float(np.sum(macs * p1 * np.exp(p2 * np.array(r)))) for r in itertools.product(grid, repeat=3)
+               if np.sum(macs * np.array(r)) >= target)
+    assert objective <= best + 1e-9
+
+
 def test_global_rates_edge_cases():
     macs, p1, p2 = np.array([10.0, 10.0]), np.array([1.0, 1.0]), np.array([1.0, 2.0])
     np.testing.assert_array_equal(global_rates(macs, p1, p2, 0.0), [0.0, 0.0])

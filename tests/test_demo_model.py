@@ -14,8 +14,9 @@ def test_shipped_model_on_real_cifar(cifar_path):
         return float(np.mean(np.argmax(np.asarray(m.predict(x_test, batch_size=250, verbose=0)), 1) == y_test))
 
     original = accuracy(model)
-    assert original > 0.65  # 73.1% on the full test set
+    assert original > 0.83  # 86.7% on the full test set (0.870 on these 500)
     plain = kerascomp.clone_compressed(model, target_flops=0.5, verbose=0)
     refined = kerascomp.clone_compressed(model, target_flops=0.5, data=data["x_train"][:256], verbose=0)
-    # The data-driven refit must keep clearly more accuracy than the plain SVD (measured: 0.56 vs 0.21).
-    assert accuracy(refined) > accuracy(plain) + 0.1
+    # With data, reconstruction and BN recalibration must keep clearly more accuracy than the plain SVD
+    # (measured on these 500 images: 0.802 vs 0.382).
+    assert accuracy(refined) > accuracy(plain) + 0.25 and accuracy(refined) > 0.75

@@ -201,7 +201,8 @@ def test_default_groups_split_each_stage_by_position_in_the_block(resnet14):
 @pytest.mark.parametrize("variant", ["left", "right", "bi"])
 def test_params_equal_the_plan_and_meet_the_target(resnet14, variant):
     fingerprint = model_fingerprint(resnet14)
-    result = kerascomp.compress(resnet14, "joint_svd", target_params=0.3, variant=variant, verbose=0)
+    result = kerascomp.compress(resnet14, "joint_svd", target_params=0.3, variant=variant, allocation="uniform",
+                                verbose=0)  # uniform: every group is factored, so each shares a layer
     cost = kerascomp.cost(result.model)
     assert cost.params == result.report.params_after and cost.macs == result.report.macs_after
     assert cost.params <= 0.3 * kerascomp.cost(resnet14).params
@@ -212,7 +213,7 @@ def test_params_equal_the_plan_and_meet_the_target(resnet14, variant):
 
 
 def test_svd_and_flops_target(resnet14, images):
-    result = kerascomp.compress(resnet14, "svd", target_flops=0.4, verbose=0)
+    result = kerascomp.compress(resnet14, "svd", target_flops=0.4, allocation="uniform", verbose=0)
     cost = kerascomp.cost(result.model)
     assert cost.macs <= 0.4 * kerascomp.cost(resnet14).macs and cost.macs == result.report.macs_after
     assert {d.action.split()[0] for d in result.report.layers} >= {"svd", "kept"}
@@ -263,7 +264,7 @@ def test_tflite_stores_shared_weights_once(keras, variant, tmp_path):
     base = cifar_resnet(depth=14, width=16, input_shape=(8, 8, 3), keras_module=keras)
     _randomise_bn(base)
     model = kerascomp.clone_compressed(base, "joint_svd", target_params=0.4, target_flops=None, variant=variant,
-                                       verbose=0)
+                                       allocation="uniform", verbose=0)  # every group factored and shared
     shared_export = kerascomp.export_tflite(model, tmp_path / "shared.tflite")
     broken = _unshare(model)
     broken_export = kerascomp.export_tflite(broken, tmp_path / "broken.tflite")

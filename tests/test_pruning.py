@@ -78,6 +78,29 @@ def test_global_allocation_and_l1_order(small_resnet):
 
 
 @pytest.mark.parametrize("method", ["l1", "correlation"])
+def test_residual_stream_is_cut_last(small_resnet, method):
+    def widths(model):
+        return {layer.name: layer.get_weights()[0].shape[-1] for layer in model.layers
+                if type(layer).__name__ == "Conv2D"}
+
+    original = widths(small_resnet)
+    last = widths(kerascomp.clone_compressed(small_resnet, method=method, target_flops=0.6, verbose=0))
+    alike = widths(kerascomp.clone_compressed(small_resnet, method=method, target_flops=0.6, stream="uniform",
+                                              verbose=0))
+    stream = ["stem_conv", "s1b1_conv2", "s2b1_conv2", "s2b1_proj", "s3b1_conv2"]  # they write the Add streams
+    inner = ["s1b1_conv1", "s2b1_conv1", "s3b1_conv1"]
+    assert all(last[name] == original[name] for name in stream)  # 0.6 is reachable on the inner channels alone
+    assert all(last[name] < original[name] for name in inner)
+    assert any(alike[name] < original[name] for name in stream)  # the old rule cuts the stream too
+    # a budget the inner channels cannot meet alone: the stream goes too, after they reach max_fraction
+    deep = widths(kerascomp.clone_compressed(small_resnet, method=method, target_flops=0.15, verbose=0))
+    assert any(deep[name] < original[name] for name in stream)
+    assert all(deep[name] <= round(0.2 * original[name]) + 1 for name in inner)
+    with pytest.raises(kerascomp.InvalidArgumentError, match="stream"):
+        kerascomp.compress(small_resnet, method=method, target_flops=0.5, stream="first", verbose=0)
+
+
+@pytest.mark.parametrize("method", ["l1", "correlation"])
 def test_channel_multiple_keeps_tile_friendly_widths(small_resnet, method):
     pruned = kerascomp.clone_compressed(small_resnet, method=method, target_flops=0.5, channel_multiple=4, verbose=0)
     widths = [layer.get_weights()[0].shape[-1] for layer in pruned.layers if type(layer).__name__ == "Conv2D"]

@@ -256,15 +256,18 @@ def fit_exponential(fractions: np.ndarray, scores: np.ndarray, floor: float = 1e
 
 
 def global_rates(macs: np.ndarray, p1: np.ndarray, p2: np.ndarray, target_removed: float,
-                 max_fraction: float = 0.95) -> np.ndarray:
+                 max_fraction: float = 0.95, weights: np.ndarray | None = None) -> np.ndarray:
     """Per-layer fraction of MACs to remove so that ``sum(macs * rate) = target_removed``.
 
-    Minimises ``sum_l p1_l exp(p2_l rate_l)`` under that constraint: the Lagrange condition
-    ``p1 p2 exp(p2 rate) = lam * macs`` gives ``rate_l(lam) = ln(lam macs_l / (p1_l p2_l)) / p2_l``,
-    clipped to ``[0, max_fraction]``. The removed MACs grow monotonically with ``lam``, so a
+    Minimises ``sum_l w_l p1_l exp(p2_l rate_l)`` under that constraint (``w = weights``, 1 by
+    default): the Lagrange condition ``w p1 p2 exp(p2 rate) = lam * macs`` gives
+    ``rate_l(lam) = ln(lam macs_l / (w_l p1_l p2_l)) / p2_l``, clipped to ``[0, max_fraction]``. With
+    ``weights=macs`` (the reference's FLOPs-weighted objective on normalised curves) this is its
+    ``rate = ln(x / (p1 p2)) / p2``. The removed MACs grow monotonically with ``lam``, so a
     bisection on ``log(lam)`` solves it exactly (the reference ran SGD on the same equation).
     """
     macs, p1, p2 = (np.asarray(a, float) for a in (macs, p1, p2))
+    p1 = p1 * (np.ones_like(macs) if weights is None else np.asarray(weights, float))  # w only ever scales p1
     if target_removed <= 0:
         return np.zeros_like(macs)
     if target_removed > max_fraction * macs.sum() * (1 + 1e-12):

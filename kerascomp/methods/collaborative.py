@@ -59,6 +59,8 @@ from kerascomp.methods.sensitivity import LayerSensitivity, layer_sensitivities
 
 ALLOCATIONS = ("global", "uniform")
 MIXING = ("joint", "pruning_first")
+NORMALIZE = ("max", "kernel", True, False)
+OBJECTIVES = ("flops", "sum")
 VALUES = ("largest", "taylor")
 
 
@@ -81,12 +83,19 @@ class CollaborativeOptions:
             increase on ``data`` when each conv alone is cut to 25/50/75/90% of its MACs; slower).
         gradient: ``"mean"`` scores with the mean gradient over ``data``; ``"rms"`` with the root mean
             square of per-batch gradients (the Taylor score summed over batches, a diagonal Fisher).
-        normalize: divide each conv's scores by the score of removing its whole kernel before the
-            curve fit, so the global rates follow the curves' shapes rather than their scale.
+        normalize: before the curve fit, divide each conv's scores by the largest score on its
+            curve (``"max"``, the reference's ``metrics / max(metrics)``), by the score of removing
+            its whole kernel (``"kernel"``; ``True`` is accepted for it), or not at all (``False``,
+            the default until 2026-12). Normalised, the global rates follow the curves' shapes
+            rather than their scale.
+        objective: what the global rates minimise. ``"flops"`` (the reference's): the sum over
+            convs of each conv's MACs (or params, or milliseconds: the budgeted quantity) times its
+            fitted score, so that with normalised curves a big layer's relative damage weighs in
+            proportion to its size; ``"sum"``: the plain sum of fitted scores (until 2026-12).
         mixing: ``"joint"`` (the reference): each conv takes the joint trajectory's point at its rate,
             and its curve is fitted to that trajectory. ``"pruning_first"``: pruning alone whenever
             the pruning curve reaches the rate, fitted to the cheaper of the two curves (kerascomp
-            before 0.3; on ResNets it factors no layer).
+            until 2026-12; on ResNets it factors no layer).
         values: which singular values a cut rank keeps: ``"largest"`` of the channel-pruned kernel
             (the reference; smallest weight error) or ``"taylor"`` (highest gradient score).
         latency_checks: with ``target_latency`` and a host table, how many times the planned model is
@@ -106,12 +115,13 @@ class CollaborativeOptions:
     latency_checks: int = 2
     sensitivity: str = "taylor"
     gradient: str = "mean"
-    normalize: bool = False
+    normalize: bool | str = "max"
+    objective: str = "flops"
     mixing: str = "joint"
     values: str = "largest"
 
     def validate(self) -> None:
-        for name in ("prune", "decompose", "normalize"):
+        for name in ("prune", "decompose"):
             check_bool(name, getattr(self, name))
         if not (self.prune or self.decompose):
             raise InvalidArgumentError("prune=False and decompose=False leave nothing to remove; enable one.")
@@ -123,6 +133,8 @@ class CollaborativeOptions:
         check_choice("gradient", self.gradient, ("mean", "rms"))
         check_choice("sensitivity", self.sensitivity, ("taylor", "measured"))
         check_choice("mixing", self.mixing, MIXING)
+        check_choice("normalize", self.normalize, NORMALIZE)
+        check_choice("objective", self.objective, OBJECTIVES)
         check_choice("values", self.values, VALUES)
         check_auto("recalibrate", self.recalibrate)
 
@@ -319,7 +331,8 @@ def _rates(convs: list[_Conv], requested: float, sizes: np.ndarray, options: Col
         return np.full(len(convs), min(requested / sizes.sum(), options.max_macs_fraction))
     p1 = np.array([conv.sensitivity.p1 for conv in convs])
     p2 = np.array([conv.sensitivity.p2 for conv in convs])
-    return global_rates(sizes, p1, p2, min(requested, options.max_macs_fraction * sizes.sum()), options.max_macs_fraction)
+    return global_rates(sizes, p1, p2, min(requested, options.max_macs_fraction * sizes.sum()), options.max_macs_fraction,
+                        weights=sizes if options.objective == "flops" else None)
 
 
 def _binding(convs: list[_Conv], choices: list[_Choice], reasons: dict[str, str], graph: Graph, shapes: dict) -> str:

@@ -59,7 +59,7 @@ class FGAOptions:
     recalibrate: bool | str = False
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
-    bn_weighting: bool = True
+    bn_weighting: bool = False
 
     def validate(self) -> None:
         for option in ("min_channels_per_group", "max_samples", "max_rows"):

@@ -41,6 +41,7 @@ from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check
 from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
+STREAMS = ("last", "uniform")
 IO_REASONS = ("model input", "model output")
 
 
@@ -52,6 +53,12 @@ class PruneOptions:
         allocation: ``"uniform"`` removes the same fraction of every group; ``"global"`` ranks
             channels of all groups by score and removes the lowest.
         max_fraction: at most this fraction of a group's prunable channels is removed.
+        stream: with ``allocation="uniform"``, how the *stream* groups (channels that several
+            producers write through a merge such as ``Add``: a ResNet's residual stream) are cut.
+            ``"last"``: the other groups first, up to ``max_fraction``, and the stream only for
+            what the budget still needs (Li et al. 2017 prune only the first conv of each residual
+            block; measured in ``benchmarks/results/start_point_resnet20_cifar10.md``).
+            ``"uniform"``: the same fraction as every other group (the rule until 2026-12).
         channel_multiple: a pruned group keeps a multiple of this many channels (XNNPACK computes
             output channels in tiles of 4 to 16, so odd widths waste part of a tile).
         compensate: fold each dropped channel into its partner in the consumers (``"auto"``: when
@@ -65,6 +72,7 @@ class PruneOptions:
 
     allocation: str = "uniform"
     max_fraction: float = 0.8
+    stream: str = "last"
     channel_multiple: int = 1
     compensate: bool | str = "auto"
     max_samples: int = 128
@@ -72,11 +80,12 @@ class PruneOptions:
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
-    bn_weighting: bool = True
+    bn_weighting: bool = False
     seed: int = 0
 
     def validate(self) -> None:
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_choice("stream", self.stream, STREAMS)
         check_number("max_fraction", self.max_fraction, 0.0, 1.0, "()")
         check_auto("compensate", self.compensate)
         check_auto("recalibrate", self.recalibrate)
@@ -195,8 +204,20 @@ def _snap(order: GroupOrder, count: int) -> int:
     return order.allowed[min(index, len(order.allowed) - 1)]
 
 
+def is_stream(group: ChannelGroup) -> bool:
+    """Whether several producers write the group's channels (through an Add or another merge)."""
+    return len(group.producers) > 1
+
+
 def _counts_uniform(orders: list[GroupOrder], fraction: float) -> list[int]:
     return [_snap(order, int(np.floor(fraction * len(order.group.prunable()) + 1e-9))) for order in orders]
+
+
+def _counts_stream_last(orders: list[GroupOrder], knob: float) -> list[int]:
+    """``knob`` in [0, 2]: the non-stream groups lose ``min(knob, 1)`` of their channels (capped at
+    their limit), the stream groups ``max(knob - 1, 0)``."""
+    return [_snap(order, int(np.floor((max(knob - 1.0, 0.0) if is_stream(order.group) else min(knob, 1.0))
+                                      * len(order.group.prunable()) + 1e-9))) for order in orders]
 
 
 def _counts_global(orders: list[GroupOrder], threshold: float) -> list[int]:
@@ -204,11 +225,14 @@ def _counts_global(orders: list[GroupOrder], threshold: float) -> list[int]:
 
 
 def allocate_counts(orders: list[GroupOrder], tables: list[tuple], budget: Budget, total: float,
-                    allocation: str) -> list[int]:
+                    allocation: str, stream: str = "uniform") -> list[int]:
     """How many channels each group loses: the least pruning whose cost meets the budget."""
     metric = 0 if budget.metric == "flops" else 1
     target = budget.fraction * total
-    if allocation == "uniform":
+    if allocation == "uniform" and stream == "last" and any(is_stream(o.group) for o in orders):
+        knobs = np.linspace(0.0, 2.0, 2001)
+        count_for = _counts_stream_last
+    elif allocation == "uniform":
         knobs = np.linspace(0.0, 1.0, 1001)
         count_for = _counts_uniform
     else:
@@ -330,7 +354,7 @@ def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: 
         if len(allowed) > 1:
             orders.append(GroupOrder(group, scorer(graph, analysis, group), limit, allowed=allowed))
     tables = cost_tables(graph, shapes, analysis)
-    counts = allocate_counts(orders, tables, budget, total, options.allocation) if orders else []
+    counts = allocate_counts(orders, tables, budget, total, options.allocation, options.stream) if orders else []
     if budget.fraction < 1.0 and not counts:
         raise _budget_error(analysis, orders, tables, budget, total, options, method)
     for order, count in zip(orders, counts):

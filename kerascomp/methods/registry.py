@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from kerascomp.errors import InvalidArgumentError
+from kerascomp.errors import BudgetError, InvalidArgumentError
 from kerascomp.graph.ir import Graph
 from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint, plan_from_report
 from kerascomp.methods.bnfold import fold_batchnorm, unfold_batchnorm
@@ -164,12 +164,24 @@ class Method:
         """:meth:`run` on the BN-weighted graph when the options ask for it (``bn_weighting``, see
         :mod:`kerascomp.methods.bnfold`), with the weighting undone on the result."""
         if not getattr(options, "bn_weighting", False):
-            return self.run(graph, budget, data, options, context, fixed)
+            return self._named_run(graph, budget, data, options, context, fixed)
         folded, folds = fold_batchnorm(graph)
-        result, report = self.run(folded, budget, data, options, context, fixed)
+        result, report = self._named_run(folded, budget, data, options, context, fixed)
         if folds:
             report.notes["bn_weighted_convs"] = len(folds)
         return unfold_batchnorm(result, folds, report.kept_outputs, folded, graph), report
+
+    def _named_run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
+                   fixed: dict | None) -> tuple[Graph, CompressionReport]:
+        """:meth:`run`, with every budget refusal saying which method and target it is about."""
+        try:
+            return self.run(graph, budget, data, options, context, fixed)
+        except BudgetError as error:
+            text = str(error)
+            if text.startswith(f"method={self.name!r}"):
+                raise
+            raise BudgetError(f"method={self.name!r} cannot reach target_{budget.metric}={budget.fraction:g}: "
+                              f"{text}") from error
 
     def compress(self, graph: Graph, budget: Budget, data: Any, options: Any,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:

@@ -131,7 +131,7 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
                         max_samples: int = 512, prunable: dict[str, bool] | None = None, step_fraction: float = 0.01,
                         max_fraction: float = 0.95, decompose: bool = True, verbose: int = 0, mode: str = "taylor",
                         measured_rates: tuple = (0.25, 0.5, 0.75, 0.9), rms: bool = False,
-                        normalize: bool = False, mixing: str = "joint", values: str = "largest"
+                        normalize: bool | str = False, mixing: str = "joint", values: str = "largest"
                         ) -> list[LayerSensitivity]:
     """Removal curves and fitted exponentials for every dense Conv2D.
 
@@ -173,11 +173,21 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
             fractions, increases = map(np.array, zip(*measured))
             p1, p2 = fit_exponential(fractions, np.maximum(increases, 0.0))  # a loss that fell costs nothing
         else:
-            scale = float(np.sum((gradient * kernel) ** 2)) if normalize else 1.0  # removing the whole kernel
+            scale = normalization(normalize, kernel, gradient, scores[saving])
             p1, p2 = fit_exponential(*_lower_envelope(fractions[saving], scores[saving] / max(scale, 1e-30)))
             # (on the joint trajectory alone the envelope only makes the scores monotone)
         result.append(LayerSensitivity(name, pruning, joint, p1, p2, gradient, measured))
     return result
+
+
+def normalization(normalize, kernel: np.ndarray, gradient: np.ndarray, scores: np.ndarray) -> float:
+    """The divisor of a layer's curve scores: 1 (``False``), its largest score (``"max"``) or the
+    score of removing its whole kernel (``"kernel"`` or ``True``)."""
+    if normalize is False:
+        return 1.0
+    if normalize == "max":
+        return float(np.max(scores)) if scores.size else 1.0
+    return float(np.sum((gradient * kernel) ** 2))
 
 
 def _loss_on(model: Any, batches: list, loss: Callable) -> Callable[[], float]:

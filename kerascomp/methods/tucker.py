@@ -35,12 +35,12 @@ class TuckerOptions:
     """Options of ``method="tucker"``: ``allocation`` (``"uniform"`` or ``"global"``), ``iterations``
     of HOOI, ``recalibrate`` BatchNormalization on ``data`` (``"auto"``: when given), ``max_samples``."""
 
-    allocation: str = "uniform"
+    allocation: str = "global"
     iterations: int = 30
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
-    bn_weighting: bool = True
+    bn_weighting: bool = False
     max_samples: int = 256
 
     def validate(self) -> None:
