@@ -108,9 +108,20 @@ def main(argv=None) -> int:
                          "output_errors": refits})
             print(f"{method:16s} {setting:24s} MACs {rows[-1]['macs_ratio']:.3f} top-1 {rows[-1]['top1']:.4f} "
                   f"({seconds:.0f} s)", flush=True)
+            _merge_rows(out, rows)  # another run may have written rows meanwhile: keep them
             write_results(out, record, markdown(record))
     write_results(out, record, markdown(record))
     return 0
+
+
+def _merge_rows(out: Path, rows: list) -> None:
+    """Add to ``rows`` (in place) the rows the results file holds now and ``rows`` lacks."""
+    path = out.with_suffix(".json")
+    if not path.is_file():
+        return
+    mine = {(r["method"], r["setting"], r["target"]) for r in rows}
+    rows.extend(r for r in json.loads(path.read_text()).get("rows", [])
+                if (r["method"], r["setting"], r["target"]) not in mine)
 
 
 def markdown(record: dict) -> str:

@@ -286,3 +286,18 @@ def test_a_coarse_step_never_removes_the_last_value_or_channel(shape):
     trajectory = multi_step_curve(rng.normal(size=shape), rng.normal(size=shape), step_fraction=0.2)
     assert trajectory.rank.min() >= 1
     assert trajectory.channels_removed.max(initial=0) <= shape[2] - 1
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"normalize": "none"}, "normalize must be"), ({"normalize": 1}, "normalize must be"),
+    ({"objective": "mean"}, "objective must be one of"), ({"mixing": "prune"}, "mixing must be one of"),
+    ({"values": "random"}, "values must be one of"),
+])
+def test_rate_and_mixing_options_are_checked(options, match):
+    from kerascomp.methods.collaborative import CollaborativeOptions
+
+    for accepted in ({"normalize": False}, {"normalize": True}, {"normalize": "kernel"},
+                     {"mixing": "pruning_first", "values": "taylor", "objective": "sum"}):
+        CollaborativeOptions(**accepted).validate()
+    with pytest.raises(InvalidArgumentError, match=match):
+        CollaborativeOptions(**options).validate()

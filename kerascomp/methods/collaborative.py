@@ -59,7 +59,6 @@ from kerascomp.methods.sensitivity import LayerSensitivity, layer_sensitivities
 
 ALLOCATIONS = ("global", "uniform")
 MIXING = ("joint", "pruning_first")
-NORMALIZE = ("max", "kernel", True, False)
 OBJECTIVES = ("flops", "sum")
 VALUES = ("largest", "taylor")
 
@@ -133,7 +132,9 @@ class CollaborativeOptions:
         check_choice("gradient", self.gradient, ("mean", "rms"))
         check_choice("sensitivity", self.sensitivity, ("taylor", "measured"))
         check_choice("mixing", self.mixing, MIXING)
-        check_choice("normalize", self.normalize, NORMALIZE)
+        if not (isinstance(self.normalize, bool) or self.normalize in ("max", "kernel")):
+            raise InvalidArgumentError(f"normalize must be 'max', 'kernel', True (= 'kernel') or False, got "
+                                       f"{self.normalize!r}.")
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("values", self.values, VALUES)
         check_auto("recalibrate", self.recalibrate)
