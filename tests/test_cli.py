@@ -78,7 +78,8 @@ def test_compress_prunes_with_data(model_file, tmp_path, images, capsys):
 def test_compress_joint_svd(model_file, tmp_path, capsys):
     out = tmp_path / "joint.keras"
     assert main(["compress", str(model_file), "--method", "joint_svd", "--variant", "bi", "--target-params", "0.5",
-                 "--groups", "s1b1_conv[12]", "-o", str(out), "--quiet", "--report-json", str(tmp_path / "r.json")]) == 0
+                 "--groups", "s1b1_conv[12]", "--allocation", "uniform", "-o", str(out), "--quiet",
+                 "--report-json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["params_ratio"] <= 0.5 and report["notes"]["joint groups"] == "jsvd0: 2 convs"
     assert main(["compress", str(model_file), "--method", "joint_svd", "--groups", "nothing", "-o", str(out)]) == 2

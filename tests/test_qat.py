@@ -81,7 +81,7 @@ def test_keep_float_is_checked(grouped):
 
 def test_shared_factor_layers_are_refused(small_resnet):
     shared = kerascomp.clone_compressed(small_resnet, method="joint_svd", variant="left", target_params=0.5,
-                                        verbose=0)
+                                        grouping="shape", allocation="uniform", verbose=0)  # ResNet-8: 1 block/stage
     with pytest.raises(UnsupportedModelError, match="called more than once.*quantize='int8'"):
         kerascomp.quantize_aware(shared)
 

@@ -10,9 +10,10 @@
    budget.
 3. **Per layer**: the joint trajectory's first step that reaches the layer's rate, channels and
    rank together; the rank part is dropped only when the channels alone already reach it (the
-   reference's rule; ``mixing="pruning_first"`` is the older rule, pruning alone whenever it can). Channels are removed physically through the channel graph; a cut rank turns the
-   conv into a kxk conv to ``r`` filters plus a 1x1 conv (the reference's output form), both plain
-   ``Conv2D`` layers.
+   reference's rule; ``mixing="pruning_first"`` is the older rule, pruning alone whenever it
+   can). Channels are removed physically through the channel graph; a cut rank turns the conv into
+   a kxk conv to ``r`` filters plus a 1x1 conv (the reference's output form), both plain ``Conv2D``
+   layers.
 
 Input channels of a conv can go only when it is their sole channel-mixing consumer (inside a
 residual block, not on the residual stream); other convs get ranks only. The plan is a
