@@ -188,12 +188,22 @@ def test_groups_are_found_per_stage_without_the_shape_changing_conv(resnet14):
 def test_default_groups_split_each_stage_by_position_in_the_block(resnet14):
     graph = read_model(resnet14)
     assert [joint_svd.block_position(graph, graph.nodes_of(name)[0]) for name in
-            ("stem_conv", "s1b1_conv1", "s1b1_conv2", "s2b1_conv1", "s2b2_conv2")] == [0, 0, 1, 0, 1]
+            ("stem_conv", "s1b1_conv1", "s1b1_conv2", "s2b1_conv1", "s2b2_conv2")] == [None, 0, 1, 0, 1]
     units, _ = joint_svd.svd_units(graph, infer_shapes(graph), "joint_svd", joint_svd.SVDOptions())
     groups = sorted(sorted(m.spec.name for m in u.members) for u in units if len(u.members) > 1)
     # the authors' grouping: a stage's first convs together, its second convs together
     assert groups == [["s1b1_conv1", "s1b2_conv1"], ["s1b1_conv2", "s1b2_conv2"], ["s2b1_conv2", "s2b2_conv2"],
                       ["s3b1_conv2", "s3b2_conv2"]]
+    # a plain stack has no blocks: its repeated convs still group by shape
+    keras = kerascomp._default_keras()
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c0")(inputs)
+    for index in range(1, 4):
+        x = keras.layers.ReLU()(keras.layers.Conv2D(8, 3, padding="same", name=f"c{index}")(x))
+    plain = read_model(keras.Model(inputs, x))
+    assert [joint_svd.block_position(plain, plain.nodes_of(f"c{i}")[0]) for i in range(4)] == [None] * 4
+    units, _ = joint_svd.svd_units(plain, infer_shapes(plain), "joint_svd", joint_svd.SVDOptions())
+    assert sorted(m.spec.name for u in units if len(u.members) > 1 for m in u.members) == ["c1", "c2", "c3"]
     with pytest.raises(InvalidArgumentError, match="grouping"):
         kerascomp.compress(resnet14, "joint_svd", target_params=0.5, grouping="blocks", verbose=0)
 

@@ -171,14 +171,18 @@ def _conv_key(member: _Member, shapes: dict) -> tuple:
             tuple(config.get("dilation_rate", (1, 1))), tuple(shapes[ref.node][ref.index][1:]))
 
 
-def block_position(graph: Graph, node: Node) -> int:
+def block_position(graph: Graph, node: Node) -> int | None:
     """How many channel-mixing layers separate ``node``'s input from the last *stream* tensor:
-    0 for a conv reading a tensor that branches (feeds several calls), a merge (``Add``,
-    ``Concatenate``...) or a model input, 1 for the conv after it (through BN, activations and
-    other single-input layers), and so on. In a residual block, conv1 is at 0 and conv2 at 1."""
+    0 for a conv reading a tensor that branches (feeds several calls) or a merge (``Add``,
+    ``Concatenate``...), 1 for the conv after it (through BN, activations and other single-input
+    layers), and so on. In a residual block, conv1 is at 0 and conv2 at 1. ``None`` when the chain
+    goes back to the model input without a branch or merge (a plain VGG-like stack has no blocks:
+    its convs then group by shape alone)."""
     position, ref = 0, node.input_refs()[0]
     for _ in range(len(graph.nodes)):
-        if ref.node in graph.inputs or len(graph.consumers(ref.node)) > 1:
+        if ref.node in graph.inputs:
+            return None
+        if len(graph.consumers(ref.node)) > 1:
             return position
         producer = graph.node(ref.node)
         spec = graph.spec(producer)
