@@ -114,14 +114,13 @@ def _output_error(reference, model, images):
 
 
 def test_compensation_and_recalibration_reduce_error(small_resnet, images):
-    # plain L1/correlation scores (bn_weighting=False): this ResNet-8's BN statistics are random, not its data's
-    plain = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.7, verbose=0, bn_weighting=False)
-    compensated = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.7, data=images,
-                                             compensate=True, recalibrate=False, verbose=0, bn_weighting=False)
-    recalibrated = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.7, data=images,
-                                              reconstruct=False, verbose=0, bn_weighting=False)
-    reconstructed = kerascomp.clone_compressed(small_resnet, method="correlation", target_flops=0.7, data=images,
-                                               recalibrate=False, verbose=0, bn_weighting=False)
+    # plain L1/correlation scores (bn_weighting=False): this ResNet-8's BN statistics are random, not its data's;
+    # stream="uniform": the residual stream is pruned too, as the compensation was measured with
+    common = {"method": "correlation", "target_flops": 0.7, "verbose": 0, "bn_weighting": False, "stream": "uniform"}
+    plain = kerascomp.clone_compressed(small_resnet, **common)
+    compensated = kerascomp.clone_compressed(small_resnet, data=images, compensate=True, recalibrate=False, **common)
+    recalibrated = kerascomp.clone_compressed(small_resnet, data=images, reconstruct=False, **common)
+    reconstructed = kerascomp.clone_compressed(small_resnet, data=images, recalibrate=False, **common)
     errors = [_output_error(small_resnet, m, images) for m in (plain, compensated, recalibrated, reconstructed)]
     assert errors[1] < errors[0]
     assert errors[2] < errors[0]
@@ -142,7 +141,8 @@ def test_recalibration_stores_data_statistics(small_resnet, images):
 
 
 def test_report_lists_pruned_layers(small_resnet, images):
-    report = kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, data=images, verbose=0).report
+    report = kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, data=images, stream="uniform",
+                                verbose=0).report  # the stream pruned too: the logits lose inputs
     actions = {d.layer: d.action for d in report.layers}
     assert actions["s1b1_conv1"].startswith("pruned") and "out 16->" in actions["s1b1_conv1"]
     assert actions["logits"].startswith("pruned in")
