@@ -81,7 +81,19 @@ VARIANTS = {
     "collaborative_measured": ("plan", "collaborative", {"sensitivity": "measured"}, "macs"),
     "collaborative_max08": ("plan", "collaborative", {"max_macs_fraction": 0.8}, "macs"),
     "uniform_lowrank": ("plan", "collaborative", {"allocation": "uniform", "prune": False}, "macs"),
+    # equal params (issue 18: every method at params 0.5, against mct / mct_simd1)
+    "fga_params": ("clone", "fga", {}, "params"),
+    "l1_params": ("clone", "l1", {}, "params"),
+    "tucker_params": ("clone", "tucker", {}, "params"),
+    "collaborative_params": ("plan", "collaborative", {}, "params"),
+    "correlation_params": ("rounds", "correlation", {}, "params"),
+    # ablations of the shared steps (reconstruction here; distillation through NO_DISTILL below)
+    "fga_no_reconstruct": ("clone", "fga", {"reconstruct": False}, "macs"),
+    "fga_no_distill": ("clone", "fga", {}, "macs"),
+    "fga_neither": ("clone", "fga", {"reconstruct": False}, "macs"),
 }
+# Rows finetuned without distillation whatever --alpha says (the ablation "without distillation").
+NO_DISTILL = ("fga_no_distill", "fga_neither")
 # The ablations that had scripts of their own before (pruning_cifar, jsvd_cifar, collaborative_cifar,
 # fga_refinement); their old results files stay in results/ with the command that made them.
 PRESETS = {
@@ -274,14 +286,14 @@ class Bench:
     def accuracy(self, model) -> float:
         return float((model.predict(self.x_test, batch_size=500, verbose=0).argmax(-1) == self.y_test).mean())
 
-    def train(self, model, epochs: int, callbacks=()) -> float:
+    def train(self, model, epochs: int, callbacks=(), distill: bool = True) -> float:
         from kerascomp.data import augmented_dataset
 
         keras, started = self.keras, time.perf_counter()
         if epochs == 0:
             return 0.0
         steps = epochs * int(self.np.ceil(len(self.x_train) / 128))
-        if self.args.alpha:  # the same distillation from the same teacher for every row, the control included
+        if self.args.alpha and distill:  # the same distillation from the same teacher for every row, the control included
             model = self.kerascomp.distiller(model, self.baseline, temperature=self.args.temperature,
                                              alpha=self.args.alpha)
         model.compile(keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(self.args.lr, steps), momentum=0.9,
@@ -333,7 +345,8 @@ class Bench:
         if "accuracy_before_finetune" not in row:
             row["accuracy_before_finetune"] = self.accuracy(model)
         if not trained:
-            row["train_seconds"] = self.train(model, self.args.epochs, callbacks)
+            row["distilled"] = bool(self.args.alpha) and method not in NO_DISTILL
+            row["train_seconds"] = self.train(model, self.args.epochs, callbacks, distill=row["distilled"])
         if finish is not None:
             model = finish(model)
             row.update(finish.extra)

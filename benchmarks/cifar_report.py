@@ -18,11 +18,24 @@ BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
 PEERS = ("l1", "tfmot", "mct", "mct_simd1")
 OURS = ("fga", "correlation", "svd", "joint_svd", "tucker", "collaborative")
 ORDER = ("none",) + OURS + PEERS
+# Ablation rows of the shared steps, by the full-recipe row they are read against (benchmarks/cifar.py VARIANTS).
+ABLATIONS = {"fga": {"fga_no_reconstruct": "without reconstruction", "fga_no_distill": "without distillation",
+                     "fga_neither": "without both"}}
+
+
+def _base(row: dict) -> str:
+    """The method a row stands for in the claims: ``fga_params`` is fga at a params budget; ablations and
+    other variants stand for nothing (they are read in their own table)."""
+    method = row["method"]
+    if method.endswith("_params") and method[: -len("_params")] in ORDER:
+        return method[: -len("_params")]
+    return method
 
 
 def _rows(state: dict) -> list[dict]:
     rows = list(state["rows"].values())
-    return sorted(rows, key=lambda r: (-r["target"], ORDER.index(r["method"]) if r["method"] in ORDER else 99))
+    return sorted(rows, key=lambda r: (-r["target"], r["target_kind"] != "macs",
+                                       ORDER.index(_base(r)) if _base(r) in ORDER else 99, r["method"]))
 
 
 def _reference(state: dict) -> tuple[float | None, float | None]:
@@ -81,6 +94,31 @@ def model_table(state: dict) -> str:
     return "\n".join(lines)
 
 
+def ablation_table(state: dict) -> str:
+    """What each shared step adds: the full-recipe row against its ablations at the same target."""
+    reference, rows = _drop_reference(state), state["rows"]
+    lines = []
+    for full, variants in ABLATIONS.items():
+        for key, row in sorted(rows.items()):
+            if row["method"] != full or row.get("status") != "ok" or row["target_kind"] != "macs":
+                continue
+            found = [(label, rows.get(f"{name}@{row['target']:g}")) for name, label in variants.items()]
+            found = [(label, r) for label, r in found if r and r.get("status") == "ok"]
+            if not found:
+                continue
+            if not lines:
+                lines += ["| row | target | top-1 before ft | top-1 after ft | change | what the step adds |",
+                          "|---|---|---|---|---|---|"]
+            lines.append(f"| {full} (full recipe) | {row['target']:g} macs | {row['accuracy_before_finetune']:.4f} | "
+                         f"{row['accuracy_after_finetune']:.4f} | {row['accuracy_after_finetune'] - reference:+.4f} | |")
+            for label, r in found:
+                gain = 100 * (row["accuracy_after_finetune"] - r["accuracy_after_finetune"])
+                lines.append(f"| {r['method']} ({label}) | {r['target']:g} macs | {r['accuracy_before_finetune']:.4f} | "
+                             f"{r['accuracy_after_finetune']:.4f} | {r['accuracy_after_finetune'] - reference:+.4f} | "
+                             f"{gain:+.2f} pt after finetuning |")
+    return "\n".join(lines)
+
+
 def _int8(row: dict) -> str:
     """The int8 latency ratio with its parity: top-1 agreement of the int8 .tflite with the Keras model
     (rows from before 2026-12 recorded none, and say so)."""
@@ -101,7 +139,7 @@ def claims(state: dict) -> list[str]:
     def change(r):
         return r["accuracy_after_finetune"] - reference
 
-    ours = [r for r in ok if r["method"] in OURS]
+    ours = [r for r in ok if _base(r) in OURS]
     out = []
     # the accuracy issue's targets (2026-12): at 0.5 MACs within 0.5 pt of the control, at 0.25 within 2.0
     for budget, allowed in ((0.5, 0.005), (0.25, 0.02)):
@@ -112,9 +150,9 @@ def claims(state: dict) -> list[str]:
                           best and f"best: {best['method']} at {best['macs_ratio']:.3f} MACs, "
                                    f"{100 * change(best):+.2f} pt"))
     params = [r for r in ok if r["target_kind"] == "params" and abs(r["target"] - 0.5) < 1e-9]
-    mine = [r for r in params if r["method"] in OURS]
+    mine = [r for r in params if _base(r) in OURS]
     for peer in ("mct", "mct_simd1", "l1"):
-        theirs = [r for r in params if r["method"] == peer]
+        theirs = [r for r in params if _base(r) == peer]
         if mine and theirs:
             a, b = max(mine, key=change), theirs[0]
             gap = 100 * (a["accuracy_after_finetune"] - b["accuracy_after_finetune"])
@@ -123,7 +161,7 @@ def claims(state: dict) -> list[str]:
                               f"{b['accuracy_after_finetune']:.4f}: {gap:+.2f} pt"))
     for target in sorted({r["target"] for r in ok}, reverse=True):
         mine = [r for r in ours if r["target"] == target and r["target_kind"] == "macs"]
-        peers = [r for r in ok if r["target"] == target and r["method"] in PEERS]
+        peers = [r for r in ok if r["target"] == target and r["target_kind"] == "macs" and _base(r) in PEERS]
         if mine and peers:
             a, b = max(mine, key=change), max(peers, key=change)
             gap = 100 * (a["accuracy_after_finetune"] - b["accuracy_after_finetune"])
@@ -205,6 +243,9 @@ def write_report() -> None:
 def _block(path: Path, state: dict, checks: bool) -> str:
     name = path.relative_to(HERE).as_posix()
     text = model_table(state) + f"\n\nData: [`{name}`]({name}).\n"
+    ablations = ablation_table(state) if checks else ""
+    if ablations:
+        text += f"\nAblations of the shared steps ({state['setup']['model']}):\n\n{ablations}\n"
     found = claims(state) if checks else []
     if found:
         text += (f"\nTargets on {state['setup']['model']}:\n\n| target | result | evidence |\n|---|---|---|\n"

@@ -92,3 +92,21 @@ def test_every_benchmark_variant_and_preset_is_valid():
         registry.get(method).make_options(options)
     for preset in PRESETS.values():
         assert set(preset["methods"].split(",")) <= {"none", *VARIANTS, *LEGACY}
+
+
+def test_params_variants_count_for_their_method_and_ablations_get_their_own_table():
+    state = _state(_row("none", 1.0, 0.81, 1.0), _row("fga", 0.5, 0.805, 0.5),
+                   _row("fga_no_reconstruct", 0.5, 0.795, 0.5), _row("fga_no_distill", 0.5, 0.80, 0.5),
+                   _row("fga_params", 0.5, 0.80, 0.55, kind="params"), _row("l1_params", 0.5, 0.775, 0.5, kind="params"),
+                   _row("mct_simd1", 0.5, 0.79, 0.5, kind="params"))
+    lines = {line.split("|")[1].strip(): line for line in report.claims(state)}
+    assert "| met |" in lines["≥ 2 pt above l1 at 0.5 params"] and "fga_params 0.8000 vs l1 0.7750" in \
+        lines["≥ 2 pt above l1 at 0.5 params"]
+    assert "| not met |" in lines["≥ 2 pt above mct_simd1 at 0.5 params"]  # +1.0 pt only
+    # an ablation is no candidate for "our best": the full-recipe fga is (-0.5 pt, met)
+    assert "best: fga at 0.500 MACs, -0.50 pt" in lines["≤ 0.5 pt below the reference at 0.5 MACs"]
+    table = report.ablation_table(state)
+    assert "| fga_no_reconstruct (without reconstruction) | 0.5 macs | 0.6950 | 0.7950 | -0.0150 | +1.00 pt" in table
+    assert "| fga_no_distill (without distillation) |" in table and "+0.50 pt after finetuning" in table
+    assert "without both" not in table  # not measured, not shown
+    assert report.ablation_table(_state(_row("fga", 0.5, 0.8, 0.5))) == ""
