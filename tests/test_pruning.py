@@ -247,3 +247,49 @@ def test_sequential_model_with_flatten_dense(keras):
     assert pruned.get_layer("fc").get_weights()[0].shape[0] == 3 * 3 * pruned.get_layer("c2").get_weights()[0].shape[-1]
     assert pruned.output_shape == model.output_shape
     _fit_one_step(keras, pruned)
+
+
+def _dead_channel_model(keras):
+    """conv c1 (6 filters) -> ReLU -> conv c2 -> GAP -> Dense. Filter 0 of c1 has the largest L1 norm
+    but a bias that keeps it below zero on inputs in [0, 1] (dead after ReLU); filter 1 has the
+    smallest norm, and c2 reads it with large weights."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 3, padding="same", name="c1")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="c2")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(x))
+    rng = np.random.default_rng(0)
+    kernel, bias = rng.normal(0, 0.3, (3, 3, 3, 6)), np.full(6, 0.1)
+    kernel[..., 0], bias[0] = 10.0 * np.abs(rng.normal(size=(3, 3, 3))) + 1.0, -1e4
+    kernel[..., 1] *= 0.1
+    model.get_layer("c1").set_weights([kernel.astype("float32"), bias.astype("float32")])
+    c2 = rng.normal(0, 0.3, (3, 3, 6, 4))
+    c2[:, :, 1] *= 50.0
+    model.get_layer("c2").set_weights([c2.astype("float32"), np.zeros(4, "float32")])
+    return model
+
+
+def test_selection_by_reconstruction_removes_what_the_consumers_do_not_see(keras):
+    model = _dead_channel_model(keras)
+    before = model_fingerprint(model)
+    x = np.random.default_rng(1).uniform(0, 1, (64, 8, 8, 3)).astype("float32")
+    reference = model.predict(x, verbose=0)
+    removed, error = {}, {}
+    for selection in ("score", "reconstruction"):
+        result = kerascomp.compress(model, method="l1", target_flops=0.84, data=x, selection=selection,
+                                    reconstruct=False, recalibrate=False, verbose=0)
+        group = next(g for g in result.report.choices["groups"].values() if g["producers"] == ["c1"])
+        removed[selection] = group["removed"]
+        error[selection] = float(np.abs(result.model.predict(x, verbose=0) - reference).max())
+        assert result.model.get_layer("c1").get_weights()[0].shape[-1] == 5
+    assert removed == {"score": [[1, None]], "reconstruction": [[0, None]]}
+    assert error["reconstruction"] < 1e-4 * np.abs(reference).max() < error["score"]
+    assert model_fingerprint(model) == before
+
+
+def test_selection_by_reconstruction_needs_data_and_a_known_value(small_resnet):
+    with pytest.raises(kerascomp.InvalidArgumentError, match="selection='reconstruction'.*data="):
+        kerascomp.compress(small_resnet, method="l1", target_flops=0.5, selection="reconstruction", verbose=0)
+    with pytest.raises(kerascomp.InvalidArgumentError, match="selection must be one of"):
+        kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, selection="thinet", verbose=0)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from kerascomp.allocation import smallest_index
 from kerascomp.cost import graph_cost, layer_macs
 from kerascomp.decompose.correlation import filter_rows, l1_norms, linear_fit
+from kerascomp.decompose.selection import contribution_gram, greedy_removal, group_gram
 from kerascomp.errors import BudgetError, InvalidArgumentError
 from kerascomp.graph.channels import (
     CONV,
@@ -42,6 +43,7 @@ from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
 STREAMS = ("last", "uniform")
+SELECTIONS = ("score", "reconstruction")
 IO_REASONS = ("model input", "model output")
 
 
@@ -59,6 +61,11 @@ class PruneOptions:
             what the budget still needs (Li et al. 2017 prune only the first conv of each residual
             block; measured in ``benchmarks/results/start_point_resnet20_cifar10.md``).
             ``"uniform"``: the same fraction as every other group (the rule until 2026-12).
+        selection: which channels of a group go, once the allocation has said how many.
+            ``"score"``: the method's own order (L1 norm, correlation). ``"reconstruction"``: the
+            set whose removal changes the consumers' outputs least, on ``data`` (ThiNet's greedy
+            on the centred contributions; needs ``data``); the method's score still drives a
+            ``"global"`` allocation. Measured in ``benchmarks/results/start_point_resnet20_cifar10.md``.
         channel_multiple: a pruned group keeps a multiple of this many channels (XNNPACK computes
             output channels in tiles of 4 to 16, so odd widths waste part of a tile).
         compensate: fold each dropped channel into its partner in the consumers (``"auto"``: when
@@ -73,6 +80,7 @@ class PruneOptions:
     allocation: str = "uniform"
     max_fraction: float = 0.8
     stream: str = "last"
+    selection: str = "score"
     channel_multiple: int = 1
     compensate: bool | str = "auto"
     max_samples: int = 128
@@ -86,6 +94,7 @@ class PruneOptions:
     def validate(self) -> None:
         check_choice("allocation", self.allocation, ALLOCATIONS)
         check_choice("stream", self.stream, STREAMS)
+        check_choice("selection", self.selection, SELECTIONS)
         check_number("max_fraction", self.max_fraction, 0.0, 1.0, "()")
         check_auto("compensate", self.compensate)
         check_auto("recalibrate", self.recalibrate)
@@ -323,6 +332,59 @@ def compensate(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder]
     return folds
 
 
+def _selection_consumer(spec: LayerSpec) -> bool:
+    """Consumers whose output is ``design(inputs) @ kernel`` (:mod:`kerascomp.methods.reconstruct`)."""
+    return spec.class_name == "Dense" or (spec.class_name == "Conv2D" and int(spec.config.get("groups", 1)) == 1)
+
+
+def _consumer_gram(spec: LayerSpec, inputs: np.ndarray, max_rows: int, rng) -> np.ndarray:
+    """The contribution Gram over ``spec``'s input positions, from design rows of ``inputs``
+    accumulated a few images at a time (at most about ``max_rows`` rows, subsampled evenly)."""
+    from kerascomp.methods.reconstruct import design, linear_map
+
+    kernel = linear_map(spec)[0].astype(np.float64)
+    gram, total, count = np.zeros((kernel.shape[0],) * 2), np.zeros(kernel.shape[0]), 0
+    per_image = design(spec, inputs[:1]).shape[0]
+    keep = min(1.0, max_rows / max(per_image * len(inputs), 1))
+    for start in range(0, len(inputs), 8):
+        rows = design(spec, inputs[start:start + 8]).astype(np.float64)
+        if keep < 1.0:
+            rows = rows[rng.random(len(rows)) < keep]
+        gram += rows.T @ rows
+        total += rows.sum(axis=0)
+        count += len(rows)
+    centred = gram - np.outer(total, total) / max(count, 1)
+    return contribution_gram(centred, kernel, kernel.shape[0] // inputs.shape[-1])
+
+
+def select_by_reconstruction(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], data,
+                             options: PruneOptions, verbose: int) -> dict[int, str]:
+    """Re-choose, per group, *which* ``order.chosen`` channels go (``selection="reconstruction"``):
+    the set ThiNet's greedy finds on the consumers' contributions, each consumer weighted by its
+    output variance. Reorders ``order.steps`` in place (partners that would go too are dropped);
+    returns, per group left in the method's order, why."""
+    rng = np.random.default_rng(options.seed)
+    left = {}
+    for order in tqdm([o for o in orders if o.chosen], desc="select channels", disable=not verbose):
+        group = order.group
+        consumers = [c for c in group.consumers if _selection_consumer(graph.layers[c])]
+        if not consumers:
+            left[group.index] = "no Dense or ungrouped Conv2D reads it"
+            continue
+        nodes = {layer: graph.nodes_of(layer)[0].name for layer in consumers}
+        samples = sample_node_inputs(graph, list(nodes.values()), data, options.max_samples)
+        total = np.zeros((group.size, group.size))
+        for layer in consumers:
+            position_gram = _consumer_gram(graph.layers[layer], samples[nodes[layer]], options.max_rows, rng)
+            gram = group_gram(position_gram, analysis.input_channels(group, layer), group.size)
+            total += gram / max(float(position_gram.sum()), 1e-12)
+        picked = greedy_removal(total, order.chosen, np.array(group.prunable(), dtype=np.int64))
+        gone, by_channel = set(picked), {step.channel: step for step in order.steps}
+        order.steps = ([Step(c, by_channel[c].score, None if by_channel[c].partner in gone else by_channel[c].partner)
+                        for c in picked] + [step for step in order.steps if step.channel not in gone])
+    return left
+
+
 def _budget_error(analysis: ChannelAnalysis, orders: list[GroupOrder], tables, budget: Budget,
                   total: float, options: PruneOptions, method: str) -> BudgetError:
     metric = 0 if budget.metric == "flops" else 1
@@ -418,12 +480,24 @@ def prune_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Bu
                verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Plan and apply pruning to ``budget`` in one go (or realise the ``fixed`` choices of a plan)."""
     if fixed is None:
+        options.validate()
+        if options.selection == "reconstruction" and data is None:
+            raise InvalidArgumentError(f"method={method!r} with selection='reconstruction' chooses the channels "
+                                       "on data: pass data= (a few hundred training inputs), or use "
+                                       "selection='score'.")
         orders = plan_pruning(graph, shapes, analysis, budget, scorer, method, options, verbose)
+        left = (select_by_reconstruction(graph, analysis, orders, data, options, verbose)
+                if options.selection == "reconstruction" else {})
     else:
         options.validate()
         orders = orders_from_choices(analysis, fixed)
+        left = {}
     result, report = apply_pruning(graph, shapes, analysis, orders, budget, method, options, data, pairs, verbose)
     report.choices = pruning_choices(orders)
+    if fixed is None and options.selection == "reconstruction":
+        report.notes["selection"] = "reconstruction"
+        if left:
+            report.notes["selection_left_to_score"] = {str(k): v for k, v in left.items()}
     return result, report
 
 

@@ -1,0 +1,66 @@
+"""Reconstruction-aware channel selection (ThiNet, Luo et al. 2017; He et al. 2017), in numpy.
+
+A consumer layer computes ``y = sum_c z_c`` over its input channels ``c``, where ``z_c`` is the part
+of its pre-activation output that channel ``c`` contributes. Removing a set ``R`` of channels changes
+the output by ``sum_{c in R} z_c``; its squared norm is ``1^T C[R, R] 1`` with the *contribution
+Gram* ``C[a, b] = <z_a - mean, z_b - mean>`` (centred: a constant shift is the bias's to absorb,
+and the refit that follows does). The greedy of ThiNet adds to ``R``, one at a time, the channel
+that raises that error least, so channels that cancel each other or that carry nothing go first,
+whatever their weights' norms say.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def contribution_gram(patch_gram: np.ndarray, kernel: np.ndarray, taps: int) -> np.ndarray:
+    """``C`` over a consumer's input positions, from the centred Gram of its design rows.
+
+    ``patch_gram``: ``(F, F)``, the centred ``X^T X`` of rows ``X`` with ``X @ kernel`` the
+    pre-activation output; ``kernel``: ``(F, O)``; the ``F = taps * inputs`` columns are laid out
+    tap-major (``(kh, kw, c_in)``, as a conv kernel reshapes), so column ``t * inputs + i`` belongs to
+    input position ``i``. Returns ``(inputs, inputs)``.
+    """
+    features = patch_gram.shape[0]
+    if patch_gram.shape != (features, features) or kernel.shape[0] != features or features % taps:
+        raise ValueError(f"a Gram of shape {patch_gram.shape} does not fit a kernel of shape {kernel.shape} "
+                         f"with {taps} taps")
+    inputs = features // taps
+    weighted = (kernel @ kernel.T) * patch_gram
+    return weighted.reshape(taps, inputs, taps, inputs).sum(axis=(0, 2))
+
+
+def group_gram(position_gram: np.ndarray, positions: np.ndarray, size: int) -> np.ndarray:
+    """``C`` over a channel group: positions ``i`` with ``positions[i] = c >= 0`` hold channel ``c``
+    (a channel read at several positions, e.g. through Flatten, sums their contributions)."""
+    keep = positions >= 0
+    indicator = np.zeros((int(keep.sum()), size))
+    indicator[np.arange(int(keep.sum())), positions[keep]] = 1.0
+    return indicator.T @ position_gram[np.ix_(keep, keep)] @ indicator
+
+
+def greedy_removal(gram: np.ndarray, count: int, candidates: np.ndarray) -> list[int]:
+    """The ``count`` channels of ``candidates`` to remove, in the order ThiNet's greedy picks them:
+    each the one that raises ``1^T C[R, R] 1`` least given those already picked (ties: the earlier
+    candidate)."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if count > len(candidates):
+        raise ValueError(f"cannot remove {count} of {len(candidates)} candidate channels")
+    gram = 0.5 * (gram + gram.T)
+    coupling = np.zeros(len(candidates))  # sum over picked r of C[r, c], for every candidate c
+    diagonal = np.diag(gram)[candidates]
+    free = np.ones(len(candidates), dtype=bool)
+    picked = []
+    for _ in range(count):
+        increase = np.where(free, diagonal + 2.0 * coupling, np.inf)
+        best = int(np.argmin(increase))
+        free[best] = False
+        picked.append(int(candidates[best]))
+        coupling += gram[candidates[best], candidates]
+    return picked
+
+
+def removal_error(gram: np.ndarray, removed: list[int]) -> float:
+    """``1^T C[R, R] 1``: the squared output change that removing ``removed`` causes."""
+    index = np.asarray(removed, dtype=np.int64)
+    return float(gram[np.ix_(index, index)].sum()) if len(index) else 0.0

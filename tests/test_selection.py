@@ -1,0 +1,43 @@
+"""kerascomp.decompose.selection: the contribution Gram and ThiNet's greedy, against explicit sums."""
+import itertools
+
+import numpy as np
+import pytest
+
+from kerascomp.decompose.selection import contribution_gram, greedy_removal, group_gram, removal_error
+
+
+def test_contribution_gram_is_the_gram_of_per_channel_contributions():
+    rng = np.random.default_rng(0)
+    taps, inputs, outputs, rows = 3, 4, 5, 200
+    x = rng.normal(size=(rows, taps * inputs)) + rng.normal(size=taps * inputs)  # not centred
+    kernel = rng.normal(size=(taps * inputs, outputs))
+    centred = x - x.mean(axis=0)
+    gram = contribution_gram(centred.T @ centred, kernel, taps)
+    columns = [[t * inputs + i for t in range(taps)] for i in range(inputs)]
+    z = [centred[:, c] @ kernel[c] for c in columns]  # channel i's share of the output
+    explicit = np.array([[np.sum(z[a] * z[b]) for b in range(inputs)] for a in range(inputs)])
+    np.testing.assert_allclose(gram, explicit, rtol=1e-10, atol=1e-9)
+    assert removal_error(gram, [0, 2]) == pytest.approx(np.sum((z[0] + z[2]) ** 2))
+    with pytest.raises(ValueError, match="does not fit"):
+        contribution_gram(centred.T @ centred, kernel[:-1], taps)
+
+
+def test_group_gram_sums_positions_of_one_channel_and_ignores_other_groups():
+    position = np.arange(16, dtype=float).reshape(4, 4)
+    gram = group_gram(position, np.array([1, -1, 1, 0]), 2)  # positions 0 and 2 hold channel 1
+    assert gram[1, 1] == position[0, 0] + position[0, 2] + position[2, 0] + position[2, 2]
+    assert gram[0, 1] == position[3, 0] + position[3, 2] and gram[0, 0] == position[3, 3]
+
+
+def test_greedy_uses_the_coupling_and_not_only_the_diagonal():
+    # channel 1 alone costs most, but it cancels channel 0: {0, 1} changes the output less than {0, 2}
+    gram = np.array([[0.5, -0.5, 0.0], [-0.5, 1.0, 0.0], [0.0, 0.0, 0.6]])
+    assert greedy_removal(gram, 2, np.arange(3)) == [0, 1]
+    assert removal_error(gram, [0, 1]) < removal_error(gram, [0, 2])
+    best = min(itertools.combinations(range(3), 2), key=lambda pair: removal_error(gram, list(pair)))
+    assert sorted(best) == [0, 1]
+    # a diagonal Gram: smallest first; only candidates are picked
+    assert greedy_removal(np.diag([3.0, 1.0, 2.0, 0.5]), 2, np.array([0, 1, 2])) == [1, 2]
+    with pytest.raises(ValueError, match="cannot remove 4 of 3"):
+        greedy_removal(gram, 4, np.arange(3))
