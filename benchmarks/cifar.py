@@ -64,6 +64,7 @@ VARIANTS = {
     "fga_no_refine": ("clone", "fga", {"refine": False}, "macs"),
     "l1": ("clone", "l1", {}, "macs"),
     "l1_x4": ("clone", "l1", {"channel_multiple": 4}, "macs"),
+    "l1_thinet": ("clone", "l1", {"selection": "reconstruction"}, "macs"),
     "svd": ("clone", "svd", {}, "macs"),
     "svd_params": ("clone", "svd", {}, "params"),
     "tucker": ("clone", "tucker", {}, "macs"),

@@ -104,7 +104,7 @@ def main(argv=None) -> int:
             rows.append({"method": method, "setting": setting, "options": chosen, "target": args.target,
                          "macs_ratio": round(result.report.macs_ratio, 4),
                          "params_ratio": round(result.report.params_ratio, 4), "top1": top1(result.model),
-                         "seconds": round(seconds, 1), "notes": {k: str(v) for k, v in result.report.notes.items()},
+                         "seconds": round(seconds, 1), "command": record["command"], "notes": {k: str(v) for k, v in result.report.notes.items()},
                          "output_errors": refits})
             print(f"{method:16s} {setting:24s} MACs {rows[-1]['macs_ratio']:.3f} top-1 {rows[-1]['top1']:.4f} "
                   f"({seconds:.0f} s)", flush=True)
@@ -128,7 +128,9 @@ def markdown(record: dict) -> str:
     lines = [f"# Top-1 right after compression (no finetuning): {Path(record['model']).name}", "",
              f"Baseline top-1 {record['baseline_top1']:.4f} on {record['test_images']} test images; "
              f"{record['calibration_images']} training images as `data`. CPU: {record['cpu']}.", "",
-             f"Command: `{record['command']}`", "",
+             f"Latest command: `{record['command']}`. Rows are added run by run; each row since 2026-12-01 "
+             "stores the command that made it in the JSON (`--methods M --settings S`, with "
+             "`--setting S=JSON` for the settings not built in).", "",
              "| method | setting | options | MACs | params | top-1 | mean output error before -> after refit | s |",
              "|---|---|---|---|---|---|---|---|"]
     for row in record["rows"]:
