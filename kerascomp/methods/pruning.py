@@ -39,6 +39,7 @@ from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, sample_node_inputs
 from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
+from kerascomp.methods.reconstruct import design, linear_map
 from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
@@ -340,8 +341,6 @@ def _selection_consumer(spec: LayerSpec) -> bool:
 def _consumer_gram(spec: LayerSpec, inputs: np.ndarray, max_rows: int, rng) -> np.ndarray:
     """The contribution Gram over ``spec``'s input positions, from design rows of ``inputs``
     accumulated a few images at a time (at most about ``max_rows`` rows, subsampled evenly)."""
-    from kerascomp.methods.reconstruct import design, linear_map
-
     kernel = linear_map(spec)[0].astype(np.float64)
     gram, total, count = np.zeros((kernel.shape[0],) * 2), np.zeros(kernel.shape[0]), 0
     per_image = design(spec, inputs[:1]).shape[0]
