@@ -99,7 +99,7 @@ def ablation_table(state: dict) -> str:
     reference, rows = _drop_reference(state), state["rows"]
     lines = []
     for full, variants in ABLATIONS.items():
-        for _key, row in sorted(rows.items()):
+        for row in rows.values():
             if row["method"] != full or row.get("status") != "ok" or row["target_kind"] != "macs":
                 continue
             found = [(label, rows.get(f"{name}@{row['target']:g}")) for name, label in variants.items()]

@@ -43,6 +43,10 @@ class Moments:
         self.target_square += (y * y).sum(axis=0)
         self.count += x.shape[0]
 
+    def centred_gram(self) -> np.ndarray:
+        """``sum (x - mean)(x - mean)^T`` over the rows accumulated."""
+        return self.gram - np.outer(self.feature_sum, self.feature_sum / max(self.count, 1))
+
     def solve(self, ridge: float = 1e-3, fit_bias: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """The ridge solution ``(weights (F, O), bias (O,))``. ``ridge`` is relative to the mean diagonal of
         the (centred, if ``fit_bias``) Gram matrix, so it does not depend on the scale of the activations;
@@ -51,8 +55,7 @@ class Moments:
             raise ValueError("no rows accumulated")
         gram, cross = self.gram, self.cross
         if fit_bias:
-            mean = self.feature_sum / self.count
-            gram = gram - np.outer(self.feature_sum, mean)
+            gram = self.centred_gram()
             cross = cross - np.outer(self.feature_sum, self.target_sum / self.count)
         size = gram.shape[0]
         penalty = ridge * max(float(np.trace(gram)) / max(size, 1), 1e-12)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from kerascomp.allocation import smallest_index
 from kerascomp.cost import graph_cost, layer_macs
 from kerascomp.decompose.correlation import filter_rows, l1_norms, linear_fit
+from kerascomp.decompose.ridge import Moments
 from kerascomp.decompose.selection import contribution_gram, greedy_removal, group_gram
 from kerascomp.errors import BudgetError, InvalidArgumentError
 from kerascomp.graph.channels import (
@@ -340,20 +341,17 @@ def _selection_consumer(spec: LayerSpec) -> bool:
 
 def _consumer_gram(spec: LayerSpec, inputs: np.ndarray, max_rows: int, rng) -> np.ndarray:
     """The contribution Gram over ``spec``'s input positions, from design rows of ``inputs``
-    accumulated a few images at a time (at most about ``max_rows`` rows, subsampled evenly)."""
+    accumulated a few images at a time (about ``max_rows`` rows in all, subsampled evenly)."""
     kernel = linear_map(spec)[0].astype(np.float64)
-    gram, total, count = np.zeros((kernel.shape[0],) * 2), np.zeros(kernel.shape[0]), 0
-    per_image = design(spec, inputs[:1]).shape[0]
-    keep = min(1.0, max_rows / max(per_image * len(inputs), 1))
+    moments, keep = Moments.zeros(kernel.shape[0], 0), None
     for start in range(0, len(inputs), 8):
-        rows = design(spec, inputs[start:start + 8]).astype(np.float64)
+        rows = design(spec, inputs[start:start + 8])
+        if keep is None:  # the share of rows kept, from the rows one image gives
+            keep = min(1.0, max_rows * min(8, len(inputs)) / max(len(rows) * len(inputs), 1))
         if keep < 1.0:
             rows = rows[rng.random(len(rows)) < keep]
-        gram += rows.T @ rows
-        total += rows.sum(axis=0)
-        count += len(rows)
-    centred = gram - np.outer(total, total) / max(count, 1)
-    return contribution_gram(centred, kernel, kernel.shape[0] // inputs.shape[-1])
+        moments.add(rows, rows[:, :0])
+    return contribution_gram(moments.centred_gram(), kernel, kernel.shape[0] // inputs.shape[-1])
 
 
 def select_by_reconstruction(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], data,
@@ -478,22 +476,21 @@ def prune_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Bu
                options: PruneOptions, data=None, pairs: bool = False,
                verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Plan and apply pruning to ``budget`` in one go (or realise the ``fixed`` choices of a plan)."""
-    if fixed is None:
-        options.validate()
+    options.validate()
+    left = None  # per group left in score order, why (only with selection="reconstruction")
+    if fixed is not None:
+        orders = orders_from_choices(analysis, fixed)
+    else:
         if options.selection == "reconstruction" and data is None:
             raise InvalidArgumentError(f"method={method!r} with selection='reconstruction' chooses the channels "
                                        "on data: pass data= (a few hundred training inputs), or use "
                                        "selection='score'.")
         orders = plan_pruning(graph, shapes, analysis, budget, scorer, method, options, verbose)
-        left = (select_by_reconstruction(graph, analysis, orders, data, options, verbose)
-                if options.selection == "reconstruction" else {})
-    else:
-        options.validate()
-        orders = orders_from_choices(analysis, fixed)
-        left = {}
+        if options.selection == "reconstruction":
+            left = select_by_reconstruction(graph, analysis, orders, data, options, verbose)
     result, report = apply_pruning(graph, shapes, analysis, orders, budget, method, options, data, pairs, verbose)
     report.choices = pruning_choices(orders)
-    if fixed is None and options.selection == "reconstruction":
+    if left is not None:
         report.notes["selection"] = "reconstruction"
         if left:
             report.notes["selection_left_to_score"] = {str(k): v for k, v in left.items()}
