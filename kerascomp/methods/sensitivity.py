@@ -46,8 +46,35 @@ class LayerSensitivity:
     measured: list[tuple[float, float]] | None = None  # (MACs fraction removed, loss increase), measured mode
 
 
-def labelled_batches(data: Any, batch_size: int, max_samples: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)`` batches -> up to ``max_samples`` rows in batches."""
+def _rows(array: Any) -> int:
+    """Rows of an array, or of the first of a list of arrays (a multi-input model's x, a multi-output y)."""
+    return len(array[0]) if isinstance(array, list) else len(array)
+
+
+def _rows_slice(array: Any, start: int, stop: int) -> Any:
+    return [a[start:stop] for a in array] if isinstance(array, list) else array[start:stop]
+
+
+def _tensors(array: Any) -> Any:
+    import tensorflow as tf
+
+    return [tf.convert_to_tensor(a) for a in array] if isinstance(array, list) else tf.convert_to_tensor(array)
+
+
+def _arrays(value: Any, what: str) -> Any:
+    """One array, or a list of arrays with equal row counts (one per model input or output)."""
+    if isinstance(value, (list, tuple)) and value and all(hasattr(v, "shape") for v in value):
+        arrays = [np.asarray(v) for v in value]
+        if len({len(a) for a in arrays}) != 1:
+            raise InvalidArgumentError(f"data's {what} arrays have different row counts {[len(a) for a in arrays]}.")
+        return arrays
+    return np.asarray(value)
+
+
+def labelled_batches(data: Any, batch_size: int, max_samples: int) -> list[tuple[Any, Any]]:
+    """``(x, y)`` arrays or a ``tf.data.Dataset`` of ``(x, y)`` batches -> up to ``max_samples`` rows in batches.
+
+    ``x`` may be a list of arrays (one per model input) and ``y`` a list (one per output)."""
     if data is None:
         raise InvalidArgumentError("gradient sensitivity needs labelled data: pass data=(x, y) numpy arrays or a "
                                    "tf.data.Dataset of (x, y) batches (a few hundred validation images suffice).")
@@ -56,21 +83,29 @@ def labelled_batches(data: Any, batch_size: int, max_samples: int) -> list[tuple
         for item in data.as_numpy_iterator():
             if not (isinstance(item, tuple) and len(item) >= 2):
                 raise InvalidArgumentError("data is a dataset of inputs only; sensitivity needs (x, y) batches.")
-            xs.append(item[0])
-            ys.append(item[1])
-            rows += len(item[0])
+            xs.append(_arrays(item[0], "input"))
+            ys.append(_arrays(item[1], "label"))
+            rows += _rows(xs[-1])
             if rows >= max_samples:
                 break
-        x, y = np.concatenate(xs), np.concatenate(ys)
+
+        def joined(parts):
+            if isinstance(parts[0], list):
+                return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+            return np.concatenate(parts)
+
+        x, y = joined(xs), joined(ys)
     elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = np.asarray(data[0]), np.asarray(data[1])
+        x, y = _arrays(data[0], "input"), _arrays(data[1], "label")
     else:
         raise InvalidArgumentError(f"data must be (x, y) or a tf.data.Dataset of (x, y) batches, got "
                                    f"{type(data).__name__}.")
-    if len(x) != len(y):
-        raise InvalidArgumentError(f"data has {len(x)} inputs but {len(y)} labels.")
-    x, y = x[:max_samples].astype(np.float32), y[:max_samples]
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    if _rows(x) != _rows(y):
+        raise InvalidArgumentError(f"data has {_rows(x)} inputs but {_rows(y)} labels.")
+    x, y = _rows_slice(x, 0, max_samples), _rows_slice(y, 0, max_samples)
+    x = [a.astype(np.float32) for a in x] if isinstance(x, list) else x.astype(np.float32)
+    return [(_rows_slice(x, i, i + batch_size), _rows_slice(y, i, i + batch_size))
+            for i in range(0, _rows(x), batch_size)]
 
 
 def default_loss(model: Any) -> Callable:
@@ -84,6 +119,11 @@ def default_loss(model: Any) -> Callable:
         compiled = keras.losses.get(compiled)
     if callable(compiled):
         return lambda labels, outputs: tf.reduce_mean(compiled(labels, outputs))
+    if len(model.outputs) > 1:
+        raise InvalidArgumentError(f"model {model.name!r} has {len(model.outputs)} outputs and no compiled loss, so "
+                                   "the gradient sensitivity cannot guess which loss to score with. Pass loss=a "
+                                   "callable(labels, outputs) returning a scalar (labels as given in data: "
+                                   "a list with one array per output).")
     activation = getattr(model.layers[-1], "activation", None)
     probabilities = getattr(activation, "__name__", "") == "softmax" or type(model.layers[-1]).__name__ == "Softmax"
 
@@ -112,9 +152,9 @@ def kernel_gradients(model: Any, layers: list[str], batches: list[tuple[np.ndarr
         return tape.gradient(value, kernels)
 
     for x, y in tqdm(batches, desc="gradients", disable=not verbose):
-        for total, gradient in zip(totals, step(tf.convert_to_tensor(x), tf.convert_to_tensor(y))):
-            total += (np.asarray(gradient) ** 2 if rms else np.asarray(gradient)) * len(x)
-    rows = sum(len(x) for x, _ in batches)
+        for total, gradient in zip(totals, step(_tensors(x), _tensors(y))):
+            total += (np.asarray(gradient) ** 2 if rms else np.asarray(gradient)) * _rows(x)
+    rows = sum(_rows(x) for x, _ in batches)
     return {name: np.sqrt(total / rows) if rms else total / rows for name, total in zip(layers, totals)}
 
 
@@ -199,8 +239,8 @@ def _loss_on(model: Any, batches: list, loss: Callable) -> Callable[[], float]:
         return loss(y, model(x, training=False))
 
     def evaluate() -> float:
-        total = sum(float(batch_loss(tf.convert_to_tensor(x), tf.convert_to_tensor(y))) * len(x) for x, y in batches)
-        return total / sum(len(x) for x, _ in batches)
+        total = sum(float(batch_loss(_tensors(x), _tensors(y))) * _rows(x) for x, y in batches)
+        return total / sum(_rows(x) for x, _ in batches)
 
     return evaluate
 
