@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import kerascomp
+from kerascomp._startup import native_lines_filtered, quiet_requested
 from kerascomp.bench.android import DeviceSettings, benchmark_on_device, layer_latency_table
 from kerascomp.data import augmented_dataset, find_data, load_npz
 from kerascomp.errors import CompressionError, InvalidArgumentError
@@ -19,10 +19,6 @@ from kerascomp.graph.flavour import keras_of
 from kerascomp.loading import load_demo_model, load_model
 from kerascomp.methods import registry
 from kerascomp.report import table
-
-
-def _quiet_tensorflow() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _load_inputs(path: str | None, limit: int):
@@ -54,8 +50,27 @@ def _latency_argument(args, model):
     return None
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _method_options(method, args) -> dict:
-    """The method's options that were given as flags (unset flags leave the method's defaults)."""
+    """The method's options that were given as flags (unset flags leave the method's defaults).
+
+    A flag that only other methods use is refused, naming the methods that take it, and so are the
+    latency flags without a latency target (a table only steers ``--target-latency``)."""
+    given = {name for name in registry.cli_option_names() if getattr(args, name, None) is not None}
+    unused = sorted(given - set(method.cli_options))
+    if unused:
+        described = "; ".join(f"{_flag(name)} is used by {', '.join(registry.methods_with_cli_option(name))}"
+                              for name in unused)
+        raise InvalidArgumentError(f"method {method.name!r} does not use {', '.join(map(_flag, unused))} ({described}). "
+                                   f"Drop the flag, or choose one of those methods.")
+    tables = [flag for flag, value in (("--latency-table", getattr(args, "latency_table", None)),
+                                       ("--phone-json", getattr(args, "phone_json", None))) if value]
+    if tables and getattr(args, "target_latency", None) is None:
+        raise InvalidArgumentError(f"{' and '.join(tables)} only steer a latency target: add --target-latency "
+                                   f"FRACTION (method {method.name!r} would otherwise ignore the table).")
     return {name: getattr(args, name) for name in method.cli_options if getattr(args, name, None) is not None}
 
 
@@ -71,13 +86,18 @@ def cmd_compress(args) -> int:
     plan = kerascomp.Plan.load(args.plan) if args.plan else None
     method = registry.get(plan.method if plan else args.method)
     if plan is not None:
+        ignored = [_flag(name) for name in (*registry.cli_option_names(), "target_params", "target_latency",
+                                            "latency_table", "phone_json") if getattr(args, name, None) is not None]
+        if ignored:
+            raise InvalidArgumentError(f"--plan fixes the method, targets and options, so {', '.join(ignored)} would "
+                                       "be ignored. Drop them, or plan again with them (kerascomp plan).")
         result = kerascomp.compress(model, plan=plan, verbose=verbose,
                                     data=_load_inputs(args.data, 256))
     else:
+        options = _method_options(method, args)  # refuses unused flags before any work
         data = _load_labelled(args.data, 512) if method.needs_labels else _load_inputs(args.data, 256)
         result = kerascomp.compress(model, method=method.name, data=data, verbose=verbose,
-                                    latency=_latency_argument(args, model), **_targets(args),
-                                    **_method_options(method, args))
+                                    latency=_latency_argument(args, model), **_targets(args), **options)
     if args.quiet:
         print(result.report)
     result.model.save(args.output)
@@ -92,9 +112,10 @@ def cmd_compress(args) -> int:
 def cmd_plan(args) -> int:
     model = load_model(args.model)
     method = registry.get(args.method)
+    options = _method_options(method, args)
     data = _load_labelled(args.data, args.samples) if method.needs_labels else _load_inputs(args.data, args.samples)
     plan = kerascomp.plan(model, method.name, data=data, latency=_latency_argument(args, model),
-                          verbose=0 if args.quiet else 1, **_targets(args), **_method_options(method, args))
+                          verbose=0 if args.quiet else 1, **_targets(args), **options)
     plan.save(args.output)
     print(plan)
     print(f"saved {args.output}; apply with: kerascomp compress {args.model} --plan {args.output} -o SMALL.keras")
@@ -112,7 +133,8 @@ def cmd_latency(args) -> int:
 def cmd_export(args) -> int:
     model = load_model(args.model)
     result = kerascomp.export_tflite(model, args.output, quantize=args.quantize,
-                                     representative_data=_load_inputs(args.calibration, 500), int8_io=args.int8_io)
+                                     representative_data=_load_inputs(args.calibration, 500), int8_io=args.int8_io,
+                                     strict=args.strict)
     print(result)
     return 0
 
@@ -311,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--quantize", choices=["float16", "dynamic", "int8"])
     export.add_argument("--calibration", help=".npz with calibration inputs (needed for int8)")
     export.add_argument("--int8-io", action="store_true", help="int8 inputs and outputs (with --quantize int8)")
+    export.add_argument("--strict", action="store_true",
+                        help="fail (exit 1, nothing written) when the .tflite disagrees with the model, "
+                             "instead of warning")
     export.set_defaults(run=cmd_export)
 
     bench = commands.add_parser("bench", help="time .tflite files with LiteRT here, or on a phone with --adb")
@@ -346,16 +371,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that create LiteRT interpreters, whose native "INFO: Created ... delegate" line the quiet CLI drops.
+_LITERT_COMMANDS = ("export", "bench", "latency-table", "demo")
+
+
 def main(argv: list[str] | None = None) -> int:
-    _quiet_tensorflow()
+    """Exit codes: 0 done, 2 bad arguments (argparse's or kerascomp's InvalidArgumentError), 1 refused
+    (the model, its weights or the budget cannot be handled, or export/bench failed); messages on stderr."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]
     try:
-        return args.run(args)
-    except CompressionError as error:
+        with native_lines_filtered(quiet_requested() and args.command in _LITERT_COMMANDS):
+            return args.run(args)
+    except InvalidArgumentError as error:
         print(f"kerascomp: error: {error}", file=sys.stderr)
         return 2
+    except CompressionError as error:
+        print(f"kerascomp: refused: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -141,7 +141,7 @@ def test_failed_run_still_removes_the_model(tmp_path):
     with pytest.raises(BenchmarkError, match="device offline"):
         benchmark_on_device([model], runner=runner)
     assert issued[-1][-1] == "/data/local/tmp/kerascomp/m.tflite"
-    with pytest.raises(BenchmarkError, match="no such file"):
+    with pytest.raises(InvalidArgumentError, match="no such file"):
         benchmark_on_device([tmp_path / "absent.tflite"], runner=runner)
 
 

@@ -52,6 +52,8 @@ def test_app_reads_the_keys_the_script_writes():
     script = (DEMO / "copy_models.py").read_text()
     read = set(re.findall(r'(?:getJSONArray|optString|optInt|getString)\("([a-z_]+)"', kotlin))
     assert read == {"input_shape", "models", "labels", "true_label", "runs", "warmup_runs"}
+    # copy_models.py --image writes "true_label": null; optString would read that as the text "null"
+    assert 'optString("true_label")' not in kotlin and 'isNull("true_label")' in kotlin
     for key in read:
         assert f'"{key}"' in script
     for asset in ("meta.json", "sample.png"):

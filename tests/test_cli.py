@@ -100,3 +100,104 @@ def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
     np.savez(tmp_path / "inputs.npz", x=images)
     assert main(["plan", str(model_file), "--data", str(tmp_path / "inputs.npz"), "-o", str(plan_path)]) == 2
     assert "no labelled pair" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method,flags,named", [
+    ("l1", ["--pointwise"], "--pointwise is used by fga, joint_svd, svd"),
+    ("svd", ["--groups", "s1.*"], "--groups is used by joint_svd"),
+    ("fga", ["--max-fraction", "0.5"], "--max-fraction is used by correlation, l1"),
+    ("tucker", ["--variant", "left"], "--variant is used by joint_svd"),
+    ("correlation", ["--min-channels-per-group", "8"], "--min-channels-per-group is used by fga"),
+    ("fga", ["--sensitivity", "taylor"], "--sensitivity is used by collaborative"),
+    ("collaborative", ["--max-fraction", "0.5", "--pointwise"], "does not use --max-fraction, --pointwise"),
+])
+def test_compress_refuses_a_flag_the_method_does_not_use(model_file, tmp_path, capsys, method, flags, named):
+    out = tmp_path / "x.keras"
+    assert main(["compress", str(model_file), "--method", method, "-o", str(out), *flags]) == 2
+    error = capsys.readouterr().err
+    assert f"method {method!r} does not use" in error and named in error
+    assert not out.exists()
+
+
+def test_latency_table_without_a_latency_target_is_refused(model_file, tmp_path, capsys):
+    assert main(["compress", str(model_file), "--method", "fga", "-o", str(tmp_path / "x.keras"),
+                 "--latency-table", str(tmp_path / "table.json")]) == 2
+    assert "--latency-table only steer a latency target: add --target-latency" in capsys.readouterr().err
+
+
+def test_plan_with_method_flags_is_refused(model_file, tmp_path, images, capsys):
+    np.savez(tmp_path / "val.npz", x_val=images, y_val=(np.arange(len(images)) % 10).reshape(-1, 1))
+    plan_path = tmp_path / "plan.json"
+    assert main(["plan", str(model_file), "--data", str(tmp_path / "val.npz"), "-o", str(plan_path), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["compress", str(model_file), "--plan", str(plan_path), "-o", str(tmp_path / "x.keras"),
+                 "--allocation", "uniform"]) == 2
+    assert "--plan fixes the method, targets and options, so --allocation would be ignored" in capsys.readouterr().err
+
+
+def test_exit_codes_tell_refusals_from_bad_arguments(model_file, tmp_path, capsys):
+    assert main(["compress", str(model_file), "--method", "tucker", "--target-flops", "0.01",
+                 "-o", str(tmp_path / "x.keras")]) == 1
+    assert capsys.readouterr().err.startswith("kerascomp: refused: method='tucker' cannot reach")
+    assert main(["bench", str(tmp_path / "absent.tflite")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_export_strict_fails_and_parity_warnings_are_visible(model_file, tmp_path, capsys, monkeypatch):
+    import warnings
+
+    from kerascomp.export import tflite as tflite_module
+    from kerascomp.export.tflite import ParityWarning
+
+    original = tflite_module.strip_graph
+
+    def corrupted(graph):  # a fault between the user's model and the converted copy
+        stripped = original(graph)
+        spec = next(s for s in stripped.layers.values() if s.class_name == "Conv2D")
+        spec.weights[0] = spec.weights[0] + 0.5
+        return stripped
+
+    monkeypatch.setattr(tflite_module, "strip_graph", corrupted)
+    strict = tmp_path / "strict.tflite"
+    assert main(["export", str(model_file), "-o", str(strict), "--strict"]) == 1
+    assert "PARITY CHECK" in capsys.readouterr().err and not strict.exists()
+    with warnings.catch_warnings(record=True) as caught:  # the filters pytest installed from pyproject stay
+        assert main(["export", str(model_file), "-o", str(tmp_path / "warned.tflite")]) == 0
+    assert any(issubclass(w.category, ParityWarning) for w in caught)
+    assert "PARITY FAILED" in capsys.readouterr().out
+
+
+def test_cli_process_detection():
+    from kerascomp._startup import is_cli_process, startup_noise
+
+    assert is_cli_process(["/venv/bin/kerascomp", "compress"], ["python", "/venv/bin/kerascomp", "compress"])
+    assert is_cli_process(["/x/kerascomp/cli.py"], ["python", "-m", "kerascomp.cli", "export"])
+    assert is_cli_process(["/x/kerascomp/__main__.py"], ["python", "-m", "kerascomp"])
+    assert not is_cli_process(["train.py"], ["python", "train.py"])
+    assert not is_cli_process(["/venv/bin/pytest"], ["python", "-m", "pytest"])
+    assert startup_noise("I0000 00:00:1796175669.026766   10249 cudart_stub.cc:31] Could not find cuda drivers\n")
+    assert startup_noise("INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
+    assert not startup_noise("kerascomp: error: method 'l1' does not use --pointwise\n")
+
+
+@flavour_independent
+def test_compress_prints_no_tensorflow_native_lines(model_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from kerascomp._startup import startup_noise
+
+    def run(**env):
+        environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+        command = [sys.executable, "-m", "kerascomp", "compress", str(model_file), "-o", str(tmp_path / "s.keras"),
+                   "--target-flops", "0.6"]
+        done = subprocess.run(command, capture_output=True, text=True, env={**environment, **env}, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines() + done.stderr.splitlines()
+
+    quiet = run()
+    assert not [line for line in quiet if startup_noise(line)], quiet
+    assert any(line.startswith("saved ") for line in quiet)
+    loud = run(KERASCOMP_NATIVE_LOGS="1")  # the same command with the filter off shows what it removes
+    assert [line for line in loud if startup_noise(line)]

@@ -82,7 +82,7 @@ def test_bench_rejects_corrupt_and_missing_files(tmp_path):
     corrupt.write_bytes(b"this is not a flatbuffer" * 10)
     with pytest.raises(BenchmarkError, match="corrupt.tflite"):
         kerascomp.benchmark_tflite(corrupt)
-    with pytest.raises(BenchmarkError, match="no such file"):
+    with pytest.raises(InvalidArgumentError, match="no such file"):
         kerascomp.benchmark_tflite(tmp_path / "absent.tflite")
     with pytest.raises(InvalidArgumentError, match="num_threads"):
         kerascomp.benchmark_tflite(corrupt, num_threads=0)

@@ -233,7 +233,7 @@ def benchmark_on_device(paths: Sequence[str | Path], settings: DeviceSettings | 
         raise InvalidArgumentError("benchmark_on_device needs at least one .tflite path.")
     for path in paths:
         if not Path(path).is_file():
-            raise BenchmarkError(f"{path}: no such file.")
+            raise InvalidArgumentError(f"{path}: no such file. Pass the path of a .tflite (kerascomp export writes one).")
     results = []
     for path in paths:
         prepare, push, run, remove = commands_for(settings, path)

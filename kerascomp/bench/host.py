@@ -35,7 +35,7 @@ def _interpreter(path: str, num_threads: int, xnnpack: bool):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     if not Path(path).is_file():
-        raise BenchmarkError(f"{path}: no such file.")
+        raise InvalidArgumentError(f"{path}: no such file. Pass the path of a .tflite (kerascomp export writes one).")
     resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         interpreter = Interpreter(model_path=str(path), num_threads=num_threads, experimental_op_resolver_type=resolver)

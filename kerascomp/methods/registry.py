@@ -254,3 +254,12 @@ def get(name: Any) -> Method:
 
 def names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
+
+
+def cli_option_names() -> list[str]:
+    """Every option some registered method takes from a ``kerascomp compress``/``plan`` flag."""
+    return sorted({name for method in _REGISTRY.values() for name in method.cli_options})
+
+
+def methods_with_cli_option(option: str) -> list[str]:
+    return sorted(name for name, method in _REGISTRY.items() if option in method.cli_options)

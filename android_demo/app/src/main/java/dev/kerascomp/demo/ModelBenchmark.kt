@@ -30,7 +30,8 @@ data class DemoAssets(
                 height = input.getInt(0),
                 width = input.getInt(1),
                 labels = List(labels.length()) { labels.getString(it) },
-                trueLabel = meta.optString("true_label").ifEmpty { null },
+                // optString returns the text "null" for a JSON null (what copy_models.py --image writes)
+                trueLabel = if (meta.isNull("true_label")) null else meta.getString("true_label").ifEmpty { null },
                 runs = meta.optInt("runs", 100),
                 warmupRuns = meta.optInt("warmup_runs", 10),
             )

@@ -1,0 +1,6 @@
+"""``python -m kerascomp``: the ``kerascomp`` command."""
+import sys
+
+from kerascomp.cli import main
+
+sys.exit(main())
