@@ -80,14 +80,17 @@ def markdown(record: dict) -> str:
     counts = Counter((c["method"], "lossless" if c["stage"] in ("round trip", "lossless") else "target", c["status"])
                      for c in record["checks"])
     methods = sorted({c["method"] for c in record["checks"]})
+    rewrote = Counter(c["method"] for c in record["checks"] if c.get("rewritten_layers", 0) > 0)
     rows = []
     for method in methods:
         row = [method]
         for stage in ("lossless", "target"):
             row += [counts[(method, stage, status)] for status in ("ok", "refused", "failed")]
+        measured = sum(1 for c in record["checks"] if c["method"] == method and "rewritten_layers" in c)
+        row.insert(2, f"{rewrote[method]} of {measured}" if measured else "not recorded")
         rows.append(row)
-    headers = ["method", "lossless ok", "lossless refused", "lossless failed", "target ok", "target refused",
-               "target failed"]
+    headers = ["method", "lossless ok", "lossless ok that rewrote >= 1 layer", "lossless refused", "lossless failed",
+               "target ok", "target refused", "target failed"]
     failures = "\n".join(f"- graph {f['graph']}, {f['method']}, {f['stage']}: `{f['detail'].splitlines()[0][:300]}`"
                          f"\n  recipe: `{f['recipe']}`" for f in record["failures"]) or "None."
     return (f"# Fuzzed graphs ({record['flavour']})\n\nCommand: `{record['command']}`\n\n"

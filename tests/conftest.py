@@ -1,5 +1,6 @@
 import hashlib
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,21 @@ from kerascomp.graph.flavour import default_keras, legacy_requested  # noqa: E40
 from kerascomp.zoo import cifar_resnet  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+# The fuzz tests explore: a fresh seed per run unless KERASCOMP_FUZZ_SEED replays one (printed in the header).
+FUZZ_SEED = int(os.environ.get("KERASCOMP_FUZZ_SEED") or random.SystemRandom().randrange(2**31))
+
+
+def _seed_line() -> str:
+    return f"kerascomp fuzz seed: {FUZZ_SEED} (replay a failure with KERASCOMP_FUZZ_SEED={FUZZ_SEED})"
+
+
+def pytest_report_header(config):
+    return _seed_line()
+
+
+def pytest_terminal_summary(terminalreporter):  # also under -q, where the header is not shown
+    terminalreporter.write_line(_seed_line())
 
 # For tests whose subject does not depend on the Keras flavour (.tflite files, logs, the shipped
 # Keras 3 demo path): they run in the Keras 3 pass of the README command only, to keep CI short.
