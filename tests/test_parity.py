@@ -10,6 +10,7 @@ from kerascomp.export import parity
 from kerascomp.export import tflite as tflite_module
 from kerascomp.export.tflite import run_tflite
 from kerascomp.graph.keras_io import read_model
+from tests.conftest import flavour_independent
 
 
 def _corrupt_first_kernel(monkeypatch):
@@ -177,3 +178,21 @@ def test_parity_warnings_reach_tests():
     messages = [str(w.message) for w in caught]
     assert "from kerascomp" in messages
     assert "from keras" not in messages  # shows the filter is active, so the first assertion can fail
+
+
+@flavour_independent
+def test_int8_agrees_with_fp32_on_the_trained_demo_model(cifar_path, tmp_path):
+    """int8 PTQ with the default settings keeps the trained ResNet-20's top-1 on >= 98% of real test images."""
+    from kerascomp.data import load_npz
+    from kerascomp.loading import load_demo_model
+
+    data = load_npz(cifar_path)
+    model = load_demo_model()
+    result = kerascomp.export_tflite(model, tmp_path / "int8.tflite", quantize="int8",
+                                     representative_data=data["x_train"][:200].astype("float32"), strict=True)
+    x_test = data["x_test"][:1000].astype("float32")
+    lite = run_tflite(result.path, [x_test])[0].argmax(-1)
+    keras_top = model.predict(x_test, batch_size=250, verbose=0).argmax(-1)
+    agreement = float(np.mean(lite == keras_top))
+    assert agreement >= 0.98, agreement
+    assert result.passed and result.top1_agreement >= 0.98
