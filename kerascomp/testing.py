@@ -38,8 +38,11 @@ from kerascomp.methods.fga import FGAOptions, allowed_groups, fga_spec, ineligib
 from kerascomp.methods.tucker import factor_layer
 
 Chooser = Callable[[Sequence], Any]
-LINEAR_BLOCKS = ("conv", "conv", "grouped", "dilated", "depthwise", "separable", "bn", "relu", "pool")
-GRAPH_BLOCKS = LINEAR_BLOCKS + ("residual", "residual", "concat")
+LINEAR_BLOCKS = ("conv", "conv", "grouped", "dilated", "depthwise", "separable", "bn", "relu", "pool", "activation",
+                 "dropout", "transpose")
+GRAPH_BLOCKS = LINEAR_BLOCKS + ("residual", "residual", "concat", "se", "hard_swish")
+# Activations of a conv or of an Activation layer (both flavours know these names)
+ACTIVATIONS = (None, "relu", "relu", "relu6", "swish", "hard_sigmoid")
 LOSSLESS_TOLERANCE = 1e-5
 TFLITE_TOLERANCE = 1e-4
 
@@ -53,7 +56,7 @@ class Recipe:
     """A random CNN: its input, its blocks in order (each ``(kind, arguments)``) and its head."""
 
     sequential: bool
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, int, int]  # (height, width, channels): not always square
     blocks: list[tuple[str, dict]] = field(default_factory=list)
     head: str = "gap"
     classes: int = 5
@@ -68,19 +71,30 @@ class Recipe:
 def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
     """A valid random recipe: spatial sizes, channel counts and group counts are tracked as it is drawn."""
     sequential = choose([False, True])
-    size, channels = choose([8, 12, 16]), choose([3, 4, 8])
-    recipe = Recipe(sequential, (size, size, channels), seed=choose(list(range(1000))))
+    height, channels = choose([8, 12, 16]), choose([3, 4, 8])
+    width = choose([height, height, 8, 12, 16])
+    recipe = Recipe(sequential, (height, width, channels), seed=choose(list(range(1000))))
     for _ in range(choose(list(range(2, max_blocks + 1)))):
+        size = min(height, width)
         kind = choose(LINEAR_BLOCKS if sequential else GRAPH_BLOCKS)
         args: dict = {}
-        if kind in ("conv", "grouped", "dilated", "separable"):
+        if kind in ("conv", "grouped", "dilated", "separable", "transpose"):
             args["filters"] = choose([8, 16, 24, 32])
+        if kind == "transpose":
+            args["strides"] = choose([1, 2]) if max(height, width) <= 8 else 1
+        elif kind == "activation":
+            args["name"] = choose([a for a in ACTIVATIONS if a is not None])
+        elif kind == "dropout":
+            args["rate"] = choose([0.1, 0.5])
+        elif kind == "se":
+            args["reduced"] = max(2, channels // choose([2, 4]))
+            args["gate"] = choose(["sigmoid", "hard_sigmoid"])
         if kind == "conv":
             args["kernel"] = choose([1, 3, 5] if size >= 5 else [1, 3])
             args["strides"] = choose([1, 2]) if size >= 4 else 1
             args["padding"] = choose(["same", "valid"]) if size >= args["kernel"] + 2 else "same"
             args["use_bias"] = choose([True, False])
-            args["activation"] = choose([None, "relu"])
+            args["activation"] = choose(list(ACTIVATIONS))
         elif kind == "grouped":
             divisors = [g for g in (2, 4) if channels % g == 0 and args["filters"] % g == 0]
             if not divisors:
@@ -104,12 +118,17 @@ def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
         elif kind == "concat":
             args["filters"] = (choose([4, 8]), choose([8, 16]))
         recipe.blocks.append((kind, args))
-        size, channels = _next_shape(kind, args, size, channels)
-    recipe.head = choose(["gap", "flatten", "none"] if size * size * channels <= 4096 else ["gap", "none"])
+        height, channels = _next_shape(kind, args, height, channels)
+        width, _ = _next_shape(kind, args, width, channels)
+    heads = ["gap", "flatten", "mlp", "none"] if height * width * channels <= 4096 else ["gap", "mlp", "none"]
+    recipe.head = choose(heads)
     return recipe
 
 
 def _next_shape(kind: str, args: dict, size: int, channels: int) -> tuple[int, int]:
+    """The spatial size along one axis, and the channels, after a block."""
+    if kind == "transpose":
+        return size * args["strides"], args["filters"]
     if kind == "conv":
         if args["padding"] == "valid":
             size -= args["kernel"] - 1
@@ -153,7 +172,25 @@ def build_model(recipe: Recipe, keras) -> Any:
         if kind == "pool":
             pool = layers.MaxPooling2D if args["kind"] == "max" else layers.AveragePooling2D
             return [pool(2, name=name("pool"))]
+        if kind == "activation":
+            return [layers.Activation(args["name"], name=name("act"))]
+        if kind == "dropout":
+            return [layers.Dropout(args["rate"], name=name("drop"))]
+        if kind == "transpose":
+            return [layers.Conv2DTranspose(args["filters"], 3, strides=args["strides"], padding="same",
+                                           name=name("tconv"))]
         raise ValueError(kind)
+
+    def squeeze_excite(x, args):  # MobileNetV3 / EfficientNet style: pooled 1x1 convs gate the channels
+        s = layers.GlobalAveragePooling2D(keepdims=True, name=name("se_pool"))(x)
+        s = layers.Conv2D(args["reduced"], 1, activation="relu", name=name("se_reduce"))(s)
+        s = layers.Conv2D(int(x.shape[-1]), 1, activation=args["gate"], name=name("se_expand"))(s)
+        return layers.Multiply(name=name("se_mul"))([x, s])
+
+    def hard_swish(x):  # x * relu6(x + 3) / 6, from layers both flavours have
+        gate = layers.Rescaling(1 / 6, offset=0.5, name=name("hs_scale"))(x)
+        gate = layers.ReLU(max_value=1.0, name=name("hs_clip"))(gate)
+        return layers.Multiply(name=name("hs_mul"))([x, gate])
 
     def residual(x, args):
         y = layers.Conv2D(args["filters"], 3, padding="same", use_bias=False, name=name("res_conv"))(x)
@@ -172,6 +209,8 @@ def build_model(recipe: Recipe, keras) -> Any:
 
     head = {"gap": [layers.GlobalAveragePooling2D(name="gap"), layers.Dense(recipe.classes, name="logits")],
             "flatten": [layers.Flatten(name="flatten"), layers.Dense(recipe.classes, name="logits")],
+            "mlp": [layers.GlobalAveragePooling2D(name="gap"), layers.Dense(16, activation="relu", name="hidden"),
+                    layers.Dropout(0.2, name="head_drop"), layers.Dense(recipe.classes, name="logits")],
             "none": []}[recipe.head]
     if recipe.sequential:
         stack = [keras.Input(recipe.input_shape)] + [layer for kind, args in recipe.blocks
@@ -185,6 +224,10 @@ def build_model(recipe: Recipe, keras) -> Any:
                 x = residual(x, args)
             elif kind == "concat":
                 x = concat(x, args)
+            elif kind == "se":
+                x = squeeze_excite(x, args)
+            elif kind == "hard_swish":
+                x = hard_swish(x)
             else:
                 for layer in block(kind, args):
                     x = layer(x)
