@@ -9,6 +9,9 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
 ``check_graph`` runs the properties on one model and one method:
 
 * read then write through the IR gives the same weights and outputs;
+  (graphs hold convs of every kind, BN, pooling, residual and concat joins, squeeze-excite
+  gates, hard-swish, shared layers called twice, nested models, Dropout, transposed convs,
+  several activations, non-square inputs, hidden Dense heads, and a second input and output);
 * the method's *lossless* rewrite (full rank, zero pruning) keeps the outputs (relative error < 1e-5);
 * at a real target the method either refuses with a :class:`kerascomp.CompressionError`, or gives
   a model within the budget that fits one step, exports, and whose ``.tflite`` matches Keras
@@ -40,7 +43,7 @@ from kerascomp.methods.tucker import factor_layer
 Chooser = Callable[[Sequence], Any]
 LINEAR_BLOCKS = ("conv", "conv", "grouped", "dilated", "depthwise", "separable", "bn", "relu", "pool", "activation",
                  "dropout", "transpose")
-GRAPH_BLOCKS = LINEAR_BLOCKS + ("residual", "residual", "concat", "se", "hard_swish")
+GRAPH_BLOCKS = LINEAR_BLOCKS + ("residual", "residual", "concat", "se", "hard_swish", "shared", "nested")
 # Activations of a conv or of an Activation layer (both flavours know these names)
 ACTIVATIONS = (None, "relu", "relu", "relu6", "swish", "hard_sigmoid")
 LOSSLESS_TOLERANCE = 1e-5
@@ -61,11 +64,12 @@ class Recipe:
     head: str = "gap"
     classes: int = 5
     seed: int = 0
+    multi_io: bool = False  # a second (vector) input joins the head, and a second (map) output
 
     def __str__(self) -> str:
         kind = "Sequential" if self.sequential else "functional"
         blocks = ", ".join(kind + (f"{args}" if args else "") for kind, args in self.blocks)
-        return f"{kind} {self.input_shape} [{blocks}] head={self.head}"
+        return f"{kind} {self.input_shape} [{blocks}] head={self.head}" + (" multi_io" if self.multi_io else "")
 
 
 def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
@@ -89,6 +93,8 @@ def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
         elif kind == "se":
             args["reduced"] = max(2, channels // choose([2, 4]))
             args["gate"] = choose(["sigmoid", "hard_sigmoid"])
+        elif kind == "nested":
+            args["filters"] = choose([8, 16])
         if kind == "conv":
             args["kernel"] = choose([1, 3, 5] if size >= 5 else [1, 3])
             args["strides"] = choose([1, 2]) if size >= 4 else 1
@@ -122,6 +128,8 @@ def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
         width, _ = _next_shape(kind, args, width, channels)
     heads = ["gap", "flatten", "mlp", "none"] if height * width * channels <= 4096 else ["gap", "mlp", "none"]
     recipe.head = choose(heads)
+    if not sequential and recipe.head in ("gap", "mlp"):
+        recipe.multi_io = choose([False, False, True])
     return recipe
 
 
@@ -133,7 +141,7 @@ def _next_shape(kind: str, args: dict, size: int, channels: int) -> tuple[int, i
         if args["padding"] == "valid":
             size -= args["kernel"] - 1
         return -(-size // args["strides"]), args["filters"]
-    if kind in ("grouped", "dilated", "separable", "residual"):
+    if kind in ("grouped", "dilated", "separable", "residual", "nested"):
         return size, args["filters"]
     if kind == "depthwise":
         return -(-size // args["strides"]), channels * args["multiplier"]
@@ -187,6 +195,17 @@ def build_model(recipe: Recipe, keras) -> Any:
         s = layers.Conv2D(int(x.shape[-1]), 1, activation=args["gate"], name=name("se_expand"))(s)
         return layers.Multiply(name=name("se_mul"))([x, s])
 
+    def shared(x):  # one conv layer object called twice (its weights serve both calls)
+        layer = layers.Conv2D(int(x.shape[-1]), 3, padding="same", activation="relu", name=name("shared"))
+        return layer(layer(x))
+
+    def nested(x, args):  # a block built as its own model, called once inside the outer one
+        block_model = keras.Sequential([keras.Input(tuple(int(d) for d in x.shape[1:])),
+                                        layers.Conv2D(args["filters"], 3, padding="same", name=name("inner_conv")),
+                                        layers.BatchNormalization(name=name("inner_bn")),
+                                        layers.ReLU(name=name("inner_relu"))], name=name("nested"))
+        return block_model(x)
+
     def hard_swish(x):  # x * relu6(x + 3) / 6, from layers both flavours have
         gate = layers.Rescaling(1 / 6, offset=0.5, name=name("hs_scale"))(x)
         gate = layers.ReLU(max_value=1.0, name=name("hs_clip"))(gate)
@@ -228,20 +247,42 @@ def build_model(recipe: Recipe, keras) -> Any:
                 x = squeeze_excite(x, args)
             elif kind == "hard_swish":
                 x = hard_swish(x)
+            elif kind == "shared":
+                x = shared(x)
+            elif kind == "nested":
+                x = nested(x, args)
             else:
                 for layer in block(kind, args):
                     x = layer(x)
-        for layer in head:
-            x = layer(x)
-        model = keras.Model(inputs, x, name="fuzz_functional")
+        if recipe.multi_io:
+            aux = keras.Input((4,), name="aux")
+            feature_map = x
+            x = head[0](x)  # the pooling, then the vector input joins before the Dense layers
+            x = layers.Concatenate(name="join")([x, layers.Dense(8, activation="relu", name="aux_dense")(aux)])
+            for layer in head[1:]:
+                x = layer(x)
+            side = layers.Conv2D(2, 1, name="map_head")(feature_map)
+            model = keras.Model([inputs, aux], [x, side], name="fuzz_multi_io")
+        else:
+            for layer in head:
+                x = layer(x)
+            model = keras.Model(inputs, x, name="fuzz_functional")
     _seed_weights(model, recipe.seed)
     return model
+
+
+def _leaf_layers(model: Any) -> list:
+    """The layers of ``model``, with nested models replaced by their own layers (recursively)."""
+    leaves = []
+    for layer in model.layers:
+        leaves.extend(_leaf_layers(layer) if hasattr(layer, "layers") and layer.layers else [layer])
+    return leaves
 
 
 def _seed_weights(model: Any, seed: int) -> None:
     """He-scaled normal kernels, small biases, and BatchNormalization statistics far from identity."""
     rng = np.random.default_rng(seed)
-    for layer in model.layers:
+    for layer in _leaf_layers(model):
         weights = layer.get_weights()
         if not weights:
             continue
@@ -262,9 +303,41 @@ def _seed_weights(model: Any, seed: int) -> None:
         layer.set_weights([w.astype("float32") for w in seeded])
 
 
-def sample_inputs(model: Any, count: int = 8, seed: int = 0) -> np.ndarray:
-    shape = tuple(model.input_shape[1:])
-    return np.random.default_rng(seed).uniform(0, 1, (count,) + shape).astype("float32")
+def sample_inputs(model: Any, count: int = 8, seed: int = 0) -> Any:
+    """Uniform [0, 1] inputs: one array, or a list for a model with several inputs."""
+    rng = np.random.default_rng(seed)
+    arrays = [rng.uniform(0, 1, (count,) + tuple(int(d) for d in t.shape[1:])).astype("float32")
+              for t in model.inputs]
+    return arrays if len(arrays) > 1 else arrays[0]
+
+
+def _rows(x: Any) -> int:
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
+def outputs_of(model: Any, x: Any) -> np.ndarray:
+    """All outputs of ``model`` on ``x``, flattened per row and joined (one array for any output structure)."""
+    produced = model(x, training=False)
+    produced = produced if isinstance(produced, (list, tuple)) else [produced]
+    return np.concatenate([np.asarray(p).reshape(_rows(x), -1) for p in produced], axis=1)
+
+
+def zero_labels(model: Any, rows: int) -> Any:
+    """Zero targets shaped like each output (a list for several)."""
+    labels = [np.zeros((rows,) + tuple(int(d) for d in t.shape[1:]), "float32") for t in model.outputs]
+    return labels if len(labels) > 1 else labels[0]
+
+
+def _mse_loss(keras) -> Any:
+    """Mean squared error summed over the outputs, for models with one output or several."""
+    mse = keras.losses.MeanSquaredError()
+
+    def loss(labels, outputs):
+        if isinstance(outputs, (list, tuple)):
+            return sum(mse(y, o) for y, o in zip(labels, outputs))
+        return mse(labels, outputs)
+
+    return loss
 
 
 def rewritten_layers(model: Any, rebuilt: Any) -> int:
@@ -281,6 +354,8 @@ def rewritten_layers(model: Any, rebuilt: Any) -> int:
 
 def relative_error(actual: Any, expected: Any) -> float:
     actual, expected = np.asarray(actual, "float64"), np.asarray(expected, "float64")
+    if not (np.all(np.isfinite(actual)) and np.all(np.isfinite(expected))):
+        return float("inf")  # NaN would compare as no error
     return float(np.max(np.abs(actual - expected)) / max(float(np.max(np.abs(expected))), 1e-6))
 
 
@@ -303,9 +378,8 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
             return kerascomp.clone_compressed(model, method, target_flops=1.0, verbose=0)
         if method == "collaborative":
             keras = module_for(read_model(model))
-            labels = np.zeros((len(x),) + tuple(model.output_shape[1:]), "float32")
-            return kerascomp.clone_compressed(model, method, target_flops=1.0, data=(x, labels), verbose=0,
-                                              loss=keras.losses.MeanSquaredError(), recalibrate=False)
+            return kerascomp.clone_compressed(model, method, target_flops=1.0, data=(x, zero_labels(model, _rows(x))),
+                                              verbose=0, loss=_mse_loss(keras), recalibrate=False)
     graph = read_model(model)
     shapes = infer_shapes(graph)
     keras = module_for(graph)
@@ -349,23 +423,26 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
                 folder: str | Path | None = None) -> list[Outcome]:
     """Run the properties of the module docstring; ``target=None`` skips the compressed-model checks."""
     x = sample_inputs(model)
-    expected = np.asarray(model(x, training=False))
+    expected = outputs_of(model, x)
+    if not np.all(np.isfinite(expected)):
+        return [Outcome(method, "failed", "build", "the generated model's own outputs are not finite")]
     outcomes = []
     stage = "round trip"
     try:
         rebuilt = round_trip(model)
         same_weights = all(np.array_equal(a, b) for a, b in zip(model.get_weights(), rebuilt.get_weights()))
-        error = relative_error(rebuilt(x, training=False), expected)
+        error = relative_error(outputs_of(rebuilt, x), expected)
         if not same_weights or error > 1e-6:
             return [Outcome(method, "failed", stage, f"weights equal: {same_weights}, output error {error:.2e}")]
         stage = "lossless"
         try:
             rewritten = lossless(model, method, x)
-            error = relative_error(rewritten(x, training=False), expected)
+            error = relative_error(outputs_of(rewritten, x), expected)
         except CompressionError as refusal:
             outcomes.append(Outcome(method, "refused", stage, str(refusal)))
         else:
-            measures = {"lossless_error": error, "rewritten_layers": rewritten_layers(model, rewritten)}
+            # against the round trip: it already inlines nested models, which is not a rewrite
+            measures = {"lossless_error": error, "rewritten_layers": rewritten_layers(rebuilt, rewritten)}
             if error > LOSSLESS_TOLERANCE:
                 return [Outcome(method, "failed", stage, f"relative output error {error:.2e}", measures)]
             outcomes.append(Outcome(method, "ok", stage, measures=measures))
@@ -376,8 +453,8 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
         options: dict = {}
         data: Any = x
         if method == "collaborative":
-            data = (x, np.zeros((len(x),) + tuple(model.output_shape[1:]), "float32"))
-            options["loss"] = keras.losses.MeanSquaredError()
+            data = (x, zero_labels(model, _rows(x)))
+            options["loss"] = _mse_loss(keras)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", kerascomp.CompressionWarning)
@@ -393,8 +470,7 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
         stage = "fit"
         small = result.model
         small.compile(keras.optimizers.SGD(1e-3), "mse")
-        history = small.fit(x, np.zeros((len(x),) + tuple(small.output_shape[1:]), "float32"), batch_size=len(x),
-                            epochs=1, verbose=0, shuffle=False)
+        history = small.fit(x, zero_labels(small, _rows(x)), batch_size=_rows(x), epochs=1, verbose=0, shuffle=False)
         if not np.isfinite(history.history["loss"][0]):
             return outcomes + [Outcome(method, "failed", stage, "non-finite loss", measures)]
         if export:

@@ -80,6 +80,28 @@ def test_a_mixed_graph_is_compressed_not_refused(keras, method, tmp_path):
     assert outcomes[1].measures["tflite_error"] < 1e-4
 
 
+EVERY_NEW_KIND = Recipe(False, (12, 8, 4), [
+    ("conv", {"filters": 16, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True, "activation": "swish"}),
+    ("se", {"reduced": 4, "gate": "hard_sigmoid"}),
+    ("hard_swish", {}),
+    ("shared", {}),
+    ("nested", {"filters": 16}),
+    ("dropout", {"rate": 0.5}),
+    ("transpose", {"filters": 16, "strides": 1}),
+    ("activation", {"name": "relu6"}),
+    ("conv", {"filters": 16, "kernel": 3, "strides": 2, "padding": "same", "use_bias": False, "activation": "relu"}),
+], head="mlp", seed=5, multi_io=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_graphs_with_every_new_block_kind_pass(keras, method, tmp_path):
+    """SE gates, hard-swish, shared and nested layers, Dropout, a transposed conv, a non-square input and a
+    second input and output: the round trip, the lossless rewrite and the target checks all pass."""
+    model = build_model(EVERY_NEW_KIND, keras)
+    assert len(model.inputs) == 2 and len(model.outputs) == 2
+    _assert_no_failure(check_graph(model, method, target=0.5, folder=tmp_path), EVERY_NEW_KIND)
+
+
 # Graphs on which benchmarks/fuzz.py found a failure, kept as regression cases.
 REGRESSIONS = [
     # a grouped FGA form of a dilated conv cannot be trained by TensorFlow's CPU kernels

@@ -99,6 +99,13 @@ def test_softmax_outputs_compare_as_logits():
     assert as_logits.relative_error > 0.1 and as_logits.compared == "logits"
 
 
+def test_non_finite_outputs_fail_the_comparison():
+    nan = np.array([[np.nan, 1.0]])
+    for reference, produced in ((nan, nan), (nan, np.ones((1, 2))), (np.ones((1, 2)), nan)):
+        comparison = parity.compare([reference], [produced], [False])
+        assert comparison.compared == "non-finite outputs" and comparison.spread_error == float("inf")
+
+
 def test_without_softmax_gives_the_logits(keras):
     inputs = keras.Input((6,))
     hidden = keras.layers.Dense(4, activation="softmax", name="probs")(inputs)

@@ -168,6 +168,8 @@ def compare(reference: list[np.ndarray], produced: list[np.ndarray], softmax: li
         expected, actual = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
         if expected.shape != actual.shape:
             raise ValueError(f"output shapes differ: keras {expected.shape}, tflite {actual.shape}")
+        if not (np.all(np.isfinite(expected)) and np.all(np.isfinite(actual))):  # NaN compares as no error
+            return Comparison(float("inf"), float("inf"), float("inf"), 0.0, "non-finite outputs")
         if is_softmax:
             expected, actual = _as_logits(expected), _as_logits(actual)
         difference = np.linalg.norm(actual - expected)
