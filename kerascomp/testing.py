@@ -11,7 +11,7 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
 * read then write through the IR gives the same weights and outputs;
   (graphs hold convs of every kind, BN, pooling, residual and concat joins, squeeze-excite
   gates, hard-swish, shared layers called twice, nested models, Dropout, transposed convs,
-  several activations, non-square inputs, hidden Dense heads, and a second input and output);
+  several activations, non-square inputs, hidden Dense and Conv1D heads, and a second input and output);
 * the method's *lossless* rewrite (full rank, zero pruning) keeps the outputs (relative error < 1e-5);
 * at a real target the method either refuses with a :class:`kerascomp.CompressionError`, or gives
   a model within the budget that fits one step, exports, and whose ``.tflite`` matches Keras
@@ -126,7 +126,7 @@ def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
         recipe.blocks.append((kind, args))
         height, channels = _next_shape(kind, args, height, channels)
         width, _ = _next_shape(kind, args, width, channels)
-    heads = ["gap", "flatten", "mlp", "none"] if height * width * channels <= 4096 else ["gap", "mlp", "none"]
+    heads = ["gap", "flatten", "mlp", "conv1d", "none"] if height * width * channels <= 4096 else ["gap", "mlp", "none"]
     recipe.head = choose(heads)
     if not sequential and recipe.head in ("gap", "mlp"):
         recipe.multi_io = choose([False, False, True])
@@ -230,11 +230,21 @@ def build_model(recipe: Recipe, keras) -> Any:
             "flatten": [layers.Flatten(name="flatten"), layers.Dense(recipe.classes, name="logits")],
             "mlp": [layers.GlobalAveragePooling2D(name="gap"), layers.Dense(16, activation="relu", name="hidden"),
                     layers.Dropout(0.2, name="head_drop"), layers.Dense(recipe.classes, name="logits")],
+            "conv1d": [],  # built below: it needs the feature map's shape
             "none": []}[recipe.head]
+
+    def conv1d_head(x):  # the feature map read as a sequence of positions, through a Conv1D
+        length = int(x.shape[1]) * int(x.shape[2])
+        x = layers.Reshape((length, int(x.shape[3])), name="as_sequence")(x)
+        x = layers.Conv1D(8, min(3, length), padding="same", activation="relu", name="conv1d")(x)
+        x = layers.GlobalAveragePooling1D(name="gap1d")(x)
+        return layers.Dense(recipe.classes, name="logits")(x)
     if recipe.sequential:
         stack = [keras.Input(recipe.input_shape)] + [layer for kind, args in recipe.blocks
                                                      for layer in block(kind, args)] + head
         model = keras.Sequential(stack, name="fuzz_sequential")
+        if recipe.head == "conv1d":  # a Sequential cannot know the Reshape size before it is built
+            model = keras.Model(model.inputs, conv1d_head(model.outputs[0]), name="fuzz_sequential_1d")
     else:
         inputs = keras.Input(recipe.input_shape, name="image")
         x = inputs
@@ -266,6 +276,8 @@ def build_model(recipe: Recipe, keras) -> Any:
         else:
             for layer in head:
                 x = layer(x)
+            if recipe.head == "conv1d":
+                x = conv1d_head(x)
             model = keras.Model(inputs, x, name="fuzz_functional")
     _seed_weights(model, recipe.seed)
     return model

@@ -93,6 +93,16 @@ EVERY_NEW_KIND = Recipe(False, (12, 8, 4), [
 ], head="mlp", seed=5, multi_io=True)
 
 
+def test_a_conv1d_head_round_trips(keras):
+    recipe = Recipe(True, (8, 12, 3), [("conv", {"filters": 8, "kernel": 3, "strides": 2, "padding": "same",
+                                                 "use_bias": True, "activation": "relu"})], head="conv1d", seed=1)
+    model = build_model(recipe, keras)
+    assert any(type(layer).__name__ == "Conv1D" for layer in model.layers)
+    x = sample_inputs(model)
+    np.testing.assert_allclose(np.asarray(round_trip(model)(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+    _assert_no_failure(check_graph(model, "fga", target=0.5, export=False), recipe)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_graphs_with_every_new_block_kind_pass(keras, method, tmp_path):
     """SE gates, hard-swish, shared and nested layers, Dropout, a transposed conv, a non-square input and a
