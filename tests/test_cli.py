@@ -109,6 +109,7 @@ def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
     ("tucker", ["--variant", "left"], "--variant is used by joint_svd"),
     ("correlation", ["--min-channels-per-group", "8"], "--min-channels-per-group is used by fga"),
     ("fga", ["--sensitivity", "taylor"], "--sensitivity is used by collaborative"),
+    ("fga", ["--allocation", "global"], "--allocation is used by collaborative, correlation, joint_svd, l1, svd, tucker"),
     ("collaborative", ["--max-fraction", "0.5", "--pointwise"], "does not use --max-fraction, --pointwise"),
 ])
 def test_compress_refuses_a_flag_the_method_does_not_use(model_file, tmp_path, capsys, method, flags, named):
