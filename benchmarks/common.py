@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from kerascomp.bench.host import host_cpu as cpu_model  # noqa: F401  (every latency row records it)
+
 DATA_HELP = "folder or .npz (default: $KERASCOMP_DATA, ../shared/data)"
 
 
@@ -19,22 +21,6 @@ def load_cifar(data_argument: str | None) -> dict | None:
         print("CIFAR-10 not found: pass --data or set KERASCOMP_DATA", file=sys.stderr)
         return None
     return load_npz(path)
-
-
-def cpu_model() -> str:
-    """The host CPU, for every latency row: its model name and the SIMD extensions LiteRT's kernels use."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        import platform
-
-        return platform.processor() or "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    simd = [flag for flag in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
-            if flag in flags]
-    cores = text.count("processor\t:")
-    return f"{name} ({cores} logical cores; {' '.join(simd) or 'no AVX2'})"
 
 
 def command_line(module: str) -> str:

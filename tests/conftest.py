@@ -1,12 +1,15 @@
 import hashlib
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# latency tables cache their timings on disk; the tests measure afresh, in a folder of their own
+os.environ["KERASCOMP_CACHE"] = tempfile.mkdtemp(prefix="kerascomp-test-cache-")
 
 from kerascomp.graph.flavour import default_keras, legacy_requested  # noqa: E402
 from kerascomp.zoo import cifar_resnet  # noqa: E402

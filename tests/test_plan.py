@@ -202,6 +202,31 @@ def test_host_latency_table_and_measured_check(small_resnet, labelled, tmp_path)
 
 
 @flavour_independent
+def test_latency_table_timings_are_cached_by_shape_host_and_threads(small_resnet, tmp_path, monkeypatch):
+    import kerascomp.bench.latency as latency
+
+    calls = []
+    real_compare, real_single = latency.compare_tflite, latency.benchmark_tflite
+    monkeypatch.setattr(latency, "compare_tflite", lambda paths, **kw: calls.append(len(paths)) or
+                        real_compare(paths, **kw))
+    monkeypatch.setattr(latency, "benchmark_tflite", lambda path, **kw: calls.append(1) or real_single(path, **kw))
+    first = kerascomp.latency_table(small_resnet, fractions=(0.5,), runs=3, verbose=0, cache=tmp_path)
+    measured = len(calls)
+    assert measured > 0 and "from the cache" not in first.source
+    second = kerascomp.latency_table(small_resnet, fractions=(0.5,), runs=3, verbose=0, cache=tmp_path)
+    assert len(calls) == measured  # nothing timed again
+    assert second.layers == first.layers and second.total_ms == first.total_ms
+    assert "from the cache" in second.source
+    kerascomp.latency_table(small_resnet, fractions=(0.5,), runs=3, verbose=0, cache=tmp_path, num_threads=2)
+    assert len(calls) > measured  # another thread count is another measurement
+    calls.clear()
+    kerascomp.latency_table(small_resnet, fractions=(0.5,), runs=3, verbose=0, cache=False)
+    assert calls  # cache=False measures
+    with pytest.raises(InvalidArgumentError, match="cache must be"):
+        kerascomp.latency_table(small_resnet, cache=3)
+
+
+@flavour_independent
 def test_measured_sensitivity_plans_to_the_budget(small_resnet, labelled):
     planned = kerascomp.plan(small_resnet, target_flops=0.6, data=labelled, verbose=0, sensitivity="measured")
     assert planned.settings["sensitivity"] == "measured" and planned.macs_ratio <= 0.6

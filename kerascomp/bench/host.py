@@ -92,3 +92,19 @@ def benchmark_tflite(path: str | os.PathLike, num_threads: int = 1, runs: int = 
                      xnnpack: bool = True) -> BenchmarkResult:
     """Median and p90 latency (ms) of one .tflite with LiteRT, ``num_threads`` threads (1 by default)."""
     return compare_tflite([path], num_threads, runs, warmup, xnnpack, rounds=1)[0]
+
+
+def host_cpu() -> str:
+    """The host CPU, for every latency row: its model name and the SIMD extensions LiteRT's kernels use."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        return platform.processor() or "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    simd = [flag for flag in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+            if flag in flags]
+    cores = text.count("processor\t:")
+    return f"{name} ({cores} logical cores; {' '.join(simd) or 'no AVX2'})"

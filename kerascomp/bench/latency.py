@@ -15,7 +15,9 @@ MACs. The planner's ``target_latency`` is a fraction of the original model's est
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.bench.host import benchmark_tflite, compare_tflite
+from kerascomp.bench.host import benchmark_tflite, compare_tflite, host_cpu
 from kerascomp.cost import graph_cost
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.export.tflite import convert
@@ -161,19 +163,83 @@ def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions
     return found
 
 
+def default_cache() -> Path:
+    """``$KERASCOMP_CACHE/latency``, else ``$XDG_CACHE_HOME/kerascomp/latency``, else ``~/.cache/kerascomp/latency``."""
+    if os.environ.get("KERASCOMP_CACHE"):
+        return Path(os.environ["KERASCOMP_CACHE"]) / "latency"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kerascomp" / "latency"
+
+
+def _litert_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("ai-edge-litert")
+    except Exception:  # noqa: BLE001 - an unknown version only makes the key stricter
+        return "unknown"
+
+
+class _Cache:
+    """Timings on disk, keyed by what they depend on: the shapes, the host CPU, LiteRT and the threads."""
+
+    def __init__(self, cache: Any, num_threads: int, runs: int):
+        if cache is True:
+            cache = default_cache()
+        self.folder = Path(cache) if cache not in (None, False) else None
+        self.context = {"cpu": host_cpu(), "litert": _litert_version(), "threads": num_threads, "runs": runs}
+        self.hits = self.misses = 0
+
+    def _path(self, key: dict) -> Path:
+        text = json.dumps({**key, **self.context}, sort_keys=True, default=str)
+        return self.folder / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.json"
+
+    def get(self, key: dict) -> Any:
+        if self.folder is None:
+            return None
+        try:
+            value = json.loads(self._path(key).read_text())["value"]
+        except (OSError, ValueError, KeyError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    def put(self, key: dict, value: Any) -> None:
+        if self.folder is None:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self._path(key)
+            partial = path.with_suffix(".part")
+            partial.write_text(json.dumps({"key": {**key, **self.context}, "value": value}, default=str))
+            os.replace(partial, path)
+        except OSError:  # a read-only home must not stop the measurement
+            pass
+
+
 def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int = 1, runs: int = 30,
-                  min_channels_per_group: int = 16, verbose: int = 1) -> LatencyTable:
+                  min_channels_per_group: int = 16, verbose: int = 1, cache: Any = True) -> LatencyTable:
     """Measure per-layer candidate latencies of ``model``'s dense Conv2D layers with LiteRT on this host.
 
     ``fractions``: the MACs fractions at which the pruned, factored and grouped (FGA, groups of at
     least ``min_channels_per_group`` channels) forms are timed. Each
     candidate is a single-layer fp32 ``.tflite`` at batch 1; candidates of one shape are timed
     interleaved, ``runs`` times each, at ``num_threads``.
+
+    ``cache``: timings are kept on disk (``True``: :func:`default_cache`; or a folder; ``False``:
+    measure everything), keyed by each layer's shapes and the candidates asked for, the host CPU
+    model, the LiteRT version, the thread count and ``runs``; so a second table for the same
+    architecture, or one that shares layer shapes with an earlier one, measures nothing again.
+    The table's ``source`` says how many shapes came from the cache.
     """
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise InvalidArgumentError(f"runs must be an int >= 1, got {runs!r}.")
     if not fractions or any(not 0 < float(f) < 1 for f in fractions):
         raise InvalidArgumentError(f"fractions must be numbers in (0, 1), got {fractions!r}.")
+    if not (isinstance(cache, (bool, str, os.PathLike)) or cache is None):
+        raise InvalidArgumentError(f"cache must be True, False or a folder, got {type(cache).__name__}.")
+    store = _Cache(cache, num_threads, runs)
+    options = {"fractions": [float(f) for f in fractions], "min_channels_per_group": min_channels_per_group}
     graph = read_model(model)
     shapes = infer_shapes(graph)
     keras = module_for(graph)
@@ -190,26 +256,47 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
     with tempfile.TemporaryDirectory(prefix="kerascomp-latency-") as folder:
         # what running any one-layer file costs beyond its conv (invoke, input and output copies):
         # a 1x1 conv on one pixel and one channel, subtracted from every candidate
-        empty = keras.Input((1, 1, 1), batch_size=1)
-        trivial = Path(folder) / "overhead.tflite"
-        trivial.write_bytes(convert(keras.Model(empty, keras.layers.Conv2D(1, 1)(empty)), None, None, False))
-        overhead = benchmark_tflite(trivial, num_threads=num_threads, runs=runs).median_ms
+        overhead = store.get({"what": "overhead"})
+        if overhead is None:
+            empty = keras.Input((1, 1, 1), batch_size=1)
+            trivial = Path(folder) / "overhead.tflite"
+            trivial.write_bytes(convert(keras.Model(empty, keras.layers.Conv2D(1, 1)(empty)), None, None, False))
+            overhead = benchmark_tflite(trivial, num_threads=num_threads, runs=runs).median_ms
+            store.put({"what": "overhead"}, overhead)
         for index, (key, names) in enumerate(tqdm(signatures.items(), desc="latency table", disable=not verbose)):
-            spec = graph.layers[names[0]]
-            candidates = _candidates(keras, spec.weights[0].shape, spec.config, key[1], fractions,
-                                     min_channels_per_group)
-            paths = []
-            for position, (_, _, single) in enumerate(candidates):
-                path = Path(folder) / f"{index}_{position}.tflite"
-                path.write_bytes(convert(single, None, None, False))
-                paths.append(path)
-            timings = compare_tflite(paths, num_threads=num_threads, runs=runs)
+            entry = {"what": "layer", "shape": key, **options}
+            measured = store.get(entry)  # [(form, MACs fraction, median ms)] of this shape's candidates
+            if measured is None:
+                spec = graph.layers[names[0]]
+                candidates = _candidates(keras, spec.weights[0].shape, spec.config, key[1], fractions,
+                                         min_channels_per_group)
+                paths = []
+                for position, (_, _, single) in enumerate(candidates):
+                    path = Path(folder) / f"{index}_{position}.tflite"
+                    path.write_bytes(convert(single, None, None, False))
+                    paths.append(path)
+                timings = compare_tflite(paths, num_threads=num_threads, runs=runs)
+                measured = [(form, fraction, t.median_ms) for (form, fraction, _), t in zip(candidates, timings)]
+                store.put(entry, measured)
             for name in names:
-                layers[name] = [{"form": form, "macs": int(round(fraction * macs[name])),
-                                 "ms": max(t.median_ms - overhead, 0.0)}
-                                for (form, fraction, _), t in zip(candidates, timings)]
-        whole = Path(folder) / "model.tflite"
-        whole.write_bytes(convert(strip_model(model), None, None, False))
-        total = max(benchmark_tflite(whole, num_threads=num_threads, runs=runs).median_ms - overhead, 0.0)
-    return LatencyTable(layers, total, f"host LiteRT (XNNPACK), {num_threads} thread(s)", num_threads, macs,
-                        overhead)
+                layers[name] = [{"form": form, "macs": int(round(fraction * macs[name])), "ms": max(ms - overhead, 0.0)}
+                                for form, fraction, ms in measured]
+        stripped = strip_model(model)
+        whole_key = {"what": "model", "architecture": _architecture(stripped)}
+        whole_ms = store.get(whole_key)
+        if whole_ms is None:
+            whole = Path(folder) / "model.tflite"
+            whole.write_bytes(convert(stripped, None, None, False))
+            whole_ms = benchmark_tflite(whole, num_threads=num_threads, runs=runs).median_ms
+            store.put(whole_key, whole_ms)
+        total = max(whole_ms - overhead, 0.0)
+    source = f"host LiteRT (XNNPACK), {num_threads} thread(s)"
+    if store.hits:
+        source += f", {store.hits} of {store.hits + store.misses} timings from the cache {store.folder}"
+    return LatencyTable(layers, total, source, num_threads, macs, overhead)
+
+
+def _architecture(model: Any) -> str:
+    """A digest of a model's structure (its config, wiring included, and weight shapes), not its weights."""
+    described = [model.get_config(), [list(w.shape) for w in model.weights]]
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
