@@ -40,7 +40,8 @@ def one_cycle(keras, peak_lr: float, total_steps: int, warmup_fraction: float = 
 
 def recipe(args) -> dict:
     """The training recipe, as this script applies it."""
-    return {"depth": args.depth, "width": args.width, "epochs": args.epochs, "batch_size": args.batch_size,
+    return {"arch": args.arch, "depth": args.depth, "width": args.width, "alpha": args.alpha,
+            "epochs": args.epochs, "batch_size": args.batch_size,
             "optimizer": "SGD momentum 0.9 nesterov", "schedule": "one-cycle: linear warm-up over 15% of the steps "
             f"to {args.lr}, cosine to 0", "weight_decay": args.weight_decay,
             "augmentation": "kerascomp.data.augmented_dataset (random crop with 4-pixel padding, horizontal flip)",
@@ -50,6 +51,10 @@ def recipe(args) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="cifar10.npz (default: $KERASCOMP_DATA)")
+    parser.add_argument("--arch", choices=["resnet", "mobilenetv2"], default="resnet",
+                        help="resnet: kerascomp.zoo.cifar_resnet (--depth, --width); mobilenetv2: "
+                             "kerascomp.zoo.cifar_mobilenetv2 (--alpha)")
+    parser.add_argument("--alpha", type=float, default=1.0, help="mobilenetv2 width multiplier")
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=15)
@@ -66,7 +71,12 @@ def main(argv=None) -> None:
 
     from kerascomp.data import augmented_dataset, find_data, load_npz
     from kerascomp.graph.flavour import default_keras
-    from kerascomp.zoo import cifar_resnet
+    from kerascomp.zoo import cifar_mobilenetv2, cifar_resnet
+
+    def build(weight_decay: float = 0.0):
+        if args.arch == "mobilenetv2":
+            return cifar_mobilenetv2(args.alpha, weight_decay=weight_decay, keras_module=keras)
+        return cifar_resnet(args.depth, args.width, weight_decay=weight_decay, keras_module=keras)
 
     keras = default_keras()
     keras.utils.set_random_seed(args.seed)
@@ -74,7 +84,7 @@ def main(argv=None) -> None:
     if path is None:
         raise SystemExit("no data: pass --data or set KERASCOMP_DATA")
     data = load_npz(path)
-    model = cifar_resnet(args.depth, args.width, weight_decay=args.weight_decay / 2, keras_module=keras)
+    model = build(args.weight_decay / 2)
     steps = args.epochs * math.ceil(len(data["x_train"]) / args.batch_size)
     model.compile(optimizer=keras.optimizers.SGD(one_cycle(keras, args.lr, steps), momentum=0.9, nesterov=True),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
@@ -88,7 +98,7 @@ def main(argv=None) -> None:
     seconds = time.time() - start
     _, accuracy = model.evaluate(data["x_test"].astype("float32"), data["y_test"].astype("int32"), verbose=0)
     # Ship the model without regularisers or optimizer state: users compile it their own way.
-    clean = cifar_resnet(args.depth, args.width, keras_module=keras)
+    clean = build()
     clean.set_weights(model.get_weights())
     output.parent.mkdir(parents=True, exist_ok=True)
     clean.save(output)

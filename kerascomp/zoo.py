@@ -60,5 +60,65 @@ def cifar_resnet(
     return keras.Model(inputs, outputs, name=f"resnet{depth}_w{width}")
 
 
+# (expansion t, output channels c, blocks n, first stride s) of MobileNetV2 (Sandler et al. 2018, table 2),
+# with the stem and the second stage at stride 1: the usual variant for 32x32 inputs (final map 4x4).
+MOBILENETV2_CIFAR_STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                            (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def cifar_mobilenetv2(
+    alpha: float = 1.0,
+    num_classes: int = 10,
+    input_shape: tuple[int, int, int] = (32, 32, 3),
+    weight_decay: float = 0.0,
+    dropout: float = 0.0,
+    keras_module: Any = None,
+):
+    """MobileNetV2 for 32x32 inputs: inverted residual blocks (1x1 expand, 3x3 depthwise, 1x1 project,
+    ReLU6, identity shortcut when the shape allows), stride 1 in the stem and the second stage.
+
+    Raw 0..255 pixels in, as :func:`cifar_resnet`. ``alpha`` scales every width (rounded to 8).
+    """
+    keras = keras_module or _default_keras()
+    layers = keras.layers
+    reg = keras.regularizers.l2(weight_decay) if weight_decay else None
+
+    def width(channels: float) -> int:
+        return max(8, int(channels * alpha + 4) // 8 * 8)
+
+    def conv(filters, kernel, strides, name):
+        return layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                             kernel_initializer="he_normal", kernel_regularizer=reg, name=name)
+
+    def bn_relu6(x, name, activation=True):
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(6.0, name=f"{name}_relu")(x) if activation else x
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
+    x = bn_relu6(conv(width(32), 3, 1, "stem_conv")(x), "stem")
+    for stage, (expansion, channels, blocks, first_stride) in enumerate(MOBILENETV2_CIFAR_STAGES, start=1):
+        for block in range(blocks):
+            prefix = f"b{stage}_{block + 1}"
+            strides = first_stride if block == 0 else 1
+            inputs_channels, outputs_channels = int(x.shape[-1]), width(channels)
+            y = x
+            if expansion != 1:
+                y = bn_relu6(conv(inputs_channels * expansion, 1, 1, f"{prefix}_expand")(y), f"{prefix}_expand")
+            y = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False,
+                                       depthwise_regularizer=reg, name=f"{prefix}_dw")(y)
+            y = bn_relu6(y, f"{prefix}_dw")
+            y = bn_relu6(conv(outputs_channels, 1, 1, f"{prefix}_project")(y), f"{prefix}_project", activation=False)
+            if strides == 1 and inputs_channels == outputs_channels:
+                y = layers.Add(name=f"{prefix}_add")([x, y])
+            x = y
+    x = bn_relu6(conv(max(1280, width(1280)), 1, 1, "head_conv")(x), "head")
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(inputs, outputs, name=f"mobilenetv2_cifar_a{alpha:g}")
+
+
 def _default_keras():
     return default_keras()
