@@ -420,6 +420,99 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
     return write_model(graph)
 
 
+PRUNING_CHECK_TARGET = 0.7
+# layers whose cut channels dead_channels can make exactly zero: kernel, bias and BN shift set to 0
+_DEADENABLE = ("Conv2D", "Conv1D", "Dense", "BatchNormalization", "DepthwiseConv2D", "Conv2DTranspose",
+               "SeparableConv2D")
+
+
+def _maps_zero_to_nonzero(model: Any) -> bool:
+    """Whether some layer turns a zero channel into a non-zero one (sigmoid gates, offsets)."""
+    for layer in _leaf_layers(model):
+        activation = getattr(getattr(layer, "activation", None), "__name__", "")
+        if activation in ("sigmoid", "hard_sigmoid") or type(layer).__name__ == "Rescaling" and layer.offset:
+            return True
+    return False
+
+
+def _output_width(kind: str, weights: list[np.ndarray]) -> int:
+    if kind == "DepthwiseConv2D":
+        return weights[0].shape[2] * weights[0].shape[3]
+    if kind == "Conv2DTranspose":
+        return weights[0].shape[2]
+    if kind == "SeparableConv2D":
+        return weights[1].shape[-1]
+    return weights[0].shape[-1]
+
+
+def dead_channels(model: Any, kept: dict[str, list[int]]) -> Any | None:
+    """A copy of ``model`` whose channels not in ``kept[layer]`` output exactly zero (kernel slices, biases,
+    BN shifts and means zeroed), or None when that cannot be made exact on this graph."""
+    if _maps_zero_to_nonzero(model):
+        return None
+    dead = write_model(read_model(model))
+    for name, channels in kept.items():
+        layer = dead.get_layer(name)
+        kind = type(layer).__name__
+        if kind not in _DEADENABLE:
+            return None
+        weights = [w.copy() for w in layer.get_weights()]
+        removed = sorted(set(range(_output_width(kind, weights))) - set(channels))
+        if kind == "BatchNormalization":
+            weights[1][removed] = 0.0  # beta
+            weights[2][removed] = 0.0  # moving mean
+        elif kind == "DepthwiseConv2D":
+            kernel = weights[0].reshape(*weights[0].shape[:2], -1)
+            kernel[..., removed] = 0.0
+            weights[0] = kernel.reshape(weights[0].shape)
+            if len(weights) > 1:
+                weights[1][removed] = 0.0
+        elif kind == "Conv2DTranspose":  # kernel (kh, kw, outputs, inputs)
+            weights[0][:, :, removed, :] = 0.0
+            if len(weights) > 1:
+                weights[1][removed] = 0.0
+        elif kind == "SeparableConv2D":  # depthwise, pointwise, bias: the pointwise writes the outputs
+            weights[1][..., removed] = 0.0
+            if len(weights) > 2:
+                weights[2][removed] = 0.0
+        else:
+            weights[0][..., removed] = 0.0
+            if len(weights) > 1:
+                weights[1][removed] = 0.0
+        layer.set_weights(weights)
+    return dead
+
+
+def pruning_lossless(model: Any, method: str, x: Any) -> tuple[Any, Any] | None:
+    """The pruning lossless check that rewrites: the channels ``method`` cuts at a real target are made
+    dead in a copy; pruning that copy must cut exactly them, and its outputs must not change.
+
+    For ``l1``, whose score is the kernel's L1 norm, so a dead filter scores 0 and goes first while
+    the uniform allocation, which depends on shapes only, cuts the same count. Correlation pruning
+    removes one filter of each correlated pair, not the smallest, so this check does not apply to it.
+
+    Returns ``(dead, pruned)`` (compare their outputs), or None when the check does not apply here
+    (a refusal, nothing cut, or a graph where zero channels cannot stay zero); raises
+    :class:`AssertionError` when the copy is cut elsewhere."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        try:
+            first = kerascomp.compress(model, method, target_flops=PRUNING_CHECK_TARGET, verbose=0)
+        except CompressionError:
+            return None
+        if not first.report.kept_outputs:
+            return None
+        dead = dead_channels(model, first.report.kept_outputs)
+        if dead is None:
+            return None
+        second = kerascomp.compress(dead, method, target_flops=PRUNING_CHECK_TARGET, verbose=0)
+    if second.report.kept_outputs != first.report.kept_outputs:
+        changed = sorted(name for name in first.report.kept_outputs
+                         if second.report.kept_outputs.get(name) != first.report.kept_outputs[name])
+        raise AssertionError(f"{method} cut other channels than the dead ones in {changed}")
+    return dead, second.model
+
+
 @dataclass
 class Outcome:
     """What one (graph, method) check found: ``status`` is ``"ok"``, ``"refused"`` or ``"failed"``."""
@@ -448,13 +541,22 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
             return [Outcome(method, "failed", stage, f"weights equal: {same_weights}, output error {error:.2e}")]
         stage = "lossless"
         try:
-            rewritten = lossless(model, method, x)
-            error = relative_error(outputs_of(rewritten, x), expected)
+            checked = pruning_lossless(model, method, x) if method == "l1" else None  # dead filters score 0
+            if checked is not None:  # a rewrite that must be exact: dead channels cut
+                reference, rewritten = checked
+                error = relative_error(outputs_of(rewritten, x), outputs_of(reference, x))
+                rebuilt_for_count = write_model(read_model(reference))
+            else:
+                rewritten = lossless(model, method, x)
+                error = relative_error(outputs_of(rewritten, x), expected)
+                rebuilt_for_count = rebuilt
         except CompressionError as refusal:
             outcomes.append(Outcome(method, "refused", stage, str(refusal)))
+        except AssertionError as wrong:
+            return [Outcome(method, "failed", stage, str(wrong))]
         else:
             # against the round trip: it already inlines nested models, which is not a rewrite
-            measures = {"lossless_error": error, "rewritten_layers": rewritten_layers(rebuilt, rewritten)}
+            measures = {"lossless_error": error, "rewritten_layers": rewritten_layers(rebuilt_for_count, rewritten)}
             if error > LOSSLESS_TOLERANCE:
                 return [Outcome(method, "failed", stage, f"relative output error {error:.2e}", measures)]
             outcomes.append(Outcome(method, "ok", stage, measures=measures))

@@ -73,9 +73,10 @@ def test_a_mixed_graph_is_compressed_not_refused(keras, method, tmp_path):
     outcomes = check_graph(model, method, target=0.5, folder=tmp_path)
     assert [(o.stage, o.status) for o in outcomes] == [("lossless", "ok"), ("target", "ok")], outcomes
     assert outcomes[0].measures["lossless_error"] < 1e-5
-    # the lossless check rewrote layers, except for the pruning methods, whose lossless form is target 1.0
+    # the lossless check rewrote layers (l1: its dead channels cut), except correlation and collaborative,
+    # whose lossless form is target 1.0
     rewrote = outcomes[0].measures["rewritten_layers"]
-    assert rewrote == 0 if method in ("l1", "correlation", "collaborative") else rewrote > 0
+    assert rewrote == 0 if method in ("correlation", "collaborative") else rewrote > 0
     assert 0.3 < outcomes[1].measures["macs_ratio"] <= 0.5
     assert outcomes[1].measures["tflite_error"] < 1e-4
 
@@ -144,6 +145,18 @@ def test_the_checks_catch_a_broken_rewrite(keras, monkeypatch):
 
     monkeypatch.setattr(fuzz, "lossless", broken)
     (outcome,) = fuzz.check_graph(model, "svd", target=None)
+    assert outcome.status == "failed" and outcome.stage == "lossless" and "relative output error" in outcome.detail
+
+
+def test_the_dead_channel_check_catches_live_channels(keras, monkeypatch):
+    """l1's lossless check cuts channels made dead; if they were not dead, it reports the change."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(MIXED, keras)
+    (honest,) = fuzz.check_graph(model, "l1", target=None)
+    assert honest.status == "ok" and honest.measures["rewritten_layers"] > 0
+    monkeypatch.setattr(fuzz, "dead_channels", lambda model, kept: model)  # channels left alive
+    (outcome,) = fuzz.check_graph(model, "l1", target=None)
     assert outcome.status == "failed" and outcome.stage == "lossless" and "relative output error" in outcome.detail
 
 
