@@ -175,5 +175,6 @@ def test_cli_bench_phone_flags_need_adb(tmp_path, capsys):
 def test_cli_bench_without_adb_installed(tmp_path, capsys):
     model = tmp_path / "a.tflite"
     model.write_bytes(b"x")
-    assert main(["bench", str(model), "--adb", "--adb-path", "/nonexistent/adb"]) == 2
-    assert "was not found" in capsys.readouterr().err
+    assert main(["bench", str(model), "--adb", "--adb-path", "/nonexistent/adb"]) == 1  # could not run: 1
+    error = capsys.readouterr().err
+    assert error.startswith("kerascomp: refused:") and "was not found" in error
