@@ -11,9 +11,9 @@ Public API::
     qat = kerascomp.quantize_aware(small); qat.fit(...); kerascomp.export_tflite(qat, "small_int8.tflite")
     kerascomp.benchmark_tflite("small.tflite")
 """
-from kerascomp import _startup
+from kerascomp import startup
 
-_startup.quiet_tensorflow_startup()  # the kerascomp command only: before anything imports TensorFlow
+startup.quiet_tensorflow_startup()  # the kerascomp command only: before anything imports TensorFlow
 
 from kerascomp.api import Compressed, CompressionWarning, clone_compressed, compress, strip
 from kerascomp.bench.host import BenchmarkResult, benchmark_tflite, compare_tflite

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 import kerascomp
-from kerascomp._startup import native_lines_filtered, quiet_requested
 from kerascomp.bench.android import DeviceSettings, benchmark_on_device, layer_latency_table
 from kerascomp.data import augmented_dataset, find_data, load_npz
 from kerascomp.errors import CompressionError, InvalidArgumentError
@@ -19,6 +18,7 @@ from kerascomp.graph.flavour import keras_of
 from kerascomp.loading import load_demo_model, load_model
 from kerascomp.methods import registry
 from kerascomp.report import table
+from kerascomp.startup import native_lines_filtered, quiet_requested
 
 
 def _load_inputs(path: str | None, limit: int):

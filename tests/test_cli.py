@@ -169,7 +169,7 @@ def test_export_strict_fails_and_parity_warnings_are_visible(model_file, tmp_pat
 
 
 def test_cli_process_detection():
-    from kerascomp._startup import is_cli_process, startup_noise
+    from kerascomp.startup import is_cli_process, startup_noise
 
     assert is_cli_process(["/venv/bin/kerascomp", "compress"], ["python", "/venv/bin/kerascomp", "compress"])
     assert is_cli_process(["/x/kerascomp/cli.py"], ["python", "-m", "kerascomp.cli", "export"])
@@ -187,7 +187,7 @@ def test_compress_prints_no_tensorflow_native_lines(model_file, tmp_path):
     import subprocess
     import sys
 
-    from kerascomp._startup import startup_noise
+    from kerascomp.startup import startup_noise
 
     def run(**env):
         environment = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

@@ -16,14 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kerascomp"
 
 # Each top-level module or subpackage of kerascomp, by layer (lower numbers are imported by higher ones).
 LAYERS = {
-    "errors": 0, "report": 0, "data": 0,
+    "errors": 0, "report": 0, "data": 0, "startup": 0,
     "graph": 1, "layers": 1, "zoo": 1,
     "decompose": 2, "cost": 2, "allocation": 2, "loading": 2, "distill": 2,
     "methods": 3,
     "export": 4,
     "bench": 5,
     "api": 6, "planner": 6, "rounds": 6,
-    "cli": 7,
+    "cli": 7, "__main__": 7,
     "testing": 8,  # the fuzz harness: may use every layer
 }
 # The dependencies a function may import lazily, each with the reason it loads late.

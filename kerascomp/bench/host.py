@@ -6,6 +6,7 @@ them alike; compare them by the ratio of medians, not by absolute times.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -99,8 +100,6 @@ def host_cpu() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        import platform
-
         return platform.processor() or "unknown"
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])

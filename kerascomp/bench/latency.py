@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +173,8 @@ def default_cache() -> Path:
 
 def _litert_version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("ai-edge-litert")
-    except Exception:  # noqa: BLE001 - an unknown version only makes the key stricter
+        return metadata.version("ai-edge-litert")
+    except metadata.PackageNotFoundError:
         return "unknown"
 
 
