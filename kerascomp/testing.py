@@ -483,7 +483,7 @@ def dead_channels(model: Any, kept: dict[str, list[int]]) -> Any | None:
     return dead
 
 
-def pruning_lossless(model: Any, method: str, x: Any) -> tuple[Any, Any] | None:
+def pruning_lossless(model: Any, method: str) -> tuple[Any, Any] | None:
     """The pruning lossless check that rewrites: the channels ``method`` cuts at a real target are made
     dead in a copy; pruning that copy must cut exactly them, and its outputs must not change.
 
@@ -541,11 +541,11 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
             return [Outcome(method, "failed", stage, f"weights equal: {same_weights}, output error {error:.2e}")]
         stage = "lossless"
         try:
-            checked = pruning_lossless(model, method, x) if method == "l1" else None  # dead filters score 0
+            checked = pruning_lossless(model, method) if method == "l1" else None  # dead filters score 0
             if checked is not None:  # a rewrite that must be exact: dead channels cut
                 reference, rewritten = checked
                 error = relative_error(outputs_of(rewritten, x), outputs_of(reference, x))
-                rebuilt_for_count = write_model(read_model(reference))
+                rebuilt_for_count = reference  # already written through the IR by dead_channels
             else:
                 rewritten = lossless(model, method, x)
                 error = relative_error(outputs_of(rewritten, x), expected)
