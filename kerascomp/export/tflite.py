@@ -275,7 +275,7 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
         inputs, source = parity.synthetic_inputs(graph, shapes, check_samples, seed)
     reference, keys = _predict(model, inputs)
     produced = run_tflite(content, inputs, input_names=list(shapes),
-                          output_names=keys or list(stripped.output_names))
+                          output_names=keys or getattr(stripped, "output_names", None))  # Sequential: none
     comparison = parity.compare(reference, produced, parity.softmax_outputs(graph, len(reference)))
     logits_graph = parity.without_softmax(graph) if graph is not None and quantize != "int8" else None
     if logits_graph is not None:  # the same conversion without the final softmax, against the logits in Keras
