@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
 
 def markdown(record: dict) -> str:
-    from kerascomp.report import table
+    from kerascomp.tables import table
 
     counts = Counter((c["method"], "lossless" if c["stage"] in ("round trip", "lossless") else "target", c["status"])
                      for c in record["checks"])

@@ -21,7 +21,7 @@ from kerascomp.decompose import jsvd
 from kerascomp.graph.keras_io import infer_shapes, read_model
 from kerascomp.loading import load_demo_model, load_model
 from kerascomp.methods.joint_svd import SVDOptions, svd_units
-from kerascomp.report import table
+from kerascomp.tables import table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     import kerascomp
     from benchmarks.common import cpu_model
     from kerascomp.graph.flavour import default_keras
-    from kerascomp.report import table
+    from kerascomp.tables import table
 
     keras = default_keras()
     rows, records = [], []
@@ -141,7 +141,7 @@ def table_rows(record: dict) -> list[list]:
 
 
 def markdown_report(meta: dict, records: list[dict]) -> str:
-    from kerascomp.report import table
+    from kerascomp.tables import table
 
     rows = [row for record in records for row in table_rows(record)]
     errors = [f"- {r['model']} @ {r['target_flops']}: {r['error']}" for r in records if "error" in r]

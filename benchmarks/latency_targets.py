@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     import kerascomp
     from kerascomp.loading import load_demo_model, load_model
-    from kerascomp.report import table
+    from kerascomp.tables import table
 
     data = load_cifar(args.data)
     if data is None:

@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     from kerascomp.export.tflite import run_tflite
     from kerascomp.graph.flavour import keras_of
     from kerascomp.loading import load_demo_model
-    from kerascomp.report import table
+    from kerascomp.tables import table
 
     data = load_cifar(args.data)
     if data is None:

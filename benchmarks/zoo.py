@@ -200,7 +200,7 @@ def _run_worker(name: str, methods: list[str], args) -> list[dict]:
 
 
 def markdown(record: dict) -> str:
-    from kerascomp.report import table
+    from kerascomp.tables import table
 
     cases = record["cases"]
     methods = [m for m in METHODS.split(",") if any(c["method"] == m for c in cases)]

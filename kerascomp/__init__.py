@@ -18,6 +18,7 @@ startup.quiet_tensorflow_startup()  # the kerascomp command only: before anythin
 from kerascomp.api import Compressed, CompressionWarning, clone_compressed, compress, strip
 from kerascomp.bench.host import BenchmarkResult, benchmark_tflite, compare_tflite
 from kerascomp.bench.latency import LatencyTable, latency_table
+from kerascomp.bench.layer_report import LayerRow, ModelReport, report
 from kerascomp.cost import CostReport, cost
 from kerascomp.distill import distiller
 from kerascomp.errors import (
@@ -53,7 +54,7 @@ layers_for(_default_keras())
 __all__ = [
     "clone_compressed", "compress", "plan", "distiller", "Plan", "LayerPlan", "LayerRecord", "DEFAULT_TARGET_FLOPS",
     "register", "Method", "Context", "method_names", "FGAOptions", "PruneOptions", "SVDOptions", "TuckerOptions",
-    "CollaborativeOptions", "latency_table", "LatencyTable", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
+    "CollaborativeOptions", "latency_table", "LatencyTable", "report", "ModelReport", "LayerRow", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
     "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",
     "CompressionError", "InvalidArgumentError", "UnsupportedModelError", "InvalidWeightsError", "BudgetError",
     "ExportError", "BenchmarkError", "CompressionWarning", "ParityWarning",

@@ -17,8 +17,8 @@ from kerascomp.errors import CompressionError, InvalidArgumentError
 from kerascomp.graph.flavour import keras_of
 from kerascomp.loading import load_demo_model, load_model
 from kerascomp.methods import registry
-from kerascomp.report import table
 from kerascomp.startup import native_lines_filtered, quiet_requested
+from kerascomp.tables import table
 
 
 def _load_inputs(path: str | None, limit: int):
@@ -106,6 +106,29 @@ def cmd_compress(args) -> int:
     if args.plan_json:
         result.plan.save(args.plan_json)
     print(f"saved {args.output}")
+    if args.report_json:
+        print(f"compression report (per-layer decisions): {args.report_json}")
+    if args.report:
+        with native_lines_filtered(quiet_requested()):  # the converter's and LiteRT's native lines
+            measured = kerascomp.report(model, result.model, verbose=verbose,
+                                        names=(Path(args.model).name, Path(args.output).name))
+        written = measured.save(args.report, command=_command(args))
+        print(f"measured per-layer report: {', '.join(str(path) for path in written)}")
+    else:
+        print(f"per-layer forms, MACs and measured latency: kerascomp report {args.model} {args.output} -o PREFIX")
+    return 0
+
+
+def _command(args) -> str:
+    return "kerascomp " + " ".join(args.full_argv)
+
+
+def cmd_report(args) -> int:
+    result = kerascomp.report(args.original, args.compressed, num_threads=args.threads, runs=args.runs,
+                              cache=args.cache, verbose=0 if args.quiet else 1)
+    print(result)
+    written = result.save(args.output, command=_command(args))
+    print(f"saved {', '.join(str(path) for path in written)}")
     return 0
 
 
@@ -302,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target_arguments(compress)
     compress.add_argument("--report-json")
     compress.add_argument("--plan-json", help="also save the plan that reproduces this model")
+    compress.add_argument("--report", metavar="PREFIX",
+                          help="also time both models layer by layer here (kerascomp report) and write "
+                               "PREFIX.md, PREFIX.json and PREFIX.png")
     compress.add_argument("-q", "--quiet", action="store_true")
     compress.set_defaults(run=cmd_compress)
 
@@ -326,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     latency.add_argument("--runs", type=int, default=30)
     latency.add_argument("-q", "--quiet", action="store_true")
     latency.set_defaults(run=cmd_latency)
+
+    compare = commands.add_parser("report", help="per-layer forms, MACs, params and measured latency of a "
+                                                 "compressed model against its original (Markdown, JSON, PNG)")
+    compare.add_argument("original")
+    compare.add_argument("compressed")
+    compare.add_argument("-o", "--output", required=True, metavar="PREFIX",
+                         help="writes PREFIX.md, PREFIX.json and PREFIX.png")
+    compare.add_argument("--threads", type=int, default=1)
+    compare.add_argument("--runs", type=int, default=50)
+    compare.add_argument("--cache", action="store_true", help="reuse one-layer timings of earlier runs on this "
+                                                              "CPU, LiteRT and settings (default: time all in this run)")
+    compare.add_argument("-q", "--quiet", action="store_true")
+    compare.set_defaults(run=cmd_report)
 
     export = commands.add_parser("export", help="convert a .keras model to .tflite and check it in LiteRT")
     export.add_argument("model")
@@ -372,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that create LiteRT interpreters, whose native "INFO: Created ... delegate" line the quiet CLI drops.
-_LITERT_COMMANDS = ("export", "bench", "latency-table", "demo")
+_LITERT_COMMANDS = ("export", "bench", "latency-table", "demo", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv[1:]
+    args.full_argv = argv
     try:
         with native_lines_filtered(quiet_requested() and args.command in _LITERT_COMMANDS):
             return args.run(args)

@@ -19,7 +19,7 @@ import numpy as np
 
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, read_model
-from kerascomp.report import table
+from kerascomp.tables import table
 
 MacsRule = Callable[[dict, tuple, tuple], int]
 _RULES: dict[str, MacsRule] = {}

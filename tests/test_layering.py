@@ -1,6 +1,6 @@
 """The package's import graph keeps one layer order (docs/ARCHITECTURE.md).
 
-Lowest first: errors and report -> graph, layers -> decompose, cost, allocation -> methods -> export
+Lowest first: errors and tables -> graph, layers -> decompose, cost, allocation -> methods -> export
 -> bench -> api, planner, rounds -> cli. A module imports only from its own layer or below, never a
 ``_private`` name of another module, and the package has no import cycle. Function-local imports
 are allowed only for the lazy heavy dependencies named in ``LAZY``.
@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kerascomp"
 
 # Each top-level module or subpackage of kerascomp, by layer (lower numbers are imported by higher ones).
 LAYERS = {
-    "errors": 0, "report": 0, "data": 0, "startup": 0,
+    "errors": 0, "tables": 0, "data": 0, "startup": 0,
     "graph": 1, "layers": 1, "zoo": 1,
     "decompose": 2, "cost": 2, "allocation": 2, "loading": 2, "distill": 2,
     "methods": 3,

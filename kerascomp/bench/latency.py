@@ -171,21 +171,21 @@ def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kerascomp" / "latency"
 
 
-def _litert_version() -> str:
+def litert_version() -> str:
     try:
         return metadata.version("ai-edge-litert")
     except metadata.PackageNotFoundError:
         return "unknown"
 
 
-class _Cache:
+class TimingCache:
     """Timings on disk, keyed by what they depend on: the shapes, the host CPU, LiteRT and the threads."""
 
     def __init__(self, cache: Any, num_threads: int, runs: int):
         if cache is True:
             cache = default_cache()
         self.folder = Path(cache) if cache not in (None, False) else None
-        self.context = {"cpu": host_cpu(), "litert": _litert_version(), "threads": num_threads, "runs": runs}
+        self.context = {"cpu": host_cpu(), "litert": litert_version(), "threads": num_threads, "runs": runs}
         self.hits = self.misses = 0
 
     def _path(self, key: dict) -> Path:
@@ -216,6 +216,19 @@ class _Cache:
             pass
 
 
+def invoke_overhead_ms(keras: Any, store: TimingCache, folder: str | Path) -> float:
+    """What running any one-layer file costs beyond its layer (invoke, input and output copies): the
+    median of a 1x1 conv on one pixel and one channel, subtracted from every single-layer timing."""
+    overhead = store.get({"what": "overhead"})
+    if overhead is None:
+        empty = keras.Input((1, 1, 1), batch_size=1)
+        trivial = Path(folder) / "overhead.tflite"
+        trivial.write_bytes(convert(keras.Model(empty, keras.layers.Conv2D(1, 1)(empty)), None, None, False))
+        overhead = benchmark_tflite(trivial, num_threads=store.context["threads"], runs=store.context["runs"]).median_ms
+        store.put({"what": "overhead"}, overhead)
+    return overhead
+
+
 def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int = 1, runs: int = 30,
                   min_channels_per_group: int = 16, verbose: int = 1, cache: Any = True) -> LatencyTable:
     """Measure per-layer candidate latencies of ``model``'s dense Conv2D layers with LiteRT on this host.
@@ -237,7 +250,7 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
         raise InvalidArgumentError(f"fractions must be numbers in (0, 1), got {fractions!r}.")
     if not (isinstance(cache, (bool, str, os.PathLike)) or cache is None):
         raise InvalidArgumentError(f"cache must be True, False or a folder, got {type(cache).__name__}.")
-    store = _Cache(cache, num_threads, runs)
+    store = TimingCache(cache, num_threads, runs)
     options = {"fractions": [float(f) for f in fractions], "min_channels_per_group": min_channels_per_group}
     graph = read_model(model)
     shapes = infer_shapes(graph)
@@ -253,15 +266,7 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
         signatures.setdefault(key, []).append(name)
     layers: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="kerascomp-latency-") as folder:
-        # what running any one-layer file costs beyond its conv (invoke, input and output copies):
-        # a 1x1 conv on one pixel and one channel, subtracted from every candidate
-        overhead = store.get({"what": "overhead"})
-        if overhead is None:
-            empty = keras.Input((1, 1, 1), batch_size=1)
-            trivial = Path(folder) / "overhead.tflite"
-            trivial.write_bytes(convert(keras.Model(empty, keras.layers.Conv2D(1, 1)(empty)), None, None, False))
-            overhead = benchmark_tflite(trivial, num_threads=num_threads, runs=runs).median_ms
-            store.put({"what": "overhead"}, overhead)
+        overhead = invoke_overhead_ms(keras, store, folder)
         for index, (key, names) in enumerate(tqdm(signatures.items(), desc="latency table", disable=not verbose)):
             entry = {"what": "layer", "shape": key, **options}
             measured = store.get(entry)  # [(form, MACs fraction, median ms)] of this shape's candidates

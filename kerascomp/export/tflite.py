@@ -81,7 +81,8 @@ def convert(model: Any, quantize: str | None, calibration: list[np.ndarray] | No
     if quantize == "int8" and int8_io:
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # the Keras 3 exporter prints every captured variable
+        return converter.convert()
 
 
 def _signature_runner(interpreter):
@@ -260,8 +261,7 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     if calibration is not None and not isinstance(calibration, list):
         calibration = [calibration]
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the Keras exporter prints every captured variable
-            content = convert(stripped, quantize, calibration, int8_io, quantize_aware)
+        content = convert(stripped, quantize, calibration, int8_io, quantize_aware)
     except Exception as error:
         raise ExportError(f"the TF converter failed on model {model.name!r} ({quantize or 'fp32'}): {error}") from error
     if check_samples is None:
@@ -280,8 +280,7 @@ def export_tflite(model: Any, path: str | os.PathLike, quantize: str | None = No
     logits_graph = parity.without_softmax(graph) if graph is not None and quantize != "int8" else None
     if logits_graph is not None:  # the same conversion without the final softmax, against the logits in Keras
         logits_model = write_model(logits_graph)
-        with contextlib.redirect_stdout(io.StringIO()):
-            logits_content = convert(write_model(strip_graph(logits_graph)), quantize, None, False)
+        logits_content = convert(write_model(strip_graph(logits_graph)), quantize, None, False)
         logits, logit_keys = _predict(logits_model, inputs)
         produced_logits = run_tflite(logits_content, inputs, input_names=list(shapes),
                                      output_names=logit_keys or list(logits_model.output_names))

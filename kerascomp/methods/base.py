@@ -18,7 +18,7 @@ from kerascomp.cost import graph_cost
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import infer_shapes
-from kerascomp.report import table
+from kerascomp.tables import table
 
 PLAN_FORMAT = 2
 READABLE_PLAN_FORMATS = (1, 2)
