@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from kerascomp.errors import CompressionError, InvalidArgumentError
+from kerascomp.errors import CompressionError, CompressionWarning, InvalidArgumentError
 from kerascomp.graph.keras_io import write_model
 from kerascomp.methods import registry
 from kerascomp.methods.base import CompressionReport, Plan
@@ -20,10 +20,6 @@ from kerascomp.methods.strip import strip_model
 from kerascomp.planner import context_for
 
 METHODS = registry.names()  # the built-in methods (kerascomp.method_names() also lists registered ones)
-
-
-class CompressionWarning(UserWarning):
-    """Emitted when layers are left uncompressed; the message lists them with their reasons."""
 
 
 @dataclass

@@ -27,3 +27,8 @@ class ExportError(CompressionError, RuntimeError):
 
 class BenchmarkError(CompressionError, RuntimeError):
     """A .tflite file could not be loaded or run by LiteRT."""
+
+
+class CompressionWarning(UserWarning):
+    """Emitted when layers are left uncompressed (the message lists them with their reasons), or when a
+    measured target is missed."""

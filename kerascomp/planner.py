@@ -65,11 +65,13 @@ def context_for(method: Method, model: Any, budget: Budget, loss: Any, latency: 
         users = sorted(name for name in registry.names() if registry.get(name).uses_loss)
         raise InvalidArgumentError(f"loss= is used by method={' or '.join(map(repr, users))} only, not "
                                    f"{method.name!r}.")
-    if (budget.metric == "latency" or latency is not None) and not method.uses_latency:
+    if latency is not None and not method.uses_latency:
         users = sorted(name for name in registry.names() if registry.get(name).uses_latency)
-        argument = "target_latency" if budget.metric == "latency" else "latency"
-        raise InvalidArgumentError(f"{argument}= is used by method={' and '.join(map(repr, users))} only, not "
-                                   f"{method.name!r}.")
+        raise InvalidArgumentError(f"latency= (a latency table) is used by method={' and '.join(map(repr, users))} "
+                                   f"only; {method.name!r} meets target_latency by timing the compressed model here "
+                                   "(no table). Drop latency=, or choose one of those methods.")
+    if budget.metric == "latency" and not method.uses_latency:
+        return Context(verbose=verbose, loss=loss, measure=measured_latency_ratio())
     if budget.metric == "latency" or latency is not None:
         latency = latency_for(model, latency, verbose)
     if budget.metric != "latency":

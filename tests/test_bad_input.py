@@ -265,8 +265,10 @@ CATALOGUE = [
     ("latency-not-a-table", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", target_latency=0.5,
                                                                      latency="table.json", verbose=0),
      InvalidArgumentError, "latency must be a kerascomp.LatencyTable, got str"),
-    ("latency-target-for-pruning", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", target_latency=0.5),
-     InvalidArgumentError, "target_latency= is used by method='collaborative' and 'fga' only, not 'l1'"),
+    ("latency-table-for-pruning", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", target_latency=0.5,
+                                                                           latency="table.json"),
+     InvalidArgumentError, r"latency= \(a latency table\) is used by method='collaborative' and 'fga' only; 'l1' "
+                           "meets target_latency by timing"),
     ("loss-for-fga", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", loss="mse"),
      InvalidArgumentError, "loss= is used by method='collaborative' only, not 'fga'"),
     ("plan-unknown-method", lambda c, mp: kerascomp.plan(c.model, method="fgaa", target_flops=0.5, data=c.x),

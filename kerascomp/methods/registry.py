@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from kerascomp.errors import BudgetError, InvalidArgumentError
 from kerascomp.graph.ir import Graph
+from kerascomp.methods import latency_search
 from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint, plan_from_report
 from kerascomp.methods.bnfold import fold_batchnorm, unfold_batchnorm
 from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
@@ -185,8 +186,17 @@ class Method:
 
     def compress(self, graph: Graph, budget: Budget, data: Any, options: Any,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:
-        """Plan and apply in one go; returns the graph, the report and the plan that reproduces it."""
+        """Plan and apply in one go; returns the graph, the report and the plan that reproduces it.
+
+        A latency budget for a method without a latency model is met by measuring
+        (:func:`kerascomp.methods.latency_search.search`)."""
         started = time.perf_counter()
+        if budget.metric == "latency" and not self.uses_latency:
+            result, report, plan = latency_search.search(
+                lambda macs_budget, chosen: self.compress(graph, macs_budget, data, chosen, context),
+                graph, budget, options, context.measure, self.name)
+            report.seconds = time.perf_counter() - started
+            return result, report, plan
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
         result, report = self.weighted_run(graph, budget, data, options, context)

@@ -1,0 +1,100 @@
+"""target_latency for the methods that plan by MACs: the measured search (methods/latency_search.py)."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import kerascomp
+import kerascomp.planner as planner
+from kerascomp.cost import graph_cost
+from kerascomp.errors import BudgetError, CompressionWarning, InvalidArgumentError
+from kerascomp.graph.keras_io import infer_shapes
+from kerascomp.methods import latency_search
+from kerascomp.methods.base import Budget, CompressionReport
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    reconstruct: bool = True
+    recalibrate: bool = True
+
+
+def _fake(floor: float, lowest: float = 0.0, jitter=None):
+    """A method whose MACs ratio is what it is asked, and a host whose latency is floor + (1 - floor) * MACs."""
+    calls = []
+
+    def run(budget, options):
+        if budget.fraction < lowest:
+            raise BudgetError(f"cannot go below {lowest}")
+        calls.append((budget.fraction, options))
+        report = CompressionReport("fake", budget, [], 100, int(round(100 * budget.fraction)), 1, 1)
+        return budget.fraction, report, "plan"
+
+    def measure(original, compressed):
+        return floor + (1 - floor) * compressed + (jitter(len(calls)) if jitter else 0.0)
+
+    return run, measure, calls
+
+
+def test_next_fraction_interpolates_between_bracketing_points():
+    assert latency_search.next_fraction([(1.0, 1.0), (0.5, 0.7)], 0.6) == pytest.approx(0.5 * 0.6 / 0.7)
+    assert latency_search.next_fraction([(1.0, 1.0), (0.5, 0.7), (0.2, 0.4)], 0.6) == pytest.approx(0.2 + 0.2 / 0.3 * 0.3)
+    assert latency_search.next_fraction([(1.0, 1.0), (0.1, 0.1)], 0.5) == pytest.approx(0.5)  # all fast enough
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.3, 0.6])
+def test_the_search_meets_the_target_with_the_users_options_last(floor):
+    run, measure, calls = _fake(floor)
+    options = Options()
+    result, report, plan = latency_search.search(run, "graph", Budget("latency", 0.7), options, measure, "fake")
+    measured = floor + (1 - floor) * result
+    assert abs(measured - 0.7) <= 0.05 * 0.7
+    assert report.budget == Budget("latency", 0.7) and report.notes["measured_latency_ratio"] == round(measured, 4)
+    assert calls[-1][1] is options  # the model returned is built with reconstruction and recalibration
+    assert all(not o.reconstruct and not o.recalibrate for _, o in calls[:-1])  # probes skip them
+    if floor == 0.0:
+        assert len(calls) == 2  # latency = MACs: the first probe is right, then the real build
+    else:
+        assert len(calls) >= 3  # the first guess (MACs = target) is too slow: a correction was needed
+
+
+def test_an_unreachable_target_is_refused_with_the_closest_measured():
+    run, measure, _ = _fake(0.6, lowest=0.05)
+    with pytest.raises(BudgetError, match=r"cannot reach target_latency=0.5 within 5%.*closest measured was 0.6"):
+        latency_search.search(run, "graph", Budget("latency", 0.5), Options(), measure, "fake")
+
+
+def test_a_missed_target_warns_and_says_so_in_the_report():
+    # a host that measures 0.1 slower on the final, user-options build than on every probe
+    run, measure, calls = _fake(0.0, jitter=lambda n: 0.1 if n >= 2 else 0.0)
+    with pytest.warns(CompressionWarning, match="target_latency=0.5 missed"):
+        _, report, _ = latency_search.search(run, "graph", Budget("latency", 0.5), Options(), measure, "fake",
+                                             max_checks=3)
+    assert report.notes["measured_latency_ratio"] > 0.55
+
+
+def test_without_a_measurement_it_is_refused():
+    run, _, _ = _fake(0.0)
+    with pytest.raises(InvalidArgumentError, match="needs a latency measurement"):
+        latency_search.search(run, "graph", Budget("latency", 0.5), Options(), None, "fake")
+
+
+@pytest.mark.parametrize("method", ["l1", "correlation", "svd", "joint_svd", "tucker"])
+def test_every_macs_method_takes_target_latency(module_resnet, method, monkeypatch):
+    """Through kerascomp.compress, with a deterministic host: latency = 0.25 + 0.75 * MACs ratio."""
+    def fake_measure(num_threads=1, runs=50):
+        def measure(original, compressed):
+            macs = [graph_cost(g, infer_shapes(g)).macs for g in (original, compressed)]
+            return 0.25 + 0.75 * macs[1] / macs[0]
+        return measure
+
+    monkeypatch.setattr(planner, "measured_latency_ratio", fake_measure)
+    images = np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype("float32")
+    target = 0.7 if method == "joint_svd" else 0.6  # joint SVD factors 3x3 convs only: not as far
+    result = kerascomp.compress(module_resnet, method=method, target_latency=target, data=images, verbose=0)
+    measured = 0.25 + 0.75 * result.report.macs_ratio
+    assert abs(measured - target) <= 0.05 * target, (method, result.report.notes)
+    assert result.report.budget.metric == "latency" and "latency_checks" in result.report.notes
+    assert result.report.macs_ratio < target  # the floor makes it cut more MACs than the latency asked
+    again = kerascomp.compress(module_resnet, plan=result.plan, data=images, verbose=0)
+    assert again.report.macs_after == result.report.macs_after  # the plan re-applies the found model
