@@ -105,8 +105,12 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
             was made with for a bit-identical model) and ``**options`` override the plan's settings.
         loss: the loss the collaborative sensitivity differentiates (default: the model's compiled loss,
             else sparse categorical cross-entropy).
-        target_latency, latency: ``method="collaborative"`` or ``"fga"``: keep this fraction of the original latency,
-            estimated from the :class:`kerascomp.LatencyTable` ``latency`` (measured on this host if omitted).
+        target_latency: keep this fraction of the original latency, any method. ``"collaborative"`` and
+            ``"fga"`` plan against the :class:`kerascomp.LatencyTable` ``latency`` (measured on this host if
+            omitted); the others (l1, correlation, svd, joint_svd, tucker) search their MACs budget by timing
+            the compressed model against the original here (LiteRT, 1 thread) until the measured ratio is
+            within 5% of the target; the report's notes list every measured point.
+        latency: fga and collaborative only (refused for the others, which measure).
         verbose: 0 silences the progress bars and the report table.
         **options: the method's options (``kerascomp.FGAOptions``, ``PruneOptions``, ``SVDOptions``,
             ``TuckerOptions``, ``CollaborativeOptions``; all in one table in docs/options.md). An unknown

@@ -44,15 +44,16 @@ def latency_for(model: Any, latency: Any, verbose: int) -> LatencyTable:
     return latency
 
 
-def measured_latency_ratio(num_threads: int = 1, runs: int = 50):
+def measured_latency_ratio(num_threads: int = 1, runs: int = 100, rounds: int = 20):
     """``measure(original, compressed)``: LiteRT latency of ``compressed`` over ``original``'s, timed
-    interleaved on this host (fp32, ``num_threads``)."""
+    interleaved on this host (fp32, ``num_threads``) in ``rounds`` alternating rounds, so that a
+    load that comes and goes slows both alike."""
     def measure(original: Graph, compressed: Graph) -> float:
         with tempfile.TemporaryDirectory(prefix="kerascomp-latency-check-") as folder:
             paths = [Path(folder) / "original.tflite", Path(folder) / "planned.tflite"]
             for path, source in zip(paths, (original, compressed)):
                 path.write_bytes(convert(write_model(strip_graph(source)), None, None, False))
-            before, after = compare_tflite(paths, num_threads=num_threads, runs=runs)
+            before, after = compare_tflite(paths, num_threads=num_threads, runs=runs, rounds=rounds)
         return after.median_ms / before.median_ms
 
     return measure
@@ -91,9 +92,10 @@ def plan(model: Any, method: str = "collaborative", target_flops: float | None =
             ``"collaborative"`` (joint channel pruning and low-rank decomposition, Li et al. 2021).
         target_flops / target_params: fraction of the original MACs / params to keep, in (0, 1]
             (default ``target_flops=0.5``, as in ``clone_compressed`` and ``prune_in_rounds``).
-        target_latency: fraction of the original model's latency to keep, estimated from ``latency``
-            (a :class:`kerascomp.LatencyTable`; measured on this host with :func:`kerascomp.latency_table`
-            when not given); methods ``"collaborative"`` and ``"fga"``.
+        target_latency: fraction of the original model's latency to keep. ``"collaborative"`` and
+            ``"fga"`` estimate it from ``latency`` (a :class:`kerascomp.LatencyTable`; measured on this
+            host with :func:`kerascomp.latency_table` when not given); every other method searches its
+            MACs budget by measuring the compressed model here (``methods/latency_search.py``).
         data: collaborative: labelled data for the gradient sensitivity, ``(x, y)`` arrays or a
             ``tf.data.Dataset`` of ``(x, y)`` batches (a few hundred validation images suffice).
             Other methods: inputs for their data-driven steps (FGA's refit, compensation, BN
