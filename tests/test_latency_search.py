@@ -98,3 +98,29 @@ def test_every_macs_method_takes_target_latency(module_resnet, method, monkeypat
     assert result.report.macs_ratio < target  # the floor makes it cut more MACs than the latency asked
     again = kerascomp.compress(module_resnet, plan=result.plan, data=images, verbose=0)
     assert again.report.macs_after == result.report.macs_after  # the plan re-applies the found model
+
+
+def test_fga_corrects_its_table_target_by_measurement(module_resnet, monkeypatch):
+    """A table that estimates every form at its MACs, on a host with a fixed floor: the table's plan is
+    too slow, and the measured checks lower the target given to the table until it is met."""
+    def fake_measure(num_threads=1, runs=50):
+        def measure(original, compressed):
+            macs = [graph_cost(g, infer_shapes(g)).macs for g in (original, compressed)]
+            return 0.3 + 0.7 * macs[1] / macs[0]
+        return measure
+
+    monkeypatch.setattr(planner, "measured_latency_ratio", fake_measure)
+    from kerascomp.bench.latency import conv_macs
+
+    macs = conv_macs(module_resnet)
+    layers = {name: [{"form": form, "macs": m, "ms": m * 1e-6} for form in ("dense", "factored")]
+              for name, m in macs.items()}
+    table = kerascomp.LatencyTable(layers, sum(macs.values()) * 1e-6, "synthetic", 1, macs)
+    estimated = kerascomp.compress(module_resnet, method="fga", target_latency=0.7, latency=table, verbose=0,
+                                   latency_checks=0)
+    assert 0.3 + 0.7 * estimated.report.macs_ratio > 0.7 * 1.05  # the estimate alone misses on this host
+    corrected = kerascomp.compress(module_resnet, method="fga", target_latency=0.7, latency=table, verbose=0)
+    assert abs(0.3 + 0.7 * corrected.report.macs_ratio - 0.7) <= 0.05 * 0.7, corrected.report.notes
+    assert "latency_checks" in corrected.report.notes
+    with pytest.raises(InvalidArgumentError, match="latency_checks"):
+        kerascomp.compress(module_resnet, method="fga", target_latency=0.7, latency=table, latency_checks=-1)

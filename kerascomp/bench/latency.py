@@ -113,7 +113,7 @@ class LatencyTable:
         result = next((r for r in payload.get("results", []) if Path(r.get("path", "")).name == file), None)
         if result is None:
             raise InvalidArgumentError(f"{path} has no benchmark result for {file!r}.")
-        macs = _conv_macs(model)
+        macs = conv_macs(model)
         missing = [name for name in macs if name not in tables[file]]
         if missing:
             raise InvalidArgumentError(f"the phone table of {file!r} lacks layers of this model: "
@@ -123,7 +123,7 @@ class LatencyTable:
                    int(result.get("settings", {}).get("num_threads", 1)), macs)
 
 
-def _conv_macs(model: Any) -> dict[str, int]:
+def conv_macs(model: Any) -> dict[str, int]:
     graph = read_model(model)
     costs = graph_cost(graph, infer_shapes(graph)).by_name()
     return {name: int(costs[name].macs) for name in conv_layers(graph)}
@@ -255,7 +255,7 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
     graph = read_model(model)
     shapes = infer_shapes(graph)
     keras = module_for(graph)
-    macs = _conv_macs(model)
+    macs = conv_macs(model)
     signatures: dict[tuple, list[str]] = {}
     for name in conv_layers(graph):
         spec = graph.layers[name]

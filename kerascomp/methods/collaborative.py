@@ -557,6 +557,7 @@ class CollaborativeMethod(Method):
     needs_labels = True
     uses_loss = True
     uses_latency = True
+    checks_latency = True  # latency_checks: its own measured corrections
     cli_options = ("sensitivity", "allocation")
     renamed = {"max_fraction": "max_macs_fraction"}
 

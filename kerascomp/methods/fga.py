@@ -46,6 +46,10 @@ class FGAOptions:
       other methods do (``"auto"``: when ``data`` is given). Off by default, as FGA has always been.
     * ``max_samples`` / ``max_rows``: images of ``data`` and activation rows per layer of the refit;
       ``ridge``: its regularisation; ``seed``: the row subsampling.
+    * ``latency_checks``: with ``target_latency``, at most this many measured checks correct the
+      target given to the latency table until the compressed model, timed here against the
+      original, is within 5% of it (``methods/latency_search.py``); 0: the table's estimate alone
+      (any other value: at least 2, a probe and the final build).
     """
 
     min_channels_per_group: int = 16
@@ -60,10 +64,12 @@ class FGAOptions:
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
     bn_weighting: bool = False
+    latency_checks: int = 8
 
     def validate(self) -> None:
         for option in ("min_channels_per_group", "max_samples", "max_rows"):
             check_int(option, getattr(self, option))
+        check_int("latency_checks", self.latency_checks, least=0)
         if self.rank_multiple is not None:
             check_int("rank_multiple", self.rank_multiple)
         check_bool("pointwise", self.pointwise)

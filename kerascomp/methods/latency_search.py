@@ -1,13 +1,15 @@
-"""``target_latency`` for every method that plans by MACs: search the MACs budget by measuring.
+"""``target_latency`` met by measurement, for every method without measured checks of its own.
 
-A method without its own latency model (l1, correlation, svd, joint_svd, tucker) meets a latency
-target through :func:`search`, which :meth:`Method.compress` calls for a latency budget. The method
-is run at a MACs fraction, the result is measured against the original (``context.measure``: both
+A method without a latency model (l1, correlation, svd, joint_svd, tucker) meets a latency target
+through :func:`search` over its MACs budget; a method that plans against a latency table's estimate
+but does not measure (fga) through the same search over the target it gives the table. Collaborative
+runs its own measured corrections (``latency_checks``). :meth:`Method.compress` calls it for a
+latency budget. The method is run at a fraction, the result is measured against the original (``context.measure``: both
 exported and timed interleaved with LiteRT here, by the layer above; methods never time models
 themselves) and the fraction is corrected, by interpolating between the measured points (the
 original counts as the point (1, 1)), until the measured latency ratio is within ``tolerance``
-(relative) of the target. Probing runs skip reconstruction and BN recalibration, which change no
-shape and so no latency; the final model is compressed with the user's options and measured again,
+(relative) of the target. Probing runs skip reconstruction, FGA's refit and BN recalibration, which
+change no shape and so no latency; the final model is compressed with the user's options and measured again,
 and the search goes on from there if that measurement misses. The report's notes record every
 measured point.
 """
@@ -31,7 +33,7 @@ def _probe_options(options: Any) -> Any:
     if not dataclasses.is_dataclass(options):
         return options
     names = {field.name for field in dataclasses.fields(options)}
-    switched = {name: False for name in ("reconstruct", "recalibrate") if name in names}
+    switched = {name: False for name in ("reconstruct", "recalibrate", "refine") if name in names}
     return dataclasses.replace(options, **switched) if switched else options
 
 
@@ -55,21 +57,24 @@ def next_fraction(points: list[tuple[float, float]], target: float) -> float:
 
 def search(run: Callable[[Budget, Any], tuple[Graph, CompressionReport, Any]], graph: Graph, budget: Budget,
            options: Any, measure: Callable[[Graph, Graph], float] | None, method: str,
-           tolerance: float = TOLERANCE, max_checks: int = MAX_CHECKS) -> tuple[Graph, CompressionReport, Any]:
-    """``run(Budget("flops", f), options) -> (graph, report, plan)`` at the fraction whose measured
-    latency ratio is within ``tolerance`` of ``budget.fraction`` (see the module docstring)."""
+           tolerance: float = TOLERANCE, max_checks: int = MAX_CHECKS,
+           knob: str = "flops") -> tuple[Graph, CompressionReport, Any]:
+    """``run(Budget(knob, f), options) -> (graph, report, plan)`` at the ``f`` whose measured latency
+    ratio is within ``tolerance`` of ``budget.fraction`` (see the module docstring). ``knob``:
+    ``"flops"`` for a method that plans by MACs; ``"latency"`` for one that plans against a latency
+    table's estimate, whose target is then corrected by measurement."""
     if measure is None:
         raise InvalidArgumentError(f"target_latency for method={method!r} needs a latency measurement; call it "
                                    "through kerascomp.compress / clone_compressed / plan, which time the model here.")
     target = budget.fraction
     probe = _probe_options(options)
-    points: list[tuple[float, float]] = [(1.0, 1.0)]  # (MACs ratio, measured latency ratio)
+    points: list[tuple[float, float]] = [(1.0, 1.0)]  # (knob asked, measured latency ratio)
     tried: list[dict] = []
     fraction, use_final, final, refused = target, False, None, None
     for check in range(max_checks):
         chosen = options if (use_final or check == max_checks - 1) else probe
         try:
-            result, report, plan = run(Budget("flops", round(fraction, 4)), chosen)
+            result, report, plan = run(Budget(knob, round(fraction, 4)), chosen)
         except BudgetError as error:  # below what the method can reach: halfway back to the lowest that worked
             refused = str(error)
             floor = min(f for f, _ in points)
@@ -78,8 +83,8 @@ def search(run: Callable[[Budget, Any], tuple[Graph, CompressionReport, Any]], g
             fraction, use_final = (fraction + floor) / 2, False
             continue
         ratio = float(measure(graph, result))
-        points.append((report.macs_ratio, ratio))
-        tried.append({"macs_target": round(fraction, 4), "macs_ratio": round(report.macs_ratio, 4),
+        points.append((fraction, ratio))
+        tried.append({f"{knob}_target": round(fraction, 4), "macs_ratio": round(report.macs_ratio, 4),
                       "latency_ratio": round(ratio, 4), "final_options": chosen is options})
         close = abs(ratio - target) <= tolerance * target
         if chosen is options and (close or check == max_checks - 1):
@@ -95,10 +100,10 @@ def search(run: Callable[[Budget, Any], tuple[Graph, CompressionReport, Any]], g
         fraction, use_final = following, False
     if final is None or min(r for _, r in points[1:]) > target * (1 + tolerance):  # never fast enough
         best = min(points[1:], key=lambda p: abs(p[1] - target), default=None)
-        reach = f"; the closest measured was {best[1]:.3f} at MACs {best[0]:.3f}" if best else ""
+        reach = f"; the closest measured was {best[1]:.3f} (target_{knob} {best[0]:.3f})" if best else ""
         raise BudgetError(f"method={method!r} cannot reach target_latency={target:g} within {tolerance:.0%} "
                           f"after {len(tried)} measured checks{reach}" + (f" ({refused})" if refused else "") +
-                          ". Try another target, or fga / collaborative, which plan against a latency table.")
+                          ". Try another target or method.")
     result, report, plan, ratio = final
     report.budget = budget
     report.notes["measured_latency_ratio"] = round(ratio, 4)

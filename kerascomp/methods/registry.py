@@ -124,6 +124,8 @@ class Method:
         needs_labels: ``plan`` reads ``(x, y)`` data (a gradient sensitivity).
         uses_loss: ``loss=`` means something to it.
         uses_latency: it plans against a latency table (``target_latency=`` / ``latency=``).
+        checks_latency: it measures its latency-targeted result itself; for every other method
+            :meth:`compress` corrects a latency target by measurement (``latency_search``).
         cli_options: option names the ``kerascomp compress`` command passes from its flags.
     """
 
@@ -132,6 +134,7 @@ class Method:
     needs_labels: bool = False
     uses_loss: bool = False
     uses_latency: bool = False
+    checks_latency: bool = False
     cli_options: tuple[str, ...] = ()
     renamed: dict[str, str] = {}  # old option name -> new name, accepted for one release
 
@@ -191,12 +194,20 @@ class Method:
         A latency budget for a method without a latency model is met by measuring
         (:func:`kerascomp.methods.latency_search.search`)."""
         started = time.perf_counter()
-        if budget.metric == "latency" and not self.uses_latency:
+        checks = getattr(options, "latency_checks", latency_search.MAX_CHECKS)
+        if budget.metric == "latency" and not self.checks_latency and (checks or not self.uses_latency):
             result, report, plan = latency_search.search(
-                lambda macs_budget, chosen: self.compress(graph, macs_budget, data, chosen, context),
-                graph, budget, options, context.measure, self.name)
+                lambda asked, chosen: self.compress_to(graph, asked, data, chosen, context),
+                graph, budget, options, context.measure, self.name, max_checks=max(checks, 2),
+                knob="latency" if self.uses_latency else "flops")
             report.seconds = time.perf_counter() - started
             return result, report, plan
+        return self.compress_to(graph, budget, data, options, context)
+
+    def compress_to(self, graph: Graph, budget: Budget, data: Any, options: Any,
+                    context: Context) -> tuple[Graph, CompressionReport, Plan]:
+        """One compression to ``budget`` as the method plans it (a latency budget: by its table's estimate)."""
+        started = time.perf_counter()
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
         result, report = self.weighted_run(graph, budget, data, options, context)
