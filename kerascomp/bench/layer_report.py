@@ -13,7 +13,8 @@ How it times: every call with MACs becomes a one-layer fp32 ``.tflite`` at batch
 same class, config and input shape share one file); all files and the two whole models are timed
 interleaved at ``num_threads`` with XNNPACK, and each one-layer time has the invoke overhead
 subtracted. What the timed layers do not account for (activations, adds, pooling, the invoke
-itself) is the ``other`` row: the whole model's time minus the sum of its layers'. The numbers are
+itself) is the ``other`` row: the whole model's time minus the sum of its layers' (negative when
+the one-layer files, each copying its input and output, add up to more than the whole model). The numbers are
 ratios of one run on one host, so the CPU is recorded with them; ``cache=True`` reuses one-layer
 timings of earlier runs (the whole models are always timed again).
 """
@@ -122,6 +123,10 @@ class ModelReport:
         if self.cached_timings:
             lines += [f"{self.cached_timings} one-layer timings came from the on-disk cache (same CPU, LiteRT, "
                       "threads and runs).", ""]
+        if min(self.other_ms_before, self.other_ms_after) < 0:
+            lines += ["`other` is negative: the layers timed one by one add up to more than the whole model (each "
+                      "one-layer file copies its input and output and runs from a cold cache), so read the per-layer "
+                      "milliseconds as relative costs.", ""]
         lines.append(self.to_table(markdown=True))
         if command:
             lines += ["", f"Made by: `{command}`"]
@@ -143,8 +148,8 @@ class ModelReport:
             raise InvalidArgumentError("the PNG chart needs matplotlib: pip install 'kerascomp[report]' "
                                        "(or matplotlib); the Markdown and JSON need nothing more.") from None
         names = [r.layer for r in self.rows] + ["other"]
-        before = [r.ms_before for r in self.rows] + [self.other_ms_before]
-        after = [r.ms_after for r in self.rows] + [self.other_ms_after]
+        before = [r.ms_before for r in self.rows] + [max(self.other_ms_before, 0.0)]
+        after = [r.ms_after for r in self.rows] + [max(self.other_ms_after, 0.0)]
         figure, axes = pyplot.subplots(figsize=(8, max(3.0, 0.28 * len(names) + 1.2)))
         positions = range(len(names))
         axes.barh([p - 0.2 for p in positions], before, height=0.4, label=f"{self.original} ({self.ms_before:.3f} ms)")
@@ -341,8 +346,7 @@ def report(original: Any, compressed: Any, num_threads: int = 1, runs: int = 50,
     ranked = sorted(rows.values(), key=lambda r: (r.layer == ADDED, order.index(r.layer) if r.layer in order else 0))
     totals = [(sum(m for _, _, _, m in found), sum(spec_params(s) for s in graph.layers.values()))
               for graph, found in calls]
-    other = [max(whole_ms[0] - sum(r.ms_before for r in ranked), 0.0),
-             max(whole_ms[1] - sum(r.ms_after for r in ranked), 0.0)]
+    other = [whole_ms[0] - sum(r.ms_before for r in ranked), whole_ms[1] - sum(r.ms_after for r in ranked)]
     return ModelReport(before_name, after_name, ranked, totals[0][0], totals[1][0], totals[0][1], totals[1][1],
                        whole_ms[0], whole_ms[1], other[0], other[1], host_cpu(), litert_version(), num_threads, runs,
                        store.hits)
