@@ -92,9 +92,13 @@ VARIANTS = {
     "fga_no_reconstruct": ("clone", "fga", {"reconstruct": False}, "macs"),
     "fga_no_distill": ("clone", "fga", {}, "macs"),
     "fga_neither": ("clone", "fga", {"reconstruct": False}, "macs"),
+    # the same ablations for SVD, the best method at 0.5 MACs on the trained ResNet-20 (2026-12-01 grid)
+    "svd_no_reconstruct": ("clone", "svd", {"reconstruct": False}, "macs"),
+    "svd_no_distill": ("clone", "svd", {}, "macs"),
+    "svd_neither": ("clone", "svd", {"reconstruct": False}, "macs"),
 }
 # Rows finetuned without distillation whatever --alpha says (the ablation "without distillation").
-NO_DISTILL = ("fga_no_distill", "fga_neither")
+NO_DISTILL = ("fga_no_distill", "fga_neither", "svd_no_distill", "svd_neither")
 # The ablations that had scripts of their own before (pruning_cifar, jsvd_cifar, collaborative_cifar,
 # fga_refinement); their old results files stay in results/ with the command that made them.
 PRESETS = {
