@@ -15,7 +15,8 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
 * the method's *lossless* rewrite (full rank, zero pruning) keeps the outputs (relative error < 1e-5);
 * at a real target the method either refuses with a :class:`kerascomp.CompressionError`, or gives
   a model within the budget that fits one step, exports, and whose ``.tflite`` matches Keras
-  within 1e-4.
+  within 1e-4; for the pruning methods, the model pruned without data also matches an independent
+  reference, the original with the cut channels zeroed (:func:`pruned_against_dead`).
 
 Any other exception is a failure, reported with its traceback.
 """
@@ -513,6 +514,25 @@ def pruning_lossless(model: Any, method: str) -> tuple[Any, Any] | None:
     return dead, second.model
 
 
+REFERENCED_PRUNING = ("l1", "correlation")
+
+
+def pruned_against_dead(model: Any, method: str, target: float, x: Any) -> float | None:
+    """The target stage's independent reference for pruning: ``method`` at ``target`` without data (so
+    nothing is refit, compensated or recalibrated) against the *original* model with the channels it
+    cut zeroed (:func:`dead_channels`, built from the original's weights, not from the rewrite). The
+    two must agree exactly; None where the reference cannot be exact (nothing cut, a sigmoid gate)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        plain = kerascomp.compress(model, method, target_flops=target, verbose=0)
+    if not plain.report.kept_outputs:
+        return None
+    dead = dead_channels(model, plain.report.kept_outputs)
+    if dead is None:
+        return None
+    return relative_error(outputs_of(plain.model, x), outputs_of(dead, x))
+
+
 @dataclass
 class Outcome:
     """What one (graph, method) check found: ``status`` is ``"ok"``, ``"refused"`` or ``"failed"``."""
@@ -581,6 +601,15 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
         if result.report.macs_ratio > target + 1e-9 or abs(real - result.report.macs_ratio) > 1e-9:
             return outcomes + [Outcome(method, "failed", stage, f"MACs ratio {result.report.macs_ratio} (measured "
                                                                 f"{real}) for target {target}", measures)]
+        if method in REFERENCED_PRUNING:
+            stage = "reference"
+            error = pruned_against_dead(model, method, target, x)
+            if error is not None:
+                measures["reference_error"] = error
+                if error > LOSSLESS_TOLERANCE:
+                    return outcomes + [Outcome(method, "failed", stage, f"the pruned model differs from the original "
+                                                                        f"with the cut channels zeroed: relative "
+                                                                        f"error {error:.2e}", measures)]
         stage = "fit"
         small = result.model
         small.compile(keras.optimizers.SGD(1e-3), "mse")

@@ -79,6 +79,8 @@ def test_a_mixed_graph_is_compressed_not_refused(keras, method, tmp_path):
     assert rewrote == 0 if method in ("correlation", "collaborative") else rewrote > 0
     assert 0.3 < outcomes[1].measures["macs_ratio"] <= 0.5
     assert outcomes[1].measures["tflite_error"] < 1e-4
+    if method in ("l1", "correlation"):  # checked against the original with the cut channels zeroed
+        assert outcomes[1].measures["reference_error"] < 1e-5
 
 
 EVERY_NEW_KIND = Recipe(False, (12, 8, 4), [
@@ -158,6 +160,18 @@ def test_the_dead_channel_check_catches_live_channels(keras, monkeypatch):
     monkeypatch.setattr(fuzz, "dead_channels", lambda model, kept: model)  # channels left alive
     (outcome,) = fuzz.check_graph(model, "l1", target=None)
     assert outcome.status == "failed" and outcome.stage == "lossless" and "relative output error" in outcome.detail
+
+
+def test_the_target_stage_reference_catches_a_wrong_cut(keras, monkeypatch, tmp_path):
+    """Correlation pruning at 0.5 is compared with the original whose cut channels are zeroed; a
+    reference with those channels left alive (what a rewrite that cut the wrong ones would match) fails."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(MIXED, keras)
+    monkeypatch.setattr(fuzz, "dead_channels", lambda model, kept: fuzz.round_trip(model))
+    outcomes = fuzz.check_graph(model, "correlation", target=0.5, export=False, folder=tmp_path)
+    assert outcomes[-1].status == "failed" and outcomes[-1].stage == "reference", outcomes
+    assert "cut channels zeroed" in outcomes[-1].detail
 
 
 def test_round_trip_is_exact_and_recipes_are_reproducible(keras):
