@@ -79,16 +79,20 @@ def test_without_a_measurement_it_is_refused():
         latency_search.search(run, "graph", Budget("latency", 0.5), Options(), None, "fake")
 
 
+def _floored_host(floor: float):
+    """A ``measured_latency_ratio`` stand-in: latency = floor + (1 - floor) * MACs ratio, deterministic."""
+    def measured_latency_ratio(num_threads=1, runs=50, rounds=20):
+        def measure(original, compressed):
+            macs = [graph_cost(g, infer_shapes(g)).macs for g in (original, compressed)]
+            return floor + (1 - floor) * macs[1] / macs[0]
+        return measure
+    return measured_latency_ratio
+
+
 @pytest.mark.parametrize("method", ["l1", "correlation", "svd", "joint_svd", "tucker"])
 def test_every_macs_method_takes_target_latency(module_resnet, method, monkeypatch):
     """Through kerascomp.compress, with a deterministic host: latency = 0.25 + 0.75 * MACs ratio."""
-    def fake_measure(num_threads=1, runs=50):
-        def measure(original, compressed):
-            macs = [graph_cost(g, infer_shapes(g)).macs for g in (original, compressed)]
-            return 0.25 + 0.75 * macs[1] / macs[0]
-        return measure
-
-    monkeypatch.setattr(planner, "measured_latency_ratio", fake_measure)
+    monkeypatch.setattr(planner, "measured_latency_ratio", _floored_host(0.25))
     images = np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype("float32")
     target = 0.7 if method == "joint_svd" else 0.6  # joint SVD factors 3x3 convs only: not as far
     result = kerascomp.compress(module_resnet, method=method, target_latency=target, data=images, verbose=0)
@@ -103,13 +107,7 @@ def test_every_macs_method_takes_target_latency(module_resnet, method, monkeypat
 def test_fga_corrects_its_table_target_by_measurement(module_resnet, monkeypatch):
     """A table that estimates every form at its MACs, on a host with a fixed floor: the table's plan is
     too slow, and the measured checks lower the target given to the table until it is met."""
-    def fake_measure(num_threads=1, runs=50):
-        def measure(original, compressed):
-            macs = [graph_cost(g, infer_shapes(g)).macs for g in (original, compressed)]
-            return 0.3 + 0.7 * macs[1] / macs[0]
-        return measure
-
-    monkeypatch.setattr(planner, "measured_latency_ratio", fake_measure)
+    monkeypatch.setattr(planner, "measured_latency_ratio", _floored_host(0.3))
     from kerascomp.bench.latency import conv_macs
 
     macs = conv_macs(module_resnet)

@@ -34,6 +34,7 @@ from kerascomp.export.tflite import convert
 from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import infer_shapes, is_input, module_for, read_model, write_model
 from kerascomp.loading import load_model
+from kerascomp.methods.base import CostRatios
 from kerascomp.methods.strip import strip_graph
 from kerascomp.tables import table
 
@@ -61,7 +62,7 @@ class LayerRow:
 
 
 @dataclass
-class ModelReport:
+class ModelReport(CostRatios):
     """The per-layer comparison of two models; ``save(prefix)`` writes ``.md``, ``.json`` and ``.png``."""
 
     original: str
@@ -80,14 +81,6 @@ class ModelReport:
     num_threads: int
     runs: int
     cached_timings: int = 0
-
-    @property
-    def macs_ratio(self) -> float:
-        return self.macs_after / self.macs_before if self.macs_before else 1.0
-
-    @property
-    def params_ratio(self) -> float:
-        return self.params_after / self.params_before if self.params_before else 1.0
 
     @property
     def latency_ratio(self) -> float:
