@@ -64,18 +64,21 @@ def _total(candidates: list[Candidates], choice: list[int]) -> float:
 
 
 def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, what: str = "MACs",
-             hint: str = "") -> list[int]:
+             hint: str = "", total: float | None = None) -> list[int]:
     """Index of the chosen candidate per layer so the total cost stays within ``budget``.
 
-    Raises :class:`BudgetError` when even the cheapest candidate of every layer is over budget.
+    Raises :class:`BudgetError` when even the cheapest candidate of every layer is over budget; with
+    the model's ``total`` cost, the error states (and carries as ``reachable``) the best ratio reachable.
     """
     cheapest = [int(np.argmin(c.cost)) for c in candidates]
     floor = fixed_cost + _total(candidates, cheapest)
     if floor > budget:
+        reachable = floor / total if total else None
+        best = f" (at best {reachable:.3f} of the model's {what})" if reachable is not None else ""
         raise BudgetError(
             f"the {what} target cannot be met: the cheapest option of every compressible layer still totals "
-            f"{floor:,.0f} {what} against a budget of {budget:,.0f} ({fixed_cost:,.0f} of it in layers this "
-            "method leaves alone). Relax the target or enable more layers. " + hint)
+            f"{floor:,.0f} {what}{best} against a budget of {budget:,.0f} ({fixed_cost:,.0f} of it in layers this "
+            "method leaves alone). Relax the target or enable more layers. " + hint, reachable=reachable)
     scale = max(float(sum(np.max(c.cost) for c in candidates)), 1.0)
     low, high = -12.0, 12.0  # log10 of lam * scale
     choice = _choose(candidates, 10.0 ** high / scale)

@@ -18,7 +18,14 @@ class InvalidWeightsError(CompressionError, ValueError):
 
 
 class BudgetError(CompressionError, ValueError):
-    """The requested compression target cannot be met by the chosen method."""
+    """The requested compression target cannot be met by the chosen method.
+
+    ``reachable``: the lowest ratio of the budget's metric the method can reach on this model, where
+    it knows it (``None`` otherwise)."""
+
+    def __init__(self, message: str, reachable: float | None = None):
+        super().__init__(message)
+        self.reachable = reachable
 
 
 class ExportError(CompressionError, RuntimeError):

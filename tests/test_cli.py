@@ -103,7 +103,7 @@ def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
 
 
 @pytest.mark.parametrize("method,flags,named", [
-    ("l1", ["--pointwise"], "--pointwise is used by fga, joint_svd, svd"),
+    ("l1", ["--pointwise"], "--pointwise is used by fga, joint_svd, svd, tucker"),
     ("svd", ["--groups", "s1.*"], "--groups is used by joint_svd"),
     ("fga", ["--max-fraction", "0.5"], "--max-fraction is used by correlation, l1"),
     ("tucker", ["--variant", "left"], "--variant is used by joint_svd"),

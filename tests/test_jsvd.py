@@ -359,6 +359,12 @@ def test_models_without_factorable_convs_are_refused_with_reasons(keras):
     x = keras.layers.DepthwiseConv2D(3, name="dw")(x)
     model = keras.Model(inputs, keras.layers.Conv2D(4, 1, name="pw")(x))
     with pytest.raises(kerascomp.errors.UnsupportedModelError) as error:
-        kerascomp.compress(model, "joint_svd", target_params=0.5, verbose=0)
+        kerascomp.compress(model, "joint_svd", target_params=0.5, pointwise=False, verbose=0)
     for text in ("shared_conv: shared layer (called more than once)", "dw: DepthwiseConv2D is not a dense Conv2D", "pw: 1x1 conv"):
         assert text in str(error.value)
+    # by default the 1x1 conv is tried too; it cannot pay for the budget, and the refusal says so
+    with pytest.raises(kerascomp.errors.BudgetError, match=r"even with its 1x1 convs factored \(pointwise='auto' tried "
+                                                           r"both; the kxk convs alone: nothing to factor\).*"
+                                                           r"shared_conv \(shared layer") as refused:
+        kerascomp.compress(model, "joint_svd", target_params=0.5, verbose=0)
+    assert 0.5 < refused.value.reachable < 1

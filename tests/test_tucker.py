@@ -44,9 +44,11 @@ def test_tucker_meets_the_budget(small_resnet, images, allocation, target):
 
 def test_tucker_refuses_what_it_cannot_do(small_resnet, keras):
     with pytest.raises(BudgetError, match="method='tucker' cannot reach target_flops.*1x1 conv"):
-        kerascomp.compress(small_resnet, method="tucker", target_flops=0.02, verbose=0)
+        kerascomp.compress(small_resnet, method="tucker", target_flops=0.02, pointwise=False, verbose=0)
+    with pytest.raises(BudgetError, match="method='tucker' cannot reach target_flops=0.001 even with its 1x1 convs"):
+        kerascomp.compress(small_resnet, method="tucker", target_flops=0.001, verbose=0)
     with pytest.raises(InvalidArgumentError, match="allocation must be one of"):
         kerascomp.compress(small_resnet, method="tucker", allocation="greedy", verbose=0)
     dense_only = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
-    with pytest.raises(kerascomp.UnsupportedModelError, match="found no kxk Conv2D"):
+    with pytest.raises(kerascomp.UnsupportedModelError, match="found no Conv2D to decompose"):
         kerascomp.compress(dense_only, method="tucker", verbose=0)

@@ -112,6 +112,7 @@ class CompressionReport(CostRatios):
     notes: dict = field(default_factory=dict)
     choices: dict = field(default_factory=dict)
     kept_outputs: dict = field(default_factory=dict)  # layer -> original output channels kept (pruned layers)
+    resolved: dict = field(default_factory=dict)  # option -> the value an "auto" option took; the plan stores it
 
     def kept(self) -> list[LayerDecision]:
         """Layers with MACs the method could not compress, each with its reason (not those it chose to keep dense)."""

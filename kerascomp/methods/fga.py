@@ -22,6 +22,7 @@ from kerascomp.layers import layers_for
 from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.eligibility import dense_conv2d_ineligibility, eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_int, check_number
+from kerascomp.methods.pointwise import ONE_BY_ONE, check_pointwise
 from kerascomp.methods.reconstruct import reconstruct_active
 from kerascomp.methods.registry import Context, Method
 
@@ -33,8 +34,9 @@ class FGAOptions:
     * ``min_channels_per_group``: groups thinner than this are not offered (default 16). Measured
       on LiteRT/XNNPACK: grouped convs only speed up in proportion to MACs at >= 32 channels per
       group, and at <= 8 more groups can be slower than fewer.
-    * ``pointwise``: also factor 1x1 convs (as a low-rank pair of 1x1 convs). Off by default:
-      a 1x1 conv has no spatial extent, so FGA gains little on it.
+    * ``pointwise``: also factor 1x1 convs (as a low-rank pair of 1x1 convs): ``True``, ``False``,
+      or ``"auto"`` (default): only when the kxk convs alone cannot reach the budget, as on mobile
+      nets whose MACs sit in 1x1 convs (:mod:`kerascomp.methods.pointwise`).
     * ``rank_multiple``: only offer ranks that are multiples of this (or the full rank).
       ``None`` (default) tries 8, then 4, then 1, keeping the first that meets the budget.
       XNNPACK computes output channels in tiles, so a rank of 7 costs about as much as 8:
@@ -53,7 +55,7 @@ class FGAOptions:
     """
 
     min_channels_per_group: int = 16
-    pointwise: bool = False
+    pointwise: bool | str = "auto"
     rank_multiple: int | None = None
     refine: bool = True
     max_samples: int = 256
@@ -72,7 +74,7 @@ class FGAOptions:
         check_int("latency_checks", self.latency_checks, least=0)
         if self.rank_multiple is not None:
             check_int("rank_multiple", self.rank_multiple)
-        check_bool("pointwise", self.pointwise)
+        check_pointwise(self.pointwise)
         check_bool("refine", self.refine)
         check_auto("recalibrate", self.recalibrate)
         check_bool("bn_weighting", self.bn_weighting)
@@ -98,7 +100,6 @@ def _output_pixels(graph: Graph, shapes: dict, layer: str) -> int:
     return sum(int(np.prod(shapes[node.name][0][1:-1])) for node in graph.nodes_of(layer))
 
 
-ONE_BY_ONE = "1x1 conv: no filter-group structure (pass pointwise=True to factor it)"
 
 
 def ineligibility(spec: LayerSpec, options: FGAOptions) -> str | None:
@@ -273,9 +274,10 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
         compressible = sum(layer.candidates.cost[0] for layer in payable)
         kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list({**reasons, **too_small}.items())[:6])
         try:
+            hint = (f"Left alone: {kept_summary}." if kept_summary else "") + (
+                "" if options.pointwise else " pointwise=True also factors the 1x1 convs.")
             choice = allocate([layer.candidates for layer in payable], metric_total - compressible,
-                              budget.fraction * metric_total, what=what,
-                              hint=f"Left alone: {kept_summary}." if kept_summary else "")
+                              budget.fraction * metric_total, what=what, hint=hint, total=metric_total)
             break
         except BudgetError:
             if attempt == len(multiples) - 1:

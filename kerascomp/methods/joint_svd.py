@@ -30,11 +30,11 @@ from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
+from kerascomp.methods.pointwise import ONE_BY_ONE, check_pointwise
 from kerascomp.methods.registry import Context, Method, build_options
 from kerascomp.methods.strip import is_channel_batchnorm
 
 JOINT_VARIANTS = ("left", "right", "bi")
-ONE_BY_ONE = "1x1 conv: no spatial extent (pass pointwise=True to factor it)"
 ALLOCATIONS = ("uniform", "global")
 GROUPINGS = ("position", "shape")
 # layers that count as a step of a block for block_position (they mix or filter the channels)
@@ -59,7 +59,9 @@ class SVDOptions:
     * ``exclude``: a regular expression (or list of layer names) of convs to leave dense.
     * ``allocation``: ``"global"`` (the Lagrangian allocation FGA uses; default since 2026-12, it kept
       more accuracy on a trained ResNet-20) or ``"uniform"`` (one rate everywhere, the paper's rule).
-    * ``pointwise``: also factor 1x1 convs (a low-rank pair of 1x1 convs). Off by default.
+    * ``pointwise``: also factor 1x1 convs (a low-rank pair of 1x1 convs): ``True``, ``False``, or
+      ``"auto"`` (default): only when the kxk convs alone cannot reach the budget (mobile nets,
+      :mod:`kerascomp.methods.pointwise`).
     * ``min_saving``: leave a layer (or group) dense when factoring it could save less than this
       fraction of the model's params or MACs (default 0.5%): tiny layers such as a 3-channel stem
       cost accuracy and save nothing.
@@ -74,7 +76,7 @@ class SVDOptions:
     grouping: str = "position"
     exclude: str | list | None = None
     allocation: str = "global"
-    pointwise: bool = False
+    pointwise: bool | str = "auto"
     rank_multiple: int = 1
     min_saving: float = 0.005
     iterations: int = 10
@@ -92,7 +94,7 @@ class SVDOptions:
         check_number("min_saving", self.min_saving, 0.0, 1.0, "[)")
         check_auto("recalibrate", self.recalibrate)
         check_bool("bn_weighting", self.bn_weighting)
-        check_bool("pointwise", self.pointwise)
+        check_pointwise(self.pointwise)
         for option in ("rank_multiple", "iterations", "max_samples"):
             check_int(option, getattr(self, option))
         if self.groups is not None and (isinstance(self.groups, str) or not isinstance(self.groups, (list, tuple))):
@@ -314,7 +316,8 @@ def _pick_rank(unit: _Unit, rank: int) -> int:
     return allowed[-1] if allowed else unit.ranks[0]
 
 
-def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str) -> tuple[list[int], float]:
+def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str,
+                      model_total: float) -> tuple[list[int], float]:
     def ranks_at(rate: float) -> list[int]:
         return [_pick_rank(u, _uniform_ranks(u, rate)) for u in units]
 
@@ -326,10 +329,11 @@ def _allocate_uniform(units: list[_Unit], metric: str, fixed: float, budget: flo
     floor = [u.ranks[0] if u.ranks else 0 for u in units]
     if total(floor) > budget:
         what = "MACs" if metric == "flops" else "params"
+        reachable = total(floor) / model_total
         raise BudgetError(f"the {what} target cannot be met: at the lowest rank of every factored layer "
-                          f"the model still has {total(floor):,.0f} {what} against a budget of "
-                          f"{budget:,.0f} ({fixed:,.0f} of it in layers this method leaves alone). Relax the target "
-                          "or enable more layers (pointwise=True factors 1x1 convs). " + hint)
+                          f"the model still has {total(floor):,.0f} {what} (at best {reachable:.3f} of the model's "
+                          f"{what}) against a budget of {budget:,.0f} ({fixed:,.0f} of it in layers this method leaves "
+                          "alone). Relax the target or enable more layers. " + hint, reachable=reachable)
     rate, best = bisect(ranks_at, lambda ranks: total(ranks) <= budget, 0.0, 1.0, floor)
     return _raise_ranks(units, best, lambda ranks: total(ranks) <= budget), rate
 
@@ -353,7 +357,8 @@ def _raise_ranks(units: list[_Unit], ranks: list[int], fits) -> list[int]:
             blocked.add(index)
 
 
-def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str) -> list[int]:
+def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str,
+                     model_total: float) -> list[int]:
     candidates = []
     for unit in units:
         ranks = unit.ranks
@@ -362,7 +367,7 @@ def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: floa
         errors = [0.0] + [weight * float(unit.curve[min(r, len(unit.curve) - 1)]) for r in ranks]
         candidates.append(Candidates(unit.name, np.array(costs), np.array(errors)))
     what = "MACs" if metric == "flops" else "params"
-    choice = allocate(candidates, fixed, budget, what=what, hint=hint)
+    choice = allocate(candidates, fixed, budget, what=what, hint=hint, total=model_total)
     return [0 if index == 0 else unit.ranks[index - 1] for unit, index in zip(units, choice)]
 
 
@@ -567,12 +572,14 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     fixed = total - sum(unit.original(metric) for unit in units)
     kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list(reasons.items())[:6])
     hint = f"Left alone: {kept_summary}." if kept_summary else ""
+    if not options.pointwise:
+        hint += " pointwise=True also factors the 1x1 convs."
     if fixed_choices is not None:
         ranks, rate = _fixed_ranks(units, fixed_choices, reasons, method), None
     elif options.allocation == "global":
-        ranks, rate = _allocate_global(units, metric, fixed, budget.fraction * total, hint), None
+        ranks, rate = _allocate_global(units, metric, fixed, budget.fraction * total, hint, total), None
     else:
-        ranks, rate = _allocate_uniform(units, metric, fixed, budget.fraction * total, hint)
+        ranks, rate = _allocate_uniform(units, metric, fixed, budget.fraction * total, hint, total)
 
     planned = {"macs": before.macs, "params": before.params}
     decisions: dict[str, LayerDecision] = {}

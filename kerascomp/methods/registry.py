@@ -29,6 +29,7 @@ from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint,
 from kerascomp.methods.bnfold import fold_batchnorm, unfold_batchnorm
 from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.inputs import input_batch
+from kerascomp.methods.pointwise import run_with_pointwise
 from kerascomp.methods.reconstruct import (
     check_reconstruct,
     find_units,
@@ -166,7 +167,13 @@ class Method:
     def weighted_run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
                      fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
         """:meth:`run` on the BN-weighted graph when the options ask for it (``bn_weighting``, see
-        :mod:`kerascomp.methods.bnfold`), with the weighting undone on the result."""
+        :mod:`kerascomp.methods.bnfold`), with the weighting undone on the result; a ``pointwise="auto"``
+        option is resolved here for every method that has one (:mod:`kerascomp.methods.pointwise`)."""
+        return run_with_pointwise(lambda resolved: self._weighted_run(graph, budget, data, resolved, context, fixed),
+                                  options, self.name, budget, fixed)
+
+    def _weighted_run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
+                      fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
         if not getattr(options, "bn_weighting", False):
             return self._named_run(graph, budget, data, options, context, fixed)
         folded, folds = fold_batchnorm(graph)
@@ -185,7 +192,7 @@ class Method:
             if text.startswith(f"method={self.name!r}"):
                 raise
             raise BudgetError(f"method={self.name!r} cannot reach target_{budget.metric}={budget.fraction:g}: "
-                              f"{text}") from error
+                              f"{text}", reachable=getattr(error, "reachable", None)) from error
 
     def compress(self, graph: Graph, budget: Budget, data: Any, options: Any,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:
@@ -213,7 +220,7 @@ class Method:
         result, report = self.weighted_run(graph, budget, data, options, context)
         result = finish(graph, result, report, data, options, context.verbose)
         report.seconds = time.perf_counter() - started
-        return result, report, plan_from_report(graph, report, self.settings(options))
+        return result, report, plan_from_report(graph, report, {**self.settings(options), **report.resolved})
 
     def plan(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context) -> Plan:
         return self.compress(graph, budget, data, options, context)[2]

@@ -1,6 +1,8 @@
 """``method="tucker"``: every kxk Conv2D becomes 1x1 -> kxk -> 1x1 by Tucker-2 (tensorly).
 
-Ranks are ``(round(rho * C), round(rho * N))``. ``allocation="uniform"`` bisects one ``rho`` for
+Ranks are ``(round(rho * C), round(rho * N))``. A 1x1 conv (``pointwise``, by default only when
+the kxk convs alone cannot reach the budget) has no spatial core: its Tucker-2 at ranks ``(r, r)``
+is a low-rank pair 1x1 ``C -> r`` -> 1x1 ``r -> N`` (the core folded into the second factor). ``allocation="uniform"`` bisects one ``rho`` for
 every layer until the model meets the budget (the uniform-rate baseline collaborative compression
 is compared with); ``allocation="global"`` gives each layer's rank options, costed exactly and
 with the truncated-HOSVD error, to the Lagrangian allocation FGA and SVD use. A layer keeps its
@@ -23,19 +25,22 @@ from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int
 from kerascomp.methods.joint_svd import conv_spec
+from kerascomp.methods.pointwise import ONE_BY_ONE, check_pointwise
 from kerascomp.methods.registry import Context, Method
 
 ALLOCATIONS = ("uniform", "global")
 RHOS = np.linspace(0.02, 1.0, 50)
-ONE_BY_ONE = "1x1 conv: its Tucker-2 is a low-rank pair, use method='svd' with pointwise=True"
 
 
 @dataclass(frozen=True)
 class TuckerOptions:
     """Options of ``method="tucker"``: ``allocation`` (``"uniform"`` or ``"global"``), ``iterations``
-    of HOOI, ``recalibrate`` BatchNormalization on ``data`` (``"auto"``: when given), ``max_samples``."""
+    of HOOI, ``recalibrate`` BatchNormalization on ``data`` (``"auto"``: when given), ``max_samples``;
+    ``pointwise``: also take 1x1 convs, as a low-rank pair (``True``, ``False``, or ``"auto"``, the
+    default: only when the kxk convs alone cannot reach the budget)."""
 
     allocation: str = "global"
+    pointwise: bool | str = "auto"
     iterations: int = 30
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
@@ -49,6 +54,7 @@ class TuckerOptions:
         check_int("max_samples", self.max_samples)
         check_auto("recalibrate", self.recalibrate)
         check_bool("bn_weighting", self.bn_weighting)
+        check_pointwise(self.pointwise)
 
 
 @dataclass
@@ -57,8 +63,16 @@ class _Layer:
     in_pixels: int
     out_pixels: int
 
+    @property
+    def pair(self) -> bool:
+        """A 1x1 conv: factored as a low-rank pair, one rank (``r_in == r_out``)."""
+        return tuple(self.spec.weights[0].shape[:2]) == (1, 1)
+
     def ranks(self, rho: float) -> tuple[int, int]:
         _, _, channels, filters = self.spec.weights[0].shape
+        if self.pair:
+            rank = max(1, int(round(rho * min(channels, filters))))
+            return rank, rank
         return max(1, int(round(rho * channels))), max(1, int(round(rho * filters)))
 
     def cost(self, ranks: tuple[int, int] | None, metric: str) -> int:
@@ -67,6 +81,8 @@ class _Layer:
             weights = height * width * channels * filters
             return weights * self.out_pixels if metric == "flops" else weights
         r_in, r_out = ranks
+        if self.pair:  # C -> r (with the stride) -> N
+            return (channels + filters) * r_in * (1 if metric == "params" else self.out_pixels)
         if metric == "params":
             return channels * r_in + height * width * r_in * r_out + r_out * filters
         return self.in_pixels * channels * r_in + self.out_pixels * (height * width * r_in * r_out + r_out * filters)
@@ -75,6 +91,10 @@ class _Layer:
         """The ranks at ``rho``, or ``None`` (stay dense) where they save nothing."""
         ranks = self.ranks(rho)
         return ranks if self.cost(ranks, metric) < self.cost(None, metric) else None
+
+    def best_at(self, rank: int, metric: str) -> bool:
+        """Whether the pair of rank ``rank`` is cheaper than the dense 1x1 conv."""
+        return self.cost((rank, rank), metric) < self.cost(None, metric)
 
 
 def _fixed_ranks(layers: list[_Layer], fixed: dict, reasons: dict) -> list[tuple[int, int] | None]:
@@ -105,7 +125,7 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     plan_choices = fixed
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
-    eligible, reasons = eligible_convs(graph, shapes, ONE_BY_ONE)
+    eligible, reasons = eligible_convs(graph, shapes, None if options.pointwise else ONE_BY_ONE)
     layers = []
     for name in eligible:
         spec = graph.layers[name]
@@ -114,7 +134,7 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
         layers.append(_Layer(spec, int(np.prod(shapes[source.node][source.index][1:-1])),
                              int(np.prod(shapes[node.name][0][1:-1]))))
     if not layers:
-        raise UnsupportedModelError(f"method='tucker' found no kxk Conv2D in {graph.name!r} ("
+        raise UnsupportedModelError(f"method='tucker' found no Conv2D to decompose in {graph.name!r} ("
                                     + "; ".join(f"{n}: {r}" for n, r in reasons.items()) + ").")
     metric = budget.metric
     total = before.macs if metric == "flops" else before.params
@@ -123,19 +143,20 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     if plan_choices is not None:
         chosen = _fixed_ranks(layers, plan_choices, reasons)
     elif options.allocation == "uniform":
-        chosen = _uniform(layers, metric, fixed, goal, total, reasons)
+        chosen = _uniform(layers, metric, fixed, goal, total, reasons, options.pointwise)
     else:
-        chosen = _global(layers, metric, fixed, goal, reasons)
+        chosen = _global(layers, metric, fixed, goal, total, reasons, options.pointwise)
     result = graph.copy()
     errors = {}
     for layer, ranks in tqdm(list(zip(layers, chosen)), desc="tucker", disable=not verbose):
         if ranks is None:
             continue
         errors[layer.spec.name] = factor_layer(result, layer.spec, ranks, options.iterations, keras)
-    rewritten = {layer.spec.name: (f"tucker r_in={ranks[0]} r_out={ranks[1]}" if ranks else "dense",
+    rewritten = {layer.spec.name: (_label(layer, ranks),
                                    errors.get(layer.spec.name), {"ranks": list(ranks) if ranks else None})
                  for layer, ranks in zip(layers, chosen)}
-    parts = {name: [name, f"{name}_tucker_in", f"{name}_tucker_core"] for name in errors}
+    parts = {layer.spec.name: [layer.spec.name, f"{layer.spec.name}_tucker_in"]
+             + ([] if layer.pair else [f"{layer.spec.name}_tucker_core"]) for layer in layers if layer.spec.name in errors}
     report = build_report("tucker", budget, graph, result, shapes, rewritten, reasons, parts,
                           notes={"allocation": options.allocation},
                           choices={"layers": {layer.spec.name: list(ranks) for layer, ranks in zip(layers, chosen)
@@ -143,14 +164,29 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     return result, report
 
 
+def _label(layer: _Layer, ranks: tuple[int, int] | None) -> str:
+    if ranks is None:
+        return "dense"
+    return f"tucker pair r={ranks[0]}" if layer.pair else f"tucker r_in={ranks[0]} r_out={ranks[1]}"
+
+
 def factor_layer(graph: Graph, spec: LayerSpec, ranks: tuple[int, int], iterations: int, keras) -> float:
-    """Replace the conv ``spec`` in ``graph`` by its Tucker-2 chain 1x1(r_in) -> kxk(r_in, r_out) -> 1x1;
-    return the kernel's relative reconstruction error."""
+    """Replace the conv ``spec`` in ``graph`` by its Tucker-2 chain 1x1(r_in) -> kxk(r_in, r_out) -> 1x1
+    (a 1x1 conv: the pair 1x1(r) -> 1x1, its core folded into the second factor); return the kernel's
+    relative reconstruction error."""
     first, core, last = tucker2(spec.weights[0], *ranks, iterations=iterations)
     error = float(np.linalg.norm(compose(first, core, last) - spec.weights[0]) /
                   max(np.linalg.norm(spec.weights[0]), 1e-12))
     config, trainable = spec.config, spec.config.get("trainable", True)
     bias = spec.weights[1] if len(spec.weights) > 1 else None
+    if tuple(spec.weights[0].shape[:2]) == (1, 1):
+        second = np.einsum("ab,bn->an", core[0, 0], last[0, 0])[None, None].astype(last.dtype)
+        pair = [conv_spec(graph.unique_name(f"{spec.name}_tucker_in"), first, config.get("strides", (1, 1)),
+                          config.get("padding", "valid"), (1, 1), None, None, trainable, keras),
+                conv_spec(spec.name, second, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable,
+                          keras)]
+        graph.replace_layer(spec.name, pair)
+        return error
     chain = [conv_spec(graph.unique_name(f"{spec.name}_tucker_in"), first, (1, 1), "valid", (1, 1), None, None,
                        trainable, keras),
              conv_spec(graph.unique_name(f"{spec.name}_tucker_core"), core, config.get("strides", (1, 1)),
@@ -162,36 +198,45 @@ def factor_layer(graph: Graph, spec: LayerSpec, ranks: tuple[int, int], iteratio
 
 
 def _uniform(layers: list[_Layer], metric: str, fixed: float, goal: float, total: float,
-             reasons: dict) -> list[tuple[int, int] | None]:
+             reasons: dict, pointwise: bool) -> list[tuple[int, int] | None]:
     """The largest common ``rho`` whose model meets the goal."""
     def cost(rho: float) -> float:
         return fixed + sum(layer.cost(layer.best(rho, metric), metric) for layer in layers)
 
     if cost(1e-6) > goal:
-        raise _budget_error(metric, cost(1e-6) / total, goal / total, reasons)
+        raise _budget_error(metric, cost(1e-6) / total, goal / total, reasons, pointwise)
     rho, _ = bisect(lambda rho: rho, lambda rho: cost(rho) <= goal, 1e-6, 1.0, None)
     return [layer.best(rho, metric) for layer in layers]
 
 
-def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, reasons: dict) -> list[tuple[int, int] | None]:
+def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total: float,
+            reasons: dict, pointwise: bool) -> list[tuple[int, int] | None]:
     candidates, options = [], []
     for layer in layers:
         drop_in, drop_out = truncation_errors(layer.spec.weights[0])
-        choices = [None] + list(dict.fromkeys(layer.best(rho, metric) for rho in RHOS if layer.best(rho, metric)))
+        if layer.pair:  # one SVD: both unfoldings have its spectrum, and the pair drops its tail once
+            top = min(layer.spec.weights[0].shape[2:])
+            choices = [None] + [(r, r) for r in range(1, top + 1) if layer.best_at(r, metric)]
+        else:
+            choices = [None] + list(dict.fromkeys(layer.best(rho, metric) for rho in RHOS if layer.best(rho, metric)))
         options.append(choices)
         cost = [layer.cost(c, metric) for c in choices]
-        error = [0.0 if c is None else float(drop_in[c[0]] + drop_out[c[1]]) for c in choices]
+        error = [0.0 if c is None else float(drop_in[c[0]] if layer.pair else drop_in[c[0]] + drop_out[c[1]])
+                 for c in choices]
         candidates.append(Candidates(layer.spec.name, np.array(cost, float), np.array(error)))
     hint = ("Left alone: " + ", ".join(f"{n} ({r})" for n, r in list(reasons.items())[:5]) + ".") if reasons else ""
-    picks = allocate(candidates, fixed, goal, what="MACs" if metric == "flops" else "params", hint=hint)
+    hint += "" if pointwise else " pointwise=True also factors the 1x1 convs."
+    picks = allocate(candidates, fixed, goal, what="MACs" if metric == "flops" else "params", hint=hint, total=total)
     return [choices[index] for choices, index in zip(options, picks)]
 
 
-def _budget_error(metric: str, floor: float, goal: float, reasons: dict) -> BudgetError:
+def _budget_error(metric: str, floor: float, goal: float, reasons: dict, pointwise: bool) -> BudgetError:
     what = "MACs" if metric == "flops" else "params"
     left = "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5]) or "none"
     return BudgetError(f"method='tucker' cannot reach target_{metric}={goal:.3g}: rank 1 everywhere still leaves "
-                       f"{floor:.3f} of the {what}. Layers it cannot decompose: {left}. Raise the target.")
+                       f"{floor:.3f} of the {what}. Layers it cannot decompose: {left}. Raise the target"
+                       + ("." if pointwise else " or pass pointwise=True to factor the 1x1 convs too."),
+                       reachable=floor)
 
 
 class TuckerMethod(Method):
@@ -199,7 +244,7 @@ class TuckerMethod(Method):
 
     name = "tucker"
     options_class = TuckerOptions
-    cli_options = ("allocation",)
+    cli_options = ("allocation", "pointwise")
 
     def run(self, graph: Graph, budget: Budget, data, options: TuckerOptions, context: Context,
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:

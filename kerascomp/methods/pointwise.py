@@ -1,0 +1,75 @@
+"""``pointwise="auto"``: factor 1x1 convs only when the kxk convs alone cannot reach the budget.
+
+Mobile nets (MobileNetV2/V3, EfficientNet, DenseNet) keep most of their MACs in 1x1 and depthwise
+convs, so a method that factors only kxk convs cannot reach half their MACs. With the default
+``pointwise="auto"``, every factoring method (fga, svd, joint_svd, tucker) first plans without the
+1x1 convs; if that budget is out of reach, it plans again with them. One mechanism, used by
+:meth:`kerascomp.methods.registry.Method.weighted_run` for every method whose options have a
+``pointwise`` field. The choice is recorded in the report (``notes["pointwise"]``) and in the plan's
+settings, so applying the plan redoes the same. When both attempts fail, the refusal says the best
+ratio each attempt reaches.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from kerascomp.errors import BudgetError, UnsupportedModelError
+from kerascomp.methods.inputs import check_auto
+
+AUTO = "auto"
+# why a factoring method left a 1x1 conv dense: the same words in every method's report
+ONE_BY_ONE = "1x1 conv left dense (pointwise=False, or pointwise='auto' met the budget without it)"
+KXK_ONLY = "auto: kxk convs only (enough for the budget)"
+WITH_ONE_BY_ONE = "auto: 1x1 convs factored too (the kxk convs alone could not reach the budget)"
+
+
+def check_pointwise(value: Any) -> None:
+    check_auto("pointwise", value)
+
+
+def takes_pointwise(options: Any) -> bool:
+    return dataclasses.is_dataclass(options) and any(f.name == "pointwise" for f in dataclasses.fields(options))
+
+
+def run_with_pointwise(run: Callable[[Any], tuple], options: Any, method: str, budget: Any,
+                       fixed: dict | None) -> tuple:
+    """``run(options) -> (graph, report)`` with ``options.pointwise`` resolved: as given when True or
+    False; for ``"auto"`` first False, then (on a :class:`BudgetError` or when nothing else is
+    compressible) True. A plan's ``fixed`` choices made under ``"auto"`` run with True (every layer
+    the plan names may be taken; the rest stay dense)."""
+    if not takes_pointwise(options) or options.pointwise != AUTO:
+        return run(options)
+    if fixed is not None:
+        return run(dataclasses.replace(options, pointwise=True))
+    try:
+        graph, report = run(dataclasses.replace(options, pointwise=False))
+        resolved, note = False, KXK_ONLY
+    except (BudgetError, UnsupportedModelError) as kxk_error:
+        try:
+            graph, report = run(dataclasses.replace(options, pointwise=True))
+        except BudgetError as error:
+            alone = getattr(kxk_error, "reachable", None)
+            tried = (f"; with the kxk convs alone, at best {alone:.3f}" if alone is not None
+                     else "; the kxk convs alone: nothing to factor" if isinstance(kxk_error, UnsupportedModelError)
+                     else "")
+            raise BudgetError(f"method={method!r} cannot reach target_{budget.metric}={budget.fraction:g} even "
+                              "with its 1x1 convs factored "
+                              f"(pointwise='auto' tried both{tried}): {_reason(error)}",
+                              reachable=_best(error, kxk_error)) from error
+        resolved, note = True, WITH_ONE_BY_ONE
+    report.notes["pointwise"] = note
+    report.resolved["pointwise"] = resolved
+    return graph, report
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).strip()
+    if text.startswith("method=") and ": " in text:  # the method and target are said once, in front
+        text = text.split(": ", 1)[1]
+    return text if text.endswith(".") else text + "."
+
+
+def _best(*errors: Exception) -> float | None:
+    reachable = [error.reachable for error in errors if getattr(error, "reachable", None) is not None]
+    return min(reachable) if reachable else None

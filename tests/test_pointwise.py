@@ -1,0 +1,93 @@
+"""``pointwise="auto"`` (the default of fga, svd, joint_svd and tucker): 1x1 convs are factored only
+when the kxk convs alone cannot reach the budget; the plan records the choice; a refusal states
+the best ratio reachable."""
+import numpy as np
+import pytest
+from conftest import model_fingerprint
+
+import kerascomp
+from kerascomp.errors import BudgetError, InvalidArgumentError
+from kerascomp.methods.pointwise import KXK_ONLY, WITH_ONE_BY_ONE
+from kerascomp.zoo import cifar_mobilenetv2
+
+FACTORING = ("fga", "svd", "joint_svd", "tucker")
+
+
+@pytest.fixture(scope="module")
+def mobilenet(keras):
+    keras.utils.set_random_seed(0)
+    return cifar_mobilenetv2(alpha=0.35, input_shape=(16, 16, 3), keras_module=keras)
+
+
+def _one_by_ones(model) -> set[str]:
+    return {layer.name for layer in model.layers
+            if type(layer).__name__ == "Conv2D" and tuple(layer.kernel_size) == (1, 1)}
+
+
+def _rewritten(report) -> set[str]:
+    return {d.layer for d in report.layers if d.action not in ("kept", "dense", "unchanged")
+            and d.macs_after != d.macs_before}
+
+
+@pytest.mark.parametrize("method", FACTORING)
+def test_a_mobile_net_reaches_half_the_macs_by_default(mobilenet, method):
+    before = model_fingerprint(mobilenet)
+    result = kerascomp.compress(mobilenet, method=method, target_flops=0.5, verbose=0)
+    assert model_fingerprint(mobilenet) == before
+    assert result.report.macs_ratio <= 0.5
+    assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(mobilenet).macs
+    assert result.report.notes["pointwise"] == WITH_ONE_BY_ONE
+    assert _rewritten(result.report) & _one_by_ones(mobilenet), "no 1x1 conv was factored"
+    # the plan stores the resolved choice, and applying it rebuilds the same model
+    assert result.plan.settings["pointwise"] is True
+    again = kerascomp.clone_compressed(mobilenet, plan=result.plan, verbose=0)
+    assert kerascomp.cost(again).macs == kerascomp.cost(result.model).macs
+    x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(again.predict(x, verbose=0), result.model.predict(x, verbose=0), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ("fga", "tucker"))
+def test_without_the_1x1_convs_the_same_budget_is_refused_with_the_reachable_ratio(mobilenet, method):
+    with pytest.raises(BudgetError, match=r"at best 0\.\d+ of the model's MACs.*pointwise=True") as caught:
+        kerascomp.compress(mobilenet, method=method, target_flops=0.5, pointwise=False, verbose=0)
+    assert 0.5 < caught.value.reachable < 1.0
+
+
+def test_a_resnet_keeps_its_1x1_convs_dense_when_the_kxk_convs_suffice(small_resnet):
+    for method in FACTORING:
+        result = kerascomp.compress(small_resnet, method=method, target_flops=0.5, verbose=0)
+        assert result.report.notes["pointwise"] == KXK_ONLY, method
+        assert not _rewritten(result.report) & _one_by_ones(small_resnet), method
+        assert result.plan.settings["pointwise"] is False
+
+
+def test_an_unreachable_budget_names_both_attempts_and_the_best_ratio(mobilenet):
+    with pytest.raises(BudgetError, match=r"method='svd' cannot reach target_flops=0.05 even with its 1x1 convs "
+                                          r"factored \(pointwise='auto' tried both; with the kxk convs alone, at best "
+                                          r"0\.\d+\).*at best 0\.\d+ of the model's MACs") as caught:
+        kerascomp.compress(mobilenet, method="svd", target_flops=0.05, verbose=0)
+    # the depthwise convs stay: the floor is what they and the stem cost, well above 0.05
+    assert 0.05 < caught.value.reachable < 0.5
+
+
+def test_a_wrong_pointwise_value_is_named(small_resnet):
+    with pytest.raises(InvalidArgumentError, match=r"pointwise must be True, False or 'auto', got 'yes'"):
+        kerascomp.compress(small_resnet, method="tucker", pointwise="yes", verbose=0)
+
+
+def test_tucker_factors_a_strided_1x1_conv_as_an_exact_pair_at_full_rank(keras):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 4))
+    outputs = keras.layers.Conv2D(6, 1, strides=2, activation="relu", name="pw")(inputs)
+    model = keras.Model(inputs, outputs)
+    plan = kerascomp.plan(model, method="tucker", target_flops=0.9, pointwise=True, verbose=0)
+    plan.choices["layers"]["pw"] = [4, 4]  # full rank: min(C, N) = 4, so the pair is exact
+    small = kerascomp.clone_compressed(model, plan=plan, verbose=0)
+    assert [layer.name for layer in small.layers[1:]] == ["pw_tucker_in", "pw"]
+    assert small.get_layer("pw_tucker_in").strides == (2, 2)
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 4)).astype("float32")
+    np.testing.assert_allclose(small.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5)
+    # and a lower rank is a real truncation, not the identity
+    plan.choices["layers"]["pw"] = [1, 1]
+    low = kerascomp.clone_compressed(model, plan=plan, verbose=0)
+    assert not np.allclose(low.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-3)
