@@ -63,6 +63,11 @@ def _total(candidates: list[Candidates], choice: list[int]) -> float:
     return float(sum(c.cost[i] for c, i in zip(candidates, choice)))
 
 
+def _amount(value: float) -> str:
+    """A cost for a message: MACs and params as integers, milliseconds with their decimals."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, what: str = "MACs",
              hint: str = "", total: float | None = None) -> list[int]:
     """Index of the chosen candidate per layer so the total cost stays within ``budget``.
@@ -77,8 +82,8 @@ def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, wha
         best = f" (at best {reachable:.3f} of the model's {what})" if reachable is not None else ""
         raise BudgetError(
             f"the {what} target cannot be met: the cheapest option of every compressible layer still totals "
-            f"{floor:,.0f} {what}{best} against a budget of {budget:,.0f} ({fixed_cost:,.0f} of it in layers this "
-            "method leaves alone). Relax the target or enable more layers. " + hint, reachable=reachable)
+            f"{_amount(floor)} {what}{best} against a budget of {_amount(budget)} ({_amount(fixed_cost)} of it in "
+            "layers this method leaves alone). Relax the target or enable more layers. " + hint, reachable=reachable)
     scale = max(float(sum(np.max(c.cost) for c in candidates)), 1.0)
     low, high = -12.0, 12.0  # log10 of lam * scale
     choice = _choose(candidates, 10.0 ** high / scale)
