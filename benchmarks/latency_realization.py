@@ -1,17 +1,35 @@
-"""How much of the ideal (MACs) speedup does FGA realise in LiteRT? fp32 and int8, 1 thread.
+"""How much of the MACs cut does each method turn into LiteRT speed? fp32 and int8, 1 thread, XNNPACK.
 
-    python -m benchmarks.latency_realization            # writes benchmarks/results/latency_realization.{json,md}
+    python -m benchmarks.latency_realization --models resnet20 --latency-table
+    python -m benchmarks.latency_realization --models resnet50,mobilenetv2 --runs 10
+    python -m benchmarks.latency_realization --report        # rewrite the Markdown from the JSON
 
-Models: the shipped CIFAR ResNet-20 (32x32) and keras.applications ResNet50 (224x224, random
-weights: only timing matters). Each is compressed with FGA to target_flops 0.5 and 0.25 and
-timed interleaved with its original (ratios only; this machine is shared and noisy).
+Writes benchmarks/results/latency_realization.{json,md} (one file per run of the script; ``--out``
+names another). For each model, every method is compressed to each ``--targets`` MACs fraction at
+default options, exported fp32 and int8 (each file checked against its Keras model), and every
+file of the model -- original, compressed, and for the CIFAR ResNets the *thin anchors* (dense
+ResNets of the same depth built at widths 6..14, random weights) -- is timed in one interleaved
+``compare_tflite`` call per precision. So every ratio in a row was measured side by side, and the
+CPU model is recorded with them.
+
+Columns: latency ratio (compressed / original); realised fraction = MACs kept / latency kept (1.0:
+the speed-up equals the MACs cut); vs thin anchor = the compressed latency / the anchors' latency
+interpolated at the same MACs ratio (<= 1.0: at least as fast as a dense model built thin, the
+honest reference on 32x32 inputs where the host has a floor no compression removes).
+``--latency-table`` adds a ``<method>+table`` row for each method that plans against a measured
+table under a MACs target (``Method.latency_front``), with ``latency=kerascomp.latency_table(model)``.
+
+Data: the CIFAR models are trained (the shipped ResNet-20, benchmarks/models/resnet56_cifar10.keras)
+and get ``--calibration`` labelled CIFAR training images as ``data=`` (reconstruction, BN
+recalibration, collaborative's sensitivity) and for the int8 calibration and parity. The 224x224
+keras.applications models have random weights and get random images and labels: only their
+timing means anything.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -19,142 +37,290 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+ALL_METHODS = ("fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative")
+THIN_WIDTHS = (6, 8, 10, 12, 14)
+PRECISIONS = ("fp32", "int8")
 
 
-def _models(keras, which: list[str]):
+def _model(keras, name: str):
+    """(model, CIFAR ResNet depth or None, options every method gets for this model)."""
     from kerascomp.loading import load_demo_model
 
-    if "resnet20" in which:
-        yield "cifar_resnet20", load_demo_model(), {}
-    if "resnet50" in which:
-        # ResNet50's 3x3 convs and stem hold only ~48% of its MACs, so FGA needs its 1x1 convs too.
-        yield "resnet50_224", keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3)), {"pointwise": True}
+    if name == "resnet20":
+        return load_demo_model(), 20
+    if name == "resnet56":
+        return keras.models.load_model(MODELS_DIR / "resnet56_cifar10.keras", compile=False), 56
+    if name == "resnet50":
+        return keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3)), None
+    if name == "mobilenetv2":
+        return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3)), None
+    raise SystemExit(f"unknown model {name!r}: choose from resnet20, resnet56, resnet50, mobilenetv2")
+
+
+def _data(model, depth, count: int, data_argument):
+    import numpy as np
+
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    classes = int(model.outputs[0].shape[-1])
+    if depth is not None:
+        from benchmarks.common import load_cifar
+
+        arrays = load_cifar(data_argument)
+        if arrays is None:
+            raise SystemExit(2)
+        return arrays["x_train"][:count].astype("float32"), arrays["y_train"][:count].reshape(-1).astype("int64")
+    rng = np.random.default_rng(0)
+    return (rng.uniform(0, 255, (count,) + shape).astype("float32"),
+            rng.integers(0, classes, count).astype("int64"))
+
+
+def _export(kerascomp, model, path: Path, label: str, calibration) -> dict:
+    mode = None if label == "fp32" else label
+    try:
+        result = kerascomp.export_tflite(model, path, quantize=mode, representative_data=calibration)
+    except kerascomp.CompressionError as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+    return {"path": str(path), "size_bytes": result.size_bytes, "parity_relative_error": result.relative_error,
+            "parity_top1_agreement": result.top1_agreement, "parity_passed": bool(result.passed)}
+
+
+def _anchor_curve(points: list[tuple[float, float]]):
+    """Piecewise-linear latency ratio of the thin anchors as a function of their MACs ratio."""
+    import numpy as np
+
+    points = sorted(points)
+    macs, latency = np.array([p[0] for p in points]), np.array([p[1] for p in points])
+
+    def at(ratio: float) -> float | None:
+        if ratio < macs[0] or ratio > macs[-1]:
+            return None  # outside the anchors' range: no extrapolation
+        return float(np.interp(ratio, macs, latency))
+    return at
+
+
+def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
+    from kerascomp.graph.flavour import default_keras  # noqa: F401  (the model's flavour is the process's)
+
+    model, depth = _model(keras, name)
+    x, y = _data(model, depth, args.calibration, args.data)
+    calibration = x[: min(len(x), 64)]
+    original_macs = kerascomp.cost(model).macs
+    files: dict[str, dict] = {}  # key -> {"fp32": export, "int8": export}
+    files["original"] = {label: _export(kerascomp, model, workdir / f"{name}_original_{label}.tflite", label,
+                                        calibration) for label in PRECISIONS}
+    anchors = {}
+    if depth is not None and not args.no_anchors:
+        from kerascomp.zoo import cifar_resnet
+
+        for width in THIN_WIDTHS:
+            thin = cifar_resnet(depth, width=width, keras_module=keras)
+            anchors[width] = kerascomp.cost(thin).macs / original_macs
+            files[f"thin{width}"] = {label: _export(kerascomp, thin, workdir / f"{name}_thin{width}_{label}.tflite",
+                                                    label, calibration) for label in PRECISIONS}
+    table = None
+    runs = []
+    for method in args.methods:
+        variants = [(method, None)]
+        if args.latency_table and kerascomp.methods.registry.get(method).latency_front:
+            if table is None:
+                table = kerascomp.latency_table(model, verbose=0)
+            variants.append((method + "+table", table))
+        for row_name, latency in variants:
+            for target in args.targets:
+                record = {"model": name, "method": row_name, "target_flops": target}
+                started = time.perf_counter()
+                try:
+                    result = kerascomp.compress(model, method=method, target_flops=target, data=(x, y), verbose=0,
+                                                **({"latency": latency} if latency is not None else {}))
+                except kerascomp.CompressionError as error:
+                    record["error"] = f"{type(error).__name__}: {error}"
+                    runs.append(record)
+                    print(json.dumps(record), flush=True)
+                    continue
+                record["compress_seconds"] = round(time.perf_counter() - started, 1)
+                record["macs_ratio"] = result.report.macs_ratio
+                record["params_ratio"] = result.report.params_ratio
+                if "latency_front" in result.report.notes:
+                    record["latency_front"] = result.report.notes["latency_front"]
+                key = f"{row_name}@{target}"
+                files[key] = {label: _export(kerascomp, result.model, workdir / f"{name}_{key}_{label}.tflite".replace(
+                    "+", "_"), label, calibration) for label in PRECISIONS}
+                record["file"] = key
+                runs.append(record)
+                print(json.dumps({k: v for k, v in record.items() if k != "latency_front"}), flush=True)
+    # every file of this model, one interleaved timing per precision
+    for label in PRECISIONS:
+        keys = [k for k, v in files.items() if "path" in v[label]]
+        if "original" not in keys:
+            continue
+        timings = kerascomp.compare_tflite([files[k][label]["path"] for k in keys], num_threads=1, runs=args.runs)
+        for key, timing in zip(keys, timings):
+            files[key][label]["median_ms"] = timing.median_ms
+    records = []
+    for label in PRECISIONS:
+        base = files["original"][label].get("median_ms")
+        if base is None:
+            continue
+        points = [(1.0, 1.0)] + [(anchors[w], files[f"thin{w}"][label]["median_ms"] / base)
+                                 for w in anchors if "median_ms" in files[f"thin{w}"][label]]
+        files["original"][label]["anchor_points"] = [[round(m, 4), round(t, 4)] for m, t in sorted(points)]
+    curves = {label: _anchor_curve(files["original"][label].get("anchor_points", [(1.0, 1.0)])) for label in PRECISIONS}
+    for record in runs:
+        if "file" in record:
+            for label in PRECISIONS:
+                entry, base = dict(files[record["file"]][label]), files["original"][label]
+                entry.pop("path", None)
+                if "median_ms" in entry and "median_ms" in base:
+                    ratio = entry["median_ms"] / base["median_ms"]
+                    entry["latency_ratio"] = ratio
+                    entry["realised_fraction"] = record["macs_ratio"] / ratio
+                    anchor = curves[label](record["macs_ratio"]) if anchors else None
+                    if anchor is not None:
+                        entry["anchor_latency_ratio"] = anchor
+                        entry["vs_anchor"] = ratio / anchor
+                entry["original_parity_passed"] = base.get("parity_passed")
+                record[label] = entry
+        records.append(record)
+    original = {label: {k: v for k, v in files["original"][label].items() if k != "path"} for label in PRECISIONS}
+    thin = {f"thin{w}": {"macs_ratio": anchors[w], **{label: {k: v for k, v in files[f"thin{w}"][label].items()
+                                                               if k != "path"} for label in PRECISIONS}}
+            for w in anchors}
+    records.append({"model": name, "method": "original", "macs": original_macs, **original, "anchors": thin})
+    return records
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="resnet20,resnet50")
+    parser.add_argument("--models", default="resnet20,resnet56,resnet50,mobilenetv2")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS))
     parser.add_argument("--targets", default="0.5,0.25")
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--calibration", type=int, default=32)
-    parser.add_argument("--rank-multiple", type=int, default=None, help="FGA rank_multiple (default: auto 8, 4, 1)")
+    parser.add_argument("--runs", type=int, default=30, help="timed runs per file and precision")
+    parser.add_argument("--calibration", type=int, default=512, help="images given as data= and for int8")
+    parser.add_argument("--latency-table", action="store_true",
+                        help="also a <method>+table row for each method with a latency front")
+    parser.add_argument("--no-anchors", action="store_true", help="skip the thin anchors of the CIFAR ResNets")
+    parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=str(RESULTS / "latency_realization"))
     parser.add_argument("--report", action="store_true", help="only rewrite --out's Markdown from its JSON")
     args = parser.parse_args(argv)
     if args.report:
         regenerate(Path(args.out))
         return 0
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.targets = [float(t) for t in args.targets.split(",")]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    import numpy as np
-
     import kerascomp
-    from benchmarks.common import cpu_model
+    import kerascomp.methods.registry  # noqa: F401
+    from benchmarks.common import command_line, cpu_model
     from kerascomp.graph.flavour import default_keras
-    from kerascomp.tables import table
 
+    unknown = [m for m in args.methods if m not in kerascomp.methods.registry.names()]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
     keras = default_keras()
-    rows, records = [], []
     workdir = Path(tempfile.mkdtemp(prefix="kerascomp-latency-"))
-    for name, model, options in _models(keras, args.models.split(",")):
-        if args.rank_multiple is not None:
-            options = {**options, "rank_multiple": args.rank_multiple}
-        shape = tuple(int(d) for d in model.inputs[0].shape[1:])
-        calibration = np.random.default_rng(0).uniform(0, 255, (args.calibration,) + shape).astype("float32")
-        exports = {}
-        for mode in (None, "int8"):
-            exports[("orig", mode)] = kerascomp.export_tflite(model, workdir / f"{name}_orig_{mode}.tflite", quantize=mode,
-                                                             representative_data=calibration)
-        for target in [float(t) for t in args.targets.split(",")]:
-            record = {"model": name, "target_flops": target, "options": options}
-            try:
-                started = time.perf_counter()
-                result = kerascomp.compress(model, method="fga", target_flops=target, verbose=0, **options)
-                record["compress_seconds"] = round(time.perf_counter() - started, 2)
-            except kerascomp.CompressionError as error:
-                record["error"] = f"{type(error).__name__}: {error}"
-                records.append(record)
-                continue
-            record["macs_ratio"] = result.report.macs_ratio
-            record["params_ratio"] = result.report.params_ratio
-            for mode in (None, "int8"):
-                label = mode or "fp32"
-                try:
-                    small = kerascomp.export_tflite(result.model, workdir / f"{name}_{target}_{label}.tflite",
-                                                    quantize=mode, representative_data=calibration)
-                except kerascomp.CompressionError:
-                    record[f"{label}_error"] = traceback.format_exc(limit=1)
-                    continue
-                original = exports[("orig", mode)]
-                timings = kerascomp.compare_tflite([original.path, small.path], num_threads=1, runs=args.runs)
-                latency_ratio = timings[1].median_ms / timings[0].median_ms
-                realised = (1 / latency_ratio) / (1 / result.report.macs_ratio)
-                record[label] = {"latency_ratio": latency_ratio, "realised_fraction": realised,
-                                 "size_ratio": small.size_bytes / original.size_bytes,
-                                 "original_median_ms": timings[0].median_ms, "compressed_median_ms": timings[1].median_ms,
-                                 "parity_relative_error": small.relative_error, "parity_passed": small.passed,
-                                 "original_parity_passed": original.passed,
-                                 "parity_top1_agreement": small.top1_agreement}
-            records.append(record)
-            rows.extend(table_rows(record))
-            print(json.dumps(record), flush=True)
-    command = "python -m benchmarks.latency_realization " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.machine(),
-            "cpu": cpu_model(), "cpus": os.cpu_count(), "keras": keras.__name__ + " " + keras.__version__,
-            "threads": 1, "runs": args.runs}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": records}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown_report(meta, records))
-    print(table(HEADERS, rows))
+    records = []
+    meta = {"command": command_line("benchmarks.latency_realization") if argv is None else
+            "python -m benchmarks.latency_realization " + " ".join(argv),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "cpu": cpu_model(), "cpus": os.cpu_count(),
+            "keras": keras.__name__ + " " + keras.__version__, "threads": 1, "runs": args.runs,
+            "calibration": args.calibration}
+    for name in [m for m in args.models.split(",") if m]:
+        try:
+            records.extend(run_model(kerascomp, keras, name, args, workdir))
+        except Exception:  # one model's failure is recorded, the others still run
+            records.append({"model": name, "method": "original", "error": traceback.format_exc(limit=3)})
+        write(out, meta, records)  # after each model, so a long run leaves what it finished
+    print(markdown_report(meta, records))
     return 0
 
 
-HEADERS = ["model", "target", "precision", "MACs ratio", "latency ratio", "realised fraction", "size ratio",
-           "parity (relative error, top-1 agreement)", "compress s"]
-# export_tflite's relative-error tolerance per precision, for rows recorded before they stored the verdict
-_TOLERANCE = {"fp32": 1e-4, "int8": 0.1}
+def write(out: Path, meta: dict, records: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": records}, indent=2, default=str) + "\n")
+    out.with_suffix(".md").write_text(markdown_report(meta, records))
+
+
+HEADERS = ["model", "method", "target", "precision", "MACs ratio", "latency ratio", "realised fraction",
+           "thin anchor", "vs anchor", "parity (rel. error, top-1 agr.)", "compress s"]
+_TOLERANCE = {"fp32": 1e-4, "int8": 0.1}  # export_tflite's tolerance, for rows recorded before the verdict was
 
 
 def _parity(entry: dict, label: str) -> tuple[bool, str]:
     passed = entry.get("parity_passed")
-    if passed is None:  # an older row: judge its recorded relative error against the export tolerance
+    if passed is None:
         passed = entry["parity_relative_error"] <= _TOLERANCE[label]
     agreement = entry.get("parity_top1_agreement")
     text = f"{entry['parity_relative_error']:.3g}" + ("" if agreement is None else f", {agreement:.3f}")
     return passed, text + ("" if passed else " **FAILED**")
 
 
+def _fmt(value, digits=3):
+    return "" if value is None else f"{value:.{digits}f}"
+
+
 def table_rows(record: dict) -> list[list]:
     """One row per precision; a latency whose file failed its parity check is marked, not shown bare."""
     rows = []
-    for label in ("fp32", "int8"):
+    for label in PRECISIONS:
         entry = record.get(label)
         if entry is None:
             continue
+        if "error" in entry:
+            rows.append([record["model"], record.get("method", "fga"), record["target_flops"], label,
+                         _fmt(record["macs_ratio"]), "export failed: " + entry["error"][:80], "", "", "", "", ""])
+            continue
+        if "latency_ratio" not in entry:
+            continue
         passed, parity = _parity(entry, label)
-        latency = f"{entry['latency_ratio']:.3f}" + ("" if passed else " (parity failed)")
-        realised = f"{entry['realised_fraction']:.2f}" + ("" if passed else " (parity failed)")
-        rows.append([record["model"], record["target_flops"], label, f"{record['macs_ratio']:.3f}", latency,
-                     realised, f"{entry['size_ratio']:.3f}", parity, record["compress_seconds"]])
+        mark = "" if passed else " (parity failed)"
+        vs = entry.get("vs_anchor")
+        rows.append([record["model"], record.get("method", "fga"), record["target_flops"], label,
+                     _fmt(record["macs_ratio"]), _fmt(entry["latency_ratio"]) + mark,
+                     _fmt(entry["realised_fraction"], 2) + mark, _fmt(entry.get("anchor_latency_ratio")),
+                     "" if vs is None else _fmt(vs) + (" ok" if vs <= 1.0 else " slower") + mark, parity,
+                     record.get("compress_seconds", "")])
     return rows
+
+
+def _anchor_lines(records: list[dict]) -> list[str]:
+    lines = []
+    for record in records:
+        if record.get("method") != "original" or "anchors" not in record:
+            continue
+        for label in PRECISIONS:
+            points = record[label].get("anchor_points")
+            if points:
+                lines.append(f"- {record['model']} {label}: (MACs ratio, latency ratio) of the thin anchors "
+                             + ", ".join(f"({m:.3f}, {t:.3f})" for m, t in points))
+    return lines
 
 
 def markdown_report(meta: dict, records: list[dict]) -> str:
     from kerascomp.tables import table
 
-    rows = [row for record in records for row in table_rows(record)]
-    errors = [f"- {r['model']} @ {r['target_flops']}: {r['error']}" for r in records if "error" in r]
-    markdown = ["# FGA latency realisation (LiteRT, 1 thread, XNNPACK)\n", f"Command: `{meta['command']}`  ",
-                f"Run: {meta['date']}, {meta['keras']}, {meta.get('cpu', 'CPU model not recorded')}, {meta['cpus']} "
-                f"CPUs, {meta['runs']} interleaved runs per file.\n",
-                "realised fraction = (original latency / compressed latency) / (original MACs / compressed MACs); "
-                "1.0 means the speedup equals the MACs reduction. A file that failed its parity check against "
-                "its Keras model is marked: its latency is not evidence of anything. The calibration inputs are "
-                "random, so int8 parity on these random-weight models is weak at best.\n",
+    rows = [row for record in records if record.get("method") != "original" for row in table_rows(record)]
+    errors = [f"- {r['model']} {r.get('method', 'fga')} @ {r.get('target_flops', '')}: {r['error']}"
+              for r in records if "error" in r]
+    markdown = ["# Latency realisation (LiteRT, 1 thread, XNNPACK)\n", f"Command: `{meta['command']}`  ",
+                f"Run: {meta['date']}, {meta['keras']}, CPU: {meta.get('cpu', 'not recorded')}, {meta['cpus']} "
+                f"CPUs, {meta['runs']} interleaved runs per file; every file of a model timed in one call per "
+                "precision.\n",
+                "latency ratio = compressed / original median; realised fraction = MACs ratio / latency ratio "
+                "(1.0: the speed-up equals the MACs cut); thin anchor = the latency ratio of dense ResNets of the "
+                "same depth built thin (widths 6-14, same run), interpolated at the row's MACs ratio; vs anchor = "
+                "latency ratio / thin anchor (<= 1.0: at least as fast as the thin dense model). A file that "
+                "failed its parity check against its Keras model is marked: its latency is not evidence. "
+                "Random-weight 224x224 models are calibrated on random images, so their int8 parity is weak.\n",
                 table(HEADERS, rows, markdown=True)]
+    anchors = _anchor_lines(records)
+    if anchors:
+        markdown += ["\nThin anchors:\n"] + anchors
     if errors:
-        markdown += ["\nRefused:\n"] + errors
+        markdown += ["\nRefused or failed:\n"] + errors
     return "\n".join(markdown) + "\n"
 
 

@@ -48,11 +48,50 @@ def smallest_index(fits: Callable[[int], bool], low: int, high: int) -> int:
 
 @dataclass
 class Candidates:
-    """The options of one layer: parallel arrays of cost and error (index 0 need not be the original)."""
+    """The options of one layer: parallel arrays of cost and error (index 0 need not be the original).
+
+    ``ms``: optional, each option's latency by a measured table (the original form included). When
+    given, :func:`allocate` offers only the options on the layer's latency front (:func:`latency_front`)."""
 
     layer: str
     cost: np.ndarray
     error: np.ndarray
+    ms: np.ndarray | None = None
+
+
+def latency_front(candidates: Candidates) -> np.ndarray:
+    """Indices of the options worth a place in a latency-true allocation: an option is dropped when
+    another of the same layer runs faster by the table with at most its error, whatever its cost
+    (or matches it on latency and error at a lower cost; of exact ties the first stays). So no kept
+    option is slower than the original form (error 0), and none is slower than an option at least
+    as accurate: a rank between the steps where the measured time drops goes, and the next rank up,
+    faster and more accurate, stays. All indices when ``ms`` is absent."""
+    count = len(candidates.cost)
+    if candidates.ms is None:
+        return np.arange(count)
+    ms, error, cost = (np.asarray(a, float) for a in (candidates.ms, candidates.error, candidates.cost))
+    tolerance = 1e-9 * max(float(np.max(ms)), 1e-12)
+    order = np.arange(count)
+    keep = []
+    for index in range(count):
+        no_worse = (ms <= ms[index] + tolerance) & (error <= error[index]) & (cost <= cost[index])
+        strictly = (ms < ms[index] - tolerance) | (error < error[index]) | (cost < cost[index]) | (order < index)
+        slower_than_accurate = (ms < ms[index] - tolerance) & (error <= error[index])
+        beaten = (no_worse & strictly) | slower_than_accurate
+        beaten[index] = False
+        if not beaten.any():
+            keep.append(index)
+    return np.array(keep, int)
+
+
+def front_note(candidates: list[Candidates], source: str) -> str | None:
+    """The report's line on what :func:`latency_front` left out (``None`` without measured ``ms``)."""
+    timed = [c for c in candidates if c.ms is not None]
+    if not timed:
+        return None
+    dropped = sum(len(c.cost) - len(latency_front(c)) for c in timed)
+    return (f"{dropped} of {sum(len(c.cost) for c in timed)} options of {len(timed)} layers left out as slower, by "
+            f"the latency table ({source}), than the original form or than an option at least as accurate")
 
 
 def _choose(candidates: list[Candidates], lam: float) -> list[int]:
@@ -74,7 +113,15 @@ def allocate(candidates: list[Candidates], fixed_cost: float, budget: float, wha
 
     Raises :class:`BudgetError` when even the cheapest candidate of every layer is over budget; with
     the model's ``total`` cost, the error states (and carries as ``reachable``) the best ratio reachable.
+    Layers whose candidates carry measured ``ms`` choose among their latency front only.
     """
+    fronts = [latency_front(c) for c in candidates]
+    if any(len(front) < len(c.cost) for front, c in zip(fronts, candidates)):
+        kept = [Candidates(c.layer, c.cost[front], c.error[front]) for c, front in zip(candidates, fronts)]
+        hint = (hint + " Forms that the latency table times slower than a form at least as accurate (the "
+                "original included) are left out.").strip()
+        choice = allocate(kept, fixed_cost, budget, what, hint, total)
+        return [int(front[index]) for front, index in zip(fronts, choice)]
     cheapest = [int(np.argmin(c.cost)) for c in candidates]
     floor = fixed_cost + _total(candidates, cheapest)
     if floor > budget:

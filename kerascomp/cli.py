@@ -58,7 +58,7 @@ def _method_options(method, args) -> dict:
     """The method's options that were given as flags (unset flags leave the method's defaults).
 
     A flag that only other methods use is refused, naming the methods that take it, and so are the
-    latency flags without a latency target (a table only steers ``--target-latency``)."""
+    latency flags without a latency target for a method that uses a table only for one."""
     given = {name for name in registry.cli_option_names() if getattr(args, name, None) is not None}
     unused = sorted(given - set(method.cli_options))
     if unused:
@@ -68,9 +68,11 @@ def _method_options(method, args) -> dict:
                                    f"Drop the flag, or choose one of those methods.")
     tables = [flag for flag, value in (("--latency-table", getattr(args, "latency_table", None)),
                                        ("--phone-json", getattr(args, "phone_json", None))) if value]
-    if tables and getattr(args, "target_latency", None) is None:
-        raise InvalidArgumentError(f"{' and '.join(tables)} only steer a latency target: add --target-latency "
-                                   f"FRACTION (method {method.name!r} would otherwise ignore the table).")
+    if tables and getattr(args, "target_latency", None) is None and not method.latency_front:
+        guards = sorted(name for name in registry.names() if registry.get(name).latency_front)
+        raise InvalidArgumentError(f"{' and '.join(tables)} only steer a latency target for method {method.name!r}: "
+                                   f"add --target-latency FRACTION (under --target-flops/--target-params only "
+                                   f"{', '.join(guards)} use a table, to keep the forms it times faster).")
     return {name: getattr(args, name) for name in method.cli_options if getattr(args, name, None) is not None}
 
 
@@ -289,8 +291,8 @@ def cmd_demo(args) -> int:
 def _add_target_arguments(parser) -> None:
     """The collaborative planner's arguments shared by ``compress`` and ``plan``."""
     parser.add_argument("--target-latency", type=float, default=None,
-                        help="collaborative, fga: fraction of the original latency to keep (needs a latency table: "
-                             "--latency-table, --phone-json, or measured here)")
+                        help="fraction of the original latency to keep (collaborative, fga plan it by a latency table: "
+                             "--latency-table, --phone-json, or measured here; the others by timing)")
     parser.add_argument("--latency-table", help="JSON from kerascomp latency-table")
     parser.add_argument("--phone-json", help="JSON from kerascomp bench --adb --op-profile --layers-from MODEL")
     parser.add_argument("--sensitivity", default=None, choices=["taylor", "measured"],

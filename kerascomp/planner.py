@@ -36,11 +36,12 @@ __all__ = ["plan", "Plan", "LayerPlan", "LayerRecord", "fingerprint", "context_f
 
 
 def latency_for(model: Any, latency: Any, verbose: int) -> LatencyTable:
-    """``latency`` checked, or measured on this host when ``None``."""
-    if latency is None:
+    """``latency`` checked, or measured on this host (cached on disk) when ``None`` or ``"host"``."""
+    if latency is None or (isinstance(latency, str) and latency == "host"):
         return latency_table(model, verbose=verbose)
     if not isinstance(latency, LatencyTable):
-        raise InvalidArgumentError(f"latency must be a kerascomp.LatencyTable, got {type(latency).__name__}.")
+        raise InvalidArgumentError(f"latency must be a kerascomp.LatencyTable or \"host\" (measure this host's "
+                                   f"table, cached on disk), got {latency!r}.")
     return latency
 
 
@@ -66,17 +67,22 @@ def context_for(method: Method, model: Any, budget: Budget, loss: Any, latency: 
         users = sorted(name for name in registry.names() if registry.get(name).uses_loss)
         raise InvalidArgumentError(f"loss= is used by method={' or '.join(map(repr, users))} only, not "
                                    f"{method.name!r}.")
-    if latency is not None and not method.uses_latency:
-        users = sorted(name for name in registry.names() if registry.get(name).uses_latency)
-        raise InvalidArgumentError(f"latency= (a latency table) is used by method={' and '.join(map(repr, users))} "
-                                   f"only; {method.name!r} meets target_latency by timing the compressed model here "
-                                   "(no table). Drop latency=, or choose one of those methods.")
+    if latency is not None and not (method.uses_latency or method.latency_front):
+        planners = sorted(name for name in registry.names() if registry.get(name).uses_latency)
+        guards = sorted(name for name in registry.names() if registry.get(name).latency_front)
+        raise InvalidArgumentError(f"latency= (a latency table) is used by method={' and '.join(map(repr, planners))} "
+                                   f"(to plan target_latency) and by {', '.join(map(repr, guards))} (to keep only "
+                                   f"forms the table times faster, under any target); {method.name!r} meets "
+                                   "target_latency by timing the compressed model here (no table). Drop latency=, "
+                                   "or choose one of those methods.")
+    if latency is not None and budget.metric != "latency" and not method.latency_front:
+        raise InvalidArgumentError(f"method={method.name!r} uses latency= (a latency table) for target_latency only, "
+                                   f"not for target_{budget.metric}. Drop latency=, or pass target_latency.")
     if budget.metric == "latency" and not method.uses_latency:
-        return Context(verbose=verbose, loss=loss, measure=measured_latency_ratio())
+        return Context(verbose=verbose, loss=loss, measure=measured_latency_ratio(), latency=(
+            latency_for(model, latency, verbose) if latency is not None else None))
     if budget.metric == "latency" or latency is not None:
         latency = latency_for(model, latency, verbose)
-    if budget.metric != "latency":
-        latency = None  # a table only steers latency targets
     measure = measured_latency_ratio(latency.num_threads) if latency is not None else None
     return Context(verbose=verbose, loss=loss, latency=latency, measure=measure)
 

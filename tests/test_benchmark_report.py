@@ -110,3 +110,23 @@ def test_params_variants_count_for_their_method_and_ablations_get_their_own_tabl
     assert "| fga_no_distill (without distillation) |" in table and "+0.50 pt after finetuning" in table
     assert "without both" not in table  # not measured, not shown
     assert report.ablation_table(_state(_row("fga", 0.5, 0.8, 0.5))) == ""
+
+
+def test_latency_realization_rows_read_against_the_thin_anchor():
+    realization = pytest.importorskip("benchmarks.latency_realization")
+    at = realization._anchor_curve([(1.0, 1.0), (0.25, 0.4), (0.5, 0.7)])
+    assert at(0.375) == pytest.approx(0.55)   # interpolated between the 0.25 and 0.5 anchors
+    assert at(0.1) is None                      # below the thinnest anchor: no extrapolation
+    entry = {"latency_ratio": 0.6, "realised_fraction": 0.5 / 0.6, "anchor_latency_ratio": 0.7, "vs_anchor": 0.6 / 0.7,
+             "parity_relative_error": 0.02, "parity_top1_agreement": 0.99, "parity_passed": True}
+    slow = {**entry, "latency_ratio": 0.8, "vs_anchor": 0.8 / 0.7, "parity_passed": False}
+    record = {"model": "resnet20", "method": "l1", "target_flops": 0.5, "macs_ratio": 0.5, "fp32": entry,
+              "int8": slow, "compress_seconds": 3}
+    fp32, int8 = realization.table_rows(record)
+    assert fp32[5:9] == ["0.600", "0.83", "0.700", "0.857 ok"]
+    assert int8[5] == "0.800 (parity failed)" and int8[8].startswith("1.143 slower")
+    assert "FAILED" in int8[9]
+    old = {"model": "resnet50_224", "target_flops": 0.5, "macs_ratio": 0.5, "compress_seconds": 1,
+           "fp32": {"latency_ratio": 0.55, "realised_fraction": 0.91, "parity_relative_error": 1e-6}}
+    (row,) = realization.table_rows(old)        # a record from before the method column: FGA, no anchor
+    assert row[1] == "fga" and row[7] == "" and row[8] == ""

@@ -3,8 +3,9 @@ import json
 import numpy as np
 import pytest
 
+from kerascomp.bench.latency import LatencyTable, conv_macs
 from kerascomp.cli import main
-from kerascomp.loading import demo_model_path
+from kerascomp.loading import demo_model_path, load_model
 from tests.conftest import flavour_independent
 
 
@@ -120,10 +121,24 @@ def test_compress_refuses_a_flag_the_method_does_not_use(model_file, tmp_path, c
     assert not out.exists()
 
 
-def test_latency_table_without_a_latency_target_is_refused(model_file, tmp_path, capsys):
-    assert main(["compress", str(model_file), "--method", "fga", "-o", str(tmp_path / "x.keras"),
+def test_latency_table_without_a_latency_target_is_refused_where_it_means_nothing(model_file, tmp_path, capsys):
+    assert main(["compress", str(model_file), "--method", "collaborative", "-o", str(tmp_path / "x.keras"),
                  "--latency-table", str(tmp_path / "table.json")]) == 2
-    assert "--latency-table only steer a latency target: add --target-latency" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "--latency-table only steer a latency target for method 'collaborative': add --target-latency" in error
+    assert "only fga, joint_svd, svd, tucker use a table" in error
+
+
+def test_a_latency_table_steers_svd_under_a_flops_target(model_file, tmp_path):
+    macs = conv_macs(load_model(model_file))  # a constructed table: every form at 1 ns per MAC
+    table = LatencyTable({n: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for n, m in macs.items()},
+                         sum(macs.values()) * 1.2e-6, "constructed for a test", 1, macs)
+    table.save(tmp_path / "table.json")
+    report = tmp_path / "report.json"
+    assert main(["compress", str(model_file), "--method", "svd", "-o", str(tmp_path / "x.keras"), "-q",
+                 "--latency-table", str(tmp_path / "table.json"), "--target-flops", "0.7",
+                 "--report-json", str(report)]) == 0
+    assert "constructed for a test" in json.loads(report.read_text())["notes"]["latency_front"]
 
 
 def test_plan_with_method_flags_is_refused(model_file, tmp_path, images, capsys):

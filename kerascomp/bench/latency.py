@@ -2,7 +2,8 @@
 
 ``latency_table(model)`` times, for every dense Conv2D, single-layer ``.tflite`` files of its
 candidate forms: the original, the conv with fewer input channels (pruning), the kxk(r) + 1x1
-pair at several ranks (decomposition) and FGA's grouped kxk + 1x1 for each group count. Candidates of one layer shape are timed interleaved, and
+pair at several ranks (decomposition), FGA's grouped kxk + 1x1 for each group count, Tucker-2's
+1x1 + kxk + 1x1 and spatial SVD's kx1 + 1xk. Candidates of one layer shape are timed interleaved, and
 layers of the same shape share one measurement. The whole original model is timed too; what
 the convs do not account for is a fixed remainder.
 
@@ -132,7 +133,8 @@ def conv_macs(model: Any) -> dict[str, int]:
 def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions,
                 min_channels_per_group: int) -> list[tuple[str, float, Any]]:
     """(form, MACs fraction, single-layer model) for the original conv and its smaller forms: fewer
-    inputs (``"dense"``), kxk(r) + 1x1 (``"factored"``) and FGA's grouped kxk + 1x1 (``"fga{g}"``)."""
+    inputs (``"dense"``), kxk(r) + 1x1 (``"factored"``), FGA's grouped kxk + 1x1 (``"fga{g}"``) and,
+    for a kxk conv, Tucker-2's 1x1 + kxk core + 1x1 (``"tucker"``) and spatial SVD's kx1 + 1xk (``"spatial"``)."""
     height, width, channels, filters = kernel_shape
     base = {key: config.get(key) for key in ("kernel_size", "strides", "padding", "dilation_rate") if key in config}
     spatial = tuple(input_shape[1:-1])
@@ -161,7 +163,53 @@ def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions
                               model(channels, [keras.layers.Conv2D(groups * rank, use_bias=False, groups=groups,
                                                                    **base),
                                                keras.layers.Conv2D(filters, 1)])))
+        if area > 1:  # Tucker-2: 1x1 to s*C channels, the kxk core to s*N, 1x1 back to N (s by bisection)
+            found += _tucker(keras, model, channels, filters, area, base, fraction, found)
+        if height > 1 and width > 1:
+            found += _spatial(keras, model, kernel_shape, base, fraction, found)
     return found
+
+
+def _spatial(keras, model, kernel_shape, base: dict, fraction: float, found: list) -> list[tuple[str, float, Any]]:
+    """Spatial SVD's (kh x 1) conv to rank r then (1 x kw) conv, at about ``fraction`` of the MACs (the
+    strides and dilations split between the two as ``methods/joint_svd.py`` does)."""
+    height, width, channels, filters = kernel_shape
+    strides = tuple(base.get("strides") or (1, 1))
+    dilation = tuple(base.get("dilation_rate") or (1, 1))
+    padding = base.get("padding", "valid")
+    per_rank = strides[1] * height * channels + width * filters  # per output pixel, the first conv on stride-w more
+    rank = int(fraction * height * width * channels * filters / per_rank)
+    ratio = rank * per_rank / (height * width * channels * filters)
+    if rank < 1 or ratio >= 1.0 or any(form == "spatial" and abs(f - ratio) < 1e-9 for form, f, _ in found):
+        return []
+    layers = [keras.layers.Conv2D(rank, (height, 1), strides=(strides[0], 1), dilation_rate=(dilation[0], 1),
+                                  padding=padding, use_bias=False),
+              keras.layers.Conv2D(filters, (1, width), strides=(1, strides[1]), dilation_rate=(1, dilation[1]),
+                                  padding=padding)]
+    return [("spatial", ratio, model(channels, layers))]
+
+
+def _tucker(keras, model, channels: int, filters: int, area: int, base: dict, fraction: float,
+            found: list) -> list[tuple[str, float, Any]]:
+    """The Tucker-2 candidate of a kxk conv at about ``fraction`` of its MACs (the stride sits on the
+    core, as ``methods/tucker.py`` builds it), unless ``found`` has it at those ranks already."""
+    strides = base.get("strides") or (1, 1)
+    step = int(np.prod(strides)) if isinstance(strides, (list, tuple)) else int(strides) ** 2
+
+    def macs(share: float) -> tuple[float, int, int]:  # the first 1x1 runs on the input's (stride-times more) pixels
+        into, out = max(1, int(share * channels)), max(1, int(share * filters))
+        return (step * channels * into + area * into * out + out * filters) / (area * channels * filters), into, out
+
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if macs(middle)[0] <= fraction else (low, middle)
+    ratio, into, out = macs(low)
+    if ratio >= 1.0 or any(form == "tucker" and abs(f - ratio) < 1e-9 for form, f, _ in found):
+        return []
+    layers = [keras.layers.Conv2D(into, 1, use_bias=False), keras.layers.Conv2D(out, use_bias=False, **base),
+              keras.layers.Conv2D(filters, 1)]
+    return [("tucker", ratio, model(channels, layers))]
 
 
 def default_cache() -> Path:
@@ -251,7 +299,8 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
     if not (isinstance(cache, (bool, str, os.PathLike)) or cache is None):
         raise InvalidArgumentError(f"cache must be True, False or a folder, got {type(cache).__name__}.")
     store = TimingCache(cache, num_threads, runs)
-    options = {"fractions": [float(f) for f in fractions], "min_channels_per_group": min_channels_per_group}
+    options = {"fractions": [float(f) for f in fractions], "min_channels_per_group": min_channels_per_group,
+               "forms": 2}  # 2: with Tucker-2 and spatial SVD
     graph = read_model(model)
     shapes = infer_shapes(graph)
     keras = module_for(graph)

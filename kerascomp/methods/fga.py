@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.allocation import Candidates, allocate
+from kerascomp.allocation import Candidates, allocate, front_note
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import fga as fga_math
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
@@ -136,7 +136,9 @@ def _candidates(layer: _Layer, metric: str, rank_multiple: int, latency=None) ->
     use_bias = len(layer.spec.weights) > 1
     name = layer.spec.name
     original = {"flops": layer.macs, "params": layer.params}.get(metric) or latency.original_ms(name)
+    timed = latency is not None and name in latency.layers  # measured: only forms on the latency front
     costs, errors, pairs = [float(original)], [0.0], [(0, 0)]
+    times = [latency.original_ms(name)] if timed else []
     for groups, curve in layer.curves.items():
         full_rank = fga_math.max_rank(kernel.shape, groups)
         for rank in range(1, full_rank + 1):
@@ -154,8 +156,10 @@ def _candidates(layer: _Layer, metric: str, rank_multiple: int, latency=None) ->
             costs.append(float(cost))
             errors.append(float(curve[rank]))
             pairs.append((groups, rank))
+            if timed:
+                times.append(latency.layer_ms(name, fga_form(groups), macs))
     layer.options = pairs
-    return Candidates(name, np.array(costs), np.array(errors))
+    return Candidates(name, np.array(costs), np.array(errors), np.array(times) if timed else None)
 
 
 def fga_spec(spec: LayerSpec, groups: int, rank: int, keras) -> LayerSpec:
@@ -312,8 +316,16 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
     report = build_report("fga", budget, graph, result, shapes, rewritten, reasons, result_shapes=shapes,
                           choices=choices)
     if latency is not None and fixed is None:
-        spent = metric_total - compressible + sum(layer.candidates.cost[i] for layer, i in zip(payable, choice))
-        report.notes["estimated_latency_ratio"] = round(float(spent / metric_total), 4)
+        planned = {}
+        for layer, index in zip(payable, choice):
+            groups, rank = layer.options[index]
+            if groups and layer.spec.name in latency.layers:
+                planned[layer.spec.name] = (fga_form(groups), fga_math.fga_macs(layer.spec.weights[0].shape, groups,
+                                                                                 rank, layer.pixels))
+        report.notes["estimated_latency_ratio"] = round(latency.estimate(planned) / latency.estimate({}), 4)
+        note = front_note([layer.candidates for layer in payable], latency.source)
+        if note:
+            report.notes["latency_front"] = note
     return result, report
 
 
@@ -324,6 +336,7 @@ class FGAMethod(Method):
     name = "fga"
     options_class = FGAOptions
     uses_latency = True
+    latency_front = True
     cli_options = ("min_channels_per_group", "pointwise")
 
     def run(self, graph: Graph, budget: Budget, data, options: FGAOptions, context: Context,

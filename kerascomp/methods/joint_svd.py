@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.allocation import Candidates, allocate, bisect
+from kerascomp.allocation import Candidates, allocate, bisect, front_note
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import jsvd
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
@@ -357,18 +357,32 @@ def _raise_ranks(units: list[_Unit], ranks: list[int], fits) -> list[int]:
             blocked.add(index)
 
 
+def _unit_ms(unit: _Unit, ranks: list[int], latency) -> np.ndarray | None:
+    """Each option's estimated milliseconds by the table (dense first, then ``ranks``), or ``None`` when
+    the table lacks a member: a kxk conv's factors are the spatial (kx1 + 1xk) pair, others the low-rank pair."""
+    if latency is None or any(m.spec.name not in latency.layers for m in unit.members):
+        return None
+    times = [sum(latency.original_ms(m.spec.name) for m in unit.members)]
+    for rank in ranks:
+        times.append(sum(latency.layer_ms(m.spec.name, "spatial" if min(m.shape[:2]) > 1 else "factored",
+                                          jsvd.macs(m.shape, rank, m.vertical_pixels, m.output_pixels)
+                                          + unit.extra(m, "flops"))
+                         for m in unit.members))
+    return np.array(times, float)
+
+
 def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: float, hint: str,
-                     model_total: float) -> list[int]:
+                     model_total: float, latency=None) -> tuple[list[int], list[Candidates]]:
     candidates = []
     for unit in units:
         ranks = unit.ranks
         costs = [float(unit.original(metric))] + [float(unit.cost(r, metric)) for r in ranks]
         weight = len(unit.members)  # the curve is relative to the whole group's energy
         errors = [0.0] + [weight * float(unit.curve[min(r, len(unit.curve) - 1)]) for r in ranks]
-        candidates.append(Candidates(unit.name, np.array(costs), np.array(errors)))
+        candidates.append(Candidates(unit.name, np.array(costs), np.array(errors), _unit_ms(unit, ranks, latency)))
     what = "MACs" if metric == "flops" else "params"
     choice = allocate(candidates, fixed, budget, what=what, hint=hint, total=model_total)
-    return [0 if index == 0 else unit.ranks[index - 1] for unit, index in zip(units, choice)]
+    return [0 if index == 0 else unit.ranks[index - 1] for unit, index in zip(units, choice)], candidates
 
 
 def conv_spec(name: str, kernel: np.ndarray, strides, padding: str, dilation, bias: np.ndarray | None,
@@ -536,9 +550,10 @@ def _fixed_ranks(units: list[_Unit], fixed: dict, reasons: dict, method: str) ->
 
 
 def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: SVDOptions = SVDOptions(),
-             data=None, verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+             data=None, verbose: int = 1, fixed: dict | None = None, latency=None) -> tuple[Graph, CompressionReport]:
     """Return a new graph with (joint) spatial SVD applied under ``budget`` (or the ranks of a plan's
-    ``fixed`` choices), and the per-layer report."""
+    ``fixed`` choices), and the per-layer report. With a :class:`LatencyTable` ``latency``, the global
+    allocation offers only the ranks on each layer's latency front."""
     fixed_choices = fixed
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
@@ -574,10 +589,12 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     hint = f"Left alone: {kept_summary}." if kept_summary else ""
     if not options.pointwise:
         hint += " pointwise=True also factors the 1x1 convs."
+    offered: list[Candidates] = []
     if fixed_choices is not None:
         ranks, rate = _fixed_ranks(units, fixed_choices, reasons, method), None
     elif options.allocation == "global":
-        ranks, rate = _allocate_global(units, metric, fixed, budget.fraction * total, hint, total), None
+        (ranks, offered), rate = _allocate_global(units, metric, fixed, budget.fraction * total, hint, total,
+                                                  latency), None
     else:
         ranks, rate = _allocate_uniform(units, metric, fixed, budget.fraction * total, hint, total)
 
@@ -618,6 +635,11 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
         report.notes["joint groups"] = "; ".join(f"{k}: {len(v)} convs" for k, v in groups.items())
     if rate is not None:
         report.notes["uniform rate"] = round(rate, 4)
+    note = front_note(offered, latency.source) if latency is not None else None
+    if note:
+        report.notes["latency_front"] = note
+    elif latency is not None and fixed_choices is None and options.allocation != "global":
+        report.notes["latency_front"] = "not applied: allocation='uniform' gives every layer the same rate"
     return result, report
 
 
@@ -626,6 +648,7 @@ class SVDMethod(Method):
     factors shared by the repeated convs of a stage)."""
 
     options_class = SVDOptions
+    latency_front = True
     cli_options = ("allocation", "pointwise", "variant", "groups")
 
     def __init__(self, name: str) -> None:
@@ -640,4 +663,5 @@ class SVDMethod(Method):
 
     def run(self, graph: Graph, budget: Budget, data, options: SVDOptions, context: Context,
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
-        return svd_pass(graph, infer_shapes(graph), budget, self.name, options, data, context.verbose, fixed)
+        return svd_pass(graph, infer_shapes(graph), budget, self.name, options, data, context.verbose, fixed,
+                        context.latency)

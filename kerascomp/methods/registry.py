@@ -127,6 +127,9 @@ class Method:
         uses_latency: it plans against a latency table (``target_latency=`` / ``latency=``).
         checks_latency: it measures its latency-targeted result itself; for every other method
             :meth:`compress` corrects a latency target by measurement (``latency_search``).
+        latency_front: given a table (``latency=``) under any target, it offers its allocator only
+            the forms on each layer's latency front (``allocation.latency_front``): none slower than
+            the dense layer or than a form at least as accurate.
         cli_options: option names the ``kerascomp compress`` command passes from its flags.
     """
 
@@ -136,6 +139,7 @@ class Method:
     uses_loss: bool = False
     uses_latency: bool = False
     checks_latency: bool = False
+    latency_front: bool = False
     cli_options: tuple[str, ...] = ()
     renamed: dict[str, str] = {}  # old option name -> new name, accepted for one release
 

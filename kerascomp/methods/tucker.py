@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from kerascomp.allocation import Candidates, allocate, bisect
+from kerascomp.allocation import Candidates, allocate, bisect, front_note
 from kerascomp.cost import graph_cost
 from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
@@ -120,8 +120,10 @@ def _fixed_ranks(layers: list[_Layer], fixed: dict, reasons: dict) -> list[tuple
 
 
 def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: TuckerOptions,
-                verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
-    """Tucker-2 every kxk conv under ``budget`` (or with the ranks of a plan's ``fixed`` choices)."""
+                verbose: int = 1, fixed: dict | None = None, latency=None) -> tuple[Graph, CompressionReport]:
+    """Tucker-2 every kxk conv under ``budget`` (or with the ranks of a plan's ``fixed`` choices). With
+    a :class:`LatencyTable` ``latency``, the global allocation offers only the ranks on each layer's
+    latency front."""
     plan_choices = fixed
     keras = module_for(graph)
     before = graph_cost(graph, shapes)
@@ -140,12 +142,13 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     total = before.macs if metric == "flops" else before.params
     fixed = total - sum(layer.cost(None, metric) for layer in layers)
     goal = budget.fraction * total
+    offered: list[Candidates] = []
     if plan_choices is not None:
         chosen = _fixed_ranks(layers, plan_choices, reasons)
     elif options.allocation == "uniform":
         chosen = _uniform(layers, metric, fixed, goal, total, reasons, options.pointwise)
     else:
-        chosen = _global(layers, metric, fixed, goal, total, reasons, options.pointwise)
+        chosen, offered = _global(layers, metric, fixed, goal, total, reasons, options.pointwise, latency)
     result = graph.copy()
     errors = {}
     for layer, ranks in tqdm(list(zip(layers, chosen)), desc="tucker", disable=not verbose):
@@ -157,8 +160,13 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
                  for layer, ranks in zip(layers, chosen)}
     parts = {layer.spec.name: [layer.spec.name, f"{layer.spec.name}_tucker_in"]
              + ([] if layer.pair else [f"{layer.spec.name}_tucker_core"]) for layer in layers if layer.spec.name in errors}
-    report = build_report("tucker", budget, graph, result, shapes, rewritten, reasons, parts,
-                          notes={"allocation": options.allocation},
+    notes = {"allocation": options.allocation}
+    note = front_note(offered, latency.source) if latency is not None else None
+    if note:
+        notes["latency_front"] = note
+    elif latency is not None and plan_choices is None and options.allocation != "global":
+        notes["latency_front"] = "not applied: allocation='uniform' gives every layer the same rate"
+    report = build_report("tucker", budget, graph, result, shapes, rewritten, reasons, parts, notes=notes,
                           choices={"layers": {layer.spec.name: list(ranks) for layer, ranks in zip(layers, chosen)
                                               if ranks is not None}})
     return result, report
@@ -209,8 +217,8 @@ def _uniform(layers: list[_Layer], metric: str, fixed: float, goal: float, total
     return [layer.best(rho, metric) for layer in layers]
 
 
-def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total: float,
-            reasons: dict, pointwise: bool) -> list[tuple[int, int] | None]:
+def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total: float, reasons: dict,
+            pointwise: bool, latency=None) -> tuple[list[tuple[int, int] | None], list[Candidates]]:
     candidates, options = [], []
     for layer in layers:
         drop_in, drop_out = truncation_errors(layer.spec.weights[0])
@@ -223,11 +231,23 @@ def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total:
         cost = [layer.cost(c, metric) for c in choices]
         error = [0.0 if c is None else float(drop_in[c[0]] if layer.pair else drop_in[c[0]] + drop_out[c[1]])
                  for c in choices]
-        candidates.append(Candidates(layer.spec.name, np.array(cost, float), np.array(error)))
+        candidates.append(Candidates(layer.spec.name, np.array(cost, float), np.array(error),
+                                     _layer_ms(layer, choices, latency)))
     hint = ("Left alone: " + ", ".join(f"{n} ({r})" for n, r in list(reasons.items())[:5]) + ".") if reasons else ""
     hint += "" if pointwise else " pointwise=True also factors the 1x1 convs."
     picks = allocate(candidates, fixed, goal, what="MACs" if metric == "flops" else "params", hint=hint, total=total)
-    return [choices[index] for choices, index in zip(options, picks)]
+    return [choices[index] for choices, index in zip(options, picks)], candidates
+
+
+def _layer_ms(layer: _Layer, choices: list, latency) -> np.ndarray | None:
+    """Each choice's estimated milliseconds by the table (``None``: the dense conv), or ``None``
+    when the table lacks the layer; a 1x1 conv's pair is the table's low-rank pair."""
+    name = layer.spec.name
+    if latency is None or name not in latency.layers:
+        return None
+    form = "factored" if layer.pair else "tucker"
+    return np.array([latency.original_ms(name) if c is None else latency.layer_ms(name, form, layer.cost(c, "flops"))
+                     for c in choices], float)
 
 
 def _budget_error(metric: str, floor: float, goal: float, reasons: dict, pointwise: bool) -> BudgetError:
@@ -244,8 +264,9 @@ class TuckerMethod(Method):
 
     name = "tucker"
     options_class = TuckerOptions
+    latency_front = True
     cli_options = ("allocation", "pointwise")
 
     def run(self, graph: Graph, budget: Budget, data, options: TuckerOptions, context: Context,
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
-        return tucker_pass(graph, infer_shapes(graph), budget, data, options, context.verbose, fixed)
+        return tucker_pass(graph, infer_shapes(graph), budget, data, options, context.verbose, fixed, context.latency)

@@ -1,0 +1,119 @@
+"""With a latency table (``latency=``), fga, svd, joint_svd and tucker offer their allocator only the
+forms on each layer's latency front, under any target: no form slower than the dense layer, or than
+a form at least as accurate. The tables here are constructed (one layer made slow on purpose), so the
+tests say exactly which layer must stay dense; one test measures a real table's forms."""
+import numpy as np
+import pytest
+from conftest import model_fingerprint
+
+import kerascomp
+from kerascomp.allocation import Candidates, allocate, latency_front
+from kerascomp.bench.latency import LatencyTable, conv_macs
+from kerascomp.errors import BudgetError, InvalidArgumentError
+
+GUARDED = ("fga", "svd", "joint_svd", "tucker")
+FACTORED_FORMS = ("factored", "spatial", "tucker", "fga2", "fga4")
+
+
+def test_the_front_drops_forms_slower_than_dense_or_than_a_more_accurate_form():
+    # cost (MACs), error, ms: option 1 is slower than the dense option 0; option 2 falls between two
+    # measured steps (slower than option 3, which is more accurate); option 4 is cheap, fast and inaccurate
+    c = Candidates("conv", np.array([100.0, 40, 50, 60, 20]), np.array([0.0, 3, 2, 1, 5]),
+                   np.array([1.0, 1.2, 0.9, 0.8, 0.3]))
+    assert latency_front(c).tolist() == [0, 3, 4]
+    assert latency_front(Candidates("conv", c.cost, c.error)).tolist() == [0, 1, 2, 3, 4]  # no ms: all stay
+
+
+def test_allocate_never_picks_a_form_the_table_times_slower_than_dense():
+    slow = Candidates("a", np.array([100.0, 50]), np.array([0.0, 1.0]), np.array([1.0, 1.5]))
+    fast = Candidates("b", np.array([100.0, 50]), np.array([0.0, 2.0]), np.array([1.0, 0.5]))
+    # without times, a's cheaper form is the one taken to meet 150 of 200 MACs (it loses less)
+    assert allocate([Candidates("a", slow.cost, slow.error), fast], 0, 150, total=200) == [1, 0]
+    # with them, layer a stays dense, and a budget only its slow form could meet is refused with the best ratio
+    assert allocate([slow, fast], 0, 150, total=200) == [0, 1]
+    with pytest.raises(BudgetError, match=r"at best 0\.750 of the model's MACs.*latency table times slower") as caught:
+        allocate([slow, fast], 0, 100, total=200)
+    assert caught.value.reachable == pytest.approx(0.75)
+
+
+def _table(model, slow: str | None) -> LatencyTable:
+    """A constructed table: every form costs 1 ns per MAC, except that every factored form of ``slow``
+    takes twice the dense layer's time at any rank."""
+    macs = conv_macs(model)
+    layers = {}
+    for name, m in macs.items():
+        dense = m * 1e-6
+        layers[name] = [{"form": "dense", "macs": m, "ms": dense}]
+        if name == slow:
+            layers[name] += [{"form": form, "macs": at, "ms": 2 * dense} for form in FACTORED_FORMS for at in (1, m)]
+    return LatencyTable(layers, sum(macs.values()) * 1e-6 * 1.2, "constructed for a test", 1, macs)
+
+
+def _factored(report) -> set[str]:
+    return {d.layer for d in report.layers if d.action not in ("kept", "dense", "unchanged")
+            and d.macs_after != d.macs_before}
+
+
+@pytest.mark.parametrize("method", GUARDED)
+def test_a_layer_the_table_times_slow_stays_dense_under_a_flops_target(module_resnet, method):
+    before = model_fingerprint(module_resnet)
+    plain = kerascomp.compress(module_resnet, method=method, target_flops=0.7, verbose=0)
+    kxk = {layer.name for layer in module_resnet.layers if type(layer).__name__ == "Conv2D"
+           and tuple(layer.kernel_size) != (1, 1)}
+    biggest = max(_factored(plain.report) & kxk, key=lambda name: conv_macs(module_resnet)[name])
+    guarded = kerascomp.compress(module_resnet, method=method, target_flops=0.7, verbose=0,
+                                 latency=_table(module_resnet, biggest))
+    assert model_fingerprint(module_resnet) == before
+    assert biggest not in _factored(guarded.report)
+    assert guarded.report.macs_ratio <= 0.7 + 1e-9  # the other layers take up the slack
+    assert _factored(guarded.report) - {biggest}
+    assert "left out as slower" in guarded.report.notes["latency_front"]
+    # a table whose times follow the MACs leaves out only what the MACs allocation would not pick either
+    even = kerascomp.compress(module_resnet, method=method, target_flops=0.7, verbose=0,
+                              latency=_table(module_resnet, None))
+    assert _factored(even.report) == _factored(plain.report)
+    assert even.report.macs_ratio == pytest.approx(plain.report.macs_ratio)
+
+
+def test_uniform_allocation_says_the_front_is_not_applied(module_resnet):
+    result = kerascomp.compress(module_resnet, method="svd", target_flops=0.7, allocation="uniform", verbose=0,
+                                latency=_table(module_resnet, None))
+    assert result.report.notes["latency_front"].startswith("not applied: allocation='uniform'")
+
+
+def test_latency_tables_are_refused_where_they_mean_nothing(module_resnet):
+    table = _table(module_resnet, None)
+    with pytest.raises(InvalidArgumentError, match=r"'l1' meets target_latency by timing"):
+        kerascomp.compress(module_resnet, method="l1", target_flops=0.5, latency=table, verbose=0)
+    x = np.zeros((4, 16, 16, 3), "float32")
+    with pytest.raises(InvalidArgumentError, match=r"method='collaborative' uses latency=.*for target_latency only, "
+                                                   r"not for target_flops"):
+        kerascomp.compress(module_resnet, method="collaborative", target_flops=0.5, latency=table,
+                           data=(x, np.zeros(4, int)), verbose=0)
+
+
+def test_a_measured_table_times_the_tucker_and_spatial_forms(keras, tmp_path):
+    inputs = keras.Input((8, 8, 16))
+    model = keras.Model(inputs, keras.layers.Conv2D(32, 3, padding="same", name="c")(inputs))
+    table = kerascomp.latency_table(model, fractions=(0.5,), runs=3, verbose=0, cache=tmp_path)
+    forms = {point["form"]: point for point in table.layers["c"]}
+    assert {"dense", "factored", "tucker", "spatial"} <= set(forms)
+    for form in ("tucker", "spatial"):
+        assert 0.3 < forms[form]["macs"] / table.original_macs["c"] <= 0.5
+        assert forms[form]["ms"] >= 0.0
+
+
+def test_latency_host_measures_this_hosts_table_once_and_uses_its_front(keras, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERASCOMP_CACHE", str(tmp_path))
+    inputs = keras.Input((8, 8, 16))
+    hidden = keras.layers.Conv2D(32, 3, padding="same", name="a")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(32, 3, padding="same", name="b")(hidden))
+    result = kerascomp.compress(model, method="tucker", target_flops=0.6, latency="host", verbose=0)
+    assert "latency_front" in result.report.notes and result.report.macs_ratio <= 0.6 + 1e-6
+    def cached():
+        return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "latency").rglob("*") if p.is_file()}
+    first = cached()
+    assert first, "the host table was not cached under $KERASCOMP_CACHE"
+    again = kerascomp.compress(model, method="tucker", target_flops=0.6, latency="host", verbose=0)
+    assert cached() == first  # nothing measured or written again
+    assert again.report.macs_ratio == pytest.approx(result.report.macs_ratio)
