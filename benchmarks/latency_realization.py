@@ -120,19 +120,20 @@ def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
                                                     label, calibration) for label in PRECISIONS}
     table = None
     runs = []
-    for method in args.methods:
-        variants = [(method, None)]
+    for spec in args.methods:
+        method, options = parse_method(spec)
+        variants = [(spec, None)]
         if args.latency_table and kerascomp.methods.registry.get(method).latency_front:
             if table is None:
                 table = kerascomp.latency_table(model, verbose=0)
-            variants.append((method + "+table", table))
+            variants.append((spec + "+table", table))
         for row_name, latency in variants:
             for target in args.targets:
                 record = {"model": name, "method": row_name, "target_flops": target}
                 started = time.perf_counter()
                 try:
                     result = kerascomp.compress(model, method=method, target_flops=target, data=(x, y), verbose=0,
-                                                **({"latency": latency} if latency is not None else {}))
+                                                **({"latency": latency} if latency is not None else {}), **options)
                 except kerascomp.CompressionError as error:
                     record["error"] = f"{type(error).__name__}: {error}"
                     runs.append(record)
@@ -190,10 +191,28 @@ def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
     return records
 
 
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"l1"`` -> ("l1", {}); ``"l1:stream=uniform;max_fraction=0.9"`` -> ("l1", {...}). Options are
+    joined by ``;`` (commas separate rows). A value is read as JSON when it parses (numbers, true,
+    false), else kept as a string."""
+    method, _, rest = spec.partition(":")
+    options = {}
+    for item in filter(None, rest.split(";")):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise SystemExit(f"--methods {spec!r}: an option must read name=value, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return method, options
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="resnet20,resnet56,resnet50,mobilenetv2")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--methods", default=",".join(ALL_METHODS),
+                        help="comma-separated; a method may carry options: l1:stream=uniform;max_fraction=0.9")
     parser.add_argument("--targets", default="0.5,0.25")
     parser.add_argument("--runs", type=int, default=30, help="timed runs per file and precision")
     parser.add_argument("--calibration", type=int, default=512, help="images given as data= and for int8")
@@ -216,7 +235,7 @@ def main(argv=None) -> int:
     from benchmarks.common import command_line, cpu_model
     from kerascomp.graph.flavour import default_keras
 
-    unknown = [m for m in args.methods if m not in kerascomp.methods.registry.names()]
+    unknown = [m for m in args.methods if parse_method(m)[0] not in kerascomp.methods.registry.names()]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
     keras = default_keras()
@@ -316,6 +335,8 @@ def markdown_report(meta: dict, records: list[dict]) -> str:
                 "failed its parity check against its Keras model is marked: its latency is not evidence. "
                 "Random-weight 224x224 models are calibrated on random images, so their int8 parity is weak.\n",
                 table(HEADERS, rows, markdown=True)]
+    if meta.get("note"):
+        markdown.insert(3, f"Note: {meta['note']}\n")
     anchors = _anchor_lines(records)
     if anchors:
         markdown += ["\nThin anchors:\n"] + anchors

@@ -43,6 +43,8 @@ def _load_labelled(path: str | None, limit: int):
 
 
 def _latency_argument(args, model):
+    if getattr(args, "latency_table", None) == "host":
+        return "host"  # measured here by kerascomp.compress, cached on disk
     if getattr(args, "latency_table", None):
         return kerascomp.LatencyTable.load(args.latency_table)
     if getattr(args, "phone_json", None):
@@ -293,7 +295,8 @@ def _add_target_arguments(parser) -> None:
     parser.add_argument("--target-latency", type=float, default=None,
                         help="fraction of the original latency to keep (collaborative, fga plan it by a latency table: "
                              "--latency-table, --phone-json, or measured here; the others by timing)")
-    parser.add_argument("--latency-table", help="JSON from kerascomp latency-table")
+    parser.add_argument("--latency-table", help="JSON from kerascomp latency-table, or 'host' to measure this "
+                                                "host's table (cached on disk)")
     parser.add_argument("--phone-json", help="JSON from kerascomp bench --adb --op-profile --layers-from MODEL")
     parser.add_argument("--sensitivity", default=None, choices=["taylor", "measured"],
                         help="collaborative: first-order Taylor scores (reference) or measured loss changes")

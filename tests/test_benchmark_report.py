@@ -130,3 +130,12 @@ def test_latency_realization_rows_read_against_the_thin_anchor():
            "fp32": {"latency_ratio": 0.55, "realised_fraction": 0.91, "parity_relative_error": 1e-6}}
     (row,) = realization.table_rows(old)        # a record from before the method column: FGA, no anchor
     assert row[1] == "fga" and row[7] == "" and row[8] == ""
+
+
+def test_latency_realization_method_specs_carry_options():
+    realization = pytest.importorskip("benchmarks.latency_realization")
+    assert realization.parse_method("l1") == ("l1", {})
+    assert realization.parse_method("l1:stream=uniform;max_fraction=0.9") == (
+        "l1", {"stream": "uniform", "max_fraction": 0.9})
+    with pytest.raises(SystemExit, match="name=value"):
+        realization.parse_method("l1:uniform")

@@ -141,6 +141,22 @@ def test_a_latency_table_steers_svd_under_a_flops_target(model_file, tmp_path):
     assert "constructed for a test" in json.loads(report.read_text())["notes"]["latency_front"]
 
 
+def test_latency_table_host_asks_compress_to_measure_here(model_file, tmp_path, monkeypatch, capsys):
+    import kerascomp
+    from kerascomp.errors import BudgetError
+
+    seen = {}
+
+    def compress(model, **kwargs):  # stands in for the measurement, which test_latency_front runs
+        seen.update(kwargs)
+        raise BudgetError("stopped by the test")
+    monkeypatch.setattr(kerascomp, "compress", compress)
+    assert main(["compress", str(model_file), "--method", "tucker", "-o", str(tmp_path / "x.keras"),
+                 "--latency-table", "host", "--target-flops", "0.6"]) == 1
+    assert seen["latency"] == "host" and seen["target_flops"] == 0.6
+    assert "stopped by the test" in capsys.readouterr().err
+
+
 def test_plan_with_method_flags_is_refused(model_file, tmp_path, images, capsys):
     np.savez(tmp_path / "val.npz", x_val=images, y_val=(np.arange(len(images)) % 10).reshape(-1, 1))
     plan_path = tmp_path / "plan.json"
