@@ -81,6 +81,7 @@ def markdown(record: dict) -> str:
                      for c in record["checks"])
     methods = sorted({c["method"] for c in record["checks"]})
     rewrote = Counter(c["method"] for c in record["checks"] if c.get("rewritten_layers", 0) > 0)
+    referenced = Counter(c["method"] for c in record["checks"] if "reference_error" in c)
     rows = []
     for method in methods:
         row = [method]
@@ -88,9 +89,10 @@ def markdown(record: dict) -> str:
             row += [counts[(method, stage, status)] for status in ("ok", "refused", "failed")]
         measured = sum(1 for c in record["checks"] if c["method"] == method and "rewritten_layers" in c)
         row.insert(2, f"{rewrote[method]} of {measured}" if measured else "not recorded")
+        row.append(referenced[method])
         rows.append(row)
     headers = ["method", "lossless ok", "lossless ok that rewrote >= 1 layer", "lossless refused", "lossless failed",
-               "target ok", "target refused", "target failed"]
+               "target ok", "target refused", "target failed", "target checked against an independent reference"]
     failures = "\n".join(f"- graph {f['graph']}, {f['method']}, {f['stage']}: `{f['detail'].splitlines()[0][:300]}`"
                          f"\n  recipe: `{f['recipe']}`" for f in record["failures"]) or "None."
     return (f"# Fuzzed graphs ({record['flavour']})\n\nCommand: `{record['command']}`\n\n"

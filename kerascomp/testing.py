@@ -16,7 +16,9 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
 * at a real target the method either refuses with a :class:`kerascomp.CompressionError`, or gives
   a model within the budget that fits one step, exports, and whose ``.tflite`` matches Keras
   within 1e-4; for the pruning methods, the model pruned without data also matches an independent
-  reference, the original with the cut channels zeroed (:func:`pruned_against_dead`).
+  reference, the original with the cut channels zeroed (:func:`pruned_against_dead`); for fga, svd
+  and tucker, the original with each factored kernel replaced by its factors' numpy product
+  (:func:`factored_against_composite`; for svd also checked to be the best rank-r approximation).
 
 Any other exception is a failure, reported with its traceback.
 """
@@ -533,6 +535,104 @@ def pruned_against_dead(model: Any, method: str, target: float, x: Any) -> float
     return relative_error(outputs_of(plain.model, x), outputs_of(dead, x))
 
 
+REFERENCED_FACTORING = ("fga", "svd", "tucker")
+
+
+def _composite(method: str, compressed: Any, name: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The dense kernel (and bias) that the factors written for the original conv ``name`` multiply out
+    to, in numpy; None when ``name`` was not factored (or a factor holds a bias that has no exact
+    dense equivalent)."""
+    names = {layer.name: layer for layer in compressed.layers}
+    if method == "fga":
+        layer = names.get(name)
+        if layer is None or type(layer).__name__ != "FilterGroupConv2D":
+            return None
+        grouped, pointwise = layer.grouped.get_weights()[0], layer.pointwise.get_weights()
+        groups, rank = layer.groups, layer.rank
+        inputs_per_group = grouped.shape[2]
+        dense = np.zeros(grouped.shape[:2] + (inputs_per_group * groups, groups * rank), grouped.dtype)
+        for q in range(groups):
+            dense[:, :, q * inputs_per_group:(q + 1) * inputs_per_group, q * rank:(q + 1) * rank] = \
+                grouped[:, :, :, q * rank:(q + 1) * rank]
+        factors = [dense, pointwise[0]]
+        bias = pointwise[1] if len(pointwise) > 1 else None
+    else:
+        suffixes = ("_v",) if method == "svd" else ("_tucker_in", "_tucker_core")
+        chain = [names.get(name + suffix) for suffix in suffixes] + [names.get(name)]
+        if method == "tucker" and chain[0] is not None and chain[1] is None:
+            chain = [chain[0], chain[2]]  # a 1x1 conv factored as a low-rank pair
+        if any(layer is None or type(layer).__name__ != "Conv2D" for layer in chain) or chain[0] is chain[-1]:
+            return None
+        weights = [layer.get_weights() for layer in chain]
+        if any(len(w) > 1 and np.any(w[1]) for w in weights[:-1]):
+            return None
+        factors = [w[0] for w in weights]
+        bias = weights[-1][1] if len(weights[-1]) > 1 else None
+    kernel = factors[0].astype("float64")
+    for factor in factors[1:]:
+        # a 1x1 factor mixes channels; a kx1 then 1xk pair (or kxk core) composes spatially
+        if factor.shape[:2] == (1, 1):
+            kernel = np.einsum("ijcr,ro->ijco", kernel, factor[0, 0].astype("float64"))
+        elif kernel.shape[:2] == (1, 1):
+            kernel = np.einsum("cr,ijro->ijco", kernel[0, 0], factor.astype("float64"))
+        else:  # kx1 then 1xk
+            kernel = np.einsum("icr,jro->ijco", kernel[:, 0], factor[0].astype("float64"))
+    return kernel.astype("float32"), bias
+
+
+def factored_against_composite(model: Any, method: str, target: float, x: Any) -> tuple[float, int] | None:
+    """The target stage's independent reference for the factoring methods: ``method`` at ``target``
+    without data (nothing refit or recalibrated) against the *original* graph with each factored
+    conv's kernel replaced by the dense kernel its factors multiply out to (:func:`_composite`, plain
+    numpy). This checks the rewrite's wiring (strides, padding, dilation, activations, joins) without
+    its own code. For ``svd`` it also checks the maths: each layer's composite must be the best
+    rank-r approximation of the original kernel (Eckart-Young, from ``numpy.linalg.svd``).
+
+    Returns ``(relative output error, factored layer count)``, or None when nothing was factored."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        plain = kerascomp.compress(model, method, target_flops=target, verbose=0)
+    reference = round_trip(model)
+    factored = 0
+    for layer in reference.layers:
+        if type(layer).__name__ != "Conv2D":
+            continue
+        composite = _composite(method, plain.model, layer.name)
+        if composite is None:
+            continue
+        kernel, bias = composite
+        original = layer.get_weights()
+        if kernel.shape != original[0].shape:
+            raise AssertionError(f"{method}: the factors of {layer.name} multiply out to {kernel.shape}, not the "
+                                 f"original kernel's {original[0].shape}")
+        if method == "svd":
+            _check_best_rank(layer.name, original[0], kernel)
+        if len(original) > 1:
+            layer.set_weights([kernel, np.zeros_like(original[1]) if bias is None else bias])
+        elif bias is not None and np.any(bias):
+            raise AssertionError(f"{method}: the factors of {layer.name} hold a bias the original conv lacks")
+        else:
+            layer.set_weights([kernel])
+        factored += 1
+    if not factored:
+        return None
+    return relative_error(outputs_of(plain.model, x), outputs_of(reference, x)), factored
+
+
+def _check_best_rank(name: str, original: np.ndarray, composite: np.ndarray) -> None:
+    k_h, k_w, c_in, c_out = original.shape
+    def matrix(kernel):  # rows (i, c), columns (j, o): a kx1 then 1xk pair is rank r here
+        return kernel.astype("float64").transpose(0, 2, 1, 3).reshape(k_h * c_in, k_w * c_out)
+    approx = matrix(composite)
+    rank = int(np.linalg.matrix_rank(approx, tol=1e-6 * max(np.abs(approx).max(), 1e-12)))
+    values = np.linalg.svd(matrix(original), compute_uv=False)
+    best = float(np.sqrt(np.sum(values[rank:] ** 2)))
+    error = float(np.linalg.norm(matrix(original) - approx))
+    if error > best * (1 + 1e-3) + 1e-5 * float(values[0]):
+        raise AssertionError(f"svd: {name}'s factors (rank {rank}) are {error:.4g} from the original kernel; the "
+                             f"best rank-{rank} approximation is {best:.4g} away")
+
+
 @dataclass
 class Outcome:
     """What one (graph, method) check found: ``status`` is ``"ok"``, ``"refused"`` or ``"failed"``."""
@@ -610,6 +710,17 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
                     return outcomes + [Outcome(method, "failed", stage, f"the pruned model differs from the original "
                                                                         f"with the cut channels zeroed: relative "
                                                                         f"error {error:.2e}", measures)]
+        if method in REFERENCED_FACTORING:
+            stage = "reference"
+            checked = factored_against_composite(model, method, target, x)
+            if checked is not None:
+                error, measures["reference_layers"] = checked
+                measures["reference_error"] = error
+                if error > LOSSLESS_TOLERANCE:
+                    return outcomes + [Outcome(method, "failed", stage, f"the factored model differs from the "
+                                                                        f"original with each factored kernel "
+                                                                        f"replaced by its factors' product: "
+                                                                        f"relative error {error:.2e}", measures)]
         stage = "fit"
         small = result.model
         small.compile(keras.optimizers.SGD(1e-3), "mse")

@@ -174,6 +174,43 @@ def test_the_target_stage_reference_catches_a_wrong_cut(keras, monkeypatch, tmp_
     assert "cut channels zeroed" in outcomes[-1].detail
 
 
+@pytest.mark.parametrize("method", ["fga", "svd", "tucker"])
+def test_the_factored_reference_passes_and_catches_a_miswired_factor(keras, method, monkeypatch):
+    """A factoring method at 0.5 matches the original with each factored kernel replaced by its factors'
+    numpy product. If the factors computed something else than that product (here: the product
+    flipped in space, as a wrong padding phase or factor order would), the output comparison fails."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(MIXED, keras)
+    x = sample_inputs(model)
+    error, layers = fuzz.factored_against_composite(model, method, 0.5, x)
+    assert layers >= 1 and error < fuzz.LOSSLESS_TOLERANCE
+    composite = fuzz._composite
+
+    def flipped(*args):
+        found = composite(*args)
+        return None if found is None else (found[0][::-1, ::-1].copy(), found[1])
+    monkeypatch.setattr(fuzz, "_composite", flipped)
+    monkeypatch.setattr(fuzz, "_check_best_rank", lambda *args: None)  # flipping keeps svd's rank error
+    error, _ = fuzz.factored_against_composite(model, method, 0.5, x)
+    assert error > fuzz.LOSSLESS_TOLERANCE
+
+
+def test_the_svd_reference_checks_the_best_rank(keras):
+    """Eckart-Young: a composite further from the kernel than the best rank-r approximation is refused."""
+    import kerascomp.testing as fuzz
+
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 3, 4, 6)).astype("float32")
+    matrix = kernel.transpose(0, 2, 1, 3).reshape(12, 18)
+    u, values, vt = np.linalg.svd(matrix, full_matrices=False)
+    best = (u[:, :2] * values[:2]) @ vt[:2]
+    fuzz._check_best_rank("c", kernel, best.reshape(3, 4, 3, 6).transpose(0, 2, 1, 3))
+    worse = (u[:, 1:3] * values[1:3]) @ vt[1:3]  # also rank 2, but not the best one
+    with pytest.raises(AssertionError, match="best rank-2 approximation"):
+        fuzz._check_best_rank("c", kernel, worse.reshape(3, 4, 3, 6).transpose(0, 2, 1, 3))
+
+
 def test_round_trip_is_exact_and_recipes_are_reproducible(keras):
     first = build_model(MIXED, keras)
     second = build_model(MIXED, keras)
