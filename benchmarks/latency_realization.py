@@ -312,7 +312,7 @@ def _anchor_lines(records: list[dict]) -> list[str]:
             continue
         for label in PRECISIONS:
             points = record[label].get("anchor_points")
-            if points:
+            if points and len(points) > 1:  # (1, 1), the original alone, is no anchor
                 lines.append(f"- {record['model']} {label}: (MACs ratio, latency ratio) of the thin anchors "
                              + ", ".join(f"({m:.3f}, {t:.3f})" for m, t in points))
     return lines
