@@ -100,8 +100,6 @@ def _anchor_curve(points: list[tuple[float, float]]):
 
 
 def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
-    from kerascomp.graph.flavour import default_keras  # noqa: F401  (the model's flavour is the process's)
-
     model, depth = _model(keras, name)
     x, y = _data(model, depth, args.calibration, args.data)
     calibration = x[: min(len(x), 64)]

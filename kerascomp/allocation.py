@@ -10,7 +10,7 @@ multiplier that meets the budget.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -84,8 +84,16 @@ def latency_front(candidates: Candidates) -> np.ndarray:
     return np.array(keep, int)
 
 
-def front_note(candidates: list[Candidates], source: str) -> str | None:
-    """The report's line on what :func:`latency_front` left out (``None`` without measured ``ms``)."""
+def front_note(candidates: list[Candidates], latency: Any, allocation: str = "global",
+               from_plan: bool = False) -> str | None:
+    """The report's ``latency_front`` line: what :func:`latency_front` left out of a global allocation,
+    or that a uniform one does not apply it; ``None`` without a table, for a plan's fixed choices, or
+    when no candidate carries measured ``ms``."""
+    if latency is None or from_plan:
+        return None
+    if allocation != "global":
+        return f"not applied: allocation={allocation!r} gives every layer the same rate"
+    source = latency.source
     timed = [c for c in candidates if c.ms is not None]
     if not timed:
         return None

@@ -538,11 +538,10 @@ def pruned_against_dead(model: Any, method: str, target: float, x: Any) -> float
 REFERENCED_FACTORING = ("fga", "svd", "tucker")
 
 
-def _composite(method: str, compressed: Any, name: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+def _composite(method: str, names: dict, name: str) -> tuple[np.ndarray, np.ndarray | None] | None:
     """The dense kernel (and bias) that the factors written for the original conv ``name`` multiply out
-    to, in numpy; None when ``name`` was not factored (or a factor holds a bias that has no exact
-    dense equivalent)."""
-    names = {layer.name: layer for layer in compressed.layers}
+    to, in numpy, from ``names`` (the compressed model's layers by name); None when ``name`` was not
+    factored (or a factor holds a bias that has no exact dense equivalent)."""
     if method == "fga":
         layer = names.get(name)
         if layer is None or type(layer).__name__ != "FilterGroupConv2D":
@@ -593,11 +592,12 @@ def factored_against_composite(model: Any, method: str, target: float, x: Any) -
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
         plain = kerascomp.compress(model, method, target_flops=target, verbose=0)
     reference = round_trip(model)
+    compressed = {layer.name: layer for layer in plain.model.layers}
     factored = 0
     for layer in reference.layers:
         if type(layer).__name__ != "Conv2D":
             continue
-        composite = _composite(method, plain.model, layer.name)
+        composite = _composite(method, compressed, layer.name)
         if composite is None:
             continue
         kernel, bias = composite

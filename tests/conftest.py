@@ -53,6 +53,12 @@ def model_fingerprint(model) -> tuple:
     return (weights_hash(model), repr(model.get_config()), tuple(layer.trainable for layer in model.layers))
 
 
+def rewritten_in(report) -> set[str]:
+    """The layers a compression report says were rewritten to fewer MACs."""
+    return {d.layer for d in report.layers if d.action not in ("kept", "dense", "unchanged")
+            and d.macs_after != d.macs_before}
+
+
 @pytest.fixture
 def small_resnet(keras):
     keras.utils.set_random_seed(0)

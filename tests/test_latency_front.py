@@ -4,7 +4,7 @@ a form at least as accurate. The tables here are constructed (one layer made slo
 tests say exactly which layer must stay dense; one test measures a real table's forms."""
 import numpy as np
 import pytest
-from conftest import model_fingerprint
+from conftest import model_fingerprint, rewritten_in
 
 import kerascomp
 from kerascomp.allocation import Candidates, allocate, latency_front
@@ -49,10 +49,6 @@ def _table(model, slow: str | None) -> LatencyTable:
     return LatencyTable(layers, sum(macs.values()) * 1e-6 * 1.2, "constructed for a test", 1, macs)
 
 
-def _factored(report) -> set[str]:
-    return {d.layer for d in report.layers if d.action not in ("kept", "dense", "unchanged")
-            and d.macs_after != d.macs_before}
-
 
 @pytest.mark.parametrize("method", GUARDED)
 def test_a_layer_the_table_times_slow_stays_dense_under_a_flops_target(module_resnet, method):
@@ -60,18 +56,18 @@ def test_a_layer_the_table_times_slow_stays_dense_under_a_flops_target(module_re
     plain = kerascomp.compress(module_resnet, method=method, target_flops=0.7, verbose=0)
     kxk = {layer.name for layer in module_resnet.layers if type(layer).__name__ == "Conv2D"
            and tuple(layer.kernel_size) != (1, 1)}
-    biggest = max(_factored(plain.report) & kxk, key=lambda name: conv_macs(module_resnet)[name])
+    biggest = max(rewritten_in(plain.report) & kxk, key=lambda name: conv_macs(module_resnet)[name])
     guarded = kerascomp.compress(module_resnet, method=method, target_flops=0.7, verbose=0,
                                  latency=_table(module_resnet, biggest))
     assert model_fingerprint(module_resnet) == before
-    assert biggest not in _factored(guarded.report)
+    assert biggest not in rewritten_in(guarded.report)
     assert guarded.report.macs_ratio <= 0.7 + 1e-9  # the other layers take up the slack
-    assert _factored(guarded.report) - {biggest}
+    assert rewritten_in(guarded.report) - {biggest}
     assert "left out as slower" in guarded.report.notes["latency_front"]
     # a table whose times follow the MACs leaves out only what the MACs allocation would not pick either
     even = kerascomp.compress(module_resnet, method=method, target_flops=0.7, verbose=0,
                               latency=_table(module_resnet, None))
-    assert _factored(even.report) == _factored(plain.report)
+    assert rewritten_in(even.report) == rewritten_in(plain.report)
     assert even.report.macs_ratio == pytest.approx(plain.report.macs_ratio)
 
 

@@ -3,7 +3,7 @@ when the kxk convs alone cannot reach the budget; the plan records the choice; a
 the best ratio reachable."""
 import numpy as np
 import pytest
-from conftest import model_fingerprint
+from conftest import model_fingerprint, rewritten_in
 
 import kerascomp
 from kerascomp.errors import BudgetError, InvalidArgumentError
@@ -24,10 +24,6 @@ def _one_by_ones(model) -> set[str]:
             if type(layer).__name__ == "Conv2D" and tuple(layer.kernel_size) == (1, 1)}
 
 
-def _rewritten(report) -> set[str]:
-    return {d.layer for d in report.layers if d.action not in ("kept", "dense", "unchanged")
-            and d.macs_after != d.macs_before}
-
 
 @pytest.mark.parametrize("method", FACTORING)
 def test_a_mobile_net_reaches_half_the_macs_by_default(mobilenet, method):
@@ -37,7 +33,7 @@ def test_a_mobile_net_reaches_half_the_macs_by_default(mobilenet, method):
     assert result.report.macs_ratio <= 0.5
     assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(mobilenet).macs
     assert result.report.notes["pointwise"] == WITH_ONE_BY_ONE
-    assert _rewritten(result.report) & _one_by_ones(mobilenet), "no 1x1 conv was factored"
+    assert rewritten_in(result.report) & _one_by_ones(mobilenet), "no 1x1 conv was factored"
     # the plan stores the resolved choice, and applying it rebuilds the same model
     assert result.plan.settings["pointwise"] is True
     again = kerascomp.clone_compressed(mobilenet, plan=result.plan, verbose=0)
@@ -57,7 +53,7 @@ def test_a_resnet_keeps_its_1x1_convs_dense_when_the_kxk_convs_suffice(small_res
     for method in FACTORING:
         result = kerascomp.compress(small_resnet, method=method, target_flops=0.5, verbose=0)
         assert result.report.notes["pointwise"] == KXK_ONLY, method
-        assert not _rewritten(result.report) & _one_by_ones(small_resnet), method
+        assert not rewritten_in(result.report) & _one_by_ones(small_resnet), method
         assert result.plan.settings["pointwise"] is False
 
 

@@ -323,7 +323,7 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
                 planned[layer.spec.name] = (fga_form(groups), fga_math.fga_macs(layer.spec.weights[0].shape, groups,
                                                                                  rank, layer.pixels))
         report.notes["estimated_latency_ratio"] = round(latency.estimate(planned) / latency.estimate({}), 4)
-        note = front_note([layer.candidates for layer in payable], latency.source)
+        note = front_note([layer.candidates for layer in payable], latency)
         if note:
             report.notes["latency_front"] = note
     return result, report

@@ -635,11 +635,9 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
         report.notes["joint groups"] = "; ".join(f"{k}: {len(v)} convs" for k, v in groups.items())
     if rate is not None:
         report.notes["uniform rate"] = round(rate, 4)
-    note = front_note(offered, latency.source) if latency is not None else None
+    note = front_note(offered, latency, options.allocation, from_plan=fixed_choices is not None)
     if note:
         report.notes["latency_front"] = note
-    elif latency is not None and fixed_choices is None and options.allocation != "global":
-        report.notes["latency_front"] = "not applied: allocation='uniform' gives every layer the same rate"
     return result, report
 
 

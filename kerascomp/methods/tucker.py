@@ -161,11 +161,9 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     parts = {layer.spec.name: [layer.spec.name, f"{layer.spec.name}_tucker_in"]
              + ([] if layer.pair else [f"{layer.spec.name}_tucker_core"]) for layer in layers if layer.spec.name in errors}
     notes = {"allocation": options.allocation}
-    note = front_note(offered, latency.source) if latency is not None else None
+    note = front_note(offered, latency, options.allocation, from_plan=plan_choices is not None)
     if note:
         notes["latency_front"] = note
-    elif latency is not None and plan_choices is None and options.allocation != "global":
-        notes["latency_front"] = "not applied: allocation='uniform' gives every layer the same rate"
     report = build_report("tucker", budget, graph, result, shapes, rewritten, reasons, parts, notes=notes,
                           choices={"layers": {layer.spec.name: list(ranks) for layer, ranks in zip(layers, chosen)
                                               if ranks is not None}})
