@@ -96,6 +96,9 @@ VARIANTS = {
     "svd_no_reconstruct": ("clone", "svd", {"reconstruct": False}, "macs"),
     "svd_no_distill": ("clone", "svd", {}, "macs"),
     "svd_neither": ("clone", "svd", {"reconstruct": False}, "macs"),
+    # method="auto" (issue 19): per layer the best form, planned with this host's measured latency table
+    "auto": ("clone", "auto", {"latency": "host"}, "macs"),
+    "auto_latency": ("clone", "auto", {"latency": "host"}, "latency"),
 }
 # Rows finetuned without distillation whatever --alpha says (the ablation "without distillation").
 NO_DISTILL = ("fga_no_distill", "fga_neither", "svd_no_distill", "svd_neither")
@@ -385,7 +388,9 @@ def compress_for(bench: Bench, method: str, target: float):
     if method in LEGACY:
         return _tfmot(bench, target) if method == "tfmot" else _mct(bench, target, 1 if method == "mct_simd1" else None)
     how, name, options, kind = VARIANTS[method]
-    targets = {"target_flops": None, "target_params": target} if kind == "params" else {"target_flops": target}
+    targets = {"target_flops": target}
+    if kind in ("params", "latency"):
+        targets = {"target_flops": None, f"target_{kind}": target}
     if how == "clone":
         return kerascomp.clone_compressed(base, method=name, **targets, **options, **common), {}
     if how == "plan":

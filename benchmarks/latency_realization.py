@@ -38,7 +38,7 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-ALL_METHODS = ("fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative")
+ALL_METHODS = ("fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative", "auto")
 THIN_WIDTHS = (6, 8, 10, 12, 14)
 PRECISIONS = ("fp32", "int8")
 

@@ -34,6 +34,7 @@ from kerascomp.export.qat import quantize_aware
 from kerascomp.export.tflite import ExportResult, ParityWarning, export_tflite
 from kerascomp.graph.flavour import default_keras as _default_keras
 from kerascomp.layers import custom_objects, layers_for
+from kerascomp.methods.auto import AutoOptions
 from kerascomp.methods.base import LayerPlan, LayerRecord, Plan
 from kerascomp.methods.collaborative import CollaborativeOptions
 from kerascomp.methods.fga import FGAOptions
@@ -54,7 +55,7 @@ layers_for(_default_keras())
 __all__ = [
     "clone_compressed", "compress", "plan", "distiller", "Plan", "LayerPlan", "LayerRecord", "DEFAULT_TARGET_FLOPS",
     "register", "Method", "Context", "method_names", "FGAOptions", "PruneOptions", "SVDOptions", "TuckerOptions",
-    "CollaborativeOptions", "latency_table", "LatencyTable", "report", "ModelReport", "LayerRow", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
+    "CollaborativeOptions", "AutoOptions", "latency_table", "LatencyTable", "report", "ModelReport", "LayerRow", "strip", "prune_in_rounds", "RoundsResult", "export_tflite", "quantize_aware", "benchmark_tflite", "compare_tflite", "cost",
     "custom_objects", "layers_for", "Compressed", "CostReport", "ExportResult", "BenchmarkResult",
     "CompressionError", "InvalidArgumentError", "UnsupportedModelError", "InvalidWeightsError", "BudgetError",
     "ExportError", "BenchmarkError", "CompressionWarning", "ParityWarning",

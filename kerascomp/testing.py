@@ -40,7 +40,11 @@ from kerascomp.errors import CompressionError
 from kerascomp.graph.flavour import keras_of
 from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write_model
 from kerascomp.methods import joint_svd
+from kerascomp.methods.auto import AutoOptions, auto_pass
+from kerascomp.methods.base import Budget
+from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.fga import FGAOptions, allowed_groups, fga_spec, ineligibility
+from kerascomp.methods.registry import Context
 from kerascomp.methods.tucker import factor_layer
 
 Chooser = Callable[[Sequence], Any]
@@ -418,6 +422,16 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
         units, _ = joint_svd.svd_units(graph, shapes, method, options)
         for unit in units:
             joint_svd.factor_unit(graph, unit, jsvd.full_rank(unit.shape, len(unit.members), unit.variant), options, keras)
+    elif method == "auto":  # its realisation of a plan, every conv it may factor in an exact form, kinds alternating
+        forms = {}
+        for index, name in enumerate(eligible_convs(graph, shapes)[0]):
+            _, _, channels, filters = graph.layers[name].weights[0].shape
+            exact_fga = ["fga", 1, fga_math.max_rank(graph.layers[name].weights[0].shape, 1)]
+            one_by_one = graph.layers[name].weights[0].shape[:2] == (1, 1)
+            exact = [["tucker", channels, filters], exact_fga, ["svd", jsvd.full_rank(graph.layers[name].weights[0].shape)]]
+            forms[name] = exact_fga if one_by_one else exact[index % 3]
+        graph, _ = auto_pass(graph, Budget("flops", 1.0), None, AutoOptions(), Context(verbose=0),
+                             fixed={"layers": forms})
     else:
         raise ValueError(f"unknown method {method!r}")
     return write_model(graph)

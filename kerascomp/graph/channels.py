@@ -351,6 +351,28 @@ def analyse_channels(graph: Graph, shapes: dict[str, list[tuple]]) -> ChannelAna
     return _Builder(graph, shapes).build()
 
 
+def sole_input_group(graph: Graph, analysis: ChannelAnalysis, layer: str) -> tuple[ChannelGroup | None, np.ndarray | None, str]:
+    """The channel group a conv's input channels can be pruned through, with the conv's input position of each
+    group channel, or ``(None, None, why not)``: the conv must be the group's only channel-mixing consumer
+    (inside a residual block, not on the residual stream), reading each of its channels once."""
+    atoms = analysis.in_atoms.get(layer)
+    if atoms is None or not len(atoms):
+        return None, None, "its input channels are not tracked"
+    located = {analysis.channel_of_atom[int(atom)][0] for atom in atoms}
+    if len(located) != 1:
+        return None, None, "its input concatenates several channel groups"
+    group = analysis.groups[located.pop()]
+    positions = analysis.input_channels(group, layer)
+    if group.blocked:
+        return None, None, f"input channels fixed: {group.reason()}"
+    if len(set(positions.tolist())) != len(positions) or len(positions) != group.size:
+        return None, None, "its input repeats or drops channels of its group"
+    mixing = [c for c in group.consumers if c != layer and graph.layers[c].class_name not in PER_CHANNEL]
+    if mixing:
+        return None, None, f"input channels also feed {', '.join(mixing[:3])} (e.g. the residual stream)"
+    return group, positions, ""
+
+
 def kept_positions(atoms: np.ndarray, removed: set[int]) -> np.ndarray:
     return np.array([i for i, atom in enumerate(atoms) if int(atom) not in removed], dtype=np.int64)
 

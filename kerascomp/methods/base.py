@@ -196,6 +196,11 @@ class Plan(CostRatios):
                     for p in self.layers]
             rows.append(["total", "", "", f"{self.macs_before:,}", f"{self.macs_after:,}", f"{self.params_before:,}",
                          f"{self.params_after:,}"])
+            if any(p.detail.get("why") for p in self.layers):  # method="auto" says why each unit got its form
+                headers.append("why")
+                for row, p in zip(rows, self.layers):
+                    row.append(p.detail.get("why", ""))
+                rows[-1].append("")
             return table(headers, rows, markdown=markdown) + "\n" + summary
         headers = ["layer", "action", "inputs removed", "rank", "rate asked", "MACs before", "MACs after",
                    "params after", "score"]

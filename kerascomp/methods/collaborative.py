@@ -31,7 +31,6 @@ from kerascomp.cost import graph_cost
 from kerascomp.decompose.collaborative import factor_kernel, global_rates, kept_fraction, values_to_keep
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.channels import (
-    PER_CHANNEL,
     ChannelAnalysis,
     ChannelGroup,
     analyse_channels,
@@ -39,6 +38,7 @@ from kerascomp.graph.channels import (
     kept_positions,
     prune_channels,
     removed_atoms,
+    sole_input_group,
 )
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
@@ -171,33 +171,13 @@ class _Conv:
         return int(np.prod(self.shape))
 
 
-def _input_group(graph: Graph, analysis: ChannelAnalysis, layer: str) -> tuple[ChannelGroup | None, np.ndarray | None, str]:
-    """The channel group a conv's input channels can be pruned through, or why there is none."""
-    atoms = analysis.in_atoms.get(layer)
-    if atoms is None or not len(atoms):
-        return None, None, "its input channels are not tracked"
-    located = {analysis.channel_of_atom[int(atom)][0] for atom in atoms}
-    if len(located) != 1:
-        return None, None, "its input concatenates several channel groups"
-    group = analysis.groups[located.pop()]
-    positions = analysis.input_channels(group, layer)
-    if group.blocked:
-        return None, None, f"input channels fixed: {group.reason()}"
-    if len(set(positions.tolist())) != len(positions) or len(positions) != group.size:
-        return None, None, "its input repeats or drops channels of its group"
-    mixing = [c for c in group.consumers if c != layer and graph.layers[c].class_name not in PER_CHANNEL]
-    if mixing:
-        return None, None, f"input channels also feed {', '.join(mixing[:3])} (e.g. the residual stream)"
-    return group, positions, ""
-
-
 def _convs(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: CollaborativeOptions) -> tuple[list[_Conv], dict[str, str]]:
     eligible, reasons = eligible_convs(graph, shapes)
     convs = []
     for name in eligible:
         spec = graph.layers[name]
         pixels = int(np.prod(shapes[graph.nodes_of(name)[0].name][0][1:-1]))
-        group, positions, why = _input_group(graph, analysis, name) if options.prune else (None, None, "prune=False")
+        group, positions, why = sole_input_group(graph, analysis, name) if options.prune else (None, None, "prune=False")
         convs.append(_Conv(spec, pixels, group, positions, why))
     return convs, reasons
 
@@ -460,7 +440,7 @@ def _removal(graph: Graph, analysis: ChannelAnalysis, plan: Plan) -> dict[int, l
     for entry in plan.layers:
         if not entry.removed_inputs:
             continue
-        group, positions, why = _input_group(graph, analysis, entry.layer)
+        group, positions, why = sole_input_group(graph, analysis, entry.layer)
         if group is None:
             raise InvalidArgumentError(f"the plan removes input channels of {entry.layer!r}, but {why}.")
         if max(entry.removed_inputs) >= len(positions) or min(entry.removed_inputs) < 0:

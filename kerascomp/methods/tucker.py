@@ -57,6 +57,23 @@ class TuckerOptions:
         check_pointwise(self.pointwise)
 
 
+def tucker_cost(kernel_shape: tuple[int, ...], ranks: tuple[int, int] | None, in_pixels: int, out_pixels: int,
+                metric: str) -> int:
+    """MACs (``metric="flops"``) or params of a conv in its Tucker-2 form with ``ranks`` (``None``: dense).
+    A 1x1 conv's form is the pair C -> r (with the stride) -> N; a kxk conv's the chain 1x1(r_in) on the
+    input's pixels, kxk(r_in -> r_out) and 1x1(r_out -> N) on the output's."""
+    height, width, channels, filters = kernel_shape
+    if ranks is None:
+        weights = height * width * channels * filters
+        return weights * out_pixels if metric == "flops" else weights
+    r_in, r_out = ranks
+    if (height, width) == (1, 1):
+        return (channels + filters) * r_in * (1 if metric == "params" else out_pixels)
+    if metric == "params":
+        return channels * r_in + height * width * r_in * r_out + r_out * filters
+    return in_pixels * channels * r_in + out_pixels * (height * width * r_in * r_out + r_out * filters)
+
+
 @dataclass
 class _Layer:
     spec: LayerSpec
@@ -76,16 +93,7 @@ class _Layer:
         return max(1, int(round(rho * channels))), max(1, int(round(rho * filters)))
 
     def cost(self, ranks: tuple[int, int] | None, metric: str) -> int:
-        height, width, channels, filters = self.spec.weights[0].shape
-        if ranks is None:
-            weights = height * width * channels * filters
-            return weights * self.out_pixels if metric == "flops" else weights
-        r_in, r_out = ranks
-        if self.pair:  # C -> r (with the stride) -> N
-            return (channels + filters) * r_in * (1 if metric == "params" else self.out_pixels)
-        if metric == "params":
-            return channels * r_in + height * width * r_in * r_out + r_out * filters
-        return self.in_pixels * channels * r_in + self.out_pixels * (height * width * r_in * r_out + r_out * filters)
+        return tucker_cost(self.spec.weights[0].shape, ranks, self.in_pixels, self.out_pixels, metric)
 
     def best(self, rho: float, metric: str) -> tuple[int, int] | None:
         """The ranks at ``rho``, or ``None`` (stay dense) where they save nothing."""
