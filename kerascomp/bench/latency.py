@@ -1,8 +1,9 @@
 """Per-layer latency tables, measured with LiteRT on this host or read from a phone benchmark.
 
 ``latency_table(model)`` times, for every dense Conv2D, single-layer ``.tflite`` files of its
-candidate forms: the original, the conv with fewer input channels (pruning), the kxk(r) + 1x1
-pair at several ranks (decomposition), FGA's grouped kxk + 1x1 for each group count, Tucker-2's
+candidate forms: the original, the conv with fewer input channels and with fewer output channels
+(pruning its consumer side and its producer side; at the fractions asked and at multiples of 8),
+the kxk(r) + 1x1 pair at several ranks (decomposition), FGA's grouped kxk + 1x1 for each group count, Tucker-2's
 1x1 + kxk + 1x1 and spatial SVD's kx1 + 1xk. Candidates of one layer shape are timed interleaved, and
 layers of the same shape share one measurement. The whole original model is timed too; what
 the convs do not account for is a fixed remainder.
@@ -51,13 +52,16 @@ class LatencyTable:
     def layer_ms(self, layer: str, form: str, macs: float) -> float:
         """Estimated milliseconds of ``layer`` in ``form`` at ``macs`` MACs: linear between measured
         points, proportional to MACs beyond them. An unmeasured form uses the dense points (an
-        unmeasured group count of FGA: the ungrouped pair's)."""
+        unmeasured group count of FGA: the ungrouped pair's; a table without ``"pruned_out"``
+        points, such as a phone's: the fewer-inputs points)."""
         points = self.layers.get(layer)
         if not points:
             raise InvalidArgumentError(f"the latency table has no entry for layer {layer!r}; measure it with "
                                        "kerascomp.latency_table(model) for this model.")
         fallback = "factored" if form.startswith("fga") and any(p["form"] == "factored" for p in points) else "dense"
         chosen = [p for p in points if p["form"] == form] or [p for p in points if p["form"] == fallback]
+        if form == "pruned_out" and chosen[0]["form"] == form:  # the unpruned conv is its full-width point
+            chosen.append(max((p for p in points if p["form"] == "dense"), key=lambda p: p["macs"]))
         chosen = sorted(chosen, key=lambda p: p["macs"])
         xs, ys = np.array([p["macs"] for p in chosen], float), np.array([p["ms"] for p in chosen], float)
         if macs <= xs[0]:
@@ -133,7 +137,8 @@ def conv_macs(model: Any) -> dict[str, int]:
 def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions,
                 min_channels_per_group: int) -> list[tuple[str, float, Any]]:
     """(form, MACs fraction, single-layer model) for the original conv and its smaller forms: fewer
-    inputs (``"dense"``), kxk(r) + 1x1 (``"factored"``), FGA's grouped kxk + 1x1 (``"fga{g}"``) and,
+    inputs (``"dense"``), fewer outputs (``"pruned_out"``, a pruned producer), kxk(r) + 1x1 (``"factored"``),
+    FGA's grouped kxk + 1x1 (``"fga{g}"``) and,
     for a kxk conv, Tucker-2's 1x1 + kxk core + 1x1 (``"tucker"``) and spatial SVD's kx1 + 1xk (``"spatial"``)."""
     height, width, channels, filters = kernel_shape
     base = {key: config.get(key) for key in ("kernel_size", "strides", "padding", "dilation_rate") if key in config}
@@ -147,12 +152,16 @@ def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions
 
     found = [("dense", 1.0, model(channels, [keras.layers.Conv2D(filters, **base)]))]
     area = height * width
-    seen = {channels}
+    seen, seen_out = {channels}, {filters}
     for fraction in fractions:
-        kept = max(1, int(round(fraction * channels)))
-        if kept not in seen:
-            seen.add(kept)
-            found.append(("dense", kept / channels, model(kept, [keras.layers.Conv2D(filters, **base)])))
+        for kept in _counts(fraction, channels):
+            if kept not in seen:
+                seen.add(kept)
+                found.append(("dense", kept / channels, model(kept, [keras.layers.Conv2D(filters, **base)])))
+        for kept in _counts(fraction, filters):  # its own filters pruned: fewer output channels
+            if kept not in seen_out:
+                seen_out.add(kept)
+                found.append(("pruned_out", kept / filters, model(channels, [keras.layers.Conv2D(kept, **base)])))
         for groups in [1] + [g for g in range(2, channels + 1)
                              if channels % g == 0 and channels // g >= min_channels_per_group]:
             # FGA with g groups at rank r costs r * (k*k*C + g*N) MACs per pixel; g = 1 is the plain factored pair
@@ -168,6 +177,14 @@ def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions
         if height > 1 and width > 1:
             found += _spatial(keras, model, kernel_shape, base, fraction, found)
     return found
+
+
+def _counts(fraction: float, channels: int) -> list[int]:
+    """Channel counts timed at about ``fraction`` of ``channels``: the rounded count and the nearest multiple
+    of 8 (the steps pruning snaps to by default), each below ``channels``."""
+    kept = max(1, int(round(fraction * channels)))
+    tile = max(8, int(round(fraction * channels / 8)) * 8)
+    return [count for count in dict.fromkeys((kept, tile)) if count < channels]
 
 
 def _spatial(keras, model, kernel_shape, base: dict, fraction: float, found: list) -> list[tuple[str, float, Any]]:
@@ -300,7 +317,7 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
         raise InvalidArgumentError(f"cache must be True, False or a folder, got {type(cache).__name__}.")
     store = TimingCache(cache, num_threads, runs)
     options = {"fractions": [float(f) for f in fractions], "min_channels_per_group": min_channels_per_group,
-               "forms": 2}  # 2: with Tucker-2 and spatial SVD
+               "forms": 3}  # 2: with Tucker-2 and spatial SVD; 3: with fewer output channels and multiples of 8
     graph = read_model(model)
     shapes = infer_shapes(graph)
     keras = module_for(graph)

@@ -276,7 +276,7 @@ def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: np.ndarr
         share = count / group.size
         ms = None
         if latency is not None and producer.name in latency.layers and consumer.name in latency.layers:
-            ms = latency.layer_ms(producer.name, "dense", macs_p * share) + \
+            ms = latency.layer_ms(producer.name, "pruned_out", macs_p * share) + \
                 latency.layer_ms(consumer.name, "dense", macs_c * share)
         dense = producer.dense(metric) + consumer.dense(metric)
         if metric == "latency":
@@ -542,7 +542,8 @@ def _realise(graph: Graph, shapes: dict, analysis: ChannelAnalysis, units: list[
                 share = 1.0 if option.kept is None else len(option.kept) / unit.group.size
                 if conv.name in context.latency.layers and (form is not None or share < 1.0):
                     macs = _form_macs(conv, form) * (share if form is None else 1.0)
-                    planned[conv.name] = ("dense" if form is None else _table_form(conv, form), macs)
+                    pruned = "pruned_out" if conv is unit.convs[0] else "dense"
+                    planned[conv.name] = (pruned if form is None else _table_form(conv, form), macs)
         notes["estimated_latency_ratio"] = round(context.latency.estimate(planned) / context.latency.estimate({}), 4)
     report = build_report("auto", budget, graph, result, shapes, rewritten, reasons, parts, notes=notes,
                           choices=choices)
