@@ -268,8 +268,9 @@ CATALOGUE = [
      InvalidArgumentError, r"latency must be a kerascomp.LatencyTable or \"host\" .*got 'table.json'"),
     ("latency-table-for-pruning", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", target_latency=0.5,
                                                                            latency="table.json"),
-     InvalidArgumentError, r"latency= \(a latency table\) is used by method='collaborative' and 'fga' \(to plan "
-                           r"target_latency\) and by 'fga', 'joint_svd', 'svd', 'tucker' .*; 'l1' meets target_latency "
+     InvalidArgumentError, r"latency= \(a latency table\) is used by method='auto' and 'collaborative' and 'fga' \(to "
+                           r"plan target_latency\) and by 'auto', 'fga', 'joint_svd', 'svd', 'tucker' .*; 'l1' meets "
+                           "target_latency "
                            "by timing"),
     ("loss-for-fga", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", loss="mse"),
      InvalidArgumentError, "loss= is used by method='collaborative' only, not 'fga'"),

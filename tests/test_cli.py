@@ -104,11 +104,11 @@ def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
 
 
 @pytest.mark.parametrize("method,flags,named", [
-    ("l1", ["--pointwise"], "--pointwise is used by fga, joint_svd, svd, tucker"),
+    ("l1", ["--pointwise"], "--pointwise is used by auto, fga, joint_svd, svd, tucker"),
     ("svd", ["--groups", "s1.*"], "--groups is used by joint_svd"),
     ("fga", ["--max-fraction", "0.5"], "--max-fraction is used by correlation, l1"),
     ("tucker", ["--variant", "left"], "--variant is used by joint_svd"),
-    ("correlation", ["--min-channels-per-group", "8"], "--min-channels-per-group is used by fga"),
+    ("correlation", ["--min-channels-per-group", "8"], "--min-channels-per-group is used by auto, fga"),
     ("fga", ["--sensitivity", "taylor"], "--sensitivity is used by collaborative"),
     ("fga", ["--allocation", "global"], "--allocation is used by collaborative, correlation, joint_svd, l1, svd, tucker"),
     ("collaborative", ["--max-fraction", "0.5", "--pointwise"], "does not use --max-fraction, --pointwise"),
@@ -126,7 +126,7 @@ def test_latency_table_without_a_latency_target_is_refused_where_it_means_nothin
                  "--latency-table", str(tmp_path / "table.json")]) == 2
     error = capsys.readouterr().err
     assert "--latency-table only steer a latency target for method 'collaborative': add --target-latency" in error
-    assert "only fga, joint_svd, svd, tucker use a table" in error
+    assert "only auto, fga, joint_svd, svd, tucker use a table" in error
 
 
 def test_a_latency_table_steers_svd_under_a_flops_target(model_file, tmp_path):
