@@ -72,7 +72,7 @@ from kerascomp.methods.tucker import factor_layer, tucker_cost
 
 FORMS = ("prune", "fga", "svd", "tucker")
 KINDS = ("dense",) + FORMS
-ENERGY_CHUNK = 8  # convs whose inputs are sampled at once (bounds the activations held)
+ENERGY_BYTES = 512 * 2 ** 20  # activations sampled at once for the input energies
 
 
 @dataclass(frozen=True)
@@ -300,15 +300,25 @@ def _pair_options(unit: _Unit, own: list[list[_Option]]) -> list[_Option]:
     return found
 
 
-def _energies(graph: Graph, convs: list[_Conv], data, max_samples: int, verbose: int) -> None:
-    """Each conv's mean squared input activation per channel, on ``data`` (in chunks of convs)."""
-    for start in tqdm(range(0, len(convs), ENERGY_CHUNK), desc="auto energies", disable=not verbose):
-        chunk = convs[start:start + ENERGY_CHUNK]
+def _energies(graph: Graph, shapes: dict, convs: list[_Conv], data, max_samples: int, verbose: int) -> None:
+    """Each conv's mean squared input activation per channel, on ``data``. The convs are sampled in chunks
+    whose activations stay under ``ENERGY_BYTES`` (a 224x224 model's early layers hold hundreds of MB)."""
+    chunks, chunk, held = [], [], 0
+    for conv in convs:
+        ref = graph.nodes_of(conv.name)[0].input_refs()[0]
+        size = max_samples * 4 * int(np.prod(shapes[ref.node][ref.index][1:]))
+        if chunk and held + size > ENERGY_BYTES:
+            chunks.append(chunk)
+            chunk, held = [], 0
+        chunk.append(conv)
+        held += size
+    chunks += [chunk] if chunk else []
+    for chunk in tqdm(chunks, desc="auto energies", disable=not verbose):
         nodes = [graph.nodes_of(conv.name)[0].name for conv in chunk]
         sampled = sample_node_inputs(graph, nodes, data, max_samples)
         for conv, node in zip(chunk, nodes):
-            values = np.asarray(sampled[node], np.float64)
-            conv.energy = np.mean(values.reshape(-1, values.shape[-1]) ** 2, axis=0)
+            values = np.asarray(sampled.pop(node), np.float32).reshape(-1, conv.shape[2])
+            conv.energy = np.einsum("rc,rc->c", values, values, dtype=np.float64) / max(len(values), 1)
 
 
 def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoOptions
@@ -439,7 +449,8 @@ def auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context:
         chosen = [_fixed_option(unit, fixed) for unit in units]
     else:
         if data is not None:
-            _energies(graph, [conv for unit in units for conv in unit.convs], data, options.max_samples, verbose)
+            _energies(graph, shapes, [conv for unit in units for conv in unit.convs], data, options.max_samples,
+                      verbose)
         tables = cost_tables(graph, shapes, analysis)
         generated = 0
         for unit in tqdm(units, desc="auto options", disable=not verbose):
