@@ -97,9 +97,12 @@ VARIANTS = {
     "svd_no_distill": ("clone", "svd", {}, "macs"),
     "svd_neither": ("clone", "svd", {"reconstruct": False}, "macs"),
     # method="auto" (issue 19): per layer the best form, planned with this host's measured latency table
+    # ("latency" is an argument of clone_compressed, not a method option: see CALL_ARGUMENTS)
     "auto": ("clone", "auto", {"latency": "host"}, "macs"),
     "auto_latency": ("clone", "auto", {"latency": "host"}, "latency"),
 }
+# Keys of a variant's options that are clone_compressed arguments rather than method options.
+CALL_ARGUMENTS = ("latency",)
 # Rows finetuned without distillation whatever --alpha says (the ablation "without distillation").
 NO_DISTILL = ("fga_no_distill", "fga_neither", "svd_no_distill", "svd_neither")
 # The ablations that had scripts of their own before (pruning_cifar, jsvd_cifar, collaborative_cifar,
