@@ -139,3 +139,16 @@ def test_an_edited_plan_with_a_form_that_does_not_fit_is_refused(module_resnet, 
     edited["choices"]["layers"][layer] = ["pca", 1, 1]
     with pytest.raises(InvalidArgumentError, match="does not fit"):
         kerascomp.clone_compressed(module_resnet, plan=kerascomp.Plan.from_json(json.dumps(edited)), verbose=0)
+
+
+def test_tile_steps_fall_back_to_4_then_1_on_a_small_model_and_the_plan_records_the_step(keras, images):
+    keras.utils.set_random_seed(0)
+    model = cifar_resnet(depth=8, width=4, input_shape=(16, 16, 3), keras_module=keras)  # 4/8/16 channels
+    with pytest.raises(BudgetError, match="cannot reach target_flops=0.5"):
+        kerascomp.compress(model, method="auto", target_flops=0.5, channel_multiple=8, rank_multiple=8, verbose=0)
+    result = kerascomp.compress(model, method="auto", target_flops=0.5, verbose=0)
+    assert result.report.macs_ratio <= 0.5 + 1e-9
+    steps = (result.plan.settings["channel_multiple"], result.plan.settings["rank_multiple"])
+    assert steps in ((4, 4), (1, 1))
+    again = kerascomp.clone_compressed(model, plan=result.plan, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), result.model.get_weights()))

@@ -37,7 +37,7 @@ best option of each other kind at no more cost.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -47,7 +47,7 @@ from kerascomp.cost import graph_cost
 from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
 from kerascomp.decompose.tucker import truncation_errors
-from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
+from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.channels import (
     ChannelAnalysis,
     ChannelGroup,
@@ -72,6 +72,7 @@ from kerascomp.methods.tucker import factor_layer, tucker_cost
 
 FORMS = ("prune", "fga", "svd", "tucker")
 KINDS = ("dense",) + FORMS
+AUTO_MULTIPLES = (8, 4, 1)  # channel and rank steps tried in turn when the options leave them unset
 ENERGY_BYTES = 512 * 2 ** 20  # activations sampled at once for the input energies
 
 
@@ -82,9 +83,11 @@ class AutoOptions:
     Attributes:
         forms: the kinds of form offered besides dense: any of ``"prune"``, ``"fga"`` (which
             includes the one-group kxk(r) + 1x1 pair), ``"svd"`` (spatial kx1 + 1xk) and ``"tucker"``.
-        channel_multiple: a pruned group keeps a multiple of this many channels (default 8, the
-            tile XNNPACK computes channels in; 1: any count).
-        rank_multiple: ranks of factored forms are multiples of this (default 8, as above).
+        channel_multiple: a pruned group keeps a multiple of this many channels (8 is the tile
+            XNNPACK computes channels in; 1: any count). ``None`` (default) tries 8, then 4, then 1,
+            keeping the first that meets the budget (a small model's convs may have fewer than 16
+            channels); the plan records the value taken.
+        rank_multiple: ranks of factored forms are multiples of this (``None``: as above).
         min_channels_per_group: FGA groups thinner than this are not offered (as FGA's option).
         pointwise: also factor 1x1 convs (as a low-rank pair). Pruning takes 1x1 convs either way.
         max_samples: images of ``data`` the input-channel energies are measured on.
@@ -95,8 +98,8 @@ class AutoOptions:
     """
 
     forms: tuple = FORMS
-    channel_multiple: int = 8
-    rank_multiple: int = 8
+    channel_multiple: int | None = None
+    rank_multiple: int | None = None
     min_channels_per_group: int = 16
     pointwise: bool = True
     max_samples: int = 128
@@ -112,7 +115,10 @@ class AutoOptions:
         unknown = [form for form in self.forms if form not in FORMS]
         if unknown:
             raise InvalidArgumentError(f"forms {unknown} are not offered by method='auto'; choose from {FORMS}.")
-        for name in ("channel_multiple", "rank_multiple", "min_channels_per_group", "max_samples", "iterations"):
+        for name in ("channel_multiple", "rank_multiple"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        for name in ("min_channels_per_group", "max_samples", "iterations"):
             check_int(name, getattr(self, name))
         check_int("latency_checks", self.latency_checks, least=0)
         check_bool("pointwise", self.pointwise)
@@ -426,7 +432,26 @@ def _checked_form(conv: _Conv, form) -> tuple:
 
 def auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context: Context,
               fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
-    """Choose every conv's form under ``budget`` (or realise a plan's ``fixed`` choices) and rewrite."""
+    """Choose every conv's form under ``budget`` (or realise a plan's ``fixed`` choices) and rewrite. A
+    ``channel_multiple`` or ``rank_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget."""
+    unset = [name for name in ("channel_multiple", "rank_multiple") if getattr(options, name) is None]
+    if fixed is not None or not unset:
+        return _auto_pass(graph, budget, data, replace(options, **{name: 1 for name in unset}), context, fixed)
+    for attempt, step in enumerate(AUTO_MULTIPLES):
+        try:
+            result, report = _auto_pass(graph, budget, data, replace(options, **{name: step for name in unset}),
+                                        context, None)
+        except BudgetError:
+            if attempt == len(AUTO_MULTIPLES) - 1:
+                raise
+            continue
+        report.resolved.update({name: step for name in unset})
+        return result, report
+    raise AssertionError("unreachable")
+
+
+def _auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context: Context,
+               fixed: dict | None) -> tuple[Graph, CompressionReport]:
     verbose, latency = context.verbose, context.latency
     shapes = infer_shapes(graph)
     analysis = analyse_channels(graph, shapes)
