@@ -100,6 +100,15 @@ VARIANTS = {
     # ("latency" is an argument of clone_compressed, not a method option: see CALL_ARGUMENTS)
     "auto": ("clone", "auto", {"latency": "host"}, "macs"),
     "auto_latency": ("clone", "auto", {"latency": "host"}, "latency"),
+    # the ablation of auto's whitening (per-channel energies only, as auto was before 2026-12-03)
+    "auto_latency_diagonal": ("clone", "auto", {"latency": "host", "whiten": False}, "latency"),
+    # the single methods at the same measured-latency target (the rows auto_latency is compared with); the
+    # ones with a latency model plan by the host table
+    "svd_latency": ("clone", "svd", {"latency": "host"}, "latency"),
+    "svd_latency_raw": ("clone", "svd", {"latency": "host", "whiten": False}, "latency"),  # as svd before whiten
+    "l1_latency": ("clone", "l1", {}, "latency"),  # l1 has no latency model: target_latency by measured search
+    "fga_latency": ("clone", "fga", {"latency": "host"}, "latency"),
+    "tucker_latency": ("clone", "tucker", {"latency": "host"}, "latency"),
 }
 # Keys of a variant's options that are clone_compressed arguments rather than method options.
 CALL_ARGUMENTS = ("latency",)

@@ -152,3 +152,47 @@ def test_tile_steps_fall_back_to_4_then_1_on_a_small_model_and_the_plan_records_
     assert steps in ((4, 4), (1, 1))
     again = kerascomp.clone_compressed(model, plan=result.plan, verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), result.model.get_weights()))
+
+
+def _duplicated_channels_model(keras):
+    """A ResNet-8 whose s1b1 group carries channels 0..3 twice (4..7 are copies) and whose consumer reads
+    channels 8..11 weakly: a cut that keeps one copy of each pair loses nothing once the consumer is refit,
+    while channels 8..11 carry the least energy times weight."""
+    keras.utils.set_random_seed(3)
+    model = cifar_resnet(depth=8, width=16, input_shape=(16, 16, 3), keras_module=keras)
+    conv = model.get_layer("s1b1_conv1")
+    kernel = conv.get_weights()[0]
+    kernel[..., 4:8] = kernel[..., 0:4]
+    conv.set_weights([kernel] + conv.get_weights()[1:])
+    norm = model.get_layer("s1b1_bn1")
+    weights = norm.get_weights()
+    for w in weights:
+        w[4:8] = w[0:4]
+    norm.set_weights(weights)
+    consumer = model.get_layer("s1b1_conv2")
+    kernel = consumer.get_weights()[0]
+    kernel[:, :, 8:12, :] *= 0.15
+    consumer.set_weights([kernel] + consumer.get_weights()[1:])
+    return model
+
+
+def test_whitened_pruning_cuts_a_redundant_copy_and_the_diagonal_estimate_does_not(keras, images):
+    model = _duplicated_channels_model(keras)
+    data = np.random.default_rng(5).uniform(0, 255, (64, 16, 16, 3)).astype("float32")
+    macs = conv_macs(model)
+    saved = 4 / 16 * (macs["s1b1_conv1"] + macs["s1b1_conv2"])  # 4 of the group's 16 channels, both convs
+    target = 1.0 - 0.95 * saved / kerascomp.cost(model).macs
+    expected = model.predict(data, verbose=0)
+    errors, kept = {}, {}
+    for whiten in (True, False):
+        result = kerascomp.compress(model, method="auto", target_flops=target, forms=["prune"], channel_multiple=4,
+                                    data=data, whiten=whiten, recalibrate=False, verbose=0)
+        kept[whiten] = set(result.plan.choices["pruned"]["s1b1_conv2"])
+        assert len(kept[whiten]) == 12 and set(result.plan.choices["pruned"]) == {"s1b1_conv2"}
+        errors[whiten] = float(np.linalg.norm(result.model.predict(data, verbose=0) - expected) /
+                               np.linalg.norm(expected))
+    # whitened: one copy of each duplicated pair goes, so after the refit the outputs are kept
+    assert all(len(kept[True] & {c, c + 4}) == 1 for c in range(4))
+    assert errors[True] < 1e-2
+    # the diagonal estimate (per-channel energies) cuts the weakly read channels and keeps both copies
+    assert {8, 9, 10, 11}.isdisjoint(kept[False]) and errors[False] > 5 * errors[True]

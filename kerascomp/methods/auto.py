@@ -17,12 +17,14 @@ A producer and its consumer form one *unit* of the allocation: either the group 
 convs stay dense, thinner), or each conv takes a dense or factored form of its own; so pruning
 and factoring never meet in one conv and every combination is costed exactly.
 
-**The error** of every option is on one scale: the relative squared Frobenius error of the conv's
-kernel with each input channel weighted by its mean squared activation on ``data`` (without data,
-all weights 1). That is the diagonal approximation of the conv's relative output error; a pruned
-group's error is the weighted energy of the consumer's removed input slices, a factored form's the
-error of the same factorisation of the weighted kernel (FGA's group-wise SVD, spatial SVD's
-truncation, Tucker-2's truncation bound). A unit's error is the sum over its convs.
+**The error** of every option is on one scale: the conv's estimated relative squared output error on
+``data``. With data (``whiten``, on by default), each conv's input-channel covariance is measured
+(:mod:`kerascomp.methods.whitening`): a factored form factors the whitened kernel (FGA's group-wise
+SVD, spatial SVD, Tucker-2) and gets its input factor unwhitened, so its truncation error is the
+output error; a pruned group is cut by Optimal-Brain-Surgeon steps on the consumer's input covariance
+(:func:`removal_order`), which count the error left after the consumer's refit. Without data, or with
+``whiten=False``, input channels are weighted by their energies only (1 without data): the diagonal
+approximation, with factors of the raw kernel. A unit's error is the sum over its convs.
 
 **The cost** is the budgeted quantity: MACs, params, or, with a latency table (``latency=``: a
 measured host table, ``"host"``, or a phone's), milliseconds. With a table, only the forms on each
@@ -47,6 +49,7 @@ from kerascomp.cost import graph_cost
 from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
 from kerascomp.decompose.tucker import truncation_errors
+from kerascomp.decompose.whitening import whiten_kernel, whitener
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.channels import (
     ChannelAnalysis,
@@ -58,7 +61,7 @@ from kerascomp.graph.channels import (
     sole_input_group,
 )
 from kerascomp.graph.ir import Graph, LayerSpec
-from kerascomp.graph.keras_io import infer_shapes, module_for, sample_node_inputs
+from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.fga import allowed_groups, fga_form, fga_spec
@@ -66,14 +69,15 @@ from kerascomp.methods.inputs import check_auto, check_bool, check_int
 from kerascomp.methods.joint_svd import SVDOptions, factor_unit, svd_units
 from kerascomp.methods.pointwise import ONE_BY_ONE
 from kerascomp.methods.pruning import cost_tables, pruned_cost
+from kerascomp.methods.reconstruct import RIDGE
 from kerascomp.methods.registry import Context, Method
 from kerascomp.methods.sensitivity import conv_layers
 from kerascomp.methods.tucker import factor_layer, tucker_cost
+from kerascomp.methods.whitening import input_moments, unwhiten_layer, whitened_spec, whitening_on
 
 FORMS = ("prune", "fga", "svd", "tucker")
 KINDS = ("dense",) + FORMS
 AUTO_MULTIPLES = (8, 4, 1)  # channel and rank steps tried in turn when the options leave them unset
-ENERGY_BYTES = 512 * 2 ** 20  # activations sampled at once for the input energies
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,13 @@ class AutoOptions:
         iterations: HOOI iterations of a Tucker-2 form.
         latency_checks: with ``target_latency``, at most this many measured checks correct the target
             given to the latency table (``methods/latency_search.py``); 0: the table's estimate alone.
+        whiten: with ``data``, measure each conv's input-channel covariance and use it twice: every
+            factored form factors the kernel *whitened* by it (the factors that minimise the conv's
+            output error on the data, not the kernel error), and a pruned group drops the channels its
+            consumer's refit can best do without (Optimal-Brain-Surgeon steps on the covariance, the
+            error counted after the refit). ``False``: per-channel energies only (the diagonal of the
+            covariance: channels weighted, factors of the raw kernel). ``"auto"`` (default): on
+            whenever ``data`` is given.
         recalibrate / reconstruct / reconstruct_samples: the shared steps after the rewrite.
     """
 
@@ -105,6 +116,7 @@ class AutoOptions:
     max_samples: int = 128
     iterations: int = 30
     latency_checks: int = 8
+    whiten: bool | str = "auto"
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
@@ -122,6 +134,7 @@ class AutoOptions:
             check_int(name, getattr(self, name))
         check_int("latency_checks", self.latency_checks, least=0)
         check_bool("pointwise", self.pointwise)
+        check_auto("whiten", self.whiten)
         check_auto("recalibrate", self.recalibrate)
 
 
@@ -133,6 +146,7 @@ class _Conv:
     vertical_pixels: int  # outputs of a spatial SVD's kx1 conv: output rows x input columns
     decomposable: bool
     energy: np.ndarray | None = None  # mean squared activation of each input channel (None: all 1)
+    covariance: np.ndarray | None = None  # input-channel second moments, when whitening (None: diagonal only)
 
     @property
     def name(self) -> str:
@@ -142,8 +156,17 @@ class _Conv:
     def shape(self) -> tuple[int, int, int, int]:
         return self.spec.weights[0].shape
 
-    def weighted(self) -> np.ndarray:
+    def whitener(self, groups: int = 1) -> list[np.ndarray] | None:
+        """The whitening blocks of its input covariance (:mod:`kerascomp.decompose.whitening`), one per input
+        group; ``None`` without a covariance."""
+        return None if self.covariance is None else whitener(self.covariance, groups)
+
+    def weighted(self, groups: int = 1) -> np.ndarray:
+        """The kernel whose relative squared error is the option's estimated output error."""
         kernel = self.spec.weights[0].astype(np.float64)
+        blocks = self.whitener(groups)
+        if blocks is not None:
+            return whiten_kernel(kernel, blocks)
         if self.energy is None:
             return kernel
         return kernel * np.sqrt(np.maximum(self.energy, 0.0))[None, None, :, None]
@@ -208,7 +231,7 @@ def _conv_options(conv: _Conv, metric: str, options: AutoOptions, latency) -> li
     use_bias = len(conv.spec.weights) > 1
     if "fga" in options.forms:
         for groups in allowed_groups(conv.spec, options.min_channels_per_group):
-            curve = fga_math.relative_error_curve(kernel, groups)
+            curve = fga_math.relative_error_curve(kernel if groups == 1 else conv.weighted(groups), groups)
             for rank in range(step, fga_math.max_rank(conv.shape, groups) + 1, step):
                 macs = fga_math.fga_macs(conv.shape, groups, rank, conv.out_pixels)
                 own = macs if metric == "flops" else fga_math.fga_params(conv.shape, groups, rank, use_bias)
@@ -262,14 +285,12 @@ def _front(found: list[_Option]) -> list[_Option]:
 
 def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: np.ndarray, tables: list, metric: str,
                      options: AutoOptions, latency) -> list[_Option]:
-    """Cuts of the unit's group to multiples of ``channel_multiple`` channels, the consumer's weighted input
-    slices ranking the channels (the least energy goes first)."""
+    """Cuts of the unit's group to multiples of ``channel_multiple`` channels, in the order of
+    :func:`removal_order`."""
     producer, consumer = unit.convs
     group = unit.group
-    kernel = consumer.weighted()
-    scores = np.array([float(np.sum(kernel[:, :, positions[c], :] ** 2)) for c in range(group.size)])
-    order = np.argsort(-scores, kind="stable")
-    total = max(float(scores.sum()), 1e-30)
+    removed_first, errors = removal_order(consumer, positions)
+    order = removed_first[::-1]  # the channel kept longest first
     atoms = {int(a) for channel in group.channels for a in channel}
     touching = [t for t in tables if any(x is not None and atoms.intersection(int(a) for a in x) for x in t[1:3])]
     base = pruned_cost(touching, np.zeros(0, int))
@@ -290,8 +311,48 @@ def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: np.ndarr
         else:
             index = 0 if metric == "flops" else 1
             cost = dense - (base[index] - after[index])
-        found.append(_Option("prune", float(cost), float(scores[order[count:]].sum() / total), ms, {}, kept))
+        found.append(_Option("prune", float(cost), float(errors[group.size - count]), ms, {}, kept))
     return found
+
+
+def removal_order(consumer: _Conv, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The group's channels in the order they are cut, and the consumer's estimated relative output error
+    after each number of cuts (``errors[i]``: the first ``i`` cut; ``errors[0] = 0``).
+
+    With a covariance, each step cuts the channel whose loss the refit of the consumer on the kept channels
+    (the shared reconstruction step) makes good best, and counts the error left after that refit: the
+    Optimal-Brain-Surgeon step on the covariance ``S`` with the refit's ridge (``P = S^-1``, ``B`` the refit kernel rows):
+    cutting channel ``j`` costs ``|B_j|^2 / P_jj``, then ``B -= P_:j B_j / P_jj`` and ``P -= P_:j P_j: / P_jj``.
+    Taps are taken as uncorrelated (one ``S`` for all). Without one, channels go by the energy of their
+    weighted input slices, least first, with no credit for the refit."""
+    kernel = consumer.spec.weights[0].astype(np.float64)
+    rows = np.stack([kernel[:, :, place, :].ravel() for place in positions])  # (group channels, taps x filters)
+    size = len(positions)
+    if consumer.covariance is None:
+        energy = np.ones(size) if consumer.energy is None else np.maximum(consumer.energy[positions], 0.0)
+        scores = (rows ** 2).sum(axis=1) * energy
+        order = np.argsort(scores, kind="stable")
+        return order, np.concatenate([[0.0], np.cumsum(scores[order])]) / max(float(scores.sum()), 1e-30)
+    moments = consumer.covariance[np.ix_(positions, positions)]
+    moments = moments + RIDGE * max(float(np.trace(moments)) / size, 1e-30) * np.eye(size)  # the refit's ridge
+    total = max(float(np.sum((moments @ rows) * rows)), 1e-30)
+    precision, refit = np.linalg.inv(moments), rows.copy()
+    alive = np.ones(size, bool)
+    order, errors = [], [0.0]
+    for _ in range(size - 1):
+        diagonal = np.diag(precision)
+        cost = np.full(size, np.inf)
+        cost[alive] = (refit[alive] ** 2).sum(axis=1) / np.maximum(diagonal[alive], 1e-300)
+        cut = int(np.argmin(cost))
+        column = precision[:, cut].copy()
+        refit -= np.outer(column, refit[cut]) / precision[cut, cut]
+        precision -= np.outer(column, column) / precision[cut, cut]
+        alive[cut] = False
+        order.append(cut)
+        errors.append(errors[-1] + float(cost[cut]))
+    order.append(int(np.flatnonzero(alive)[0]))
+    errors.append(1.0)
+    return np.array(order), np.minimum(np.array(errors) / total, 1.0)
 
 
 def _pair_options(unit: _Unit, own: list[list[_Option]]) -> list[_Option]:
@@ -306,25 +367,12 @@ def _pair_options(unit: _Unit, own: list[list[_Option]]) -> list[_Option]:
     return found
 
 
-def _energies(graph: Graph, shapes: dict, convs: list[_Conv], data, max_samples: int, verbose: int) -> None:
-    """Each conv's mean squared input activation per channel, on ``data``. The convs are sampled in chunks
-    whose activations stay under ``ENERGY_BYTES`` (a 224x224 model's early layers hold hundreds of MB)."""
-    chunks, chunk, held = [], [], 0
+def _energies(graph: Graph, shapes: dict, convs: list[_Conv], data, max_samples: int, whiten: bool,
+              verbose: int) -> None:
+    """Each conv's input-channel energies and, with ``whiten``, covariance (the shared sampler)."""
+    found = input_moments(graph, shapes, [conv.name for conv in convs], data, max_samples, whiten, verbose)
     for conv in convs:
-        ref = graph.nodes_of(conv.name)[0].input_refs()[0]
-        size = max_samples * 4 * int(np.prod(shapes[ref.node][ref.index][1:]))
-        if chunk and held + size > ENERGY_BYTES:
-            chunks.append(chunk)
-            chunk, held = [], 0
-        chunk.append(conv)
-        held += size
-    chunks += [chunk] if chunk else []
-    for chunk in tqdm(chunks, desc="auto energies", disable=not verbose):
-        nodes = [graph.nodes_of(conv.name)[0].name for conv in chunk]
-        sampled = sample_node_inputs(graph, nodes, data, max_samples)
-        for conv, node in zip(chunk, nodes):
-            values = np.asarray(sampled.pop(node), np.float32).reshape(-1, conv.shape[2])
-            conv.energy = np.einsum("rc,rc->c", values, values, dtype=np.float64) / max(len(values), 1)
+        conv.energy, conv.covariance = found[conv.name]
 
 
 def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoOptions
@@ -435,26 +483,32 @@ def auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context:
     """Choose every conv's form under ``budget`` (or realise a plan's ``fixed`` choices) and rewrite. A
     ``channel_multiple`` or ``rank_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget."""
     unset = [name for name in ("channel_multiple", "rank_multiple") if getattr(options, name) is None]
+    shapes = infer_shapes(graph)
+    analysis = analyse_channels(graph, shapes)
+    whiten = whitening_on(options.whiten, data, "auto")
+    moments: dict = {}  # conv name -> (energy, covariance), measured once for every attempt
     if fixed is not None or not unset:
-        return _auto_pass(graph, budget, data, replace(options, **{name: 1 for name in unset}), context, fixed)
-    for attempt, step in enumerate(AUTO_MULTIPLES):
+        return _auto_pass(graph, shapes, analysis, budget, data, replace(options, **{name: 1 for name in unset}),
+                          context, fixed, moments, whiten)
+    for step in AUTO_MULTIPLES[:-1]:
         try:
-            result, report = _auto_pass(graph, budget, data, replace(options, **{name: step for name in unset}),
-                                        context, None)
+            result, report = _auto_pass(graph, shapes, analysis, budget, data,
+                                        replace(options, **{name: step for name in unset}), context, None, moments,
+                                        whiten)
         except BudgetError:
-            if attempt == len(AUTO_MULTIPLES) - 1:
-                raise
             continue
         report.resolved.update({name: step for name in unset})
         return result, report
-    raise AssertionError("unreachable")
+    step = AUTO_MULTIPLES[-1]
+    result, report = _auto_pass(graph, shapes, analysis, budget, data,
+                                replace(options, **{name: step for name in unset}), context, None, moments, whiten)
+    report.resolved.update({name: step for name in unset})
+    return result, report
 
 
-def _auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context: Context,
-               fixed: dict | None) -> tuple[Graph, CompressionReport]:
+def _auto_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, data, options: AutoOptions,
+               context: Context, fixed: dict | None, moments: dict, whiten: bool) -> tuple[Graph, CompressionReport]:
     verbose, latency = context.verbose, context.latency
-    shapes = infer_shapes(graph)
-    analysis = analyse_channels(graph, shapes)
     units, positions, reasons = _units(graph, shapes, analysis, options)
     if not units:
         raise UnsupportedModelError(f"method='auto' found no conv to prune or factor in {graph.name!r} ("
@@ -472,10 +526,16 @@ def _auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context
             raise InvalidArgumentError(f"the plan names {', '.join(unknown[:5])}, which method='auto' cannot compress "
                                        "in this model; re-plan for it.")
         chosen = [_fixed_option(unit, fixed) for unit in units]
+        if whiten:  # the plan's factored forms are realised from the same whitened kernels
+            factored = [conv for unit, option in zip(units, chosen) for conv in unit.convs if conv.name in option.forms]
+            _energies(graph, shapes, factored, data, options.max_samples, True, verbose)
     else:
         if data is not None:
-            _energies(graph, shapes, [conv for unit in units for conv in unit.convs], data, options.max_samples,
-                      verbose)
+            convs = [conv for unit in units for conv in unit.convs]
+            _energies(graph, shapes, [conv for conv in convs if conv.name not in moments], data, options.max_samples,
+                      whiten, verbose)
+            for conv in convs:
+                conv.energy, conv.covariance = moments.setdefault(conv.name, (conv.energy, conv.covariance))
         tables = cost_tables(graph, shapes, analysis)
         generated = 0
         for unit in tqdm(units, desc="auto options", disable=not verbose):
@@ -523,6 +583,7 @@ def _realise(graph: Graph, shapes: dict, analysis: ChannelAnalysis, units: list[
     result = prune_channels(graph, analysis, removal)  # decomposed convs are never in a pruned unit
     keras = module_for(graph)
     rewritten, parts, choices = {}, {}, {"layers": {}, "pruned": {}}
+    svd_found = None
     kinds = dict.fromkeys(KINDS, 0)
     for unit, option in tqdm(list(zip(units, chosen)), desc="auto", disable=not context.verbose):
         why = {} if from_plan else {"why": _why(unit, option, what)}
@@ -545,19 +606,28 @@ def _realise(graph: Graph, shapes: dict, analysis: ChannelAnalysis, units: list[
             spec = result.layers[conv.name]
             choices["layers"][conv.name] = list(form)
             kinds[form[0]] += 1
+            # with a covariance the whitened kernel is factored and its input factor unwhitened (the error is
+            # then the estimated output error; without one, the kernel's own)
+            blocks = conv.whitener(form[1] if form[0] == "fga" else 1)
+            source = whitened_spec(spec, blocks)
+            before = set(result.layers)
             if form[0] == "fga":
-                error = float(np.sqrt(fga_math.relative_error_curve(spec.weights[0], form[1])[form[2]]))
-                result.layers[conv.name] = fga_spec(spec, form[1], form[2], keras)
+                error = float(np.sqrt(fga_math.relative_error_curve(source.weights[0], form[1])[form[2]]))
+                result.layers[conv.name] = fga_spec(source, form[1], form[2], keras)
+                first = conv.name  # the grouped conv reads the input (its 1x1 is the same layer's second kernel)
             elif form[0] == "svd":
-                error = float(np.sqrt(jsvd.error_curve([jsvd.spatial_matrix(spec.weights[0])], "svd")[form[1]]))
-                before = set(result.layers)
-                unit = next(u for u in svd_units(result, infer_shapes(result), "svd", SVDOptions())[0]
-                            if u.name == conv.name)
+                error = float(np.sqrt(jsvd.error_curve([jsvd.spatial_matrix(source.weights[0])], "svd")[form[1]]))
+                if svd_found is None:  # built once, on the pruned graph: factored convs keep their shapes
+                    svd_found = {u.name: u for u in svd_units(result, infer_shapes(result), "svd", SVDOptions())[0]}
+                unit = svd_found[conv.name]
+                unit.members[0] = replace(unit.members[0], spec=source)
                 factor_unit(result, unit, form[1], SVDOptions(), keras)
-                parts[conv.name] = [conv.name] + sorted(set(result.layers) - before)
+                first = next(iter(sorted(set(result.layers) - before)))  # the kx1 conv, which reads the input
             else:
-                before = set(result.layers)
-                error = factor_layer(result, spec, (form[1], form[2]), options.iterations, keras)
+                error = factor_layer(result, source, (form[1], form[2]), options.iterations, keras)
+                first = next(n for n in sorted(set(result.layers) - before) if n.startswith(f"{conv.name}_tucker_in"))
+            unwhiten_layer(result, first, blocks)
+            if form[0] != "fga":
                 parts[conv.name] = [conv.name] + sorted(set(result.layers) - before)
             rewritten[conv.name] = (_label(form), error, {"form": list(form), **why})
     for name in list(reasons):  # a depthwise conv between a pruned producer and its consumer loses channels too

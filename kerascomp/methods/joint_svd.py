@@ -16,7 +16,7 @@ Lagrangian allocation FGA uses.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -33,6 +33,7 @@ from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check
 from kerascomp.methods.pointwise import ONE_BY_ONE, check_pointwise
 from kerascomp.methods.registry import Context, Method, build_options
 from kerascomp.methods.strip import is_channel_batchnorm
+from kerascomp.methods.whitening import conv_whitener, input_moments, unwhiten_layer, whitened_spec, whitening_on
 
 JOINT_VARIANTS = ("left", "right", "bi")
 ALLOCATIONS = ("uniform", "global")
@@ -69,6 +70,11 @@ class SVDOptions:
     * ``iterations``: Bi-JSVD alternations (it stops early once the error stops falling).
     * ``recalibrate``: re-estimate BatchNormalization statistics on ``data`` after factoring
       (``"auto"``: when ``data`` is given).
+    * ``whiten`` (``method="svd"``): factor each kernel whitened by its input channels' covariance on
+      ``data`` (``max_samples`` images), so that the factors and the allocation's errors are those of
+      the conv's output, not its kernel (:mod:`kerascomp.methods.whitening`). ``"auto"`` (default):
+      whenever ``data`` is given; ``False``: the raw kernels, as before 2026-12-03. joint_svd does not
+      whiten (its shared factors read inputs of several convs).
     """
 
     variant: str = "left"
@@ -85,6 +91,7 @@ class SVDOptions:
     reconstruct_samples: int = 512
     bn_weighting: bool = False
     max_samples: int = 256
+    whiten: bool | str = "auto"
 
     def validate(self, method: str) -> None:
         if method == "joint_svd":
@@ -93,6 +100,11 @@ class SVDOptions:
         check_choice("grouping", self.grouping, GROUPINGS)
         check_number("min_saving", self.min_saving, 0.0, 1.0, "[)")
         check_auto("recalibrate", self.recalibrate)
+        check_auto("whiten", self.whiten)
+        if method == "joint_svd" and self.whiten is True:
+            raise InvalidArgumentError("whiten=True is an option of method='svd': a joint factor is shared by convs "
+                                       "whose inputs differ, so no one whitening fits it. Drop whiten (joint_svd "
+                                       "leaves it off), or use method='svd'.")
         check_bool("bn_weighting", self.bn_weighting)
         check_pointwise(self.pointwise)
         for option in ("rank_multiple", "iterations", "max_samples"):
@@ -562,6 +574,14 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     what = "MACs" if metric == "flops" else "params"
     result = graph.copy()
     units, reasons = svd_units(result, shapes, method, options)
+    blocks: dict[str, list | None] = {}
+    if method == "svd" and whitening_on(options.whiten, data, method) and units:
+        moments = input_moments(graph, shapes, [unit.members[0].spec.name for unit in units], data,
+                                options.max_samples, True, verbose)
+        for unit in units:
+            member = unit.members[0]
+            blocks[member.spec.name] = conv_whitener(moments, member.spec.name)
+            unit.members[0] = replace(member, spec=whitened_spec(member.spec, blocks[member.spec.name]))
     for unit in tqdm(units, desc=f"{method} spectra", disable=not verbose):
         unit.ranks = _allowed_ranks(unit, metric, options.rank_multiple)
         if options.allocation == "global":
@@ -604,7 +624,12 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     for unit, rank in zip(units, ranks):
         if not rank:
             continue
+        made = set(result.layers)
         detail = factor_unit(result, unit, rank, options, keras)
+        if blocks.get(unit.name) is not None:  # the kx1 conv reads the input: undo the whitening on it
+            [vertical] = sorted(set(result.layers) - made)
+            unwhiten_layer(result, vertical, blocks[unit.name])
+            detail["whitened"] = True
         if unit.variant != "svd":
             groups[unit.name] = detail["group"]
         n = len(unit.members)

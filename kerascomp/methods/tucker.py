@@ -27,6 +27,7 @@ from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check
 from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.pointwise import ONE_BY_ONE, check_pointwise
 from kerascomp.methods.registry import Context, Method
+from kerascomp.methods.whitening import conv_whitener, input_moments, unwhiten_layer, whitened_spec, whitening_on
 
 ALLOCATIONS = ("uniform", "global")
 RHOS = np.linspace(0.02, 1.0, 50)
@@ -37,7 +38,10 @@ class TuckerOptions:
     """Options of ``method="tucker"``: ``allocation`` (``"uniform"`` or ``"global"``), ``iterations``
     of HOOI, ``recalibrate`` BatchNormalization on ``data`` (``"auto"``: when given), ``max_samples``;
     ``pointwise``: also take 1x1 convs, as a low-rank pair (``True``, ``False``, or ``"auto"``, the
-    default: only when the kxk convs alone cannot reach the budget)."""
+    default: only when the kxk convs alone cannot reach the budget); ``whiten``: decompose each kernel
+    whitened by its input channels' covariance on ``data`` (``max_samples`` images), so that the ranks
+    and factors follow the conv's output error (:mod:`kerascomp.methods.whitening`; ``"auto"``, the
+    default: whenever ``data`` is given; ``False``: the raw kernels, as before 2026-12-03)."""
 
     allocation: str = "global"
     pointwise: bool | str = "auto"
@@ -47,9 +51,11 @@ class TuckerOptions:
     reconstruct_samples: int = 512
     bn_weighting: bool = False
     max_samples: int = 256
+    whiten: bool | str = "auto"
 
     def validate(self) -> None:
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        check_auto("whiten", self.whiten)
         check_int("iterations", self.iterations)
         check_int("max_samples", self.max_samples)
         check_auto("recalibrate", self.recalibrate)
@@ -146,6 +152,13 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     if not layers:
         raise UnsupportedModelError(f"method='tucker' found no Conv2D to decompose in {graph.name!r} ("
                                     + "; ".join(f"{n}: {r}" for n, r in reasons.items()) + ").")
+    blocks: dict[str, list | None] = {}
+    if whitening_on(options.whiten, data, "tucker"):
+        moments = input_moments(graph, shapes, [layer.spec.name for layer in layers], data, options.max_samples,
+                                True, verbose)
+        for layer in layers:
+            blocks[layer.spec.name] = conv_whitener(moments, layer.spec.name)
+            layer.spec = whitened_spec(layer.spec, blocks[layer.spec.name])
     metric = budget.metric
     total = before.macs if metric == "flops" else before.params
     fixed = total - sum(layer.cost(None, metric) for layer in layers)
@@ -162,7 +175,11 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     for layer, ranks in tqdm(list(zip(layers, chosen)), desc="tucker", disable=not verbose):
         if ranks is None:
             continue
+        made = set(result.layers)
         errors[layer.spec.name] = factor_layer(result, layer.spec, ranks, options.iterations, keras)
+        if blocks.get(layer.spec.name) is not None:  # the first 1x1 reads the input: undo the whitening on it
+            first = next(n for n in sorted(set(result.layers) - made) if n.startswith(f"{layer.spec.name}_tucker_in"))
+            unwhiten_layer(result, first, blocks[layer.spec.name])
     rewritten = {layer.spec.name: (_label(layer, ranks),
                                    errors.get(layer.spec.name), {"ranks": list(ranks) if ranks else None})
                  for layer, ranks in zip(layers, chosen)}
