@@ -404,7 +404,9 @@ def compress_for(bench: Bench, method: str, target: float):
     if kind in ("params", "latency"):
         targets = {"target_flops": None, f"target_{kind}": target}
     if how == "clone":
-        return kerascomp.clone_compressed(base, method=name, **targets, **options, **common), {}
+        result = kerascomp.compress(base, method=name, **targets, **options, **common)
+        notes = {k: result.report.notes[k] for k in ("forms", "estimated_latency_ratio") if k in result.report.notes}
+        return result.model, ({"report_notes": notes} if notes else {})
     if how == "plan":
         plan = kerascomp.plan(base, name, **targets, data=bench.labelled, verbose=0, **options)
         model = kerascomp.clone_compressed(base, plan=plan, **common)
