@@ -20,6 +20,18 @@ def test_tucker2_is_exact_at_full_rank_and_within_the_hosvd_bound():
         tucker2(kernel, 9, 6)
 
 
+def test_truncation_errors_cover_every_rank_of_a_mode_wider_than_the_rest_of_the_kernel():
+    # 3 filters of 3x3 over 32 channels: the channel unfolding has only 27 singular values, yet ranks go to 32
+    # (the fuzz case that made method='auto' index past the curve)
+    kernel = np.random.default_rng(1).normal(size=(3, 3, 32, 3))
+    drop_in, drop_out = truncation_errors(kernel)
+    assert (len(drop_in), len(drop_out)) == (33, 4)
+    assert drop_in[0] == pytest.approx(1.0) and drop_out[0] == pytest.approx(1.0)
+    np.testing.assert_allclose(drop_in[27:], 0.0, atol=1e-12)
+    assert drop_in[26] > 1e-6 and np.all(np.diff(drop_in) <= 1e-15)
+    np.testing.assert_allclose(compose(*tucker2(kernel, 27, 3)), kernel, atol=1e-9)
+
+
 @pytest.mark.parametrize("allocation, target", [("uniform", {"target_flops": 0.5}), ("global", {"target_params": 0.4})])
 def test_tucker_meets_the_budget(small_resnet, images, allocation, target):
     before = model_fingerprint(small_resnet)

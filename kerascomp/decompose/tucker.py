@@ -31,13 +31,17 @@ def compose(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.ndarray
 
 
 def truncation_errors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per mode, the squared Frobenius norm the truncated HOSVD drops at each rank (index r: keep r),
-    relative to ``||W||^2``; their sum bounds the Tucker-2 error (the HOOI result is at least as good)."""
+    """Per mode, the squared Frobenius norm the truncated HOSVD drops at each rank (index r: keep r,
+    for r = 0..that mode's size), relative to ``||W||^2``; their sum bounds the Tucker-2 error (the HOOI
+    result is at least as good)."""
     total = float(np.sum(kernel.astype(np.float64) ** 2)) or 1.0
     drops = []
     for mode in (2, 3):
         unfolded = np.moveaxis(kernel.astype(np.float64), mode, 0).reshape(kernel.shape[mode], -1)
         energy = np.linalg.svd(unfolded, compute_uv=False) ** 2
+        # a mode wider than the rest of the kernel (3 filters of 3x3 over 32 channels: 27 < 32) has fewer
+        # singular values than ranks; the ranks past them drop nothing
+        energy = np.pad(energy, (0, kernel.shape[mode] - len(energy)))
         tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])  # tail[r] = energy beyond the first r
         drops.append(tail / total)
     return drops[0], drops[1]
