@@ -1,7 +1,7 @@
 """Fuzz every method on random CNN graphs and count the failures: the figure we track.
 
-    python -m benchmarks.fuzz --graphs 500
-    TF_USE_LEGACY_KERAS=1 python -m benchmarks.fuzz --graphs 500 --out benchmarks/results/fuzz_tf_keras
+    python -m benchmarks.fuzz --graphs 1000 --resume
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.fuzz --graphs 1000 --resume --out benchmarks/results/fuzz_tf_keras
     # writes benchmarks/results/fuzz.{json,md}
 
 Each graph is drawn by ``kerascomp.testing.draw_recipe`` (conv, grouped, dilated, strided, depthwise and
@@ -10,7 +10,9 @@ and checked by ``kerascomp.testing.check_graph``: the IR round trip and the loss
 method, then one method (cycling through ``--methods``; ``--all-methods`` for each) compressed to
 ``--target`` of the MACs, fitted one step, exported and compared with LiteRT. A refusal with a
 kerascomp error counts as a refusal; any other exception or a broken property is a failure.
-The results files are rewritten after every graph, so an interrupted run keeps what it did.
+The results files are rewritten after every graph, so an interrupted run keeps what it did, and
+``--resume`` continues it (the same seed, methods, target and flavour; the graphs already checked are
+drawn again and skipped, so graph i is the same graph in one run or in several).
 """
 from __future__ import annotations
 
@@ -30,28 +32,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--graphs", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", default="fga,l1,correlation,svd,joint_svd,tucker,collaborative")
+    parser.add_argument("--methods", default=None, help="comma-separated (default: every registered method)")
     parser.add_argument("--all-methods", action="store_true", help="compress each graph with every method")
     parser.add_argument("--target", type=float, default=0.5, help="fraction of the MACs to keep")
     parser.add_argument("--export", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default=str(RESULTS / "fuzz"))
+    parser.add_argument("--resume", action="store_true", help="continue the run recorded in --out")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import numpy as np
 
+    from kerascomp.api import METHODS
     from kerascomp.graph.flavour import default_keras, legacy_requested
     from kerascomp.testing import build_model, check_graph, draw_recipe, numpy_chooser
 
     keras = default_keras()
-    methods = args.methods.split(",")
+    methods = args.methods.split(",") if args.methods else list(METHODS)
     rng = np.random.default_rng(args.seed)
-    record = {"command": command_line("benchmarks.fuzz"), "machine": platform.platform(),
-              "flavour": "tf_keras" if legacy_requested() else f"keras {keras.__version__}",
-              "target_flops": args.target, "graphs": 0, "checks": [], "failures": []}
+    run = {"seed": args.seed, "methods": methods, "all_methods": args.all_methods, "export": args.export,
+           "flavour": "tf_keras" if legacy_requested() else f"keras {keras.__version__}",
+           "target_flops": args.target}
+    record = {"command": command_line("benchmarks.fuzz"), "machine": platform.platform(), **run,
+              "graphs": 0, "seconds": 0.0, "checks": [], "failures": []}
+    if args.resume and Path(args.out).with_suffix(".json").exists():
+        record = _resumed(Path(args.out).with_suffix(".json"), run, record["command"])
+    done, spent = record["graphs"], record["seconds"]
     started = time.perf_counter()
     for index in range(args.graphs):
         recipe = draw_recipe(numpy_chooser(rng))
+        if index < done:  # drawn again so that the graphs after it are the ones a single run draws
+            continue
         try:
             model = build_model(recipe, keras)
         except Exception as error:  # noqa: BLE001 - a recipe Keras rejects is a generator bug
@@ -68,10 +79,24 @@ def main(argv=None) -> int:
                 if outcome.status == "failed":
                     record["failures"].append({**check, "recipe": str(recipe), "detail": outcome.detail})
         record["graphs"] = index + 1
-        record["seconds"] = round(time.perf_counter() - started, 1)
+        record["seconds"] = round(spent + time.perf_counter() - started, 1)
         write_results(args.out, record, markdown(record))
         print(f"graph {index + 1}/{args.graphs}: {len(record['failures'])} failure(s) so far", flush=True)
     return 1 if record["failures"] else 0
+
+
+def _resumed(path: Path, run: dict, command: str) -> dict:
+    """The recorded run at ``path``, if it was made with the same settings as this one."""
+    import json
+
+    record = json.loads(path.read_text())
+    differs = {key: (record.get(key), value) for key, value in run.items() if record.get(key) != value}
+    if differs:
+        listed = ", ".join(f"{key}: recorded {old!r}, now {new!r}" for key, (old, new) in differs.items())
+        raise SystemExit(f"--resume: {path} was made with other settings ({listed}); pass the same options or "
+                         "another --out")
+    record["command"] = command
+    return record
 
 
 def markdown(record: dict) -> str:

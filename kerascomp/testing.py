@@ -12,7 +12,10 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
   (graphs hold convs of every kind, BN, pooling, residual and concat joins, squeeze-excite
   gates, hard-swish, shared layers called twice, nested models, Dropout, transposed convs,
   several activations, non-square inputs, hidden Dense and Conv1D heads, and a second input and output);
-* the method's *lossless* rewrite (full rank, zero pruning) keeps the outputs (relative error < 1e-5);
+* the method's *lossless* rewrite keeps the outputs (relative error < 1e-5): full-rank factors; for l1,
+  channels made dead in a copy cut (:func:`pruning_lossless`); for correlation, one of each pair of
+  duplicated channels cut and folded into its twin (:func:`correlation_lossless`); for collaborative,
+  dead inputs cut and every conv factored at full rank through its plan (:func:`collaborative_lossless`);
 * at a real target the method either refuses with a :class:`kerascomp.CompressionError`, or gives
   a model within the budget that fits one step, exports, and whose ``.tflite`` matches Keras
   within 1e-4; for the pruning methods, the model pruned without data also matches an independent
@@ -37,6 +40,14 @@ import kerascomp
 from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
 from kerascomp.errors import CompressionError
+from kerascomp.graph.channels import (
+    DEPTHWISE,
+    PER_CHANNEL,
+    PRUNE_RULES,
+    SEPARABLE,
+    analyse_channels,
+    sole_input_group,
+)
 from kerascomp.graph.flavour import keras_of
 from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write_model
 from kerascomp.methods import joint_svd
@@ -530,6 +541,144 @@ def pruning_lossless(model: Any, method: str) -> tuple[Any, Any] | None:
     return dead, second.model
 
 
+def collaborative_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
+    """The collaborative lossless check that rewrites through its own plan realisation, pruning and
+    factoring the same convs (its joint form).
+
+    A copy of ``model`` has, for each conv whose input channels collaborative may remove (their sole
+    channel-mixing consumer), a quarter of its prunable input slices zeroed. A plan made on that copy
+    is edited to remove exactly those inputs (so their producers lose those filters) and to factor
+    every conv it covers at full rank (kxk to ``min(kh*kw*C, N)`` filters plus 1x1, all singular
+    values kept); realised by ``clone_compressed(plan=...)`` without data, it must compute what the
+    copy computes. Returns ``(dead, rewritten)``, or None where collaborative covers no conv here;
+    a refusal raises :class:`kerascomp.CompressionError`."""
+    with warnings.catch_warnings():  # layers it leaves alone, no data to recalibrate with: expected here
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        return _collaborative_rewrite(model, x)
+
+
+def _collaborative_rewrite(model: Any, x: Any) -> tuple[Any, Any] | None:
+    keras = module_for(read_model(model))
+    labelled = (x, zero_labels(model, _rows(x)))
+    graph = read_model(model)
+    analysis = analyse_channels(graph, infer_shapes(graph))
+
+    def plan_of(subject: Any) -> Any:
+        return kerascomp.compress(subject, "collaborative", target_flops=1.0, data=labelled, verbose=0,
+                                  loss=_mse_loss(keras), recalibrate=False).plan
+
+    def realised(plan: Any) -> Any:
+        return kerascomp.clone_compressed(dead, plan=kerascomp.Plan.from_json(plan.to_json()), verbose=0)
+
+    covered = [entry.layer for entry in plan_of(model).layers if entry.action != "kept"]
+    if not covered:
+        return None
+    removed: dict[str, list[int]] = {}
+    for name in covered:
+        group, positions, _ = sole_input_group(graph, analysis, name)
+        if group is None:
+            continue
+        prunable = set(group.prunable())
+        candidates = [i for i, channel in enumerate(positions) if int(channel) in prunable]
+        cut = candidates[::4][:len(positions) - 1]
+        if cut:
+            graph.layers[name].weights[0][:, :, cut, :] = 0.0
+            removed[name] = cut
+    dead = write_model(graph)
+    plan = plan_of(dead)
+    for entry in plan.layers:
+        if entry.layer in covered:
+            entry.removed_inputs = removed.get(entry.layer, [])
+    pruned = realised(plan)
+    for entry in plan.layers:
+        if entry.layer in covered:
+            height, width, channels, filters = pruned.get_layer(entry.layer).get_weights()[0].shape
+            entry.rank = min(height * width * channels, filters)
+            entry.kept_values = list(range(entry.rank))
+    return dead, realised(plan)
+
+
+TWIN_CHECK_TARGET = 0.85  # mild, so that a group rarely loses more than half its channels (pairs cannot cover it)
+
+
+def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]]) -> Any | None:
+    """A copy of ``model`` in which, per channel group (``analyse_channels`` index), each channel ``twin``
+    of ``pairs[group]`` computes exactly what its ``source`` computes: every layer that writes the group
+    copies the source's output slice (filter, bias, BN statistics, depthwise kernel) into the twin's.
+    None when that cannot be exact on this graph (a depthwise multiplier, a layer norm, a layer whose
+    weights kerascomp does not map, or a layer that holds one channel of a pair and not the other)."""
+    graph = read_model(model)
+    analysis = analyse_channels(graph, infer_shapes(graph))
+    wanted = {(group, twin): source for group, listed in pairs.items() for twin, source in listed}
+    for name, atoms in analysis.out_atoms.items():
+        located = [analysis.channel_of_atom[int(atom)] for atom in atoms]
+        position = {where: index for index, where in enumerate(located)}
+        copies = [(index, position.get((group, wanted[(group, channel)])))
+                  for index, (group, channel) in enumerate(located) if (group, channel) in wanted]
+        if not copies:
+            continue
+        spec = graph.layers[name]
+        if any(source is None for _, source in copies) or spec.class_name == "LayerNormalization" or \
+                spec.weights and spec.class_name not in PRUNE_RULES or \
+                spec.class_name in DEPTHWISE and int(spec.config.get("depth_multiplier", 1)) != 1:
+            return None
+        per_channel = spec.class_name in PER_CHANNEL
+        for weight, roles in zip(spec.weights, PRUNE_RULES[spec.class_name](spec) if spec.weights else []):
+            for axis, role in roles.items():
+                if role == "out" or (role == "in" and per_channel):  # a per-channel layer's input is its output
+                    moved = np.moveaxis(weight, axis, 0)  # a view: writes reach the weight
+                    for twin, source in copies:
+                        moved[twin] = moved[source]
+    return write_model(graph)
+
+
+def correlation_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
+    """The correlation lossless check that rewrites: correlation pruning at
+    :data:`TWIN_CHECK_TARGET` learns how many channels each group loses; a copy of ``model`` then holds
+    that many exact duplicates per group (:func:`twin_channels`), the most correlated pairs there can be.
+    Pruned with ``data`` and compensation on (refit and BN recalibration off), the copy must lose one
+    channel of each duplicate pair and nothing else, each folded into its twin, and compute what the
+    copy computes. Returns ``(twins, pruned)``, or None where the check does not apply (nothing cut, a
+    group cut by more than half its prunable channels or read by a separable conv, which pruning does not
+    compensate, or duplicates that cannot be exact);
+    raises :class:`AssertionError` when other channels are cut."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        try:
+            first = kerascomp.compress(model, "correlation", target_flops=TWIN_CHECK_TARGET, verbose=0)
+        except CompressionError:
+            return None
+        cut = {int(g): len(entry["removed"]) for g, entry in first.report.choices.get("groups", {}).items()}
+        if not cut:
+            return None
+        graph = read_model(model)
+        groups = analyse_channels(graph, infer_shapes(graph)).groups
+        pairs = {}
+        for index, count in cut.items():
+            prunable = groups[index].prunable()
+            separable = [c for c in groups[index].consumers if graph.layers[c].class_name in SEPARABLE]
+            if 2 * count > len(prunable) or separable:  # a separable consumer is not compensated (per-channel
+                return None                             # depthwise kernels cannot absorb a partner)
+            pairs[index] = [(prunable[2 * i + 1], prunable[2 * i]) for i in range(count)]
+        twins = twin_channels(model, pairs)
+        if twins is None:
+            return None
+        second = kerascomp.compress(twins, "correlation", target_flops=TWIN_CHECK_TARGET, data=x, verbose=0,
+                                    compensate=True, reconstruct=False, recalibrate=False)
+    removed = {int(g): {channel for channel, _ in entry["removed"]}
+               for g, entry in second.report.choices.get("groups", {}).items()}
+    if set(removed) - set(pairs):
+        raise AssertionError(f"correlation cut groups {sorted(set(removed) - set(pairs))}, which hold no duplicates")
+    for index, listed in pairs.items():
+        gone = removed.get(index, set())
+        wrong = sorted(gone - {c for pair in listed for c in pair})
+        kept_both = [pair for pair in listed if not gone & set(pair)]
+        if wrong or kept_both or len(gone) != len(listed):
+            raise AssertionError(f"correlation on group {index} with duplicated channels {listed} cut {sorted(gone)}: "
+                                 f"not one channel of each duplicate pair")
+    return twins, second.model
+
+
 REFERENCED_PRUNING = ("l1", "correlation")
 
 
@@ -658,6 +807,15 @@ class Outcome:
     measures: dict = field(default_factory=dict)
 
 
+# methods whose lossless check compares a rewrite with a prepared copy (dead or duplicated channels) rather
+# than with the model itself; None from the check falls back to :func:`lossless`
+LOSSLESS_CHECKS = {
+    "l1": lambda model, x: pruning_lossless(model, "l1"),  # dead filters score 0
+    "correlation": correlation_lossless,  # exact duplicates are the most correlated pairs
+    "collaborative": collaborative_lossless,
+}
+
+
 def check_graph(model: Any, method: str, target: float | None = 0.5, export: bool = True,
                 folder: str | Path | None = None) -> list[Outcome]:
     """Run the properties of the module docstring; ``target=None`` skips the compressed-model checks."""
@@ -675,7 +833,7 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
             return [Outcome(method, "failed", stage, f"weights equal: {same_weights}, output error {error:.2e}")]
         stage = "lossless"
         try:
-            checked = pruning_lossless(model, method) if method == "l1" else None  # dead filters score 0
+            checked = LOSSLESS_CHECKS[method](model, x) if method in LOSSLESS_CHECKS else None
             if checked is not None:  # a rewrite that must be exact: dead channels cut
                 reference, rewritten = checked
                 error = relative_error(outputs_of(rewritten, x), outputs_of(reference, x))

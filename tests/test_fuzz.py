@@ -73,10 +73,9 @@ def test_a_mixed_graph_is_compressed_not_refused(keras, method, tmp_path):
     outcomes = check_graph(model, method, target=0.5, folder=tmp_path)
     assert [(o.stage, o.status) for o in outcomes] == [("lossless", "ok"), ("target", "ok")], outcomes
     assert outcomes[0].measures["lossless_error"] < 1e-5
-    # the lossless check rewrote layers (l1: its dead channels cut), except correlation and collaborative,
-    # whose lossless form is target 1.0
-    rewrote = outcomes[0].measures["rewritten_layers"]
-    assert rewrote == 0 if method in ("correlation", "collaborative") else rewrote > 0
+    # the lossless check rewrote layers (l1: its dead channels cut; correlation: one of each duplicated pair;
+    # collaborative: dead inputs cut and every conv it covers factored at full rank)
+    assert outcomes[0].measures["rewritten_layers"] > 0
     assert 0.3 < outcomes[1].measures["macs_ratio"] <= 0.5
     assert outcomes[1].measures["tflite_error"] < 1e-4
     if method in ("l1", "correlation"):  # checked against the original with the cut channels zeroed
@@ -172,6 +171,42 @@ def test_the_target_stage_reference_catches_a_wrong_cut(keras, monkeypatch, tmp_
     outcomes = fuzz.check_graph(model, "correlation", target=0.5, export=False, folder=tmp_path)
     assert outcomes[-1].status == "failed" and outcomes[-1].stage == "reference", outcomes
     assert "cut channels zeroed" in outcomes[-1].detail
+
+
+def test_the_duplicate_channel_check_catches_a_cut_of_other_channels(keras, monkeypatch):
+    """Correlation's lossless check duplicates channels, which must be the pairs it cuts (one of each,
+    folded into its twin); without the duplicates it cuts other channels, and the check says so."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(MIXED, keras)
+    x = sample_inputs(model)
+    twins, pruned = fuzz.correlation_lossless(model, x)
+    assert fuzz.relative_error(fuzz.outputs_of(pruned, x), fuzz.outputs_of(twins, x)) < fuzz.LOSSLESS_TOLERANCE
+    assert fuzz.relative_error(fuzz.outputs_of(twins, x), fuzz.outputs_of(model, x)) > 0.01  # twins changed it
+    assert pruned.count_params() < twins.count_params()
+    monkeypatch.setattr(fuzz, "twin_channels", lambda model, pairs: fuzz.round_trip(model))  # no duplicates
+    (outcome,) = fuzz.check_graph(model, "correlation", target=None)
+    assert outcome.status == "failed" and outcome.stage == "lossless", outcome
+    assert "not one channel of each duplicate pair" in outcome.detail
+
+
+def test_the_collaborative_check_runs_its_own_factoring_and_catches_a_wrong_factor(keras, monkeypatch):
+    """Collaborative's lossless check realises a plan that cuts dead inputs and factors every conv at full
+    rank through collaborative's own code; a factorisation that loses one singular direction is caught."""
+    import kerascomp.methods.collaborative as collaborative
+    import kerascomp.testing as fuzz
+
+    model = build_model(MIXED, keras)
+    (honest,) = fuzz.check_graph(model, "collaborative", target=None)
+    assert honest.status == "ok" and honest.measures["rewritten_layers"] >= 9, honest
+    factor = collaborative.factor_kernel
+
+    def lossy(kernel, kept):
+        basis, pointwise = factor(kernel, kept)
+        return basis, np.concatenate([pointwise[:, :, :-1], 0 * pointwise[:, :, -1:]], axis=2)
+    monkeypatch.setattr(collaborative, "factor_kernel", lossy)
+    (outcome,) = fuzz.check_graph(model, "collaborative", target=None)
+    assert outcome.status == "failed" and "relative output error" in outcome.detail, outcome
 
 
 @pytest.mark.parametrize("method", ["fga", "svd", "tucker"])
