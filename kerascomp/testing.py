@@ -19,8 +19,8 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
 * at a real target the method either refuses with a :class:`kerascomp.CompressionError`, or gives
   a model within the budget that fits one step, exports, and whose ``.tflite`` matches Keras
   within 1e-4; for the pruning methods, the model pruned without data also matches an independent
-  reference, the original with the cut channels zeroed (:func:`pruned_against_dead`); for fga, svd
-  and tucker, the original with each factored kernel replaced by its factors' numpy product
+  reference, the original with the cut channels zeroed (:func:`pruned_against_dead`); for fga, svd,
+  tucker and joint_svd, the original with each factored kernel replaced by its factors' numpy product
   (:func:`factored_against_composite`; for svd also checked to be the best rank-r approximation).
 
 Any other exception is a failure, reported with its traceback.
@@ -698,7 +698,65 @@ def pruned_against_dead(model: Any, method: str, target: float, x: Any) -> float
     return relative_error(outputs_of(plain.model, x), outputs_of(dead, x))
 
 
-REFERENCED_FACTORING = ("fga", "svd", "tucker")
+REFERENCED_FACTORING = ("fga", "svd", "tucker", "joint_svd")
+
+
+def _chain_product(factors: list[np.ndarray]) -> np.ndarray:
+    """The kernel a chain of conv kernels computes, each applied to the last one's output."""
+    kernel = factors[0].astype("float64")
+    for factor in factors[1:]:
+        # a 1x1 factor mixes channels; a kx1 then 1xk pair (or kxk core) composes spatially
+        if factor.shape[:2] == (1, 1):
+            kernel = np.einsum("ijcr,ro->ijco", kernel, factor[0, 0].astype("float64"))
+        elif kernel.shape[:2] == (1, 1):
+            kernel = np.einsum("cr,ijro->ijco", kernel[0, 0], factor.astype("float64"))
+        else:  # kx1 then 1xk
+            kernel = np.einsum("icr,jro->ijco", kernel[:, 0], factor[0].astype("float64"))
+    return kernel
+
+
+def _plain_chain(layers: list) -> tuple[list[np.ndarray], np.ndarray | None] | None:
+    """The kernels of a chain of plain Conv2D layers and the last one's bias; None if a layer is missing, is
+    not a Conv2D, or an inner one holds a non-zero bias."""
+    if any(layer is None or type(layer).__name__ != "Conv2D" for layer in layers):
+        return None
+    weights = [layer.get_weights() for layer in layers]
+    if any(len(w) > 1 and np.any(w[1]) for w in weights[:-1]):
+        return None
+    return [w[0] for w in weights], (weights[-1][1] if len(weights[-1]) > 1 else None)
+
+
+def _joint_composite(names: dict, name: str, detail: dict | None,
+                     has_bias: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Joint SVD's composite for member ``name`` from its report ``detail`` (variant, shared layer names):
+    left, the shared kx1 then its own 1xk; right, its own kx1 then the shared 1xk, the bias in a unit
+    depthwise conv; bi, the sum of both branches. None where the bias went into a following BN (the
+    reference could not hold it) or a layer is not where the variant puts it."""
+    if not detail or "variant" not in detail:
+        return None
+    variant, shared = detail["variant"], list(detail.get("shared", []))
+    if variant == "svd":
+        found = _plain_chain([names.get(name + "_v"), names.get(name)])
+        return None if found is None else (_chain_product(found[0]), found[1])
+    if variant == "left":
+        found = _plain_chain([names.get(shared[0]), names.get(name)])
+        return None if found is None else (_chain_product(found[0]), found[1])
+    if variant == "right":
+        found = _plain_chain([names.get(name + "_v"), names.get(shared[0])])
+        carrier = names.get(name)
+        if found is None:
+            return None
+        if carrier is not None and type(carrier).__name__ == "DepthwiseConv2D":
+            unit, bias = carrier.get_weights()
+            if not np.all(unit == 1.0):
+                raise AssertionError(f"joint_svd: the bias carrier of {name} scales its input ({unit.ravel()[:4]})")
+            return _chain_product(found[0]), bias
+        return None if has_bias else (_chain_product(found[0]), None)
+    left = _plain_chain([names.get(shared[0]), names.get(name + "_h")])
+    right = _plain_chain([names.get(name + "_v"), names.get(shared[-1])])
+    if left is None or right is None:
+        return None
+    return _chain_product(left[0]) + _chain_product(right[0]), left[1]
 
 
 def _composite(method: str, names: dict, name: str) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -723,26 +781,17 @@ def _composite(method: str, names: dict, name: str) -> tuple[np.ndarray, np.ndar
         chain = [names.get(name + suffix) for suffix in suffixes] + [names.get(name)]
         if method == "tucker" and chain[0] is not None and chain[1] is None:
             chain = [chain[0], chain[2]]  # a 1x1 conv factored as a low-rank pair
-        if any(layer is None or type(layer).__name__ != "Conv2D" for layer in chain) or chain[0] is chain[-1]:
+        if chain[0] is chain[-1]:
             return None
-        weights = [layer.get_weights() for layer in chain]
-        if any(len(w) > 1 and np.any(w[1]) for w in weights[:-1]):
+        found = _plain_chain(chain)
+        if found is None:
             return None
-        factors = [w[0] for w in weights]
-        bias = weights[-1][1] if len(weights[-1]) > 1 else None
-    kernel = factors[0].astype("float64")
-    for factor in factors[1:]:
-        # a 1x1 factor mixes channels; a kx1 then 1xk pair (or kxk core) composes spatially
-        if factor.shape[:2] == (1, 1):
-            kernel = np.einsum("ijcr,ro->ijco", kernel, factor[0, 0].astype("float64"))
-        elif kernel.shape[:2] == (1, 1):
-            kernel = np.einsum("cr,ijro->ijco", kernel[0, 0], factor.astype("float64"))
-        else:  # kx1 then 1xk
-            kernel = np.einsum("icr,jro->ijco", kernel[:, 0], factor[0].astype("float64"))
-    return kernel.astype("float32"), bias
+        factors, bias = found
+    return _chain_product(factors).astype("float32"), bias
 
 
-def factored_against_composite(model: Any, method: str, target: float, x: Any) -> tuple[float, int] | None:
+def factored_against_composite(model: Any, method: str, target: float, x: Any,
+                               **options: Any) -> tuple[float, int] | None:
     """The target stage's independent reference for the factoring methods: ``method`` at ``target``
     without data (nothing refit or recalibrated) against the *original* graph with each factored
     conv's kernel replaced by the dense kernel its factors multiply out to (:func:`_composite`, plain
@@ -750,21 +799,30 @@ def factored_against_composite(model: Any, method: str, target: float, x: Any) -
     its own code. For ``svd`` it also checks the maths: each layer's composite must be the best
     rank-r approximation of the original kernel (Eckart-Young, from ``numpy.linalg.svd``).
 
-    Returns ``(relative output error, factored layer count)``, or None when nothing was factored."""
+    Joint SVD takes its variant from ``options``, else left, right or bi by the model's layer count, as
+    its lossless check does. Returns ``(relative output error, factored layer count)``, or None when
+    nothing was factored."""
+    if method == "joint_svd" and "variant" not in options:
+        options["variant"] = ("left", "right", "bi")[len(model.layers) % 3]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
-        plain = kerascomp.compress(model, method, target_flops=target, verbose=0)
+        plain = kerascomp.compress(model, method, target_flops=target, verbose=0, **options)
     reference = round_trip(model)
     compressed = {layer.name: layer for layer in plain.model.layers}
+    details = {decision.layer: decision.detail for decision in plain.report.layers}
     factored = 0
     for layer in reference.layers:
         if type(layer).__name__ != "Conv2D":
             continue
-        composite = _composite(method, compressed, layer.name)
+        original = layer.get_weights()
+        if method == "joint_svd":
+            composite = _joint_composite(compressed, layer.name, details.get(layer.name), len(original) > 1)
+        else:
+            composite = _composite(method, compressed, layer.name)
         if composite is None:
             continue
         kernel, bias = composite
-        original = layer.get_weights()
+        kernel = kernel.astype("float32")
         if kernel.shape != original[0].shape:
             raise AssertionError(f"{method}: the factors of {layer.name} multiply out to {kernel.shape}, not the "
                                  f"original kernel's {original[0].shape}")

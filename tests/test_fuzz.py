@@ -231,6 +231,25 @@ def test_the_factored_reference_passes_and_catches_a_miswired_factor(keras, meth
     assert error > fuzz.LOSSLESS_TOLERANCE
 
 
+@pytest.mark.parametrize("variant", ["left", "right", "bi"])
+def test_the_joint_svd_reference_multiplies_out_shared_factors_and_catches_a_miswired_one(keras, variant,
+                                                                                          monkeypatch):
+    """Joint SVD at 0.5 matches the original with each member's kernel replaced by the numpy product of the
+    shared and own factors (and, for bi, the sum of both branches); a product flipped in space fails."""
+    import kerascomp.testing as fuzz
+    from kerascomp.zoo import cifar_resnet
+
+    keras.utils.set_random_seed(0)
+    model = cifar_resnet(depth=14, width=16, input_shape=(16, 16, 3), keras_module=keras)  # 2 blocks per stage
+    x = sample_inputs(model)
+    error, layers = fuzz.factored_against_composite(model, "joint_svd", 0.5, x, variant=variant)
+    assert layers >= 6 and error < fuzz.LOSSLESS_TOLERANCE
+    product = fuzz._chain_product
+    monkeypatch.setattr(fuzz, "_chain_product", lambda factors: product(factors)[::-1, ::-1].copy())
+    error, _ = fuzz.factored_against_composite(model, "joint_svd", 0.5, x, variant=variant)
+    assert error > 100 * fuzz.LOSSLESS_TOLERANCE
+
+
 def test_the_svd_reference_checks_the_best_rank(keras):
     """Eckart-Young: a composite further from the kernel than the best rank-r approximation is refused."""
     import kerascomp.testing as fuzz
