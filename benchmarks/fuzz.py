@@ -11,7 +11,7 @@ method, then one method (cycling through ``--methods``; ``--all-methods`` for ea
 ``--target`` of the MACs, fitted one step, exported and compared with LiteRT. A refusal with a
 kerascomp error counts as a refusal; any other exception or a broken property is a failure.
 The results files are rewritten after every graph, so an interrupted run keeps what it did, and
-``--resume`` continues it (the same seed, methods, target and flavour; the graphs already checked are
+``--resume`` continues it (the same seed, generator, methods, target and flavour; the graphs already checked are
 drawn again and skipped, so graph i is the same graph in one run or in several).
 """
 from __future__ import annotations
@@ -45,12 +45,13 @@ def main(argv=None) -> int:
 
     from kerascomp.api import METHODS
     from kerascomp.graph.flavour import default_keras, legacy_requested
-    from kerascomp.testing import build_model, check_graph, draw_recipe, numpy_chooser
+    from kerascomp.testing import GENERATOR_VERSION, build_model, check_graph, draw_recipe, numpy_chooser
 
     keras = default_keras()
     methods = args.methods.split(",") if args.methods else list(METHODS)
     rng = np.random.default_rng(args.seed)
-    run = {"seed": args.seed, "methods": methods, "all_methods": args.all_methods, "export": args.export,
+    run = {"seed": args.seed, "generator": GENERATOR_VERSION, "methods": methods, "all_methods": args.all_methods,
+           "export": args.export,
            "flavour": "tf_keras" if legacy_requested() else f"keras {keras.__version__}",
            "target_flops": args.target}
     record = {"command": command_line("benchmarks.fuzz"), "machine": platform.platform(), **run,

@@ -31,7 +31,7 @@ from pathlib import Path
 from benchmarks.common import command_line, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = "fga,l1,correlation,svd,joint_svd,tucker,collaborative"
+METHODS = "fga,l1,correlation,svd,joint_svd,tucker,collaborative,auto"
 FAMILIES = ["ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0", "InceptionResNetV2", "InceptionV3",
             "MobileNet", "MobileNetV2", "MobileNetV3Small", "NASNetMobile", "ResNet50", "ResNet50V2", "VGG16",
             "Xception"]
