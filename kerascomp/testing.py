@@ -53,6 +53,7 @@ from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write
 from kerascomp.methods import joint_svd
 from kerascomp.methods.auto import AutoOptions, auto_pass
 from kerascomp.methods.base import Budget
+from kerascomp.methods.correlation import group_correlation
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.fga import FGAOptions, allowed_groups, fga_spec, ineligibility
 from kerascomp.methods.registry import Context
@@ -639,6 +640,22 @@ def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]]) -> Any | 
     return write_model(graph)
 
 
+def _twins_strongest(model: Any, pairs: dict[int, list[tuple[int, int]]]) -> bool:
+    """Whether each duplicate pair is more correlated than every other pair of its group (filters of two
+    or fewer weights correlate at +-1 whatever they hold, which would make the check's premise false)."""
+    graph = read_model(model)
+    analysis = analyse_channels(graph, infer_shapes(graph))
+    for index, listed in pairs.items():
+        strength = group_correlation(graph, analysis, analysis.groups[index])
+        others = strength.copy()
+        np.fill_diagonal(others, -np.inf)
+        for twin, source in listed:
+            others[twin, source] = others[source, twin] = -np.inf
+        if min(strength[twin, source] for twin, source in listed) <= others.max() + 1e-9:
+            return False
+    return True
+
+
 def correlation_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
     """The correlation lossless check that rewrites: correlation pruning at
     :data:`TWIN_CHECK_TARGET` learns how many channels each group loses; a copy of ``model`` then holds
@@ -668,7 +685,7 @@ def correlation_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
                 return None                             # depthwise kernels cannot absorb a partner)
             pairs[index] = [(prunable[2 * i + 1], prunable[2 * i]) for i in range(count)]
         twins = twin_channels(model, pairs)
-        if twins is None:
+        if twins is None or not _twins_strongest(twins, pairs):
             return None
         second = kerascomp.compress(twins, "correlation", target_flops=TWIN_CHECK_TARGET, data=x, verbose=0,
                                     compensate=True, reconstruct=False, recalibrate=False)
