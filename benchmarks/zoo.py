@@ -36,6 +36,7 @@ FAMILIES = ["ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0",
             "MobileNet", "MobileNetV2", "MobileNetV3Small", "NASNetMobile", "ResNet50", "ResNet50V2", "VGG16",
             "Xception"]
 MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
+CASE_LIMIT_S = 120  # what a user may wait for one model and method at the smallest input
 
 
 def application_names(keras) -> list[str]:
@@ -49,7 +50,16 @@ def application_names(keras) -> list[str]:
 
 
 def run_case(keras, name: str, method: str, target: float, folder: Path) -> dict:
-    """One (model, method) case, in this process."""
+    """One (model, method) case, in this process; ``case_s`` is its wall time, building the model included."""
+    size = next((s for prefix, s in MIN_SIZE.items() if name.startswith(prefix)), 32)
+    case = {"model": name, "method": method, "input": size}
+    began = time.perf_counter()
+    case, status = _case(keras, name, method, target, folder, case)
+    return {**case, **status, "case_s": round(time.perf_counter() - began, 1)}
+
+
+def _case(keras, name: str, method: str, target: float, folder: Path, case: dict) -> tuple[dict, dict]:
+    """``run_case``'s work: (the measures, the outcome: status, stage and message)."""
     import traceback
 
     import numpy as np
@@ -57,8 +67,7 @@ def run_case(keras, name: str, method: str, target: float, folder: Path) -> dict
     import kerascomp
     from kerascomp.errors import CompressionError
 
-    size = next((s for prefix, s in MIN_SIZE.items() if name.startswith(prefix)), 32)
-    case = {"model": name, "method": method, "input": size}
+    size = case["input"]
     stage = "build"
     try:
         build = getattr(keras.applications, name)
@@ -80,17 +89,17 @@ def run_case(keras, name: str, method: str, target: float, folder: Path) -> dict
                 warnings.simplefilter("always", kerascomp.CompressionWarning)
                 result = kerascomp.compress(model, method, target_flops=target, data=data, verbose=0)
         except CompressionError as refusal:
-            return {**case, "status": "refused", "stage": stage, "error": type(refusal).__name__,
-                    "message": str(refusal)[:600]}
+            return case, {"status": "refused", "stage": stage, "error": type(refusal).__name__,
+                          "message": str(refusal)[:600]}
         case["compress_s"] = round(time.perf_counter() - started, 1)
         case["macs_ratio"] = round(result.report.macs_ratio, 4)
         case["params_ratio"] = round(result.report.params_ratio, 4)
         case["kept_layers"] = len(result.report.kept())
         case["warnings"] = len(caught)
         if result.report.macs_ratio > target + 1e-9:
-            return {**case, "status": "failed", "stage": stage, "message": f"MACs ratio {result.report.macs_ratio}"}
+            return case, {"status": "failed", "stage": stage, "message": f"MACs ratio {result.report.macs_ratio}"}
         if any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights())):
-            return {**case, "status": "failed", "stage": stage, "message": "the input model's weights changed"}
+            return case, {"status": "failed", "stage": stage, "message": "the input model's weights changed"}
         stage = "strip"
         kerascomp.strip(result.model)
         stage = "export"
@@ -100,14 +109,14 @@ def run_case(keras, name: str, method: str, target: float, folder: Path) -> dict
         case["tflite_kib"] = round(exported.size_bytes / 1024, 1)
         case["tflite_error"] = float(f"{exported.relative_error:.3g}")
         if not exported.relative_error < 1e-4:
-            return {**case, "status": "failed", "stage": stage, "message": f"parity {exported.relative_error:.3g}"}
+            return case, {"status": "failed", "stage": stage, "message": f"parity {exported.relative_error:.3g}"}
         stage = "run"
         kerascomp.benchmark_tflite(exported.path, runs=3, warmup=1)
         os.unlink(exported.path)
-        return {**case, "status": "ok", "stage": "run"}
+        return case, {"status": "ok", "stage": "run"}
     except Exception as error:  # noqa: BLE001 - an internal traceback is the failure this sweep counts
-        return {**case, "status": "failed", "stage": stage, "error": type(error).__name__,
-                "message": str(error)[:400], "traceback": traceback.format_exc(limit=-6)[-3000:]}
+        return case, {"status": "failed", "stage": stage, "error": type(error).__name__,
+                      "message": str(error)[:400], "traceback": traceback.format_exc(limit=-6)[-3000:]}
 
 
 def worker(name: str, methods: list[str], target: float) -> None:
@@ -157,8 +166,13 @@ def main(argv=None) -> int:
     record = {"cases": []}
     if out.with_suffix(".json").exists() and not args.fresh:
         record = json.loads(out.with_suffix(".json").read_text())
+    from kerascomp.bench.host import host_cpu
+    from kerascomp.graph.flavour import legacy_requested
+
     record.update({"command": command_line("benchmarks.zoo"), "machine": platform.platform(),
-                   "keras": keras.__version__, "target_flops": args.target})
+                   "cpu": host_cpu(), "keras": keras.__version__,
+                   "flavour": "tf_keras" if legacy_requested() else f"Keras {keras.__version__}",
+                   "target_flops": args.target})
     done = {(c["model"], c["method"]) for c in record["cases"] if not (args.redo_failed and c["status"] in ("failed", "timeout"))}
     for name in names:
         todo = [m for m in methods if (name, m) not in done]
@@ -221,6 +235,11 @@ def markdown(record: dict) -> str:
             row.append(cell)
         rows.append(row)
     totals = {status: sum(c["status"] == status for c in cases) for status in ("ok", "refused", "failed", "timeout")}
+    timed = sorted((c for c in cases if "case_s" in c), key=lambda c: -c["case_s"])
+    slow = [c for c in timed if c["case_s"] > CASE_LIMIT_S]
+    timing = (f"Per case (build, compress, strip, export with parity, 3 LiteRT runs): {len(timed)} timed, "
+              f"**{len(slow)} over {CASE_LIMIT_S} s**; slowest: "
+              + ", ".join(f"{c['model']}/{c['method']} {c['case_s']} s" for c in timed[:5]) + ".\n\n") if timed else ""
     details = "\n".join(f"- {c['model']} / {c['method']} ({c['status']} at {c['stage']}): "
                         f"`{c.get('error', '')} {c.get('message', '')[:300]}`"
                         for c in cases if c["status"] != "ok")
@@ -230,7 +249,8 @@ def markdown(record: dict) -> str:
             f"methods ran past --timeout).\n\n"
             f"**{totals['ok']} ok, {totals['refused']} refused, {totals['failed']} failed, {totals['timeout']} timed "
             f"out** of {len(cases)} cases "
-            f"on {len(models)} models.\n\n{table(['model'] + methods, rows, markdown=True)}\n\n"
+            f"on {len(models)} models ({record.get('flavour', 'keras')}; {record.get('cpu', 'CPU not recorded')}).\n\n"
+            f"{timing}{table(['model'] + methods, rows, markdown=True)}\n\n"
             f"## Refusals and failures\n\n{details or 'None.'}\n")
 
 

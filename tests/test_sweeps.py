@@ -1,0 +1,42 @@
+"""benchmarks/zoo.py and benchmarks/fuzz.py: their reports and the resume guard, on made-up records."""
+import json
+
+import pytest
+
+zoo = pytest.importorskip("benchmarks.zoo")
+fuzz = pytest.importorskip("benchmarks.fuzz")
+
+
+def _zoo_record(*cases):
+    return {"cases": list(cases), "command": "python -m benchmarks.zoo", "keras": "3.15.1", "target_flops": 0.5,
+            "flavour": "tf_keras", "cpu": "AMD EPYC (2 logical cores; avx2 fma)"}
+
+
+def test_the_zoo_report_counts_cases_over_the_time_limit_and_names_the_slowest():
+    text = zoo.markdown(_zoo_record(
+        {"model": "MobileNetV2", "method": "fga", "status": "ok", "macs_ratio": 0.499, "case_s": 12.5},
+        {"model": "MobileNetV2", "method": "auto", "status": "ok", "macs_ratio": 0.5, "case_s": zoo.CASE_LIMIT_S + 1},
+        {"model": "ResNet50", "method": "l1", "status": "failed", "stage": "export", "message": "parity 0.2",
+         "case_s": 3.0},
+    ))
+    assert "**2 ok, 0 refused, 1 failed, 0 timed out** of 3 cases on 2 models (tf_keras; AMD EPYC" in text
+    assert f"3 timed, **1 over {zoo.CASE_LIMIT_S} s**; slowest: MobileNetV2/auto {zoo.CASE_LIMIT_S + 1} s, " \
+           "MobileNetV2/fga 12.5 s" in text
+    assert "| model | fga | l1 | auto |" in text and "| MobileNetV2 | ok 0.50 |  | ok 0.50 |" in text
+    assert "- ResNet50 / l1 (failed at export): ` parity 0.2`" in text
+    quick = zoo.markdown(_zoo_record({"model": "VGG16", "method": "l1", "status": "ok", "macs_ratio": 0.5,
+                                      "case_s": 1.0}))
+    assert f"**0 over {zoo.CASE_LIMIT_S} s**" in quick
+
+
+def test_a_fuzz_run_resumes_only_with_the_settings_it_was_made_with(tmp_path):
+    run = {"seed": 3, "generator": 2, "methods": ["l1"], "all_methods": False, "export": True,
+           "flavour": "tf_keras", "target_flops": 0.5}
+    path = tmp_path / "fuzz.json"
+    path.write_text(json.dumps({**run, "command": "old", "graphs": 4, "seconds": 9.0, "checks": [], "failures": []}))
+    resumed = fuzz._resumed(path, run, "python -m benchmarks.fuzz --resume")
+    assert (resumed["graphs"], resumed["seconds"], resumed["command"]) == (4, 9.0, "python -m benchmarks.fuzz --resume")
+    with pytest.raises(SystemExit, match="generator: recorded 2, now 3"):
+        fuzz._resumed(path, {**run, "generator": 3}, "x")
+    with pytest.raises(SystemExit, match="seed: recorded 3, now 4"):
+        fuzz._resumed(path, {**run, "seed": 4}, "x")
