@@ -8,10 +8,14 @@
 
 Each model is built with ``weights=None``, ``classes=10``, logits out (``classifier_activation=None``:
 a saturated softmax would make the parity check vacuous) and the smallest input its family
-accepts (32x32, or 75x75 for Inception, 71x71 for Xception), in its own process with a time limit
+accepts (32x32, or 75x75 for Inception, 71x71 for Xception), its BatchNormalization statistics
+measured on 16 random images in [0, 255] (at their initial values some random-weight models give the
+same ~1e-11 logits for every input; ``output_spread`` records how much the logits vary across inputs),
+in its own process with a time limit
 (``--timeout`` seconds per model), so a crash or a hang in one model cannot stop the sweep. Per
-method: ``kerascomp.compress(target_flops=--target, data=16 random images)`` (collaborative gets
-random labels), then ``strip``, ``export_tflite`` (its LiteRT parity check runs the file) and a
+method: ``kerascomp.compress(target_flops=--target, data=those images)`` (collaborative gets
+random labels), then ``strip``, ``export_tflite`` (its LiteRT parity check runs the file on 4 of
+the images) and a
 3-run LiteRT benchmark. An outcome is **ok** (exported, .tflite within 1e-4 of Keras), **refused**
 (a kerascomp error, with its message), or **failed**: any other exception (an internal traceback),
 a broken budget, a parity error or a changed input model. A model whose methods run past the time
@@ -66,6 +70,8 @@ def _case(keras, name: str, method: str, target: float, folder: Path, case: dict
 
     import kerascomp
     from kerascomp.errors import CompressionError
+    from kerascomp.graph.keras_io import read_model, write_model
+    from kerascomp.methods.calibrate import recalibrate_batchnorm
 
     size = case["input"]
     stage = "build"
@@ -75,10 +81,15 @@ def _case(keras, name: str, method: str, target: float, folder: Path, case: dict
             model = build(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
         except TypeError:
             model = build(weights=None, input_shape=(size, size, 3), classes=10)
-        before = [w.copy() for w in model.get_weights()]
-        case["params"] = int(model.count_params())
         rng = np.random.default_rng(0)
         x = rng.uniform(0, 255, (16, size, size, 3)).astype("float32")
+        # BN statistics from the images: at its initial statistics a random-weight MobileNetV2's logits are
+        # ~1e-11 and equal for every input, and a parity check on them proves nothing
+        model = write_model(recalibrate_batchnorm(read_model(model), x)[0])
+        logits = np.asarray(model(x[:4]))
+        case["output_spread"] = float(f"{np.std(logits, axis=0).mean() / (np.abs(logits).mean() + 1e-30):.3g}")
+        before = [w.copy() for w in model.get_weights()]
+        case["params"] = int(model.count_params())
         data = (x, rng.integers(0, 10, 16)) if method == "collaborative" else x
         stage = "compress"
         started = time.perf_counter()
@@ -104,7 +115,8 @@ def _case(keras, name: str, method: str, target: float, folder: Path, case: dict
         kerascomp.strip(result.model)
         stage = "export"
         started = time.perf_counter()
-        exported = kerascomp.export_tflite(result.model, folder / f"{name}_{method}.tflite", check_samples=2)
+        exported = kerascomp.export_tflite(result.model, folder / f"{name}_{method}.tflite",
+                                           representative_data=x[:4])  # parity on the images it was built for
         case["export_s"] = round(time.perf_counter() - started, 1)
         case["tflite_kib"] = round(exported.size_bytes / 1024, 1)
         case["tflite_error"] = float(f"{exported.relative_error:.3g}")
