@@ -124,6 +124,17 @@ REGRESSIONS = [
         head="none", seed=0)),
     # a model without MACs made the pruning budget error divide by zero
     ("correlation", Recipe(True, (8, 8, 8), [("bn", {}), ("pool", {"kind": "max"})], head="none", seed=205)),
+    # a constant channel (hard-sigmoid of 0) folded as a bias into a 'same' Conv1D: wrong at the padded borders
+    ("correlation", Recipe(True, (16, 8, 8), [
+        ("conv", {"filters": 24, "kernel": 1, "strides": 1, "padding": "same", "use_bias": True,
+                  "activation": "relu6"}),
+        ("relu", {}), ("activation", {"name": "swish"}), ("bn", {}), ("relu", {}),
+        ("activation", {"name": "hard_sigmoid"})], head="conv1d", seed=2)),
+    # a 3x3 conv from 3 to 32 channels (CI, 2026-12): auto's Tucker truncation curves were shorter than its ranks
+    ("auto", Recipe(False, (8, 8, 3), [
+        ("conv", {"filters": 32, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True, "activation": None}),
+        ("grouped", {"filters": 8, "groups": 2}), ("dilated", {"filters": 8, "rate": 2}), ("pool", {"kind": "max"}),
+        ("pool", {"kind": "max"})], head="gap", seed=0)),
 ]
 
 

@@ -85,10 +85,20 @@ def removal_order(strength: np.ndarray, keep_score: np.ndarray, prunable: np.nda
 
 
 def linear_fit(target: np.ndarray, source: np.ndarray) -> tuple[float, float]:
-    """Least-squares ``target ~ alpha * source + beta`` (``alpha = 0`` if ``source`` is constant)."""
+    """Least-squares ``target ~ alpha * source + beta``.
+
+    A constant ``source`` leaves ``alpha`` free: if it is non-zero, ``alpha = mean(target) / source``
+    and ``beta = 0``, so the fold goes into the partner's weights, where a kxk consumer's zero padding
+    treats it as the dropped channel's own weights (a bias would also be added at padded borders, where
+    the dropped channel contributed nothing); a zero source gives ``alpha = 0, beta = mean(target)``."""
     target = np.asarray(target, dtype=np.float64).ravel()
     source = np.asarray(source, dtype=np.float64).ravel()
     centred = source - source.mean()
     variance = float(centred @ centred)
-    alpha = float(centred @ (target - target.mean()) / variance) if variance > 1e-12 * max(len(source), 1) else 0.0
+    if variance > 1e-12 * max(len(source), 1):
+        alpha = float(centred @ (target - target.mean()) / variance)
+    elif abs(source.mean()) > 1e-12:
+        return float(target.mean() / source.mean()), 0.0
+    else:
+        alpha = 0.0
     return alpha, float(target.mean() - alpha * source.mean())
