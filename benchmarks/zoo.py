@@ -4,7 +4,7 @@
     python -m benchmarks.zoo --models all      # every CNN in keras.applications
     python -m benchmarks.zoo --models ResNet50,VGG16 --methods l1,fga
     # writes benchmarks/results/zoo.{json,md}; cases already in the JSON are skipped
-    # (--fresh redoes them all, --redo-failed the failed ones)
+    # (--fresh redoes them all, --redo-failed the failed ones, --redo MobileNetV2 that model's)
 
 Each model is built with ``weights=None``, ``classes=10``, logits out (``classifier_activation=None``:
 a saturated softmax would make the parity check vacuous) and the smallest input its family
@@ -152,6 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per model (all its methods)")
     parser.add_argument("--fresh", action="store_true", help="redo cases already in the results JSON")
     parser.add_argument("--redo-failed", action="store_true", help="redo the failed and timed-out cases in the results JSON")
+    parser.add_argument("--redo", default="", help="comma list of models whose cases are redone (the others are kept)")
     parser.add_argument("--out", default=str(RESULTS / "zoo"))
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -185,7 +186,9 @@ def main(argv=None) -> int:
                    "cpu": host_cpu(), "keras": keras.__version__,
                    "flavour": "tf_keras" if legacy_requested() else f"Keras {keras.__version__}",
                    "target_flops": args.target})
-    done = {(c["model"], c["method"]) for c in record["cases"] if not (args.redo_failed and c["status"] in ("failed", "timeout"))}
+    redo = set(filter(None, args.redo.split(",")))
+    done = {(c["model"], c["method"]) for c in record["cases"]
+            if not (args.redo_failed and c["status"] in ("failed", "timeout")) and c["model"] not in redo}
     for name in names:
         todo = [m for m in methods if (name, m) not in done]
         if not todo:
