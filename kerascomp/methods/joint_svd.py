@@ -66,7 +66,8 @@ class SVDOptions:
     * ``min_saving``: leave a layer (or group) dense when factoring it could save less than this
       fraction of the model's params or MACs (default 0.5%): tiny layers such as a 3-channel stem
       cost accuracy and save nothing.
-    * ``rank_multiple``: round ranks down to multiples of this (at least one multiple).
+    * ``rank_multiple``: round ranks down to multiples of this (at least one multiple); ``None``: the
+      first of 8, 4, 1 that meets the budget (:mod:`kerascomp.methods.tiles`).
     * ``iterations``: Bi-JSVD alternations (it stops early once the error stops falling).
     * ``recalibrate``: re-estimate BatchNormalization statistics on ``data`` after factoring
       (``"auto"``: when ``data`` is given).
@@ -83,7 +84,7 @@ class SVDOptions:
     exclude: str | list | None = None
     allocation: str = "global"
     pointwise: bool | str = "auto"
-    rank_multiple: int = 1
+    rank_multiple: int | None = 1
     min_saving: float = 0.005
     iterations: int = 10
     recalibrate: bool | str = "auto"
@@ -107,8 +108,10 @@ class SVDOptions:
                                        "leaves it off), or use method='svd'.")
         check_bool("bn_weighting", self.bn_weighting)
         check_pointwise(self.pointwise)
-        for option in ("rank_multiple", "iterations", "max_samples"):
+        for option in ("iterations", "max_samples"):
             check_int(option, getattr(self, option))
+        if self.rank_multiple is not None:
+            check_int("rank_multiple", self.rank_multiple)
         if self.groups is not None and (isinstance(self.groups, str) or not isinstance(self.groups, (list, tuple))):
             raise InvalidArgumentError("groups must be a list whose items are lists of layer names or regex strings, "
                                        f"got {type(self.groups).__name__}.")
@@ -673,6 +676,7 @@ class SVDMethod(Method):
     options_class = SVDOptions
     latency_front = True
     cli_options = ("allocation", "pointwise", "variant", "groups")
+    tile_options = ("rank_multiple",)
 
     def __init__(self, name: str) -> None:
         self.name = name

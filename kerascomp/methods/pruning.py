@@ -69,7 +69,8 @@ class PruneOptions:
             on the centred contributions; needs ``data``); the method's score still drives a
             ``"global"`` allocation. Measured in ``benchmarks/results/start_point_resnet20_cifar10.md``.
         channel_multiple: a pruned group keeps a multiple of this many channels (XNNPACK computes
-            output channels in tiles of 4 to 16, so odd widths waste part of a tile).
+            output channels in tiles of 4 to 16, so odd widths waste part of a tile); ``None``: the
+            first of 8, 4, 1 that meets the budget (:mod:`kerascomp.methods.tiles`).
         compensate: fold each dropped channel into its partner in the consumers (``"auto"``: when
             ``data`` is given and the method pairs channels).
         max_samples: images of ``data`` used to fit the compensation.
@@ -83,7 +84,7 @@ class PruneOptions:
     max_fraction: float = 0.8
     stream: str = "last"
     selection: str = "score"
-    channel_multiple: int = 1
+    channel_multiple: int | None = 1
     compensate: bool | str = "auto"
     max_samples: int = 128
     max_rows: int = 20000
@@ -101,8 +102,10 @@ class PruneOptions:
         check_auto("compensate", self.compensate)
         check_auto("recalibrate", self.recalibrate)
         check_bool("bn_weighting", self.bn_weighting)
-        for name in ("max_samples", "max_rows", "channel_multiple"):
+        for name in ("max_samples", "max_rows"):
             check_int(name, getattr(self, name))
+        if self.channel_multiple is not None:
+            check_int("channel_multiple", self.channel_multiple)
         check_int("seed", self.seed, least=0)
 
 
@@ -537,6 +540,7 @@ class PruningMethod(Method):
 
     options_class = PruneOptions
     cli_options = ("allocation", "max_fraction")
+    tile_options = ("channel_multiple",)
     pairs = False  # whether steps pair each dropped channel with a kept partner (compensation)
 
     def steps(self, graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> list[Step]:

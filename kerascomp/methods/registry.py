@@ -37,6 +37,7 @@ from kerascomp.methods.reconstruct import (
     reconstruct_active,
     validate_reconstruct,
 )
+from kerascomp.methods.tiles import run_with_tile_steps
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class Method:
             the forms on each layer's latency front (``allocation.latency_front``): none slower than
             the dense layer or than a form at least as accurate.
         cli_options: option names the ``kerascomp compress`` command passes from its flags.
+        tile_options: its step options (``channel_multiple``, ``rank_multiple``) that, left ``None``,
+            take the first of 8, 4, 1 meeting the budget (:mod:`kerascomp.methods.tiles`).
     """
 
     name: str = ""
@@ -141,6 +144,7 @@ class Method:
     checks_latency: bool = False
     latency_front: bool = False
     cli_options: tuple[str, ...] = ()
+    tile_options: tuple[str, ...] = ()
     renamed: dict[str, str] = {}  # old option name -> new name, accepted for one release
 
     def make_options(self, options: dict | None = None) -> Any:
@@ -172,9 +176,13 @@ class Method:
                      fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
         """:meth:`run` on the BN-weighted graph when the options ask for it (``bn_weighting``, see
         :mod:`kerascomp.methods.bnfold`), with the weighting undone on the result; a ``pointwise="auto"``
-        option is resolved here for every method that has one (:mod:`kerascomp.methods.pointwise`)."""
-        return run_with_pointwise(lambda resolved: self._weighted_run(graph, budget, data, resolved, context, fixed),
-                                  options, self.name, budget, fixed)
+        option is resolved here for every method that has one (:mod:`kerascomp.methods.pointwise`), and so are the
+        step options a method names in ``tile_options`` when left ``None`` (:mod:`kerascomp.methods.tiles`)."""
+        return run_with_pointwise(
+            lambda resolved: run_with_tile_steps(
+                lambda stepped: self._weighted_run(graph, budget, data, stepped, context, fixed),
+                resolved, self.tile_options, fixed),
+            options, self.name, budget, fixed)
 
     def _weighted_run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
                       fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
