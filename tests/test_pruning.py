@@ -111,22 +111,21 @@ def test_channel_multiple_keeps_tile_friendly_widths(small_resnet, method):
 @pytest.mark.parametrize("method, option", [("l1", "channel_multiple"), ("svd", "rank_multiple")])
 def test_an_unset_step_takes_8_then_4_then_1_and_the_plan_records_it(small_resnet, method, option, tmp_path):
     """channel_multiple/rank_multiple=None: the first of 8, 4, 1 whose plan meets the budget (a ResNet-8 of
-    16-channel groups: pruning to multiples of 8 reaches 0.5 of the MACs, not 0.15; SVD keeps rank 1 as its
-    lowest, so 8 always reaches), recorded in the plan, which re-applies bit-identically."""
+    16- to 64-channel convs: counts and ranks in multiples of 8 reach 0.5 of the MACs, not 0.15), recorded
+    in the plan, which re-applies bit-identically."""
     loose = kerascomp.compress(small_resnet, method, target_flops=0.5, verbose=0, **{option: None})
     assert loose.report.notes["tile_step"] == 8 and loose.plan.settings[option] == 8
     if method == "l1":
         widths = [layer.get_weights()[0].shape[-1] for layer in loose.model.layers if type(layer).__name__ == "Conv2D"]
         assert all(width % 8 == 0 for width in widths) and min(widths) < 16
-        tight = kerascomp.compress(small_resnet, method, target_flops=0.15, verbose=0, **{option: None})
-        assert tight.report.notes["tile_step"] in (4, 1)
-        assert tight.plan.settings[option] == tight.report.notes["tile_step"]
-        with pytest.raises(kerascomp.BudgetError):  # what the step of 8 alone refuses
-            kerascomp.compress(small_resnet, method, target_flops=0.15, verbose=0, **{option: 8})
     else:
         ranks = [d.detail["rank"] for d in loose.report.layers if "rank" in d.detail]
-        assert ranks and all(rank % 8 == 0 or rank == 1 for rank in ranks)
-        tight = loose
+        assert ranks and all(rank % 8 == 0 for rank in ranks)
+    tight = kerascomp.compress(small_resnet, method, target_flops=0.15, verbose=0, **{option: None})
+    assert tight.report.notes["tile_step"] in (4, 1)
+    assert tight.plan.settings[option] == tight.report.notes["tile_step"]
+    with pytest.raises(kerascomp.BudgetError):  # what the step of 8 alone refuses
+        kerascomp.compress(small_resnet, method, target_flops=0.15, verbose=0, **{option: 8})
     tight.plan.save(tmp_path / "plan.json")
     again = kerascomp.clone_compressed(small_resnet, plan=kerascomp.Plan.load(tmp_path / "plan.json"), verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), tight.model.get_weights()))

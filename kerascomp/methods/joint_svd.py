@@ -84,7 +84,7 @@ class SVDOptions:
     exclude: str | list | None = None
     allocation: str = "global"
     pointwise: bool | str = "auto"
-    rank_multiple: int | None = 1
+    rank_multiple: int | None = None
     min_saving: float = 0.005
     iterations: int = 10
     recalibrate: bool | str = "auto"
@@ -310,11 +310,12 @@ def svd_units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> t
 
 
 def _allowed_ranks(unit: _Unit, metric: str, multiple: int) -> list[int]:
-    """Ranks at which the unit is cheaper than its dense convs, multiples of ``multiple``."""
+    """Ranks at which the unit is cheaper than its dense convs, multiples of ``multiple`` (none below it: a
+    rank-1 escape would let a step of 8 meet any budget with layers cut to rank 1)."""
     top = jsvd.full_rank(unit.shape, len(unit.members), unit.variant)
     lowest = 2 if unit.variant == "bi" else 1
     original = unit.original(metric)
-    ranks = [r for r in range(lowest, top + 1) if (r % multiple == 0 or r == lowest) and unit.cost(r, metric) < original]
+    ranks = [r for r in range(lowest, top + 1) if r % multiple == 0 and unit.cost(r, metric) < original]
     return ranks
 
 
@@ -593,7 +594,8 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     for unit in units:
         saving = unit.original(metric) - unit.cost(unit.ranks[0], metric) if unit.ranks else 0
         if not unit.ranks:
-            why = "too small: no rank is cheaper than the dense conv"
+            why = ("too small: no rank is cheaper than the dense conv" if options.rank_multiple == 1 else
+                   f"too small: no rank in multiples of {options.rank_multiple} is cheaper than the dense conv")
         elif saving < options.min_saving * total:
             why = (f"too small: factoring saves at most {saving / total:.2%} of the model's {what} "
                    f"(min_saving={options.min_saving})")

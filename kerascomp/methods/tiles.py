@@ -26,23 +26,31 @@ def unset_steps(options: Any, names: tuple[str, ...]) -> list[str]:
     return [f.name for f in dataclasses.fields(options) if f.name in names and getattr(options, f.name) is None]
 
 
-def run_with_tile_steps(run: Callable[[Any], tuple], options: Any, names: tuple[str, ...],
-                        fixed: dict | None) -> tuple:
-    """``run(options) -> (graph, report)`` with every step option of ``names`` that is ``None`` resolved to
-    the first of :data:`TILE_STEPS` whose run meets the budget (the last one's refusal is raised)."""
+def first_step(attempt: Callable[[Any], Any], options: Any, names: tuple[str, ...]) -> tuple[Any, int | None]:
+    """``(attempt(options), step)`` with every step option of ``names`` that is ``None`` set to the first of
+    :data:`TILE_STEPS` for which ``attempt`` raises no :class:`BudgetError` (the last one's refusal is
+    raised); ``step`` is None when no option was left to this mechanism."""
     unset = unset_steps(options, names)
     if not unset:
-        return run(options)
-    if fixed is not None:
-        return run(dataclasses.replace(options, **{name: 1 for name in unset}))
+        return attempt(options), None
     for step in TILE_STEPS:
         try:
-            graph, report = run(dataclasses.replace(options, **{name: step for name in unset}))
+            return attempt(dataclasses.replace(options, **{name: step for name in unset})), step
         except BudgetError:
             if step == TILE_STEPS[-1]:
                 raise
-            continue
+    raise AssertionError("unreachable: TILE_STEPS ends with 1")
+
+
+def run_with_tile_steps(run: Callable[[Any], tuple], options: Any, names: tuple[str, ...],
+                        fixed: dict | None) -> tuple:
+    """``run(options) -> (graph, report)`` through :func:`first_step`, the step recorded in the report; a
+    plan's ``fixed`` choices run with steps of 1 (they name their own counts and ranks)."""
+    unset = unset_steps(options, names)
+    if fixed is not None and unset:
+        return run(dataclasses.replace(options, **{name: 1 for name in unset}))
+    (graph, report), step = first_step(run, options, names)
+    if step is not None:
         report.notes["tile_step"] = step
         report.resolved.update({name: step for name in unset})
-        return graph, report
-    raise AssertionError("unreachable: TILE_STEPS ends with 1")
+    return graph, report
