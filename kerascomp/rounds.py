@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Callable
 
 from kerascomp.cost import graph_cost
@@ -25,7 +24,6 @@ from kerascomp.methods.inputs import DEFAULT_TARGET_FLOPS, check_verbose, read_c
 from kerascomp.methods.pruning import PruningMethod, apply_pruning, plan_pruning
 from kerascomp.methods.registry import finish
 from kerascomp.methods.strip import strip_regularizers
-from kerascomp.methods.tiles import first_step
 
 
 @dataclass
@@ -110,8 +108,7 @@ def prune_in_rounds(model: Any, train: Callable[[Any], Any], method: str = "corr
         fraction = min(1.0, budget.fraction ** (index / rounds) * original_total / current_total)
         round_budget = Budget(budget.metric, fraction)
         analysis = analyse_channels(current, shapes)
-        orders, _ = first_step(partial(plan_pruning, current, shapes, analysis, round_budget, scorer, method,
-                                       verbose=verbose), prune_options, pruner.tile_options)
+        orders = plan_pruning(current, shapes, analysis, round_budget, scorer, method, prune_options, verbose)
         if pairs and strength > 0:
             regularized, count = regularize_graph(current, analysis, orders, strength)
             regularized_model = write_model(regularized)

@@ -13,6 +13,7 @@ module turns the orders into a physically smaller graph under a MACs or params b
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -42,6 +43,7 @@ from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
 from kerascomp.methods.reconstruct import design, linear_map
 from kerascomp.methods.registry import Context, Method
+from kerascomp.methods.tiles import first_step
 
 ALLOCATIONS = ("uniform", "global")
 STREAMS = ("last", "uniform")
@@ -404,8 +406,12 @@ def _budget_error(analysis: ChannelAnalysis, orders: list[GroupOrder], tables, b
 
 def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, scorer: Scorer,
                  method: str, options: PruneOptions, verbose: int = 1) -> list[GroupOrder]:
-    """Score every prunable group and decide how many channels each loses (``GroupOrder.chosen``)."""
+    """Score every prunable group and decide how many channels each loses (``GroupOrder.chosen``); a
+    ``channel_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget."""
     options.validate()
+    if options.channel_multiple is None:
+        return first_step(partial(plan_pruning, graph, shapes, analysis, budget, scorer, method, verbose=verbose),
+                          options, ("channel_multiple",))[0]
     before = graph_cost(graph, shapes)
     total = before.macs if budget.metric == "flops" else before.params
     orders = []
