@@ -135,6 +135,10 @@ REGRESSIONS = [
         ("conv", {"filters": 32, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True, "activation": None}),
         ("grouped", {"filters": 8, "groups": 2}), ("dilated", {"filters": 8, "rate": 2}), ("pool", {"kind": "max"}),
         ("pool", {"kind": "max"})], head="gap", seed=0)),
+    # a conv shared by two calls (CI, tf_keras, 2026-12): compensation fitted the fold on its first call only
+    ("correlation", Recipe(False, (8, 8, 3), [
+        ("conv", {"filters": 8, "kernel": 1, "strides": 1, "padding": "same", "use_bias": True, "activation": "relu"}),
+        ("shared", {})], head="gap", classes=5, seed=56)),
 ]
 
 

@@ -308,15 +308,16 @@ def compensate(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder]
                     work.setdefault(consumer, []).append((order.group, step))
     if not work:
         return {}
-    node_of = {layer: graph.nodes_of(layer)[0].name for layer in work}
-    samples = sample_node_inputs(graph, list(node_of.values()), data, options.max_samples)
+    # a shared consumer's kernel serves every call, so its fit pools the inputs of all its nodes
+    nodes_of = {layer: [node.name for node in graph.nodes_of(layer)] for layer in work}
+    samples = sample_node_inputs(graph, [n for names in nodes_of.values() for n in names], data,
+                                 options.max_samples)
     rng = np.random.default_rng(options.seed)
     folds = {}
     for layer, steps in tqdm(work.items(), desc="compensate", disable=not verbose):
         spec = graph.layers[layer]
         index, axis = _consumer_weight(spec)
-        inputs = samples[node_of[layer]]
-        flat = inputs.reshape(-1, inputs.shape[-1]) if inputs.ndim > 2 else inputs
+        flat = np.concatenate([samples[name].reshape(-1, samples[name].shape[-1]) for name in nodes_of[layer]])
         if len(flat) > options.max_rows:
             flat = flat[rng.choice(len(flat), options.max_rows, replace=False)]
         kernel = np.moveaxis(spec.weights[index].astype(np.float64), axis, 0).copy()
