@@ -18,6 +18,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 # The fuzz tests explore: a fresh seed per run unless KERASCOMP_FUZZ_SEED replays one (printed in the header).
 FUZZ_SEED = int(os.environ.get("KERASCOMP_FUZZ_SEED") or random.SystemRandom().randrange(2**31))
+# pytest-xdist workers start after this module is loaded in the controller and inherit its environment,
+# so every worker explores from the seed the summary prints
+os.environ["KERASCOMP_FUZZ_SEED"] = str(FUZZ_SEED)
 
 
 def _seed_line() -> str:

@@ -93,7 +93,9 @@ def test_residual_stream_is_cut_last(small_resnet, method):
     assert all(last[name] < original[name] for name in inner)
     assert any(alike[name] < original[name] for name in stream)  # the old rule cuts the stream too
     # a budget the inner channels cannot meet alone: the stream goes too, after they reach max_fraction
-    deep = widths(kerascomp.clone_compressed(small_resnet, method=method, target_flops=0.15, verbose=0))
+    # (steps of 1: with the default tile steps, max_fraction's floor is rounded up to a multiple of the step)
+    deep = widths(kerascomp.clone_compressed(small_resnet, method=method, target_flops=0.15, channel_multiple=1,
+                                             verbose=0))
     assert any(deep[name] < original[name] for name in stream)
     assert all(deep[name] <= round(0.2 * original[name]) + 1 for name in inner)
     with pytest.raises(kerascomp.InvalidArgumentError, match="stream"):
@@ -112,8 +114,8 @@ def test_channel_multiple_keeps_tile_friendly_widths(small_resnet, method):
 def test_an_unset_step_takes_8_then_4_then_1_and_the_plan_records_it(small_resnet, method, option, tmp_path):
     """channel_multiple/rank_multiple=None: the first of 8, 4, 1 whose plan meets the budget (a ResNet-8 of
     16- to 64-channel convs: counts and ranks in multiples of 8 reach 0.5 of the MACs, not 0.15), recorded
-    in the plan, which re-applies bit-identically."""
-    loose = kerascomp.compress(small_resnet, method, target_flops=0.5, verbose=0, **{option: None})
+    in the plan, which re-applies bit-identically. None is the default."""
+    loose = kerascomp.compress(small_resnet, method, target_flops=0.5, verbose=0)
     assert loose.report.notes["tile_step"] == 8 and loose.plan.settings[option] == 8
     if method == "l1":
         widths = [layer.get_weights()[0].shape[-1] for layer in loose.model.layers if type(layer).__name__ == "Conv2D"]
@@ -133,6 +135,29 @@ def test_an_unset_step_takes_8_then_4_then_1_and_the_plan_records_it(small_resne
         "tile_step") is None  # a step given is not searched
 
 
+def test_a_step_that_leaves_nothing_to_compress_falls_back_like_a_missed_budget():
+    """A layer too small for a rank of 8 is refused at that step (UnsupportedModelError), not for good."""
+    import dataclasses
+
+    from kerascomp.methods.tiles import first_step
+
+    @dataclasses.dataclass
+    class Steps:
+        rank_multiple: int | None = None
+
+    def attempt(options):
+        if options.rank_multiple == 8:
+            raise kerascomp.errors.UnsupportedModelError("nothing to factor at rank 8")
+        if options.rank_multiple == 4:
+            raise kerascomp.BudgetError("budget missed at rank 4")
+        return options.rank_multiple
+
+    assert first_step(attempt, Steps(), ("rank_multiple",)) == (1, 1)
+    assert first_step(attempt, Steps(1), ("rank_multiple",)) == (1, None)  # a step given is not searched
+    with pytest.raises(kerascomp.errors.UnsupportedModelError):  # and its refusal stands
+        first_step(attempt, Steps(8), ("rank_multiple",))
+
+
 def _output_error(reference, model, images):
     expected = reference.predict(images, verbose=0)
     return np.linalg.norm(model.predict(images, verbose=0) - expected) / np.linalg.norm(expected)
@@ -140,8 +165,10 @@ def _output_error(reference, model, images):
 
 def test_compensation_and_recalibration_reduce_error(small_resnet, images):
     # plain L1/correlation scores (bn_weighting=False): this ResNet-8's BN statistics are random, not its data's;
-    # stream="uniform": the residual stream is pruned too, as the compensation was measured with
-    common = {"method": "correlation", "target_flops": 0.7, "verbose": 0, "bn_weighting": False, "stream": "uniform"}
+    # stream="uniform": the residual stream is pruned too, as the compensation was measured with; steps of 1, so
+    # that every group loses channels (tiles of 8 leave most of this ResNet-8's 16-channel groups whole at 0.7)
+    common = {"method": "correlation", "target_flops": 0.7, "verbose": 0, "bn_weighting": False, "stream": "uniform",
+              "channel_multiple": 1}
     plain = kerascomp.clone_compressed(small_resnet, **common)
     compensated = kerascomp.clone_compressed(small_resnet, data=images, compensate=True, recalibrate=False, **common)
     recalibrated = kerascomp.clone_compressed(small_resnet, data=images, reconstruct=False, **common)
@@ -167,7 +194,7 @@ def test_recalibration_stores_data_statistics(small_resnet, images):
 
 def test_report_lists_pruned_layers(small_resnet, images):
     report = kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, data=images, stream="uniform",
-                                verbose=0).report  # the stream pruned too: the logits lose inputs
+                                channel_multiple=1, verbose=0).report  # the stream pruned too: the logits lose inputs
     actions = {d.layer: d.action for d in report.layers}
     assert actions["s1b1_conv1"].startswith("pruned") and "out 16->" in actions["s1b1_conv1"]
     assert actions["logits"].startswith("pruned in")
@@ -303,7 +330,7 @@ def test_selection_by_reconstruction_removes_what_the_consumers_do_not_see(keras
     removed, error = {}, {}
     for selection in ("score", "reconstruction"):
         result = kerascomp.compress(model, method="l1", target_flops=0.84, data=x, selection=selection,
-                                    reconstruct=False, recalibrate=False, verbose=0)
+                                    reconstruct=False, recalibrate=False, channel_multiple=1, verbose=0)
         group = next(g for g in result.report.choices["groups"].values() if g["producers"] == ["c1"])
         removed[selection] = group["removed"]
         error[selection] = float(np.abs(result.model.predict(x, verbose=0) - reference).max())

@@ -84,7 +84,7 @@ class SVDOptions:
     exclude: str | list | None = None
     allocation: str = "global"
     pointwise: bool | str = "auto"
-    rank_multiple: int | None = 1
+    rank_multiple: int | None = None
     min_saving: float = 0.005
     iterations: int = 10
     recalibrate: bool | str = "auto"

@@ -86,7 +86,7 @@ class PruneOptions:
     max_fraction: float = 0.8
     stream: str = "last"
     selection: str = "score"
-    channel_multiple: int | None = 1
+    channel_multiple: int | None = None
     compensate: bool | str = "auto"
     max_samples: int = 128
     max_rows: int = 20000

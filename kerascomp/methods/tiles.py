@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from kerascomp.errors import BudgetError
+from kerascomp.errors import BudgetError, UnsupportedModelError
 
 TILE_STEPS = (8, 4, 1)
 
@@ -28,15 +28,17 @@ def unset_steps(options: Any, names: tuple[str, ...]) -> list[str]:
 
 def first_step(attempt: Callable[[Any], Any], options: Any, names: tuple[str, ...]) -> tuple[Any, int | None]:
     """``(attempt(options), step)`` with every step option of ``names`` that is ``None`` set to the first of
-    :data:`TILE_STEPS` for which ``attempt`` raises no :class:`BudgetError` (the last one's refusal is
-    raised); ``step`` is None when no option was left to this mechanism."""
+    :data:`TILE_STEPS` for which ``attempt`` raises neither :class:`BudgetError` nor
+    :class:`UnsupportedModelError` (a layer too small for a rank of 8 may take one of 4; the refusal at
+    steps of 1, the most permissive, is raised); ``step`` is None when no option was left to this
+    mechanism."""
     unset = unset_steps(options, names)
     if not unset:
         return attempt(options), None
     for step in TILE_STEPS:
         try:
             return attempt(dataclasses.replace(options, **{name: step for name in unset})), step
-        except BudgetError:
+        except (BudgetError, UnsupportedModelError):
             if step == TILE_STEPS[-1]:
                 raise
     raise AssertionError("unreachable: TILE_STEPS ends with 1")
