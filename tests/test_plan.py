@@ -205,6 +205,14 @@ def test_host_latency_table_and_measured_check(small_resnet, labelled, tmp_path)
 def test_latency_table_timings_are_cached_by_shape_host_and_threads(small_resnet, tmp_path, monkeypatch):
     import kerascomp.bench.latency as latency
 
+    # the subject is the cache, not the conversion (test_host_latency_table_and_measured_check converts for real):
+    # every candidate converts to one tiny real .tflite, so the four tables below time files in seconds
+    from kerascomp.graph.flavour import keras_of
+
+    trivial = keras_of(small_resnet)
+    empty = trivial.Input((1, 1, 1), batch_size=1)
+    tiny = latency.convert(trivial.Model(empty, trivial.layers.Conv2D(1, 1)(empty)), None, None, False)
+    monkeypatch.setattr(latency, "convert", lambda *args: tiny)
     calls = []
     real_compare, real_single = latency.compare_tflite, latency.benchmark_tflite
     monkeypatch.setattr(latency, "compare_tflite", lambda paths, **kw: calls.append(len(paths)) or

@@ -7,7 +7,7 @@ from conftest import model_fingerprint
 
 import kerascomp
 from kerascomp.graph.flavour import legacy_requested
-from kerascomp.graph.keras_io import infer_shapes, read_model
+from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods.calibrate import recalibrate_batchnorm
 
 
@@ -32,7 +32,13 @@ def test_keras_applications(keras, tmp_path, application, method, export_in):
     """
     if export_in != "both" and (export_in == "tf_keras") != legacy_requested():
         pytest.skip(f"{application} runs in the {export_in} pass only, to keep CI short")
-    model = getattr(keras.applications, application)(input_shape=(32, 32, 3), weights=None, classes=10)
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, application)(input_shape=(32, 32, 3), weights=None, classes=10,
+                                                      classifier_activation=None)  # logits: a saturated softmax
+    # BN statistics of the images it will see: at its initial statistics a random ResNet50's logits grow to
+    # ~1e15 on [0, 1] images and sometimes overflow, which makes any parity check meaningless
+    images = np.random.default_rng(0).uniform(0, 1, (16, 32, 32, 3)).astype("float32")
+    model = write_model(recalibrate_batchnorm(read_model(model), images)[0])
     before = model_fingerprint(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
@@ -41,10 +47,10 @@ def test_keras_applications(keras, tmp_path, application, method, export_in):
     assert result.report.macs_ratio <= 0.5
     assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(model).macs
     assert result.model.count_params() < model.count_params()
-    _fit_one_step(keras, result.model, logits=False)
     exported = kerascomp.export_tflite(result.model, tmp_path / "pruned.tflite")
-    assert exported.relative_error < 1e-4
+    assert exported.relative_error < 1e-4 and exported.passed, exported
     assert exported.size_bytes < 0.75 * 4 * model.count_params()
+    _fit_one_step(keras, result.model, logits=True)
 
 
 @pytest.mark.parametrize("method", ["l1", "correlation"])

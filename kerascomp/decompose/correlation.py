@@ -51,15 +51,17 @@ def top_pairs(strength: np.ndarray, candidates: np.ndarray | None = None) -> lis
     upper_i, upper_j = np.triu_indices(len(candidates), k=1)
     values = sub[upper_i, upper_j]
     order = np.argsort(-values, kind="stable")
-    used = np.zeros(size, dtype=bool)
+    # plain Python lists in the greedy loop: it may visit every pair (millions for a 2048-channel group)
+    firsts, seconds = candidates[upper_i[order]].tolist(), candidates[upper_j[order]].tolist()
+    used = bytearray(size)
     pairs = []
-    for position in order:
-        i, j = int(candidates[upper_i[position]]), int(candidates[upper_j[position]])
+    wanted = len(candidates) // 2
+    for position, (i, j) in enumerate(zip(firsts, seconds)):
         if used[i] or used[j]:
             continue
-        used[i] = used[j] = True
-        pairs.append((min(i, j), max(i, j), float(values[position])))
-        if len(pairs) == len(candidates) // 2:
+        used[i] = used[j] = 1
+        pairs.append((min(i, j), max(i, j), float(values[order[position]])))
+        if len(pairs) == wanted:
             break
     return pairs
 

@@ -7,6 +7,7 @@ functionally, so both Keras 3 and tf_keras are served by the same code.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 from types import ModuleType
 from typing import Any, Callable
@@ -357,10 +358,46 @@ def write_model(graph: Graph) -> Any:
     return model
 
 
+_SHAPE_CACHE: dict[str, dict[str, list[tuple]]] = {}
+_SHAPE_CACHE_SIZE = 16
+
+
+def _leaf_key(leaf: Any) -> str:
+    if isinstance(leaf, Ref):
+        return f"ref:{leaf.node}:{leaf.index}"
+    if isinstance(leaf, np.ndarray):
+        return f"array:{leaf.shape}:{leaf.dtype}:{hashlib.sha1(np.ascontiguousarray(leaf).tobytes()).hexdigest()}"
+    return repr(leaf)
+
+
+def _structure_key(graph: Graph) -> str:
+    """What a node's output shapes depend on: the wiring, every layer's class, config and weight shapes,
+    the input specs and the flavour (not the weights' values)."""
+    digest = hashlib.sha1()
+    parts = [graph.flavour, repr(graph.input_specs)]
+    for node in graph.nodes:
+        spec = graph.spec(node)
+        parts += [node.name, node.layer, spec.kind, f"{spec.cls.__module__}.{spec.cls.__qualname__}", repr(spec.config),
+                  repr([tuple(np.shape(w)) for w in spec.weights]),
+                  repr(map_leaves(_leaf_key, node.args)), repr(sorted(map_leaves(_leaf_key, node.kwargs).items()))]
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def infer_shapes(graph: Graph) -> dict[str, list[tuple]]:
-    """Output shapes of every node (batch dimension included), by building the graph symbolically."""
-    _, tensors = _call_graph(graph, module_for(graph))
-    return {name: [tuple(t.shape) for t in outputs] for name, outputs in tensors.items()}
+    """Output shapes of every node (batch dimension included), by building the graph symbolically.
+
+    Building creates (and initialises) every layer, seconds for a ResNet50; a method asks for the
+    shapes of the same structure several times, so they are kept for the last few structures."""
+    key = _structure_key(graph)
+    if key not in _SHAPE_CACHE:
+        _, tensors = _call_graph(graph, module_for(graph))
+        if len(_SHAPE_CACHE) >= _SHAPE_CACHE_SIZE:
+            _SHAPE_CACHE.pop(next(iter(_SHAPE_CACHE)))
+        _SHAPE_CACHE[key] = {name: [tuple(t.shape) for t in outputs] for name, outputs in tensors.items()}
+    return {name: list(shapes) for name, shapes in _SHAPE_CACHE[key].items()}
 
 
 def _resolve(tensors: dict[str, list], leaf: Any) -> Any:

@@ -185,14 +185,24 @@ def cost_tables(graph: Graph, shapes: dict, analysis: ChannelAnalysis) -> list[t
 
 
 def pruned_cost(tables: list[tuple], removed: np.ndarray) -> tuple[int, int]:
+    """(MACs, params) of the graph with the atoms ``removed``; called hundreds of times by the allocation,
+    so the removed atoms are a boolean mask, not a set search per layer."""
+    gone = np.zeros(int(removed.max()) + 1 if removed.size else 0, dtype=bool)
+    gone[removed] = True
+
+    def kept(atoms: np.ndarray | None) -> int | None:
+        if atoms is None:
+            return None
+        inside = atoms[(atoms >= 0) & (atoms < len(gone))]
+        return int(len(atoms) - np.count_nonzero(gone[inside]))
+
     macs = params = 0
     for spec, in_atoms, out_atoms, shape_pairs, fixed_macs, fixed_params in tables:
         if in_atoms is None and out_atoms is None:
             macs += fixed_macs
             params += fixed_params
             continue
-        n_in = int((~np.isin(in_atoms, removed)).sum()) if in_atoms is not None else None
-        n_out = int((~np.isin(out_atoms, removed)).sum()) if out_atoms is not None else None
+        n_in, n_out = kept(in_atoms), kept(out_atoms)
         for in_shape, out_shape in shape_pairs:
             in_new = in_shape[:-1] + ((n_in if n_in is not None else in_shape[-1]),)
             out_new = out_shape[:-1] + ((n_out if n_out is not None else out_shape[-1]),)
@@ -374,11 +384,13 @@ def select_by_reconstruction(graph: Graph, analysis: ChannelAnalysis, orders: li
         if not consumers:
             left[group.index] = "no Dense or ungrouped Conv2D reads it"
             continue
-        nodes = {layer: graph.nodes_of(layer)[0].name for layer in consumers}
-        samples = sample_node_inputs(graph, list(nodes.values()), data, options.max_samples)
+        nodes = {layer: [node.name for node in graph.nodes_of(layer)] for layer in consumers}  # every call of
+        samples = sample_node_inputs(graph, [n for names in nodes.values() for n in names], data,  # a shared one
+                                     options.max_samples)
         total = np.zeros((group.size, group.size))
         for layer in consumers:
-            position_gram = _consumer_gram(graph.layers[layer], samples[nodes[layer]], options.max_rows, rng)
+            position_gram = sum(_consumer_gram(graph.layers[layer], samples[name], options.max_rows, rng)
+                                for name in nodes[layer])
             gram = group_gram(position_gram, analysis.input_channels(group, layer), group.size)
             total += gram / max(float(position_gram.sum()), 1e-12)
         picked = greedy_removal(total, order.chosen, np.array(group.prunable(), dtype=np.int64))
