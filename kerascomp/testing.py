@@ -456,7 +456,7 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
     return write_model(graph)
 
 
-PRUNING_CHECK_TARGET = 0.7
+PRUNING_CHECK_TARGETS = (0.7, 0.85, 0.95)  # the first the method reaches by cutting something is checked
 # layers whose cut channels dead_channels can make exactly zero: kernel, bias and BN shift set to 0
 _DEADENABLE = ("Conv2D", "Conv1D", "Dense", "BatchNormalization", "DepthwiseConv2D", "Conv2DTranspose",
                "SeparableConv2D")
@@ -527,21 +527,26 @@ def pruning_lossless(model: Any, method: str) -> tuple[Any, Any] | None:
     the uniform allocation, which depends on shapes only, cuts the same count. Correlation pruning
     removes one filter of each correlated pair, not the smallest, so this check does not apply to it.
 
+    The target is the first of :data:`PRUNING_CHECK_TARGETS` that the method reaches (a small graph
+    whose prunable channels are few may reach only a mild one).
     Returns ``(dead, pruned)`` (compare their outputs), or None when the check does not apply here
-    (a refusal, nothing cut, or a graph where zero channels cannot stay zero); raises
+    (a refusal at every target, nothing cut, or a graph where zero channels cannot stay zero); raises
     :class:`AssertionError` when the copy is cut elsewhere."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
-        try:
-            first = kerascomp.compress(model, method, target_flops=PRUNING_CHECK_TARGET, verbose=0)
-        except CompressionError:
-            return None
-        if not first.report.kept_outputs:
+        for target in PRUNING_CHECK_TARGETS:
+            try:
+                first = kerascomp.compress(model, method, target_flops=target, verbose=0)
+            except CompressionError:
+                continue
+            if first.report.kept_outputs:
+                break
+        else:
             return None
         dead = dead_channels(model, first.report.kept_outputs)
         if dead is None:
             return None
-        second = kerascomp.compress(dead, method, target_flops=PRUNING_CHECK_TARGET, verbose=0)
+        second = kerascomp.compress(dead, method, target_flops=target, verbose=0)
     if second.report.kept_outputs != first.report.kept_outputs:
         changed = sorted(name for name in first.report.kept_outputs
                          if second.report.kept_outputs.get(name) != first.report.kept_outputs[name])
