@@ -318,16 +318,13 @@ def compensate(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder]
                     work.setdefault(consumer, []).append((order.group, step))
     if not work:
         return {}
-    # a shared consumer's kernel serves every call, so its fit pools the inputs of all its nodes
-    nodes_of = {layer: [node.name for node in graph.nodes_of(layer)] for layer in work}
-    samples = sample_node_inputs(graph, [n for names in nodes_of.values() for n in names], data,
-                                 options.max_samples)
+    calls = _inputs_of_every_call(graph, list(work), data, options.max_samples)
     rng = np.random.default_rng(options.seed)
     folds = {}
     for layer, steps in tqdm(work.items(), desc="compensate", disable=not verbose):
         spec = graph.layers[layer]
         index, axis = _consumer_weight(spec)
-        flat = np.concatenate([samples[name].reshape(-1, samples[name].shape[-1]) for name in nodes_of[layer]])
+        flat = np.concatenate([inputs.reshape(-1, inputs.shape[-1]) for inputs in calls[layer]])
         if len(flat) > options.max_rows:
             flat = flat[rng.choice(len(flat), options.max_rows, replace=False)]
         kernel = np.moveaxis(spec.weights[index].astype(np.float64), axis, 0).copy()
@@ -348,6 +345,14 @@ def compensate(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder]
             spec.weights[1] = bias.astype(spec.weights[1].dtype)
         folds[layer] = len(steps)
     return folds
+
+
+def _inputs_of_every_call(graph: Graph, layers: list[str], data, max_samples: int) -> dict[str, list[np.ndarray]]:
+    """Per layer, its input on ``data`` at each of its calls: a shared layer's weights serve every call,
+    so a fit of them pools all of them."""
+    names = {layer: [node.name for node in graph.nodes_of(layer)] for layer in layers}
+    samples = sample_node_inputs(graph, [name for listed in names.values() for name in listed], data, max_samples)
+    return {layer: [samples[name] for name in listed] for layer, listed in names.items()}
 
 
 def _selection_consumer(spec: LayerSpec) -> bool:
@@ -384,13 +389,11 @@ def select_by_reconstruction(graph: Graph, analysis: ChannelAnalysis, orders: li
         if not consumers:
             left[group.index] = "no Dense or ungrouped Conv2D reads it"
             continue
-        nodes = {layer: [node.name for node in graph.nodes_of(layer)] for layer in consumers}  # every call of
-        samples = sample_node_inputs(graph, [n for names in nodes.values() for n in names], data,  # a shared one
-                                     options.max_samples)
+        calls = _inputs_of_every_call(graph, consumers, data, options.max_samples)
         total = np.zeros((group.size, group.size))
         for layer in consumers:
-            position_gram = sum(_consumer_gram(graph.layers[layer], samples[name], options.max_rows, rng)
-                                for name in nodes[layer])
+            position_gram = sum(_consumer_gram(graph.layers[layer], inputs, options.max_rows, rng)
+                                for inputs in calls[layer])
             gram = group_gram(position_gram, analysis.input_channels(group, layer), group.size)
             total += gram / max(float(position_gram.sum()), 1e-12)
         picked = greedy_removal(total, order.chosen, np.array(group.prunable(), dtype=np.int64))
