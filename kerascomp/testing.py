@@ -379,7 +379,9 @@ def _mse_loss(keras) -> Any:
 
 
 def rewritten_layers(model: Any, rebuilt: Any) -> int:
-    """How many of ``model``'s layers ``rebuilt`` does not hold unchanged (same name, class and weight shapes).
+    """How many of ``model``'s layers ``rebuilt`` does not hold unchanged (same name, class and weight shapes),
+    plus the layers ``rebuilt`` adds (a 1x1 conv factored at full rank keeps its name and shape for its
+    second factor and adds the first).
 
     A lossless check that rewrote nothing (a pruning method at target 1.0, a graph with nothing to
     factor) proves nothing about the rewrite; the fuzz summary counts the checks that did rewrite."""
@@ -387,7 +389,8 @@ def rewritten_layers(model: Any, rebuilt: Any) -> int:
         return type(layer).__name__, tuple(tuple(w.shape) for w in layer.get_weights())
 
     after = {layer.name: signature(layer) for layer in rebuilt.layers}
-    return sum(1 for layer in model.layers if after.get(layer.name) != signature(layer))
+    before = {layer.name for layer in model.layers}
+    return sum(1 for layer in model.layers if after.get(layer.name) != signature(layer)) + len(set(after) - before)
 
 
 def relative_error(actual: Any, expected: Any) -> float:
@@ -462,13 +465,89 @@ _DEADENABLE = ("Conv2D", "Conv1D", "Dense", "BatchNormalization", "DepthwiseConv
                "SeparableConv2D")
 
 
-def _maps_zero_to_nonzero(model: Any) -> bool:
-    """Whether some layer turns a zero channel into a non-zero one (sigmoid gates, offsets)."""
-    for layer in _leaf_layers(model):
-        activation = getattr(getattr(layer, "activation", None), "__name__", "")
-        if activation in ("sigmoid", "hard_sigmoid") or type(layer).__name__ == "Rescaling" and layer.offset:
-            return True
+# layers that mix channels: one reading a channel that is zero in the pruned model's reference but not in
+# the dead copy (a sigmoid of a dead channel is 0.5) computes something else in each
+_MIXING = ("Conv2D", "Conv1D", "Conv3D", "Dense", "SeparableConv2D", "Conv2DTranspose", "EinsumDense")
+
+
+def _activation(spec: Any) -> Any:
+    activation = spec.config.get("activation")
+    if isinstance(activation, dict):  # a serialised activation: {"class_name": ..., "config": {"name": ...}}
+        activation = activation.get("config", {}).get("name", activation.get("class_name"))
+    return activation
+
+
+def _maps_zero_to_nonzero(spec: Any) -> bool:
+    """Whether this layer turns a zero channel into a non-zero one (a sigmoid gate, a Rescaling offset)."""
+    if _activation(spec) in ("sigmoid", "hard_sigmoid", "softplus", "exponential"):
+        return True
+    return spec.class_name == "Rescaling" and bool(np.any(np.asarray(spec.config.get("offset", 0.0))))
+
+
+def zero_stays_zero(graph: Any, deadened: set[str]) -> bool:
+    """Whether the channels that ``deadened`` layers write as zeros reach no channel-mixing layer and no
+    model output as anything but zero, so that cutting them is exact.
+
+    A tensor is *tainted* when its dead channels may hold non-zero values: after a sigmoid or an offset
+    applied downstream of a deadened layer. Per-channel layers (activations, BN, pooling, Add, Concatenate,
+    reshapes) pass the taint on; a Multiply with one untainted operand is zero on the dead channels
+    (a squeeze-and-excitation gate, a hard-swish); a channel-mixing layer or an output that reads a tainted
+    tensor makes the dead copy differ from the cut model, and the answer is False."""
+    downstream: set[str] = set()
+    tainted: set[str] = set()
+    for node in graph.nodes:
+        spec = graph.spec(node)
+        sources = [ref.node for ref in node.input_refs()]
+        if node.layer in deadened or any(source in downstream for source in sources):
+            downstream.add(node.name)
+        reads_taint = [source in tainted for source in sources]
+        if spec.class_name == "Multiply":
+            taint = bool(reads_taint) and all(reads_taint)
+        else:
+            if any(reads_taint) and spec.class_name in _MIXING:
+                return False
+            taint = any(reads_taint) or (node.name in downstream and _maps_zero_to_nonzero(spec))
+        if taint:
+            tainted.add(node.name)
+    return not any(ref.node in tainted for ref in graph.output_refs())
+
+
+def _softmax_over(graph: Any, deadened: set[str]) -> bool:
+    """Whether a softmax runs over dead channels (it would change the live ones too)."""
+    downstream: set[str] = set()
+    for node in graph.nodes:
+        spec = graph.spec(node)
+        if node.layer in deadened or any(ref.node in downstream for ref in node.input_refs()):
+            downstream.add(node.name)
+            if _activation(spec) == "softmax" and (node.layer in deadened or spec.class_name not in _MIXING):
+                return True
     return False
+
+
+def _zero_readers(graph: Any, kept: dict[str, list[int]]) -> None:
+    """Zero, in place, every channel-mixing layer's input slices that read a channel cut from ``kept``."""
+    analysis = analyse_channels(graph, infer_shapes(graph))
+    removed = {int(atom) for name, channels in kept.items()
+               for position, atom in enumerate(analysis.out_atoms.get(name, ())) if position not in set(channels)}
+    _zero_input_slices(graph, analysis, [name for name in graph.layers if graph.layers[name].class_name in _MIXING],
+                       removed)
+
+
+def _zero_input_slices(graph: Any, analysis: Any, names: Sequence[str], atoms: set[int]) -> None:
+    """Zero, in place, the input slices of the layers ``names`` at the positions that read ``atoms``."""
+    for name in names:
+        spec = graph.layers[name]
+        positions = [i for i, atom in enumerate(analysis.in_atoms.get(name, ())) if int(atom) in atoms]
+        if not positions:
+            continue
+        weights = [w.copy() for w in spec.weights]
+        for weight, roles in zip(weights, PRUNE_RULES[spec.class_name](spec)):
+            for axis, role in roles.items():
+                if role == "in":
+                    index = [slice(None)] * weight.ndim
+                    index[axis] = positions
+                    weight[tuple(index)] = 0.0
+        spec.weights = weights
 
 
 def _output_width(kind: str, weights: list[np.ndarray]) -> int:
@@ -483,10 +562,18 @@ def _output_width(kind: str, weights: list[np.ndarray]) -> int:
 
 def dead_channels(model: Any, kept: dict[str, list[int]]) -> Any | None:
     """A copy of ``model`` whose channels not in ``kept[layer]`` output exactly zero (kernel slices, biases,
-    BN shifts and means zeroed), or None when that cannot be made exact on this graph."""
-    if _maps_zero_to_nonzero(model):
+    BN shifts and means zeroed), or None when that cannot be made exact on this graph.
+
+    Where a zero channel does not stay zero on its way to the next channel-mixing layer (a sigmoid
+    conv, an offset: :func:`zero_stays_zero`), the mixing layers that read those channels also get
+    their input slices zeroed, so that the channels contribute nothing there either: the copy then
+    computes what cutting them computes, whatever lies between."""
+    graph = read_model(model)
+    if _softmax_over(graph, set(kept)):
         return None
-    dead = write_model(read_model(model))
+    if not zero_stays_zero(graph, set(kept)):
+        _zero_readers(graph, kept)
+    dead = write_model(graph)
     for name, channels in kept.items():
         layer = dead.get_layer(name)
         kind = type(layer).__name__
@@ -611,18 +698,24 @@ def _collaborative_rewrite(model: Any, x: Any) -> tuple[Any, Any] | None:
     return dead, realised(plan)
 
 
-TWIN_CHECK_TARGET = 0.85  # mild, so that a group rarely loses more than half its channels (pairs cannot cover it)
+# mild, so that a group rarely loses more than half its channels (pairs cannot cover it); the first that the
+# method reaches by cutting something is checked
+TWIN_CHECK_TARGETS = (0.85, 0.95)
 
 
-def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]]) -> Any | None:
+def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]], silenced: Sequence[str] = ()) -> Any | None:
     """A copy of ``model`` in which, per channel group (``analyse_channels`` index), each channel ``twin``
     of ``pairs[group]`` computes exactly what its ``source`` computes: every layer that writes the group
     copies the source's output slice (filter, bias, BN statistics, depthwise kernel) into the twin's.
     None when that cannot be exact on this graph (a depthwise multiplier, a layer norm, a layer whose
-    weights kerascomp does not map, or a layer that holds one channel of a pair and not the other)."""
+    weights kerascomp does not map, or a layer that holds one channel of a pair and not the other).
+    The layers ``silenced`` read neither channel of a pair: their input slices for both are zeroed."""
     graph = read_model(model)
     analysis = analyse_channels(graph, infer_shapes(graph))
     wanted = {(group, twin): source for group, listed in pairs.items() for twin, source in listed}
+    paired = {int(atom) for group, listed in pairs.items() for pair in listed for channel in pair
+              for atom in analysis.groups[group].channels[channel]}
+    _zero_input_slices(graph, analysis, silenced, paired)
     for name, atoms in analysis.out_atoms.items():
         located = [analysis.channel_of_atom[int(atom)] for atom in atoms]
         position = {where: index for index, where in enumerate(located)}
@@ -662,37 +755,43 @@ def _twins_strongest(model: Any, pairs: dict[int, list[tuple[int, int]]]) -> boo
 
 
 def correlation_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
-    """The correlation lossless check that rewrites: correlation pruning at
-    :data:`TWIN_CHECK_TARGET` learns how many channels each group loses; a copy of ``model`` then holds
+    """The correlation lossless check that rewrites: correlation pruning at the first of
+    :data:`TWIN_CHECK_TARGETS` where it cuts something learns how many channels each group loses; a copy of ``model`` then holds
     that many exact duplicates per group (:func:`twin_channels`), the most correlated pairs there can be.
     Pruned with ``data`` and compensation on (refit and BN recalibration off), the copy must lose one
     channel of each duplicate pair and nothing else, each folded into its twin, and compute what the
-    copy computes. Returns ``(twins, pruned)``, or None where the check does not apply (nothing cut, a
-    group cut by more than half its prunable channels or read by a separable conv, which pruning does not
-    compensate, or duplicates that cannot be exact);
+    copy computes. A separable conv that reads a group is not compensated (its depthwise kernels cannot
+    absorb a partner), so in the copy it reads neither channel of a pair. Returns ``(twins, pruned)``, or
+    None where the check does not apply (nothing cut, a group cut by more than half its prunable channels,
+    or duplicates that cannot be exact);
     raises :class:`AssertionError` when other channels are cut."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
-        try:
-            first = kerascomp.compress(model, "correlation", target_flops=TWIN_CHECK_TARGET, verbose=0)
-        except CompressionError:
-            return None
-        cut = {int(g): len(entry["removed"]) for g, entry in first.report.choices.get("groups", {}).items()}
-        if not cut:
+        for target in TWIN_CHECK_TARGETS:
+            try:
+                first = kerascomp.compress(model, "correlation", target_flops=target, verbose=0)
+            except CompressionError:
+                continue
+            cut = {int(g): len(entry["removed"]) for g, entry in first.report.choices.get("groups", {}).items()}
+            if cut:
+                break
+        else:
             return None
         graph = read_model(model)
         groups = analyse_channels(graph, infer_shapes(graph)).groups
-        pairs = {}
+        pairs, separable = {}, []
         for index, count in cut.items():
             prunable = groups[index].prunable()
-            separable = [c for c in groups[index].consumers if graph.layers[c].class_name in SEPARABLE]
-            if 2 * count > len(prunable) or separable:  # a separable consumer is not compensated (per-channel
-                return None                             # depthwise kernels cannot absorb a partner)
+            if 2 * count > len(prunable):
+                return None
             pairs[index] = [(prunable[2 * i + 1], prunable[2 * i]) for i in range(count)]
-        twins = twin_channels(model, pairs)
+            # a separable consumer is not compensated (its per-channel depthwise kernels cannot absorb a
+            # partner), so in the copy it reads neither channel of a pair: cutting either is then exact there
+            separable += [c for c in groups[index].consumers if graph.layers[c].class_name in SEPARABLE]
+        twins = twin_channels(model, pairs, silenced=separable)
         if twins is None or not _twins_strongest(twins, pairs):
             return None
-        second = kerascomp.compress(twins, "correlation", target_flops=TWIN_CHECK_TARGET, data=x, verbose=0,
+        second = kerascomp.compress(twins, "correlation", target_flops=target, data=x, verbose=0,
                                     compensate=True, reconstruct=False, recalibrate=False)
     removed = {int(g): {channel for channel, _ in entry["removed"]}
                for g, entry in second.report.choices.get("groups", {}).items()}

@@ -176,6 +176,71 @@ def test_the_dead_channel_check_catches_live_channels(keras, monkeypatch):
     assert outcome.status == "failed" and outcome.stage == "lossless" and "relative output error" in outcome.detail
 
 
+SIGMOID_BETWEEN = Recipe(True, (8, 8, 3), [
+    ("conv", {"filters": 16, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True,
+              "activation": "hard_sigmoid"}),
+    ("conv", {"filters": 16, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True, "activation": "relu"})],
+    head="gap", seed=4)
+
+
+def test_dead_channels_behind_a_sigmoid_are_cut_exactly_and_the_check_can_fail(keras, monkeypatch):
+    """A cut channel of a hard-sigmoid conv is 0.5, not 0, when it reaches the next conv: the dead copy then
+    also zeroes the next conv's input slices, and l1's lossless check rewrites this graph. Without that
+    (the copy's channels not dead where they are read), the same check fails."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(SIGMOID_BETWEEN, keras)
+    graph = fuzz.read_model(model)
+    assert not fuzz.zero_stays_zero(graph, {"conv0"})
+    assert fuzz.zero_stays_zero(graph, {"conv1"})  # its outputs go through a ReLU and the pooling to a Dense
+    monkeypatch.setattr(fuzz, "PRUNING_CHECK_TARGETS", (0.5,))  # where l1 cuts both convs
+    (honest,) = fuzz.check_graph(model, "l1", target=None)
+    assert honest.status == "ok" and honest.measures["rewritten_layers"] > 0, honest
+    assert honest.measures["lossless_error"] < fuzz.LOSSLESS_TOLERANCE
+    monkeypatch.setattr(fuzz, "_zero_readers", lambda graph, kept: None)
+    (outcome,) = fuzz.check_graph(model, "l1", target=None)
+    assert outcome.status == "failed" and "relative output error" in outcome.detail, outcome
+
+
+def test_a_gate_keeps_dead_channels_dead(keras):
+    """A squeeze-and-excitation gate (sigmoid of dead channels: 0.5) multiplies a dead channel: the product is
+    0, so the cut is exact without touching the readers; the same gate added instead of multiplied is not."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(EVERY_NEW_KIND, keras)
+    graph = fuzz.read_model(model)
+    assert fuzz.zero_stays_zero(graph, {"conv0", "se_expand3"})
+    multiply = next(node for node in graph.nodes if graph.spec(node).class_name == "Multiply")
+    graph.layers[multiply.layer].cls = keras.layers.Add
+    assert not fuzz.zero_stays_zero(graph, {"conv0", "se_expand3"})
+
+
+def test_correlation_rewrites_a_group_read_by_a_separable_conv(keras):
+    """A separable conv's depthwise kernels cannot absorb a partner channel, so in the duplicated copy it reads
+    neither channel of a pair; the check still rewrites such graphs, exactly."""
+    import kerascomp.testing as fuzz
+
+    recipe = Recipe(True, (8, 8, 3), [
+        ("conv", {"filters": 16, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True, "activation": "relu"}),
+        ("separable", {"filters": 16})], head="gap", seed=6)
+    (outcome,) = fuzz.check_graph(build_model(recipe, keras), "correlation", target=None)
+    assert outcome.status == "ok" and outcome.measures["rewritten_layers"] > 0, outcome
+
+
+def test_a_full_rank_one_by_one_factor_counts_as_a_rewrite(keras):
+    """An 8 -> 16 1x1 conv factored at full rank keeps its name and kernel shape for the second factor;
+    the first factor it adds is what makes the check a rewrite."""
+    import kerascomp.testing as fuzz
+
+    recipe = Recipe(True, (8, 8, 8), [
+        ("conv", {"filters": 16, "kernel": 1, "strides": 1, "padding": "same", "use_bias": False,
+                  "activation": "relu"})], head="gap", seed=7)
+    model = build_model(recipe, keras)
+    rebuilt = fuzz.lossless(model, "svd", sample_inputs(model))
+    assert len(rebuilt.layers) == len(fuzz.round_trip(model).layers) + 1
+    assert fuzz.rewritten_layers(fuzz.round_trip(model), rebuilt) == 1
+
+
 def test_the_target_stage_reference_catches_a_wrong_cut(keras, monkeypatch, tmp_path):
     """Correlation pruning at 0.5 is compared with the original whose cut channels are zeroed; a
     reference with those channels left alive (what a rewrite that cut the wrong ones would match) fails."""
@@ -199,7 +264,7 @@ def test_the_duplicate_channel_check_catches_a_cut_of_other_channels(keras, monk
     assert fuzz.relative_error(fuzz.outputs_of(pruned, x), fuzz.outputs_of(twins, x)) < fuzz.LOSSLESS_TOLERANCE
     assert fuzz.relative_error(fuzz.outputs_of(twins, x), fuzz.outputs_of(model, x)) > 0.01  # twins changed it
     assert pruned.count_params() < twins.count_params()
-    monkeypatch.setattr(fuzz, "twin_channels", lambda model, pairs: fuzz.round_trip(model))  # no duplicates
+    monkeypatch.setattr(fuzz, "twin_channels", lambda model, pairs, silenced=(): fuzz.round_trip(model))  # no duplicates
     monkeypatch.setattr(fuzz, "_twins_strongest", lambda model, pairs: True)
     (outcome,) = fuzz.check_graph(model, "correlation", target=None)
     assert outcome.status == "failed" and outcome.stage == "lossless", outcome
