@@ -409,7 +409,8 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
     """``model`` rewritten by ``method`` with nothing removed: full-rank factors, zero pruning.
 
     Factor-based methods replace every layer they can factor by the factored form at full rank
-    (FGA with the most groups its channels allow, SVD and Tucker-2 with the exact ranks, joint SVD
+    (FGA with the most groups its channels allow, SVD and Tucker-2 with the exact ranks, a 1x1 conv as
+    Tucker's low-rank pair at the kernel's full rank, joint SVD
     with shared full-rank bases); pruning methods and collaborative compression run at a target of
     1.0. Raises :class:`kerascomp.CompressionError` where the method refuses the model.
     """
@@ -434,9 +435,11 @@ def lossless(model: Any, method: str, x: np.ndarray) -> Any:
     elif method == "tucker":
         for name, spec in list(graph.layers.items()):
             if spec.class_name == "Conv2D" and spec.config.get("groups", 1) == 1 and len(graph.nodes_of(name)) == 1:
-                kernel = spec.weights[0]
-                if kernel.shape[:2] != (1, 1):
-                    factor_layer(graph, spec, (kernel.shape[2], kernel.shape[3]), 30, keras)
+                _, _, channels, filters = spec.weights[0].shape
+                if spec.weights[0].shape[:2] == (1, 1):  # a low-rank pair, at the kernel's full rank
+                    factor_layer(graph, spec, (min(channels, filters),) * 2, 30, keras)
+                else:
+                    factor_layer(graph, spec, (channels, filters), 30, keras)
     elif method in ("svd", "joint_svd"):
         variants = ("svd",) if method == "svd" else ("left", "right", "bi")
         options = joint_svd.SVDOptions(variant=variants[len(graph.layers) % len(variants)], min_saving=0.0,

@@ -227,16 +227,19 @@ def test_correlation_rewrites_a_group_read_by_a_separable_conv(keras):
     assert outcome.status == "ok" and outcome.measures["rewritten_layers"] > 0, outcome
 
 
-def test_a_full_rank_one_by_one_factor_counts_as_a_rewrite(keras):
-    """An 8 -> 16 1x1 conv factored at full rank keeps its name and kernel shape for the second factor;
-    the first factor it adds is what makes the check a rewrite."""
+@pytest.mark.parametrize("method", ["svd", "tucker"])
+def test_a_full_rank_one_by_one_factor_counts_as_a_rewrite(keras, method):
+    """An 8 -> 16 1x1 conv factored at full rank (svd; Tucker's low-rank pair) keeps its name and kernel
+    shape for the second factor; the first factor it adds is what makes the check a rewrite."""
     import kerascomp.testing as fuzz
 
     recipe = Recipe(True, (8, 8, 8), [
         ("conv", {"filters": 16, "kernel": 1, "strides": 1, "padding": "same", "use_bias": False,
                   "activation": "relu"})], head="gap", seed=7)
     model = build_model(recipe, keras)
-    rebuilt = fuzz.lossless(model, "svd", sample_inputs(model))
+    x = sample_inputs(model)
+    rebuilt = fuzz.lossless(model, method, x)
+    assert fuzz.relative_error(fuzz.outputs_of(rebuilt, x), fuzz.outputs_of(model, x)) < fuzz.LOSSLESS_TOLERANCE
     assert len(rebuilt.layers) == len(fuzz.round_trip(model).layers) + 1
     assert fuzz.rewritten_layers(fuzz.round_trip(model), rebuilt) == 1
 
