@@ -21,7 +21,9 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
   within 1e-4; for the pruning methods, the model pruned without data also matches an independent
   reference, the original with the cut channels zeroed (:func:`pruned_against_dead`); for fga, svd,
   tucker and joint_svd, the original with each factored kernel replaced by its factors' numpy product
-  (:func:`factored_against_composite`; for svd also checked to be the best rank-r approximation).
+  (:func:`factored_against_composite`; for svd also checked to be the best rank-r approximation); for
+  collaborative, both at once: cut channels zeroed where read, factored kernels replaced by their
+  factors' product (:func:`collaborative_against_reference`).
 
 Any other exception is a failure, reported with its traceback.
 """
@@ -971,6 +973,55 @@ def factored_against_composite(model: Any, method: str, target: float, x: Any,
     return relative_error(outputs_of(plain.model, x), outputs_of(reference, x)), factored
 
 
+def collaborative_against_reference(model: Any, target: float, x: Any) -> tuple[float, int] | None:
+    """The target stage's independent reference for collaborative compression: the method at ``target``
+    with the labelled ``x`` it needs for its sensitivities, but without reconstruction or BN recalibration,
+    against the *original* graph in which every channel its plan cuts is zeroed wherever a channel-mixing
+    layer reads it, and each conv it factors has its kernel replaced by the numpy product of its two
+    factors (kxk basis, 1x1 pointwise), put back at the kernel's kept input and output positions.
+    Returns ``(relative output error, convs pruned or factored)``, or None when the plan changed none."""
+    keras = module_for(read_model(model))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        result = kerascomp.compress(model, "collaborative", target_flops=target, verbose=0, loss=_mse_loss(keras),
+                                    data=(x, zero_labels(model, _rows(x))), reconstruct=False, recalibrate=False)
+    graph = read_model(model)
+    analysis = analyse_channels(graph, infer_shapes(graph))
+    removed: set[int] = set()
+    for entry in result.plan.layers:
+        for position in entry.removed_inputs or []:
+            group, channel = analysis.channel_of_atom[int(analysis.in_atoms[entry.layer][position])]
+            removed.update(int(atom) for atom in analysis.groups[group].channels[channel])
+    _zero_input_slices(graph, analysis, [name for name in graph.layers if graph.layers[name].class_name in _MIXING],
+                       removed)
+    compressed = {layer.name: layer for layer in result.model.layers}
+    changed = sum(1 for entry in result.plan.layers if entry.removed_inputs)
+    for entry in result.plan.layers:
+        basis = compressed.get(f"{entry.layer}_basis")
+        if basis is None:
+            continue
+        found = _plain_chain([basis, compressed[entry.layer]])
+        if found is None:
+            raise AssertionError(f"collaborative: {entry.layer}'s factors are not a plain kxk then 1x1 pair")
+        spec = graph.layers[entry.layer]
+        kept_in = np.array([i for i, atom in enumerate(analysis.in_atoms[entry.layer]) if int(atom) not in removed])
+        kept_out = np.array([i for i, atom in enumerate(analysis.out_atoms[entry.layer]) if int(atom) not in removed])
+        product = _chain_product(found[0])
+        if product.shape != spec.weights[0].shape[:2] + (len(kept_in), len(kept_out)):
+            raise AssertionError(f"collaborative: the factors of {entry.layer} multiply out to {product.shape}, not "
+                                 f"its kernel's kept {len(kept_in)} inputs and {len(kept_out)} outputs")
+        kernel = np.zeros_like(spec.weights[0])
+        kernel[:, :, kept_in[:, None], kept_out[None, :]] = product
+        weights = [kernel] + [w.copy() for w in spec.weights[1:]]
+        if found[1] is not None:
+            weights[1][kept_out] = found[1]
+        spec.weights = weights
+        changed += not entry.removed_inputs
+    if not changed:
+        return None
+    return relative_error(outputs_of(result.model, x), outputs_of(write_model(graph), x)), changed
+
+
 def _check_best_rank(name: str, original: np.ndarray, composite: np.ndarray) -> None:
     k_h, k_w, c_in, c_out = original.shape
     def matrix(kernel):  # rows (i, c), columns (j, o): a kx1 then 1xk pair is rank r here
@@ -1071,6 +1122,18 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
                     return outcomes + [Outcome(method, "failed", stage, f"the pruned model differs from the original "
                                                                         f"with the cut channels zeroed: relative "
                                                                         f"error {error:.2e}", measures)]
+        if method == "collaborative":
+            stage = "reference"
+            checked = collaborative_against_reference(model, target, x)
+            if checked is not None:
+                error, measures["reference_layers"] = checked
+                measures["reference_error"] = error
+                if error > LOSSLESS_TOLERANCE:
+                    return outcomes + [Outcome(method, "failed", stage, f"the compressed model differs from the "
+                                                                        f"original with the cut channels zeroed and "
+                                                                        f"each factored kernel replaced by its "
+                                                                        f"factors' product: relative error "
+                                                                        f"{error:.2e}", measures)]
         if method in REFERENCED_FACTORING:
             stage = "reference"
             checked = factored_against_composite(model, method, target, x)

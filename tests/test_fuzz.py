@@ -78,7 +78,7 @@ def test_a_mixed_graph_is_compressed_not_refused(keras, method, tmp_path):
     assert outcomes[0].measures["rewritten_layers"] > 0
     assert 0.3 < outcomes[1].measures["macs_ratio"] <= 0.5
     assert outcomes[1].measures["tflite_error"] < 1e-4
-    if method in ("l1", "correlation"):  # checked against the original with the cut channels zeroed
+    if method in ("l1", "correlation", "collaborative"):  # against the original with the cut channels zeroed
         assert outcomes[1].measures["reference_error"] < 1e-5
 
 
@@ -291,6 +291,24 @@ def test_the_collaborative_check_runs_its_own_factoring_and_catches_a_wrong_fact
     monkeypatch.setattr(collaborative, "factor_kernel", lossy)
     (outcome,) = fuzz.check_graph(model, "collaborative", target=None)
     assert outcome.status == "failed" and "relative output error" in outcome.detail, outcome
+
+
+def test_the_collaborative_reference_passes_and_catches_a_live_cut_channel_or_a_miswired_factor(keras, monkeypatch):
+    """Collaborative at 0.5 (reconstruction and recalibration off) matches the original with the channels its
+    plan cuts zeroed where they are read and each factored kernel replaced by its two factors' numpy product.
+    A reference that leaves the cut channels alive, or whose product is flipped in space, differs."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(MIXED, keras)
+    x = sample_inputs(model)
+    error, layers = fuzz.collaborative_against_reference(model, 0.5, x)
+    assert layers >= 5 and error < fuzz.LOSSLESS_TOLERANCE  # here: 2 convs lose inputs, 5 are factored
+    with monkeypatch.context() as patch:
+        patch.setattr(fuzz, "_zero_input_slices", lambda *args: None)
+        assert fuzz.collaborative_against_reference(model, 0.5, x)[0] > fuzz.LOSSLESS_TOLERANCE
+    product = fuzz._chain_product
+    monkeypatch.setattr(fuzz, "_chain_product", lambda factors: product(factors)[::-1, ::-1].copy())
+    assert fuzz.collaborative_against_reference(model, 0.5, x)[0] > fuzz.LOSSLESS_TOLERANCE
 
 
 @pytest.mark.parametrize("method", ["fga", "svd", "tucker"])
