@@ -149,7 +149,7 @@ def test_tile_steps_fall_back_to_4_then_1_on_a_small_model_and_the_plan_records_
     result = kerascomp.compress(model, method="auto", target_flops=0.5, verbose=0)
     assert result.report.macs_ratio <= 0.5 + 1e-9
     steps = (result.plan.settings["channel_multiple"], result.plan.settings["rank_multiple"])
-    assert steps in ((4, 4), (1, 1))
+    assert steps in ((4, 4), (1, 1)) and result.report.notes["tile_step"] == steps[0]
     again = kerascomp.clone_compressed(model, plan=result.plan, verbose=0)
     assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), result.model.get_weights()))
 

@@ -164,9 +164,11 @@ def test_rank_multiple_prefers_tiles_then_falls_back(small_resnet):
 
     half = kerascomp.compress(small_resnet, target_flops=0.5, verbose=0)
     assert factored(half) and all(d.detail["rank_multiple"] == 8 and d.detail["rank"] % 8 == 0 for d in factored(half))
+    assert half.report.notes["tile_step"] == 8  # the shared tile-step policy, as for every method
     low = kerascomp.compress(small_resnet, target_flops=0.2, verbose=0)
     assert low.report.macs_ratio <= 0.2
     assert all(d.detail["rank_multiple"] < 8 for d in factored(low))
     with pytest.raises(kerascomp.BudgetError):
         kerascomp.compress(small_resnet, target_flops=0.2, verbose=0, rank_multiple=8)
-    assert kerascomp.compress(small_resnet, target_flops=0.5, verbose=0, rank_multiple=1).report.macs_ratio <= 0.5
+    named = kerascomp.compress(small_resnet, target_flops=0.5, verbose=0, rank_multiple=1)
+    assert named.report.macs_ratio <= 0.5 and "tile_step" not in named.report.notes

@@ -50,7 +50,7 @@ from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
 from kerascomp.decompose.tucker import truncation_errors
 from kerascomp.decompose.whitening import whiten_kernel, whitener
-from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
+from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.channels import (
     ChannelAnalysis,
     ChannelGroup,
@@ -72,12 +72,12 @@ from kerascomp.methods.pruning import cost_tables, pruned_cost
 from kerascomp.methods.reconstruct import RIDGE
 from kerascomp.methods.registry import Context, Method
 from kerascomp.methods.sensitivity import conv_layers
+from kerascomp.methods.tiles import run_with_tile_steps
 from kerascomp.methods.tucker import factor_layer, tucker_cost
 from kerascomp.methods.whitening import input_moments, unwhiten_layer, whitened_spec, whitening_on
 
 FORMS = ("prune", "fga", "svd", "tucker")
 KINDS = ("dense",) + FORMS
-AUTO_MULTIPLES = (8, 4, 1)  # channel and rank steps tried in turn when the options leave them unset
 
 
 @dataclass(frozen=True)
@@ -482,28 +482,13 @@ def auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context:
               fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Choose every conv's form under ``budget`` (or realise a plan's ``fixed`` choices) and rewrite. A
     ``channel_multiple`` or ``rank_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget."""
-    unset = [name for name in ("channel_multiple", "rank_multiple") if getattr(options, name) is None]
     shapes = infer_shapes(graph)
     analysis = analyse_channels(graph, shapes)
     whiten = whitening_on(options.whiten, data, "auto")
-    moments: dict = {}  # conv name -> (energy, covariance), measured once for every attempt
-    if fixed is not None or not unset:
-        return _auto_pass(graph, shapes, analysis, budget, data, replace(options, **{name: 1 for name in unset}),
-                          context, fixed, moments, whiten)
-    for step in AUTO_MULTIPLES[:-1]:
-        try:
-            result, report = _auto_pass(graph, shapes, analysis, budget, data,
-                                        replace(options, **{name: step for name in unset}), context, None, moments,
-                                        whiten)
-        except BudgetError:
-            continue
-        report.resolved.update({name: step for name in unset})
-        return result, report
-    step = AUTO_MULTIPLES[-1]
-    result, report = _auto_pass(graph, shapes, analysis, budget, data,
-                                replace(options, **{name: step for name in unset}), context, None, moments, whiten)
-    report.resolved.update({name: step for name in unset})
-    return result, report
+    moments: dict = {}  # conv name -> (energy, covariance), measured once for every step tried
+    return run_with_tile_steps(lambda stepped: _auto_pass(graph, shapes, analysis, budget, data, stepped, context,
+                                                          fixed, moments, whiten),
+                               options, ("channel_multiple", "rank_multiple"), fixed)
 
 
 def _auto_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, data, options: AutoOptions,

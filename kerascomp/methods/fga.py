@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from kerascomp.allocation import Candidates, allocate, front_note
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import fga as fga_math
-from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
+from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
 from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import infer_shapes, module_for, sample_node_inputs
 from kerascomp.layers import layers_for
@@ -25,6 +25,7 @@ from kerascomp.methods.inputs import check_auto, check_bool, check_int, check_nu
 from kerascomp.methods.pointwise import ONE_BY_ONE, check_pointwise
 from kerascomp.methods.reconstruct import reconstruct_active
 from kerascomp.methods.registry import Context, Method
+from kerascomp.methods.tiles import first_step
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,6 @@ class _Layer:
     curves: dict[int, np.ndarray]
     options: list[tuple[int, int]] = field(default_factory=list)
     candidates: Candidates | None = None
-
-
-AUTO_RANK_MULTIPLES = (8, 4, 1)
 
 
 def _output_pixels(graph: Graph, shapes: dict, layer: str) -> int:
@@ -264,28 +262,30 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
     else:
         metric_total = before.macs if budget.metric == "flops" else before.params
     what = {"flops": "MACs", "params": "params", "latency": "estimated ms"}[budget.metric]
-    multiples = (options.rank_multiple,) if options.rank_multiple else AUTO_RANK_MULTIPLES
-    for attempt, rank_multiple in enumerate(multiples if fixed is None else ()):
-        for layer in layers:
-            layer.candidates = _candidates(layer, budget.metric, rank_multiple, latency)
-        payable = [layer for layer in layers if len(layer.options) > 1]
-        too_small = {layer.spec.name: "too small: no groups/rank choice is cheaper than the dense conv"
-                     for layer in layers if len(layer.options) == 1}
-        if not payable and budget.fraction < 1.0 and attempt == len(multiples) - 1:
-            listed = "; ".join(f"{name}: {reason}" for name, reason in {**reasons, **too_small}.items())
-            raise UnsupportedModelError(f"method='fga' found nothing to compress in model {graph.name!r} "
-                                        f"({listed or 'the model has no conv layers'}).")
-        compressible = sum(layer.candidates.cost[0] for layer in payable)
-        kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list({**reasons, **too_small}.items())[:6])
-        try:
+    tile_step = None
+    if fixed is None:
+        def allocate_at(stepped: FGAOptions) -> tuple:
+            """The allocation with ranks in multiples of ``stepped.rank_multiple`` (the candidates are kept)."""
+            for layer in layers:
+                layer.candidates = _candidates(layer, budget.metric, stepped.rank_multiple, latency)
+            payable = [layer for layer in layers if len(layer.options) > 1]
+            too_small = {layer.spec.name: "too small: no groups/rank choice is cheaper than the dense conv"
+                         for layer in layers if len(layer.options) == 1}
+            if not payable and budget.fraction < 1.0:
+                listed = "; ".join(f"{name}: {reason}" for name, reason in {**reasons, **too_small}.items())
+                raise UnsupportedModelError(f"method='fga' found nothing to compress in model {graph.name!r} "
+                                            f"({listed or 'the model has no conv layers'}).")
+            compressible = sum(layer.candidates.cost[0] for layer in payable)
+            kept_summary = ", ".join(f"{name} ({reason})" for name, reason in list({**reasons, **too_small}.items())[:6])
             hint = (f"Left alone: {kept_summary}." if kept_summary else "") + (
                 "" if options.pointwise else " pointwise=True also factors the 1x1 convs.")
             choice = allocate([layer.candidates for layer in payable], metric_total - compressible,
                               budget.fraction * metric_total, what=what, hint=hint, total=metric_total)
-            break
-        except BudgetError:
-            if attempt == len(multiples) - 1:
-                raise
+            return choice, payable, too_small, stepped.rank_multiple
+
+        # the shared tile-step policy (kerascomp.methods.tiles), run on the allocation alone so that every
+        # step reuses the curves and the whitening measured above
+        (choice, payable, too_small, rank_multiple), tile_step = first_step(allocate_at, options, ("rank_multiple",))
     reasons.update(too_small)
 
     result = graph.copy()
@@ -315,6 +315,8 @@ def fga_pass(graph: Graph, shapes: dict, budget: Budget, data=None, options: FGA
                "rank_multiple": rank_multiple}
     report = build_report("fga", budget, graph, result, shapes, rewritten, reasons, result_shapes=shapes,
                           choices=choices)
+    if tile_step is not None:
+        report.notes["tile_step"] = tile_step
     if latency is not None and fixed is None:
         planned = {}
         for layer, index in zip(payable, choice):
