@@ -64,3 +64,36 @@ def test_tucker_refuses_what_it_cannot_do(small_resnet, keras):
     dense_only = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
     with pytest.raises(kerascomp.UnsupportedModelError, match="found no Conv2D to decompose"):
         kerascomp.compress(dense_only, method="tucker", verbose=0)
+
+
+def test_tucker_ranks_snap_to_tiles_by_default_and_fall_back(small_resnet, keras):
+    """rank_multiple=None (the default) plans ranks in multiples of 8 (or a layer's full channel count), then
+    4, then 1 where the budget needs it; the step is in the report and the plan; rank_multiple=1 gives any rank."""
+    def ranks(result):
+        return [tuple(r) for r in result.report.choices["layers"].values()]
+
+    def full(layer_ranks, name, model):
+        _, _, channels, filters = model.get_layer(name).get_weights()[0].shape
+        return layer_ranks[0] in (channels, min(channels, filters)) or layer_ranks[1] == filters
+
+    tiled = kerascomp.compress(small_resnet, method="tucker", target_flops=0.5, verbose=0)
+    assert tiled.report.notes["tile_step"] == 8 and tiled.plan.settings["rank_multiple"] == 8
+    assert tiled.report.macs_ratio <= 0.5 and ranks(tiled)
+    assert all(r % 8 == 0 or full(rs, name, small_resnet)
+               for name, rs in tiled.report.choices["layers"].items() for r in rs)
+    free = kerascomp.compress(small_resnet, method="tucker", target_flops=0.5, verbose=0, rank_multiple=1)
+    assert any(r % 8 for rs in ranks(free) for r in rs)  # without the step, ranks fall between tiles
+    assert "tile_step" not in free.report.notes
+    again = kerascomp.clone_compressed(small_resnet, plan=tiled.plan, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), tiled.model.get_weights()))
+    for target, step in ((0.2, 4), (0.1, 1)):  # steps of 8 cannot reach these (1x1 convs left dense)
+        with pytest.raises(BudgetError, match="cannot reach"):
+            kerascomp.compress(small_resnet, method="tucker", target_flops=target, pointwise=False, rank_multiple=8,
+                               verbose=0)
+        fallen = kerascomp.compress(small_resnet, method="tucker", target_flops=target, pointwise=False, verbose=0)
+        assert fallen.report.notes["tile_step"] == step and fallen.report.macs_ratio <= target
+    with pytest.raises(BudgetError, match=r"ranks of 8 \(rank_multiple=8\)"):
+        kerascomp.compress(small_resnet, method="tucker", target_flops=0.05, allocation="uniform", rank_multiple=8,
+                           verbose=0)
+    with pytest.raises(InvalidArgumentError, match="rank_multiple must be an int >= 1"):
+        kerascomp.compress(small_resnet, method="tucker", target_flops=0.5, rank_multiple=0, verbose=0)

@@ -41,7 +41,11 @@ class TuckerOptions:
     default: only when the kxk convs alone cannot reach the budget); ``whiten``: decompose each kernel
     whitened by its input channels' covariance on ``data`` (``max_samples`` images), so that the ranks
     and factors follow the conv's output error (:mod:`kerascomp.methods.whitening`; ``"auto"``, the
-    default: whenever ``data`` is given; ``False``: the raw kernels, as before 2026-12-03)."""
+    default: whenever ``data`` is given; ``False``: the raw kernels, as before 2026-12-03);
+    ``rank_multiple``: both ranks are multiples of this, or the full channel count where that is smaller
+    (XNNPACK computes channels in tiles, so a rank of 6 costs about what 8 costs); ``None``, the
+    default since 2026-12-05: the first of 8, 4 and 1 that meets the budget
+    (:mod:`kerascomp.methods.tiles`)."""
 
     allocation: str = "global"
     pointwise: bool | str = "auto"
@@ -52,9 +56,12 @@ class TuckerOptions:
     bn_weighting: bool = False
     max_samples: int = 256
     whiten: bool | str = "auto"
+    rank_multiple: int | None = None
 
     def validate(self) -> None:
         check_choice("allocation", self.allocation, ALLOCATIONS)
+        if self.rank_multiple is not None:
+            check_int("rank_multiple", self.rank_multiple)
         check_auto("whiten", self.whiten)
         check_int("iterations", self.iterations)
         check_int("max_samples", self.max_samples)
@@ -80,11 +87,17 @@ def tucker_cost(kernel_shape: tuple[int, ...], ranks: tuple[int, int] | None, in
     return in_pixels * channels * r_in + out_pixels * (height * width * r_in * r_out + r_out * filters)
 
 
+def snap(value: float, step: int, full: int) -> int:
+    """``value`` rounded to a multiple of ``step`` (at least one step), capped at ``full``."""
+    return min(full, max(step, step * int(round(value / step))))
+
+
 @dataclass
 class _Layer:
     spec: LayerSpec
     in_pixels: int
     out_pixels: int
+    step: int = 1
 
     @property
     def pair(self) -> bool:
@@ -94,9 +107,9 @@ class _Layer:
     def ranks(self, rho: float) -> tuple[int, int]:
         _, _, channels, filters = self.spec.weights[0].shape
         if self.pair:
-            rank = max(1, int(round(rho * min(channels, filters))))
+            rank = snap(rho * min(channels, filters), self.step, min(channels, filters))
             return rank, rank
-        return max(1, int(round(rho * channels))), max(1, int(round(rho * filters)))
+        return snap(rho * channels, self.step, channels), snap(rho * filters, self.step, filters)
 
     def cost(self, ranks: tuple[int, int] | None, metric: str) -> int:
         return tucker_cost(self.spec.weights[0].shape, ranks, self.in_pixels, self.out_pixels, metric)
@@ -148,7 +161,7 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
         node = graph.nodes_of(name)[0]
         source = node.input_refs()[0]
         layers.append(_Layer(spec, int(np.prod(shapes[source.node][source.index][1:-1])),
-                             int(np.prod(shapes[node.name][0][1:-1]))))
+                             int(np.prod(shapes[node.name][0][1:-1])), options.rank_multiple or 1))
     if not layers:
         raise UnsupportedModelError(f"method='tucker' found no Conv2D to decompose in {graph.name!r} ("
                                     + "; ".join(f"{n}: {r}" for n, r in reasons.items()) + ").")
@@ -235,7 +248,8 @@ def _uniform(layers: list[_Layer], metric: str, fixed: float, goal: float, total
         return fixed + sum(layer.cost(layer.best(rho, metric), metric) for layer in layers)
 
     if cost(1e-6) > goal:
-        raise _budget_error(metric, cost(1e-6) / total, goal / total, reasons, pointwise)
+        raise _budget_error(metric, cost(1e-6) / total, goal / total, reasons, pointwise,
+                            layers[0].step if layers else 1)
     rho, _ = bisect(lambda rho: rho, lambda rho: cost(rho) <= goal, 1e-6, 1.0, None)
     return [layer.best(rho, metric) for layer in layers]
 
@@ -247,7 +261,8 @@ def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total:
         drop_in, drop_out = truncation_errors(layer.spec.weights[0])
         if layer.pair:  # one SVD: both unfoldings have its spectrum, and the pair drops its tail once
             top = min(layer.spec.weights[0].shape[2:])
-            choices = [None] + [(r, r) for r in range(1, top + 1) if layer.best_at(r, metric)]
+            choices = [None] + [(r, r) for r in dict.fromkeys(snap(r, layer.step, top) for r in range(1, top + 1))
+                                if layer.best_at(r, metric)]
         else:
             choices = [None] + list(dict.fromkeys(layer.best(rho, metric) for rho in RHOS if layer.best(rho, metric)))
         options.append(choices)
@@ -273,10 +288,12 @@ def _layer_ms(layer: _Layer, choices: list, latency) -> np.ndarray | None:
                      for c in choices], float)
 
 
-def _budget_error(metric: str, floor: float, goal: float, reasons: dict, pointwise: bool) -> BudgetError:
+def _budget_error(metric: str, floor: float, goal: float, reasons: dict, pointwise: bool,
+                  step: int = 1) -> BudgetError:
     what = "MACs" if metric == "flops" else "params"
     left = "; ".join(f"{n}: {r}" for n, r in list(reasons.items())[:5]) or "none"
-    return BudgetError(f"method='tucker' cannot reach target_{metric}={goal:.3g}: rank 1 everywhere still leaves "
+    lowest = "rank 1" if step == 1 else f"ranks of {step} (rank_multiple={step})"
+    return BudgetError(f"method='tucker' cannot reach target_{metric}={goal:.3g}: {lowest} everywhere still leaves "
                        f"{floor:.3f} of the {what}. Layers it cannot decompose: {left}. Raise the target"
                        + ("." if pointwise else " or pass pointwise=True to factor the 1x1 convs too."),
                        reachable=floor)
@@ -289,6 +306,7 @@ class TuckerMethod(Method):
     options_class = TuckerOptions
     latency_front = True
     cli_options = ("allocation", "pointwise")
+    tile_options = ("rank_multiple",)
 
     def run(self, graph: Graph, budget: Budget, data, options: TuckerOptions, context: Context,
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
