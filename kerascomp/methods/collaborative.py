@@ -57,6 +57,7 @@ from kerascomp.methods.registry import (
     method_inputs,
 )
 from kerascomp.methods.sensitivity import LayerSensitivity, layer_sensitivities
+from kerascomp.methods.tiles import first_step
 
 ALLOCATIONS = ("global", "uniform")
 MIXING = ("joint", "pruning_first")
@@ -100,6 +101,11 @@ class CollaborativeOptions:
             (the reference; smallest weight error) or ``"taylor"`` (highest gradient score).
         latency_checks: with ``target_latency`` and a host table, how many times the planned model is
             exported and timed against the original to correct the table's estimate (0: trust the table).
+        channel_multiple / rank_multiple: each conv keeps a multiple of this many input channels (its
+            group's producers as many outputs) and a rank that is a multiple of this (rounded down, at
+            least one step; all of a layer's channels where it has no more than a step). ``None``, the
+            default since 2026-12-05: the first of 8, 4 and 1 that meets the budget
+            (:mod:`kerascomp.methods.tiles`; the sensitivities are measured once for every step).
     """
 
     prune: bool = True
@@ -119,6 +125,8 @@ class CollaborativeOptions:
     objective: str = "flops"
     mixing: str = "joint"
     values: str = "largest"
+    channel_multiple: int | None = None
+    rank_multiple: int | None = None
 
     def validate(self) -> None:
         for name in ("prune", "decompose"):
@@ -139,6 +147,9 @@ class CollaborativeOptions:
         check_choice("objective", self.objective, OBJECTIVES)
         check_choice("values", self.values, VALUES)
         check_auto("recalibrate", self.recalibrate)
+        for name in ("channel_multiple", "rank_multiple"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
 
 
 def collaborative_options(options: dict) -> CollaborativeOptions:
@@ -228,6 +239,27 @@ def _choose(conv: _Conv, rate: float, latency=None, mixing: str = "joint") -> _C
     if not has_joint:
         return _Choice(np.zeros(0, int), None, 0.0)
     return _joint_choice(conv, joint.point(rate))
+
+
+def _snapped(conv: _Conv, choice: _Choice, channel_step: int, rank_step: int) -> _Choice:
+    """``choice`` with its kept input channels and its rank rounded down to multiples of the steps (at least one
+    step; the channels the curve removes first go first). A conv with no more channels than a step keeps them
+    all; a rank that reaches the kernel's full rank is dropped (the conv stays unfactored)."""
+    height, width, channels, filters = conv.shape
+    removed, rank = choice.removed, choice.rank
+    if channel_step > 1 and len(removed):
+        kept = channels - len(removed)
+        target = channels if channels <= channel_step else max(channel_step, kept // channel_step * channel_step)
+        joint, pruning = conv.sensitivity.joint, conv.sensitivity.pruning
+        order = joint.channel_order
+        if pruning is not None and set(removed.tolist()) == set(pruning.order[:len(removed)].tolist()):
+            order = pruning.order
+        removed = np.sort(np.asarray(order[:channels - target], dtype=np.int64))
+    if rank is not None and rank_step > 1:
+        rank = max(rank_step, rank // rank_step * rank_step)
+        if rank >= min(height * width * (channels - len(removed)), filters):
+            rank = None
+    return _Choice(removed, rank, choice.score)
 
 
 def _point_ms(conv: _Conv, latency) -> list[tuple[float, float, _Choice]]:
@@ -366,15 +398,35 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
         raise InvalidArgumentError("target_latency needs a latency table: pass latency=kerascomp.latency_table(model) "
                                    "or LatencyTable.from_bench_json(...) for a phone.")
     tables = cost_tables(graph, shapes, analysis)
+    sizes = _sizes(convs, metric, latency)
+
+    def plan_at(stepped: CollaborativeOptions) -> Plan:
+        """The plan with channels and ranks in multiples of ``stepped``'s steps (a BudgetError where they
+        cannot meet the budget), on the sensitivities measured above."""
+        return _plan_at_steps(graph, shapes, analysis, convs, reasons, budget, stepped, tables, metric, sizes,
+                              latency, measure)
+
+    result, step = first_step(plan_at, options, ("channel_multiple", "rank_multiple"))
+    if step is not None:
+        result.settings["tile_step"] = step
+    if metric == 2:
+        result.settings["latency_source"] = latency.source
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _plan_at_steps(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs: list[_Conv], reasons: dict[str, str],
+                   budget: Budget, options: CollaborativeOptions, tables, metric: int, sizes: np.ndarray, latency,
+                   measure) -> Plan:
+    channel_step, rank_step = options.channel_multiple or 1, options.rank_multiple or 1
 
     def realised(chosen: list[_Choice]) -> float:
         return _realised(tables, analysis, convs, chosen, metric, latency)
 
-    sizes = _sizes(convs, metric, latency)
-
     def decide(requested: float) -> tuple[np.ndarray, list[_Choice]]:
         rates = _rates(convs, requested, sizes, options)
-        return rates, [_choose(conv, rate, latency, options.mixing) for conv, rate in zip(convs, rates)]
+        return rates, [_snapped(conv, _choose(conv, rate, latency, options.mixing), channel_step, rank_step)
+                       for conv, rate in zip(convs, rates)]
 
     untouched = decide(0.0)
     before = realised(untouched[1])
@@ -386,7 +438,9 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
         raise BudgetError(
             f"method='collaborative' cannot reach target_{budget.metric}={budget.fraction}: compressing every conv "
             f"as far as it may leaves {floor / before:.3f} of the {what}. Binding layers: "
-            f"{_binding(convs, choices, reasons, graph, shapes)}. Raise the target or max_macs_fraction.")
+            f"{_binding(convs, choices, reasons, graph, shapes)}. Raise the target or max_macs_fraction"
+            + (f" (channels and ranks in multiples of {channel_step} and {rank_step}: channel_multiple=1, "
+               f"rank_multiple=1 allow any count)." if max(channel_step, rank_step) > 1 else "."))
 
     def solve(goal: float) -> tuple[np.ndarray, list[_Choice]]:
         """The least requested removal whose realised cost meets ``goal`` (bisection)."""
@@ -412,9 +466,7 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
             rates, choices = solve(goal)
     result = _plan(graph, shapes, analysis, convs, choices, rates, reasons, budget, options)[0]
     if metric == 2:
-        result.settings.update(latency_source=latency.source, estimated_latency_ratio=realised(choices) / before,
-                               latency_checks_done=checks)
-    result.seconds = time.perf_counter() - started
+        result.settings.update(estimated_latency_ratio=realised(choices) / before, latency_checks_done=checks)
     return result
 
 
@@ -523,7 +575,9 @@ def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
                  for e in applied.layers]
     report = CompressionReport("collaborative", Budget(plan.metric, plan.target), decisions, applied.macs_before,
                                applied.macs_after, applied.params_before, applied.params_after,
-                               notes={"planned_in_s": round(plan.seconds, 1)},
+                               notes={"planned_in_s": round(plan.seconds, 1),
+                                      **({"tile_step": plan.settings["tile_step"]} if "tile_step" in plan.settings
+                                         else {})},
                                kept_outputs=kept_outputs(analysis, _removal(graph, analysis, applied)))
     return result, report
 

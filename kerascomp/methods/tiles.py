@@ -5,9 +5,10 @@ XNNPACK computes output channels in tiles (8 or 16 wide on x86 and Arm), so a co
 channels, or factored to rank 6, runs at about the speed of the next tile. With a step left ``None``,
 a method plans with counts and ranks in multiples of 8; if the budget cannot be met that way, with
 multiples of 4, then of 1. One mechanism, used by :meth:`kerascomp.methods.registry.Method.weighted_run`
-for every method that names its step options in ``Method.tile_options``; FGA and auto call
-:func:`first_step` and :func:`run_with_tile_steps` from inside their ``run``, so that the steps they
-try reuse what they measured once (FGA's curves, auto's input moments). The step taken is recorded
+for every method that names its step options in ``Method.tile_options`` (l1, correlation, svd,
+joint_svd, tucker); FGA, auto and collaborative call :func:`first_step` and :func:`run_with_tile_steps`
+from inside their ``run`` or ``plan``, so that the steps they try reuse what they measured once (FGA's
+curves, auto's input moments, collaborative's gradient sensitivities). The step taken is recorded
 in the report (``notes["tile_step"]``) and in the plan's settings; a plan's fixed choices carry their
 own counts and ranks, so applying one needs no step.
 """
