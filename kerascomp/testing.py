@@ -704,8 +704,8 @@ def _collaborative_rewrite(model: Any, x: Any) -> tuple[Any, Any] | None:
 
 
 # mild, so that a group rarely loses more than half its channels (pairs cannot cover it); the first that the
-# method reaches by cutting something is checked
-TWIN_CHECK_TARGETS = (0.85, 0.95)
+# method reaches by cutting something, and no group by more than half, is checked
+TWIN_CHECK_TARGETS = (0.85, 0.95, 0.98)
 
 
 def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]], silenced: Sequence[str] = ()) -> Any | None:
@@ -767,28 +767,26 @@ def correlation_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
     channel of each duplicate pair and nothing else, each folded into its twin, and compute what the
     copy computes. A separable conv that reads a group is not compensated (its depthwise kernels cannot
     absorb a partner), so in the copy it reads neither channel of a pair. Returns ``(twins, pruned)``, or
-    None where the check does not apply (nothing cut, a group cut by more than half its prunable channels,
-    or duplicates that cannot be exact);
+    None where the check does not apply (nothing cut, or a group cut by more than half its prunable channels,
+    at every target; duplicates that cannot be exact);
     raises :class:`AssertionError` when other channels are cut."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
-        for target in TWIN_CHECK_TARGETS:
+        graph = read_model(model)
+        groups = analyse_channels(graph, infer_shapes(graph)).groups
+        for target in TWIN_CHECK_TARGETS:  # the first that cuts something, by no more than half of any group
             try:
                 first = kerascomp.compress(model, "correlation", target_flops=target, verbose=0)
             except CompressionError:
                 continue
             cut = {int(g): len(entry["removed"]) for g, entry in first.report.choices.get("groups", {}).items()}
-            if cut:
+            if cut and all(2 * count <= len(groups[index].prunable()) for index, count in cut.items()):
                 break
         else:
             return None
-        graph = read_model(model)
-        groups = analyse_channels(graph, infer_shapes(graph)).groups
         pairs, separable = {}, []
         for index, count in cut.items():
             prunable = groups[index].prunable()
-            if 2 * count > len(prunable):
-                return None
             pairs[index] = [(prunable[2 * i + 1], prunable[2 * i]) for i in range(count)]
             # a separable consumer is not compensated (its per-channel depthwise kernels cannot absorb a
             # partner), so in the copy it reads neither channel of a pair: cutting either is then exact there
