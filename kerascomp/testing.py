@@ -23,7 +23,7 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
   tucker and joint_svd, the original with each factored kernel replaced by its factors' numpy product
   (:func:`factored_against_composite`; for svd also checked to be the best rank-r approximation); for
   collaborative, both at once: cut channels zeroed where read, factored kernels replaced by their
-  factors' product (:func:`collaborative_against_reference`).
+  factors' product (:func:`collaborative_against_reference`; for auto, :func:`auto_against_reference`).
 
 Any other exception is a failure, reported with its traceback.
 """
@@ -1020,6 +1020,52 @@ def collaborative_against_reference(model: Any, target: float, x: Any) -> tuple[
     return relative_error(outputs_of(result.model, x), outputs_of(write_model(graph), x)), changed
 
 
+def auto_against_reference(model: Any, target: float, x: Any) -> tuple[float, int] | None:
+    """The target stage's independent reference for ``method="auto"``: auto at ``target`` without data (nothing
+    refit or recalibrated) against the *original* graph in which the channels its pruned units cut are zeroed
+    wherever a channel-mixing layer reads them, and each conv it factors (FGA, SVD or Tucker-2 form, by its
+    plan) has its kernel replaced by the numpy product of the factors (:func:`_composite`). Auto never prunes
+    and factors the same conv, so every composite has the original kernel's shape. Returns ``(relative output
+    error, convs cut or factored)``, or None when the plan changed none."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        result = kerascomp.compress(model, "auto", target_flops=target, verbose=0)
+    graph = read_model(model)
+    analysis = analyse_channels(graph, infer_shapes(graph))
+    kept = result.report.kept_outputs
+    removed = {int(atom) for name, channels in kept.items()
+               for position, atom in enumerate(analysis.out_atoms.get(name, ())) if position not in set(channels)}
+    _zero_input_slices(graph, analysis, [name for name in graph.layers if graph.layers[name].class_name in _MIXING],
+                       removed)
+    compressed = {layer.name: layer for layer in result.model.layers}
+    forms = result.report.choices.get("layers", {})
+    for name, form in forms.items():
+        composite = _composite(form[0], compressed, name)
+        spec = graph.layers[name]
+        if composite is None or composite[0].shape != spec.weights[0].shape:
+            raise AssertionError(f"auto: {name}'s {form[0]} factors are not where its plan puts them, or do not "
+                                 f"multiply out to its kernel's shape {spec.weights[0].shape}")
+        kernel, bias = composite
+        if len(spec.weights) > 1:
+            spec.weights = [kernel, np.zeros_like(spec.weights[1]) if bias is None else bias]
+        elif bias is not None and np.any(bias):
+            raise AssertionError(f"auto: the factors of {name} hold a bias the original conv lacks")
+        else:
+            spec.weights = [kernel]
+    changed = len(forms) + len({name for name in kept if graph.layers[name].class_name in _MIXING})
+    if not changed:
+        return None
+    return relative_error(outputs_of(result.model, x), outputs_of(write_model(graph), x)), changed
+
+
+# methods whose target stage is checked against a reference that both zeroes cut channels and multiplies out
+# factors: the function, and what its reference is
+MIXED_REFERENCES = {
+    "collaborative": (collaborative_against_reference, "its factors' product"),
+    "auto": (auto_against_reference, "its factors' product (FGA, SVD or Tucker-2 by the plan)"),
+}
+
+
 def _check_best_rank(name: str, original: np.ndarray, composite: np.ndarray) -> None:
     k_h, k_w, c_in, c_out = original.shape
     def matrix(kernel):  # rows (i, c), columns (j, o): a kx1 then 1xk pair is rank r here
@@ -1120,18 +1166,18 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
                     return outcomes + [Outcome(method, "failed", stage, f"the pruned model differs from the original "
                                                                         f"with the cut channels zeroed: relative "
                                                                         f"error {error:.2e}", measures)]
-        if method == "collaborative":
+        if method in MIXED_REFERENCES:
             stage = "reference"
-            checked = collaborative_against_reference(model, target, x)
+            reference, what = MIXED_REFERENCES[method]
+            checked = reference(model, target, x)
             if checked is not None:
                 error, measures["reference_layers"] = checked
                 measures["reference_error"] = error
                 if error > LOSSLESS_TOLERANCE:
                     return outcomes + [Outcome(method, "failed", stage, f"the compressed model differs from the "
                                                                         f"original with the cut channels zeroed and "
-                                                                        f"each factored kernel replaced by its "
-                                                                        f"factors' product: relative error "
-                                                                        f"{error:.2e}", measures)]
+                                                                        f"each factored kernel replaced by {what}: "
+                                                                        f"relative error {error:.2e}", measures)]
         if method in REFERENCED_FACTORING:
             stage = "reference"
             checked = factored_against_composite(model, method, target, x)

@@ -78,7 +78,7 @@ def test_a_mixed_graph_is_compressed_not_refused(keras, method, tmp_path):
     assert outcomes[0].measures["rewritten_layers"] > 0
     assert 0.3 < outcomes[1].measures["macs_ratio"] <= 0.5
     assert outcomes[1].measures["tflite_error"] < 1e-4
-    if method in ("l1", "correlation", "collaborative"):  # against the original with the cut channels zeroed
+    if method in ("l1", "correlation", "collaborative", "auto"):  # against the original, cut channels zeroed
         assert outcomes[1].measures["reference_error"] < 1e-5
 
 
@@ -309,6 +309,28 @@ def test_the_collaborative_reference_passes_and_catches_a_live_cut_channel_or_a_
     product = fuzz._chain_product
     monkeypatch.setattr(fuzz, "_chain_product", lambda factors: product(factors)[::-1, ::-1].copy())
     assert fuzz.collaborative_against_reference(model, 0.5, x)[0] > fuzz.LOSSLESS_TOLERANCE
+
+
+def test_the_auto_reference_passes_and_catches_a_live_cut_channel_or_a_miswired_factor(keras, monkeypatch):
+    """method="auto" at 0.5 (here: two ResNet units pruned, one conv in FGA form) matches the original with the
+    cut channels zeroed where read and the factored kernel replaced by its factors' numpy product; a
+    reference with the cut channels alive, or with the product flipped in space, differs."""
+    import kerascomp.testing as fuzz
+
+    model = build_model(MIXED, keras)
+    x = sample_inputs(model)
+    error, layers = fuzz.auto_against_reference(model, 0.5, x)
+    assert layers >= 2 and error < fuzz.LOSSLESS_TOLERANCE
+    with monkeypatch.context() as patch:
+        patch.setattr(fuzz, "_zero_input_slices", lambda *args: None)
+        assert fuzz.auto_against_reference(model, 0.5, x)[0] > fuzz.LOSSLESS_TOLERANCE
+    composite = fuzz._composite
+
+    def flipped(*args):
+        found = composite(*args)
+        return None if found is None else (found[0][::-1, ::-1].copy(), found[1])
+    monkeypatch.setattr(fuzz, "_composite", flipped)
+    assert fuzz.auto_against_reference(model, 0.5, x)[0] > fuzz.LOSSLESS_TOLERANCE
 
 
 @pytest.mark.parametrize("method", ["fga", "svd", "tucker"])
