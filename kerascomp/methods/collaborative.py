@@ -102,7 +102,7 @@ class CollaborativeOptions:
         latency_checks: with ``target_latency`` and a host table, how many times the planned model is
             exported and timed against the original to correct the table's estimate (0: trust the table).
         channel_multiple / rank_multiple: each conv keeps a multiple of this many input channels (its
-            group's producers as many outputs) and a rank that is a multiple of this (rounded down, at
+            group's producers as many outputs) and a rank that is a multiple of this (the nearest, at
             least one step; all of a layer's channels where it has no more than a step). ``None``, the
             default since 2026-12-05: the first of 8, 4 and 1 that meets the budget
             (:mod:`kerascomp.methods.tiles`; the sensitivities are measured once for every step).
@@ -242,21 +242,28 @@ def _choose(conv: _Conv, rate: float, latency=None, mixing: str = "joint") -> _C
 
 
 def _snapped(conv: _Conv, choice: _Choice, channel_step: int, rank_step: int) -> _Choice:
-    """``choice`` with its kept input channels and its rank rounded down to multiples of the steps (at least one
-    step; the channels the curve removes first go first). A conv with no more channels than a step keeps them
-    all; a rank that reaches the kernel's full rank is dropped (the conv stays unfactored)."""
+    """``choice`` with its kept input channels and its rank rounded to the nearest multiples of the steps (at
+    least one step; the channels the curve removes first go first). A conv with no more channels than a step
+    keeps them all; a rank that reaches the kernel's full rank is dropped (the conv stays unfactored). The
+    rate solver's bisection then meets the budget with the rounded counts. (Rounding down instead cut a
+    16-channel conv asked to lose one channel to 8: 21% top-1 before finetuning at a quarter of the MACs on
+    the trained ResNet-20, against 45% with any count.)"""
     height, width, channels, filters = conv.shape
     removed, rank = choice.removed, choice.rank
     if channel_step > 1 and len(removed):
         kept = channels - len(removed)
-        target = channels if channels <= channel_step else max(channel_step, kept // channel_step * channel_step)
+        target = channels if channels <= channel_step else \
+            min(channels, max(channel_step, int(np.floor(kept / channel_step + 0.5)) * channel_step))
         joint, pruning = conv.sensitivity.joint, conv.sensitivity.pruning
         order = joint.channel_order
         if pruning is not None and set(removed.tolist()) == set(pruning.order[:len(removed)].tolist()):
             order = pruning.order
+        # a trajectory stops at max_macs_fraction: the channels past its end follow, cheapest first
+        rest = pruning.order if pruning is not None else np.arange(channels)
+        order = list(dict.fromkeys([int(c) for c in order] + [int(c) for c in rest]))
         removed = np.sort(np.asarray(order[:channels - target], dtype=np.int64))
     if rank is not None and rank_step > 1:
-        rank = max(rank_step, rank // rank_step * rank_step)
+        rank = max(rank_step, int(np.floor(rank / rank_step + 0.5)) * rank_step)
         if rank >= min(height * width * (channels - len(removed)), filters):
             rank = None
     return _Choice(removed, rank, choice.score)
