@@ -303,20 +303,20 @@ def test_rate_and_mixing_options_are_checked(options, match):
         CollaborativeOptions(**options).validate()
 
 
-def test_channels_and_ranks_snap_to_tiles_by_default(keras, small_resnet, labelled):
-    """channel_multiple=None and rank_multiple=None (the defaults): kept channel counts and ranks are multiples
-    of 8 (the first step of 8, 4, 1 that meets the budget), from sensitivities measured once; the step is in
-    the report and the plan, which re-applies; steps of 1 give counts between tiles."""
+def test_channels_and_ranks_snap_to_tiles_when_asked(keras, small_resnet, labelled):
+    """channel_multiple=None and rank_multiple=None: kept channel counts and ranks are multiples of 8 (the first
+    step of 8, 4, 1 that meets the budget), from sensitivities measured once; the step is in the report and
+    the plan, which re-applies; the default steps of 1 give counts between tiles."""
     import kerascomp
 
-    tiled = kerascomp.compress(small_resnet, "collaborative", target_flops=0.3, data=labelled, verbose=0)
+    tiled = kerascomp.compress(small_resnet, "collaborative", target_flops=0.3, data=labelled, verbose=0,
+                               channel_multiple=None, rank_multiple=None)
     assert tiled.report.notes["tile_step"] == 8 and tiled.plan.settings["channel_multiple"] == 8
     assert tiled.report.macs_ratio <= 0.3
     counts = [len(kept) for kept in tiled.report.kept_outputs.values()]
     ranks = [entry.rank for entry in tiled.plan.layers if entry.rank is not None]
     assert counts and ranks and all(count % 8 == 0 for count in counts) and all(rank % 8 == 0 for rank in ranks)
-    free = kerascomp.compress(small_resnet, "collaborative", target_flops=0.3, data=labelled, verbose=0,
-                              channel_multiple=1, rank_multiple=1)
+    free = kerascomp.compress(small_resnet, "collaborative", target_flops=0.3, data=labelled, verbose=0)
     assert "tile_step" not in free.report.notes
     assert any(len(kept) % 8 for kept in free.report.kept_outputs.values()) or \
         any(entry.rank % 8 for entry in free.plan.layers if entry.rank is not None)
