@@ -1058,14 +1058,6 @@ def auto_against_reference(model: Any, target: float, x: Any) -> tuple[float, in
     return relative_error(outputs_of(result.model, x), outputs_of(write_model(graph), x)), changed
 
 
-# methods whose target stage is checked against a reference that both zeroes cut channels and multiplies out
-# factors: the function, and what its reference is
-MIXED_REFERENCES = {
-    "collaborative": (collaborative_against_reference, "its factors' product"),
-    "auto": (auto_against_reference, "its factors' product (FGA, SVD or Tucker-2 by the plan)"),
-}
-
-
 def _check_best_rank(name: str, original: np.ndarray, composite: np.ndarray) -> None:
     k_h, k_w, c_in, c_out = original.shape
     def matrix(kernel):  # rows (i, c), columns (j, o): a kx1 then 1xk pair is rank r here
@@ -1097,6 +1089,27 @@ LOSSLESS_CHECKS = {
     "l1": lambda model, x: pruning_lossless(model, "l1"),  # dead filters score 0
     "correlation": correlation_lossless,  # exact duplicates are the most correlated pairs
     "collaborative": collaborative_lossless,
+}
+
+
+def _pruned_reference(model: Any, method: str, target: float, x: Any) -> tuple[float, None] | None:
+    error = pruned_against_dead(model, method, target, x)
+    return None if error is None else (error, None)
+
+
+_PRODUCT = "each factored kernel replaced by its factors' product"
+# the target stage's independent reference per method: (check(model, method, target, x) -> (relative error,
+# layers checked or None) or None where it does not apply, what a failure says)
+TARGET_REFERENCES = {
+    **{method: (_pruned_reference, "the pruned model differs from the original with the cut channels zeroed")
+       for method in REFERENCED_PRUNING},
+    **{method: (lambda model, method, target, x: factored_against_composite(model, method, target, x),
+                f"the factored model differs from the original with {_PRODUCT}") for method in REFERENCED_FACTORING},
+    "collaborative": (lambda model, method, target, x: collaborative_against_reference(model, target, x),
+                      f"the compressed model differs from the original with the cut channels zeroed and {_PRODUCT}"),
+    "auto": (lambda model, method, target, x: auto_against_reference(model, target, x),
+             f"the compressed model differs from the original with the cut channels zeroed and {_PRODUCT} (FGA, "
+             f"SVD or Tucker-2 by the plan)"),
 }
 
 
@@ -1157,38 +1170,18 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
         if result.report.macs_ratio > target + 1e-9 or abs(real - result.report.macs_ratio) > 1e-9:
             return outcomes + [Outcome(method, "failed", stage, f"MACs ratio {result.report.macs_ratio} (measured "
                                                                 f"{real}) for target {target}", measures)]
-        if method in REFERENCED_PRUNING:
+        if method in TARGET_REFERENCES:
             stage = "reference"
-            error = pruned_against_dead(model, method, target, x)
-            if error is not None:
-                measures["reference_error"] = error
-                if error > LOSSLESS_TOLERANCE:
-                    return outcomes + [Outcome(method, "failed", stage, f"the pruned model differs from the original "
-                                                                        f"with the cut channels zeroed: relative "
-                                                                        f"error {error:.2e}", measures)]
-        if method in MIXED_REFERENCES:
-            stage = "reference"
-            reference, what = MIXED_REFERENCES[method]
-            checked = reference(model, target, x)
+            reference, what = TARGET_REFERENCES[method]
+            checked = reference(model, method, target, x)
             if checked is not None:
-                error, measures["reference_layers"] = checked
+                error, layers = checked
                 measures["reference_error"] = error
+                if layers is not None:
+                    measures["reference_layers"] = layers
                 if error > LOSSLESS_TOLERANCE:
-                    return outcomes + [Outcome(method, "failed", stage, f"the compressed model differs from the "
-                                                                        f"original with the cut channels zeroed and "
-                                                                        f"each factored kernel replaced by {what}: "
-                                                                        f"relative error {error:.2e}", measures)]
-        if method in REFERENCED_FACTORING:
-            stage = "reference"
-            checked = factored_against_composite(model, method, target, x)
-            if checked is not None:
-                error, measures["reference_layers"] = checked
-                measures["reference_error"] = error
-                if error > LOSSLESS_TOLERANCE:
-                    return outcomes + [Outcome(method, "failed", stage, f"the factored model differs from the "
-                                                                        f"original with each factored kernel "
-                                                                        f"replaced by its factors' product: "
-                                                                        f"relative error {error:.2e}", measures)]
+                    return outcomes + [Outcome(method, "failed", stage, f"{what}: relative error {error:.2e}",
+                                               measures)]
         stage = "fit"
         small = result.model
         small.compile(keras.optimizers.SGD(1e-3), "mse")
