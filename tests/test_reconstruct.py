@@ -10,7 +10,7 @@ import kerascomp
 from kerascomp.decompose.ridge import Moments
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.keras_io import read_model
-from kerascomp.methods.reconstruct import design, find_units, linear_map
+from kerascomp.methods.reconstruct import _submodel, design, find_units, linear_map
 from kerascomp.zoo import cifar_resnet
 
 
@@ -109,6 +109,24 @@ def test_reconstruction_never_worsens_a_layer_and_brings_the_outputs_closer(trai
     error_raw = np.abs(raw.model.predict(held_out, verbose=0) - reference).mean()
     error_fixed = np.abs(fixed.model.predict(held_out, verbose=0) - reference).mean()
     assert error_fixed < error_raw
+
+
+def test_the_original_inputs_cached_in_one_pass_give_the_same_refits(trained, monkeypatch):
+    """Over ``CACHE_BYTES``, each unit runs the original model up to itself again: same numbers."""
+    from kerascomp.methods import reconstruct as module
+
+    model, x = trained
+    calls = []
+    monkeypatch.setattr(module, "_submodel", lambda *args: calls.append(args[2]) or _submodel(*args))
+    cached = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=96)
+    units = [row.detail for row in cached.report.layers if "output_error_before" in row.detail]
+    assert units and len(calls) == len(units)  # the compressed model's prefix only
+    monkeypatch.setattr(module, "CACHE_BYTES", 0)
+    again = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=96)
+    assert len(calls) == 3 * len(units)  # then the original's prefix too
+    assert units == [row.detail for row in again.report.layers if "output_error_before" in row.detail]
+    for a, b in zip(cached.model.get_weights(), again.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_reconstruction_is_a_no_op_when_the_rewrite_is_exact(trained):

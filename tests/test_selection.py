@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from kerascomp.decompose.selection import contribution_gram, greedy_removal, group_gram, removal_error
+from kerascomp.decompose.selection import contribution_gram, greedy_removal, group_gram, removal_error, surgeon_order
 
 
 def test_contribution_gram_is_the_gram_of_per_channel_contributions():
@@ -41,3 +41,51 @@ def test_greedy_uses_the_coupling_and_not_only_the_diagonal():
     assert greedy_removal(np.diag([3.0, 1.0, 2.0, 0.5]), 2, np.array([0, 1, 2])) == [1, 2]
     with pytest.raises(ValueError, match="cannot remove 4 of 3"):
         greedy_removal(gram, 4, np.arange(3))
+
+
+def _surgeon_full(moments, rows):
+    """The Optimal-Brain-Surgeon greedy written plainly: full matrices updated at every step."""
+    precision, refit = np.linalg.inv(moments), rows.astype(np.float64).copy()
+    alive = np.ones(len(rows), bool)
+    order, costs = [], []
+    for _ in range(len(rows) - 1):
+        cost = np.full(len(rows), np.inf)
+        cost[alive] = (refit[alive] ** 2).sum(axis=1) / np.diag(precision)[alive]
+        cut = int(np.argmin(cost))
+        column = precision[:, cut].copy()
+        refit -= np.outer(column, refit[cut]) / precision[cut, cut]
+        precision -= np.outer(column, column) / precision[cut, cut]
+        alive[cut] = False
+        order.append(cut)
+        costs.append(cost[cut])
+    return np.array(order + [int(np.flatnonzero(alive)[0])]), np.array(costs)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_surgeon_order_matches_the_full_matrix_greedy(seed):
+    rng = np.random.default_rng(seed)
+    size, width = 40, 24
+    inputs = rng.normal(size=(400, size)) @ rng.normal(size=(size, size))  # correlated channels
+    moments = inputs.T @ inputs / 400 + 1e-3 * np.eye(size)
+    rows = rng.normal(size=(size, width))
+    rows[[3, 11, 29]] = 0.0  # three channels the consumer ignores: equal (zero) costs, cut first, lowest first
+    order, costs = surgeon_order(moments, rows)
+    expected, expected_costs = _surgeon_full(moments, rows)
+    assert order[:3].tolist() == [3, 11, 29]
+    np.testing.assert_array_equal(order, expected)
+    np.testing.assert_allclose(costs[:-1], expected_costs, rtol=1e-9, atol=1e-12)
+    assert np.isnan(costs[-1]) and sorted(order.tolist()) == list(range(size))
+
+
+def test_surgeon_cost_is_the_error_left_after_the_refit():
+    """Cutting one channel of two perfectly correlated ones costs (almost) nothing: the refit moves its
+    weight onto its twin; a plain norm criterion would not see that."""
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=(500, 3))
+    inputs = np.column_stack([signal, signal[:, 0]])  # channel 3 copies channel 0
+    moments = inputs.T @ inputs / 500 + 1e-6 * np.eye(4)
+    rows = np.array([[5.0, 1.0], [0.3, 0.1], [0.2, 0.4], [4.0, -2.0]])  # the twins carry the largest weights
+    order, costs = surgeon_order(moments, rows)
+    assert order[0] in (0, 3) and costs[0] < 1e-3 * costs[1]
+    with pytest.raises(ValueError, match="do not fit"):
+        surgeon_order(moments[:3, :3], rows)

@@ -67,3 +67,37 @@ def test_whiten_without_data_or_for_joint_factors_is_refused_by_name(module_resn
         kerascomp.compress(module_resnet, method="joint_svd", target_params=0.6, whiten=True, verbose=0)
     with pytest.raises(InvalidArgumentError, match="whiten"):
         kerascomp.compress(module_resnet, method="svd", target_flops=0.6, whiten="yes", verbose=0)
+
+
+def test_input_moments_are_measured_once_per_model_and_data(keras, monkeypatch):
+    """svd runs at several tile steps, with and without its 1x1 convs: each conv's moments are sampled once,
+    again only for other data or other weights, and the shared arrays cannot be changed in place."""
+    from kerascomp.graph.keras_io import infer_shapes, read_model
+    from kerascomp.methods import whitening
+
+    keras.utils.set_random_seed(0)
+    model = cifar_resnet(depth=8, width=16, input_shape=(16, 16, 3), keras_module=keras)
+    x = np.random.default_rng(0).uniform(0, 255, (32, 16, 16, 3)).astype("float32")
+    measured = []
+    real = whitening._measure_moments
+    monkeypatch.setattr(whitening, "_measure_moments", lambda graph, shapes, names, *rest: measured.append(
+        list(names)) or real(graph, shapes, names, *rest))
+    monkeypatch.setattr(whitening, "_MOMENTS", {})
+    kerascomp.compress(model, "svd", target_flops=0.5, data=x, verbose=0, pointwise=True)
+    names = [name for call in measured for name in call]
+    assert names and len(names) == len(set(names))  # no conv sampled twice
+    kerascomp.compress(model, "svd", target_flops=0.5, data=x, verbose=0, pointwise=True)
+    assert [name for call in measured for name in call] == names  # the second compression samples nothing
+    kerascomp.compress(model, "svd", target_flops=0.5, data=x[::-1].copy(), verbose=0, pointwise=True)
+    assert len([name for call in measured for name in call]) == 2 * len(names)  # other data: sampled again
+    graph = read_model(model)
+    whitening.input_moments(graph, infer_shapes(graph), names[:1], x, 32)
+    calls = len(measured)
+    again = read_model(model)
+    whitening.input_moments(again, infer_shapes(again), names[:1], x, 32)
+    assert len(measured) == calls  # the same model read again: known
+    again.layers[names[0]].weights[0] = again.layers[names[0]].weights[0] * 2
+    moments = whitening.input_moments(again, infer_shapes(again), names[:1], x, 32)
+    assert len(measured) == calls + 1  # other weights: sampled again
+    with pytest.raises(ValueError, match="read-only"):
+        moments[names[0]][1][0, 0] = 1.0

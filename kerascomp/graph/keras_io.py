@@ -370,7 +370,7 @@ def _leaf_key(leaf: Any) -> str:
     return repr(leaf)
 
 
-def _structure_key(graph: Graph) -> str:
+def structure_key(graph: Graph) -> str:
     """What a node's output shapes depend on: the wiring, every layer's class, config and weight shapes,
     the input specs and the flavour (not the weights' values)."""
     digest = hashlib.sha1()
@@ -391,7 +391,7 @@ def infer_shapes(graph: Graph) -> dict[str, list[tuple]]:
 
     Building creates (and initialises) every layer, seconds for a ResNet50; a method asks for the
     shapes of the same structure several times, so they are kept for the last few structures."""
-    key = _structure_key(graph)
+    key = structure_key(graph)
     if key not in _SHAPE_CACHE:
         _, tensors = _call_graph(graph, module_for(graph))
         if len(_SHAPE_CACHE) >= _SHAPE_CACHE_SIZE:

@@ -48,6 +48,7 @@ from kerascomp.allocation import Candidates, allocate, latency_front
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
+from kerascomp.decompose.selection import surgeon_order
 from kerascomp.decompose.tucker import truncation_errors
 from kerascomp.decompose.whitening import whiten_kernel, whitener
 from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
@@ -321,9 +322,8 @@ def removal_order(consumer: _Conv, positions: np.ndarray) -> tuple[np.ndarray, n
 
     With a covariance, each step cuts the channel whose loss the refit of the consumer on the kept channels
     (the shared reconstruction step) makes good best, and counts the error left after that refit: the
-    Optimal-Brain-Surgeon step on the covariance ``S`` with the refit's ridge (``P = S^-1``, ``B`` the refit kernel rows):
-    cutting channel ``j`` costs ``|B_j|^2 / P_jj``, then ``B -= P_:j B_j / P_jj`` and ``P -= P_:j P_j: / P_jj``.
-    Taps are taken as uncorrelated (one ``S`` for all). Without one, channels go by the energy of their
+    Optimal-Brain-Surgeon greedy (:func:`kerascomp.decompose.selection.surgeon_order`) on the covariance with
+    the refit's ridge. Taps are taken as uncorrelated (one ``S`` for all). Without one, channels go by the energy of their
     weighted input slices, least first, with no credit for the refit."""
     kernel = consumer.spec.weights[0].astype(np.float64)
     rows = np.stack([kernel[:, :, place, :].ravel() for place in positions])  # (group channels, taps x filters)
@@ -336,23 +336,9 @@ def removal_order(consumer: _Conv, positions: np.ndarray) -> tuple[np.ndarray, n
     moments = consumer.covariance[np.ix_(positions, positions)]
     moments = moments + RIDGE * max(float(np.trace(moments)) / size, 1e-30) * np.eye(size)  # the refit's ridge
     total = max(float(np.sum((moments @ rows) * rows)), 1e-30)
-    precision, refit = np.linalg.inv(moments), rows.copy()
-    alive = np.ones(size, bool)
-    order, errors = [], [0.0]
-    for _ in range(size - 1):
-        diagonal = np.diag(precision)
-        cost = np.full(size, np.inf)
-        cost[alive] = (refit[alive] ** 2).sum(axis=1) / np.maximum(diagonal[alive], 1e-300)
-        cut = int(np.argmin(cost))
-        column = precision[:, cut].copy()
-        refit -= np.outer(column, refit[cut]) / precision[cut, cut]
-        precision -= np.outer(column, column) / precision[cut, cut]
-        alive[cut] = False
-        order.append(cut)
-        errors.append(errors[-1] + float(cost[cut]))
-    order.append(int(np.flatnonzero(alive)[0]))
-    errors.append(1.0)
-    return np.array(order), np.minimum(np.array(errors) / total, 1.0)
+    order, costs = surgeon_order(moments, rows)
+    errors = np.concatenate([[0.0], np.cumsum(costs[:-1]), [total]])  # all cut: the whole output lost
+    return order, np.minimum(errors / total, 1.0)
 
 
 def _pair_options(unit: _Unit, own: list[list[_Option]]) -> list[_Option]:

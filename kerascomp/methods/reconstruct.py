@@ -12,7 +12,8 @@ channels it kept, both for collaborative) by ridge least squares, so that its pr
   corrects the error of the layers before it;
 * the targets come from the original model;
 * memory is bounded: only the Gram matrices are kept (:class:`kerascomp.decompose.ridge.Moments`),
-  summed over batches of the data;
+  summed over batches of the data, and the original model's inputs to the units (which no refit
+  changes) are computed in one pass only when they fit in ``CACHE_BYTES``, else again for each unit;
 * a refit is kept only when it lowers the layer's output error on the data; the report shows the
   error before and after (relative to the spread of the original output).
 
@@ -39,6 +40,7 @@ REFITTABLE = ("Conv2D", "Dense", "FilterGroupConv2D")  # layers whose last map r
 RIDGE = 1e-3  # relative to the mean diagonal of the Gram matrix (see Moments.solve)
 BATCH = 64
 MAX_ROWS = 60000  # activation rows (pixels x images) per unit in its Gram matrix, sampled evenly over the batches
+CACHE_BYTES = 512 << 20  # the original model's unit inputs, all computed in one pass when they fit in this many bytes
 MAX_FEATURES = 8192  # a kxk conv over more input channels than this (kh*kw*C) is not refit: its Gram is too big
 
 
@@ -219,6 +221,22 @@ def _probe(graph: Graph, nodes: list[str]) -> Any:
     return write_model(probe)
 
 
+def _original_inputs(model: Any, data: Any, samples: int) -> list[list[np.ndarray]] | None:
+    """Every unit's input in the original model, per batch, from one pass, when they fit in
+    ``CACHE_BYTES`` (they do not change as units are refit, so each unit would otherwise run the
+    original model up to itself again); ``None`` when they do not fit."""
+    rows = min(samples, len(data[0] if isinstance(data, list) else data))
+    per_row = sum(int(np.prod([d or 1 for d in tuple(output.shape)[1:]])) for output in model.outputs)
+    if rows * per_row * 4 > CACHE_BYTES:
+        return None
+    cached = []
+    for batch in _batches(data, samples):
+        outputs = model(batch, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        cached.append([np.asarray(output) for output in outputs])
+    return cached
+
+
 def _submodel(keras, model: Any, positions: list[int]) -> Any:
     return keras.Model(model.inputs, [model.outputs[p] for p in positions])
 
@@ -239,16 +257,22 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
     batches = -(-min(samples, len(data[0] if isinstance(data, list) else data)) // BATCH)
     per_batch = -(-MAX_ROWS // max(batches, 1))
     rng = np.random.default_rng(seed)
+    cached = _original_inputs(original_model, data, samples)
     for unit in tqdm(units, desc="reconstruct", disable=not verbose):
         spec = result.layers[unit.layer]
         positions = [position[name] for name in unit.nodes]
-        inputs_now, inputs_then = _submodel(keras, compressed_model, positions), _submodel(keras, original_model, positions)
+        inputs_now = _submodel(keras, compressed_model, positions)
+        inputs_then = None if cached is not None else _submodel(keras, original_model, positions)
         weights, bias = linear_map(spec)
         moments = Moments.zeros(weights.shape[0], weights.shape[1])
-        for batch in _batches(data, samples):
-            now, then = inputs_now(batch, training=False), inputs_then(batch, training=False)
+        for index, batch in enumerate(_batches(data, samples)):
+            now = inputs_now(batch, training=False)
             now = now if isinstance(now, (list, tuple)) else [now]
-            then = then if isinstance(then, (list, tuple)) else [then]
+            if cached is not None:
+                then = [cached[index][p] for p in positions]
+            else:
+                then = inputs_then(batch, training=False)
+                then = then if isinstance(then, (list, tuple)) else [then]
             for x_now, x_then, source, kept in zip(now, then, unit.originals, unit.outputs):
                 targets = linear_output(original.layers[source], np.asarray(x_then))
                 if kept is not None:

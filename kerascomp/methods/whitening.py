@@ -8,6 +8,7 @@ and allocates by is then the whitened truncation error: the estimated relative o
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +17,8 @@ from tqdm.auto import tqdm
 from kerascomp.decompose.whitening import unwhiten_factor, whiten_kernel, whitener
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph, LayerSpec
-from kerascomp.graph.keras_io import sample_node_inputs
+from kerascomp.graph.keras_io import sample_node_inputs, structure_key
+from kerascomp.methods.base import fingerprint
 
 SAMPLE_BYTES = 512 * 2 ** 20  # activations sampled at once (a 224x224 model's early layers hold hundreds of MB)
 MOMENT_ROWS = 200_000  # activation rows (pixels) per conv its input covariance is estimated on
@@ -35,7 +37,41 @@ def input_moments(graph: Graph, shapes: dict, names: list[str], data, max_sample
                   verbose: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """For each named conv (called once), ``(energy, covariance)`` of its input channels on up to
     ``max_samples`` images of ``data``: the mean squared activation per channel and, with ``covariance``,
-    the channels' second-moment matrix (on at most ``MOMENT_ROWS`` pixels, drawn with a fixed seed)."""
+    the channels' second-moment matrix (on at most ``MOMENT_ROWS`` pixels, drawn with a fixed seed).
+
+    The moments of the last few (model, data) pairs are kept: a method that runs several times on the same
+    model (at several tile steps, with and without its 1x1 convs) measures each conv once."""
+    key = _moments_key(graph, data, max_samples, covariance)
+    known = _MOMENTS.pop(key, {})
+    _MOMENTS[key] = known  # the most recent last
+    while len(_MOMENTS) > _MOMENTS_KEPT:
+        _MOMENTS.pop(next(iter(_MOMENTS)))
+    missing = [name for name in names if name not in known]
+    if missing:
+        for name, measured in _measure_moments(graph, shapes, missing, data, max_samples, covariance, verbose).items():
+            for array in measured:
+                if array is not None:
+                    array.setflags(write=False)  # shared between calls: a caller must not change it in place
+            known[name] = measured
+    return {name: known[name] for name in names}
+
+
+_MOMENTS: dict[str, dict] = {}
+_MOMENTS_KEPT = 2
+
+
+def _moments_key(graph: Graph, data, max_samples: int, covariance: bool) -> str:
+    """What the moments depend on: the model (wiring, layers and weights) and the rows of data used."""
+    digest = hashlib.sha256(f"{fingerprint(graph)}:{structure_key(graph)}:{max_samples}:{covariance}".encode())
+    for array in data if isinstance(data, list) else [data]:
+        rows = np.ascontiguousarray(np.asarray(array)[:max_samples])
+        digest.update(f"{rows.shape}:{rows.dtype}".encode())
+        digest.update(rows.tobytes())
+    return digest.hexdigest()
+
+
+def _measure_moments(graph: Graph, shapes: dict, names: list[str], data, max_samples: int, covariance: bool,
+                     verbose: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     chunks, chunk, held = [], [], 0
     for name in names:
         ref = graph.nodes_of(name)[0].input_refs()[0]
