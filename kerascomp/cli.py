@@ -75,7 +75,21 @@ def _method_options(method, args) -> dict:
         raise InvalidArgumentError(f"{' and '.join(tables)} only steer a latency target for method {method.name!r}: "
                                    f"add --target-latency FRACTION (under --target-flops/--target-params only "
                                    f"{', '.join(guards)} use a table, to keep the forms it times faster).")
-    return {name: getattr(args, name) for name in method.cli_options if getattr(args, name, None) is not None}
+    options = {name: getattr(args, name) for name in method.cli_options if getattr(args, name, None) is not None}
+    return {name: None if value == "auto" else value for name, value in options.items()}  # None: the tile policy
+
+
+def _step(text: str) -> int | str:
+    """``--channel-multiple`` / ``--rank-multiple``: a positive integer, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def _targets(args) -> dict:
@@ -326,6 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="joint_svd: one joint group per regex over layer names (repeatable); default: automatic")
     compress.add_argument("--max-fraction", type=float, default=None,
                           help="pruning: at most this fraction of a group's channels is removed (default 0.8)")
+    compress.add_argument("--channel-multiple", type=_step, default=None, metavar="N|auto",
+                          help="l1, correlation, collaborative, auto: pruned layers keep a multiple of N channels; "
+                               "auto: 8, else 4, else 1, the first that meets the target (default for all but "
+                               "collaborative, whose default is 1)")
+    compress.add_argument("--rank-multiple", type=_step, default=None, metavar="N|auto",
+                          help="fga, svd, joint_svd, tucker, collaborative, auto: ranks are multiples of N; auto as "
+                               "for --channel-multiple")
     compress.add_argument("--plan", help="apply this plan JSON (kerascomp plan, or --plan-json of an earlier run) "
                                          "instead of planning; the method is the plan's")
     _add_target_arguments(compress)

@@ -112,6 +112,8 @@ def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
     ("fga", ["--sensitivity", "taylor"], "--sensitivity is used by collaborative"),
     ("fga", ["--allocation", "global"], "--allocation is used by collaborative, correlation, joint_svd, l1, svd, tucker"),
     ("collaborative", ["--max-fraction", "0.5", "--pointwise"], "does not use --max-fraction, --pointwise"),
+    ("l1", ["--rank-multiple", "8"], "--rank-multiple is used by auto, collaborative, fga, joint_svd, svd, tucker"),
+    ("svd", ["--channel-multiple", "auto"], "--channel-multiple is used by auto, collaborative, correlation, l1"),
 ])
 def test_compress_refuses_a_flag_the_method_does_not_use(model_file, tmp_path, capsys, method, flags, named):
     out = tmp_path / "x.keras"
@@ -119,6 +121,28 @@ def test_compress_refuses_a_flag_the_method_does_not_use(model_file, tmp_path, c
     error = capsys.readouterr().err
     assert f"method {method!r} does not use" in error and named in error
     assert not out.exists()
+
+
+def test_tile_steps_reach_the_method_and_bad_steps_are_refused(model_file, tmp_path, monkeypatch, capsys):
+    import kerascomp
+
+    seen = []
+    real = kerascomp.compress
+    monkeypatch.setattr(kerascomp, "compress", lambda *args, **kwargs: seen.append(kwargs) or real(*args, **kwargs))
+    report = tmp_path / "report.json"
+    for step, expected in (("4", 4), ("auto", None)):
+        assert main(["compress", str(model_file), "--method", "tucker", "--rank-multiple", step, "-q",
+                     "--target-flops", "0.6", "-o", str(tmp_path / "x.keras"), "--report-json", str(report)]) == 0
+        assert seen[-1]["rank_multiple"] == expected
+        notes = json.loads(report.read_text())["notes"]
+        assert notes["tile_step"] in (8, 4, 1) if expected is None else "tile_step" not in notes  # fixed: no search
+    assert main(["compress", str(model_file), "--method", "l1", "--channel-multiple", "2", "-q",
+                 "--target-flops", "0.6", "-o", str(tmp_path / "x.keras")]) == 0
+    assert seen[-1]["channel_multiple"] == 2
+    for bad in ("0", "eight"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["compress", str(model_file), "--method", "l1", "--channel-multiple", bad, "-o", str(tmp_path / "y.keras")])
+        assert exit_.value.code == 2 and "expected a positive integer or 'auto'" in capsys.readouterr().err
 
 
 def test_latency_table_without_a_latency_target_is_refused_where_it_means_nothing(model_file, tmp_path, capsys):

@@ -654,7 +654,7 @@ class AutoMethod(Method):
     options_class = AutoOptions
     uses_latency = True
     latency_front = True
-    cli_options = ("min_channels_per_group", "pointwise")
+    cli_options = ("min_channels_per_group", "pointwise", "channel_multiple", "rank_multiple")
 
     def run(self, graph: Graph, budget: Budget, data, options: AutoOptions, context: Context,
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:

@@ -602,7 +602,7 @@ class CollaborativeMethod(Method):
     uses_loss = True
     uses_latency = True
     checks_latency = True  # latency_checks: its own measured corrections
-    cli_options = ("sensitivity", "allocation")
+    cli_options = ("sensitivity", "allocation", "channel_multiple", "rank_multiple")
     renamed = {"max_fraction": "max_macs_fraction"}
 
     def plan(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:

@@ -339,7 +339,7 @@ class FGAMethod(Method):
     options_class = FGAOptions
     uses_latency = True
     latency_front = True
-    cli_options = ("min_channels_per_group", "pointwise")
+    cli_options = ("min_channels_per_group", "pointwise", "rank_multiple")
 
     def run(self, graph: Graph, budget: Budget, data, options: FGAOptions, context: Context,
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:

@@ -677,13 +677,13 @@ class SVDMethod(Method):
 
     options_class = SVDOptions
     latency_front = True
-    cli_options = ("allocation", "pointwise", "variant", "groups")
+    cli_options = ("allocation", "pointwise", "variant", "groups", "rank_multiple")
     tile_options = ("rank_multiple",)
 
     def __init__(self, name: str) -> None:
         self.name = name
         if name == "svd":
-            self.cli_options = ("allocation", "pointwise")
+            self.cli_options = ("allocation", "pointwise", "rank_multiple")
 
     def make_options(self, options: dict | None = None) -> SVDOptions:
         built = build_options(SVDOptions, dict(options or {}), self.name, validate=False)

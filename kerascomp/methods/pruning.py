@@ -561,7 +561,7 @@ class PruningMethod(Method):
     (``steps``: the order in which they go); coupling, allocation and removal are common."""
 
     options_class = PruneOptions
-    cli_options = ("allocation", "max_fraction")
+    cli_options = ("allocation", "max_fraction", "channel_multiple")
     tile_options = ("channel_multiple",)
     pairs = False  # whether steps pair each dropped channel with a kept partner (compensation)
 

@@ -305,7 +305,7 @@ class TuckerMethod(Method):
     name = "tucker"
     options_class = TuckerOptions
     latency_front = True
-    cli_options = ("allocation", "pointwise")
+    cli_options = ("allocation", "pointwise", "rank_multiple")
     tile_options = ("rank_multiple",)
 
     def run(self, graph: Graph, budget: Budget, data, options: TuckerOptions, context: Context,
