@@ -129,6 +129,22 @@ def test_the_original_inputs_cached_in_one_pass_give_the_same_refits(trained, mo
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_too_few_rows_are_not_refit_and_the_report_says_why(trained):
+    """Four images give the last stage (4x4 pixels, 3x3 convs over 32-64 channels) 64 rows for up to 576
+    weights per output: those layers keep their truncated weights; the stem (16x16 pixels) is refit."""
+    model, x = trained
+    few = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=4)
+    rows = {row.layer: row.detail for row in few.report.layers
+            if "output_error_before" in row.detail}
+    skipped = {name: detail for name, detail in rows.items() if "not_refit" in detail}
+    assert skipped and len(skipped) < len(rows)
+    assert all(not d["refit"] and d["output_error_after"] == d["output_error_before"] for d in skipped.values())
+    assert all("activation rows for" in d["not_refit"] and "reconstruct_samples" in d["not_refit"]
+               for d in skipped.values())
+    enough = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=192)
+    assert not any("not_refit" in row.detail for row in enough.report.layers)
+
+
 def test_reconstruction_is_a_no_op_when_the_rewrite_is_exact(trained):
     model, x = trained
     plan = kerascomp.plan(model, method="tucker", target_flops=0.7, verbose=0)

@@ -14,8 +14,12 @@ channels it kept, both for collaborative) by ridge least squares, so that its pr
 * memory is bounded: only the Gram matrices are kept (:class:`kerascomp.decompose.ridge.Moments`),
   summed over batches of the data, and the original model's inputs to the units (which no refit
   changes) are computed in one pass only when they fit in ``CACHE_BYTES``, else again for each unit;
-* a refit is kept only when it lowers the layer's output error on the data; the report shows the
-  error before and after (relative to the spread of the original output).
+* a refit is kept only when it lowers the layer's output error on the data, and only on at least
+  ``ROWS_PER_WEIGHT`` activation rows (pixels x images) per weight of an output: with fewer, the least
+  squares fit the calibration rows exactly, noise included (a 1x1-pixel layer of a 32x32 MobileNetV2 on
+  16 images has 16 rows for up to 8,640 weights), and the refit weights amplify float rounding; the
+  report shows the error before and after (relative to the spread of the original output), and why a
+  layer was not refit.
 
 The units are found by comparing the two graphs (:func:`find_units`), so any method that keeps the
 node names of the layers it rewrites, as every built-in does, gets reconstruction for free. A method
@@ -41,6 +45,7 @@ RIDGE = 1e-3  # relative to the mean diagonal of the Gram matrix (see Moments.so
 BATCH = 64
 MAX_ROWS = 60000  # activation rows (pixels x images) per unit in its Gram matrix, sampled evenly over the batches
 CACHE_BYTES = 512 << 20  # the original model's unit inputs, all computed in one pass when they fit in this many bytes
+ROWS_PER_WEIGHT = 2  # a layer is refit only on at least this many activation rows per weight of an output
 MAX_FEATURES = 8192  # a kxk conv over more input channels than this (kh*kw*C) is not refit: its Gram is too big
 
 
@@ -286,7 +291,8 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
         new_weights, new_bias = moments.solve(RIDGE, fit_bias)
         before, after = moments.residual(weights, bias), moments.residual(new_weights, new_bias)
         spread = max(moments.spread(), 1e-30)
-        refit = after < before
+        few = moments.count < ROWS_PER_WEIGHT * weights.shape[0]  # it would fit the calibration rows, noise and all
+        refit = after < before and not few
         if refit:
             _set_map(spec, new_weights, new_bias)
             changed = [unit.layer]
@@ -299,7 +305,11 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
                 if name in probed:
                     compressed_model.get_layer(name).set_weights(result.layers[name].weights)
         detail = {"output_error_before": round(float(np.sqrt(before / spread)), 5),
-                  "output_error_after": round(float(np.sqrt(min(after, before) / spread)), 5), "refit": bool(refit)}
+                  "output_error_after": round(float(np.sqrt((after if refit else before) / spread)), 5), "refit": bool(refit)}
+        if few:
+            detail["not_refit"] = (f"{moments.count} activation rows for {weights.shape[0]} weights per output: "
+                                   f"fewer than {ROWS_PER_WEIGHT}x, a refit would fit the calibration data's noise "
+                                   "(pass more data or a larger reconstruct_samples)")
         if len(unit.nodes) > 1:
             detail["refit_jointly_with"] = sorted(set(unit.originals))
         details.update({source: dict(detail) for source in unit.originals})
