@@ -14,6 +14,7 @@ from kerascomp.decompose.collaborative import (
     kept_fraction,
     multi_step_curve,
     singular_value_scores,
+    thin_svd,
     values_to_keep,
 )
 from kerascomp.errors import InvalidArgumentError
@@ -325,3 +326,19 @@ def test_channels_and_ranks_snap_to_tiles_when_asked(keras, small_resnet, labell
     with pytest.raises(InvalidArgumentError, match="channel_multiple must be an int >= 1"):
         kerascomp.compress(small_resnet, "collaborative", target_flops=0.5, data=labelled, channel_multiple=0,
                            verbose=0)
+
+
+@pytest.mark.parametrize("shape", [(130, 128), (128, 130), (40, 200), (200, 40), (30, 20)])
+def test_thin_svd_matches_lapack_on_tall_square_and_wide_matrices(shape):
+    """Through the Gram of the shorter side (the tall case: a square 1x1 conv after its first channel
+    removal), the same values, orthonormal vectors and reconstruction as np.linalg.svd."""
+    rng = np.random.default_rng(sum(shape))
+    matrix = rng.normal(size=shape) * np.linspace(0.1, 3.0, shape[1])
+    left, values, right = thin_svd(matrix)
+    expected = np.linalg.svd(matrix, compute_uv=False)
+    rank = min(shape)
+    assert left.shape == (shape[0], rank) and values.shape == (rank,) and right.shape == (rank, shape[1])
+    np.testing.assert_allclose(values, expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(left.T @ left, np.eye(rank), atol=1e-9)
+    np.testing.assert_allclose(right @ right.T, np.eye(rank), atol=1e-9)
+    np.testing.assert_allclose((left * values) @ right, matrix, atol=1e-10)
