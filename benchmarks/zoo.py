@@ -6,7 +6,7 @@
     # writes benchmarks/results/zoo.{json,md}; cases already in the JSON are skipped
     # (--fresh redoes them all, --redo-failed the failed ones, --redo MobileNetV2 that model's)
 
-Each model is built with ``weights=None``, ``classes=10``, logits out (``classifier_activation=None``:
+Each model is built with ``weights=None`` (seeded: every case of a model compresses the same weights), ``classes=10``, logits out (``classifier_activation=None``:
 a saturated softmax would make the parity check vacuous) and the smallest input its family
 accepts (32x32, or 75x75 for Inception, 71x71 for Xception), its BatchNormalization statistics
 measured on 16 random images in [0, 255] (at their initial values some random-weight models give the
@@ -16,7 +16,9 @@ in its own process with a time limit
 method: ``kerascomp.compress(target_flops=--target, data=those images)`` (collaborative gets
 random labels), then ``strip``, ``export_tflite`` (its LiteRT parity check runs the file on 4 of
 the images) and a
-3-run LiteRT benchmark. An outcome is **ok** (exported, .tflite within 1e-4 of Keras), **refused**
+3-run LiteRT benchmark. An outcome is **ok** (exported, .tflite relative error under 1e-4, or under 3x
+the uncompressed model's own error on the same images where that is larger: a random-weight ResNet50
+at 32x32 is already at 2-3e-4 before any compression; ``original_tflite_error`` records it), **refused**
 (a kerascomp error, with its message), or **failed**: any other exception (an internal traceback),
 a broken budget, a parity error or a changed input model. A model whose methods run past the time
 limit marks the unfinished ones **timeout**.
@@ -40,6 +42,8 @@ FAMILIES = ["ConvNeXtTiny", "DenseNet121", "EfficientNetB0", "EfficientNetV2B0",
             "MobileNet", "MobileNetV2", "MobileNetV3Small", "NASNetMobile", "ResNet50", "ResNet50V2", "VGG16",
             "Xception"]
 MIN_SIZE = {"InceptionV3": 75, "InceptionResNetV2": 75, "Xception": 71}
+PARITY = 1e-4  # .tflite relative error a case must stay under, or PARITY_FACTOR x the uncompressed model's own
+PARITY_FACTOR = 3  # (random weights at 32x32 with BN from 16 images: ResNet50's own error is 2-3e-4)
 CASE_LIMIT_S = 120  # what a user may wait for one model and method at the smallest input
 
 
@@ -53,16 +57,55 @@ def application_names(keras) -> list[str]:
     return sorted(names)
 
 
-def run_case(keras, name: str, method: str, target: float, folder: Path) -> dict:
+def input_size(name: str) -> int:
+    return next((s for prefix, s in MIN_SIZE.items() if name.startswith(prefix)), 32)
+
+
+def build_model(keras, name: str, size: int):
+    """The model every case of ``name`` compresses (seeded: the same weights in every case) and its 16 images."""
+    import numpy as np
+
+    from kerascomp.graph.keras_io import read_model, write_model
+    from kerascomp.methods.calibrate import recalibrate_batchnorm
+
+    keras.utils.set_random_seed(0)
+    build = getattr(keras.applications, name)
+    try:  # logits: a saturated softmax of random weights would make the parity check vacuous
+        model = build(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
+    except TypeError:
+        model = build(weights=None, input_shape=(size, size, 3), classes=10)
+    x = np.random.default_rng(0).uniform(0, 255, (16, size, size, 3)).astype("float32")
+    # BN statistics from the images: at its initial statistics a random-weight MobileNetV2's logits are
+    # ~1e-11 and equal for every input, and a parity check on them proves nothing
+    return write_model(recalibrate_batchnorm(read_model(model), x)[0]), x
+
+
+def original_parity(keras, name: str, folder: Path) -> float | None:
+    """The uncompressed model's own .tflite relative error on the same images (None if it cannot export)."""
+    import kerascomp
+
+    try:
+        model, x = build_model(keras, name, input_size(name))
+        exported = kerascomp.export_tflite(model, folder / f"{name}_original.tflite", representative_data=x[:4])
+    except Exception:  # noqa: BLE001 - a model that cannot export shows in every case's own outcome
+        return None
+    os.unlink(exported.path)
+    return float(exported.relative_error)
+
+
+def run_case(keras, name: str, method: str, target: float, folder: Path, original_error: float | None = None) -> dict:
     """One (model, method) case, in this process; ``case_s`` is its wall time, building the model included."""
-    size = next((s for prefix, s in MIN_SIZE.items() if name.startswith(prefix)), 32)
+    size = input_size(name)
     case = {"model": name, "method": method, "input": size}
+    if original_error is not None:
+        case["original_tflite_error"] = float(f"{original_error:.3g}")
     began = time.perf_counter()
-    case, status = _case(keras, name, method, target, folder, case)
+    case, status = _case(keras, name, method, target, folder, case, original_error)
     return {**case, **status, "case_s": round(time.perf_counter() - began, 1)}
 
 
-def _case(keras, name: str, method: str, target: float, folder: Path, case: dict) -> tuple[dict, dict]:
+def _case(keras, name: str, method: str, target: float, folder: Path, case: dict,
+          original_error: float | None = None) -> tuple[dict, dict]:
     """``run_case``'s work: (the measures, the outcome: status, stage and message)."""
     import traceback
 
@@ -70,22 +113,12 @@ def _case(keras, name: str, method: str, target: float, folder: Path, case: dict
 
     import kerascomp
     from kerascomp.errors import CompressionError
-    from kerascomp.graph.keras_io import read_model, write_model
-    from kerascomp.methods.calibrate import recalibrate_batchnorm
 
     size = case["input"]
     stage = "build"
     try:
-        build = getattr(keras.applications, name)
-        try:  # logits: a saturated softmax of random weights would make the parity check vacuous
-            model = build(weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None)
-        except TypeError:
-            model = build(weights=None, input_shape=(size, size, 3), classes=10)
+        model, x = build_model(keras, name, size)
         rng = np.random.default_rng(0)
-        x = rng.uniform(0, 255, (16, size, size, 3)).astype("float32")
-        # BN statistics from the images: at its initial statistics a random-weight MobileNetV2's logits are
-        # ~1e-11 and equal for every input, and a parity check on them proves nothing
-        model = write_model(recalibrate_batchnorm(read_model(model), x)[0])
         logits = np.asarray(model(x[:4]))
         case["output_spread"] = float(f"{np.std(logits, axis=0).mean() / (np.abs(logits).mean() + 1e-30):.3g}")
         before = [w.copy() for w in model.get_weights()]
@@ -120,8 +153,10 @@ def _case(keras, name: str, method: str, target: float, folder: Path, case: dict
         case["export_s"] = round(time.perf_counter() - started, 1)
         case["tflite_kib"] = round(exported.size_bytes / 1024, 1)
         case["tflite_error"] = float(f"{exported.relative_error:.3g}")
-        if not exported.relative_error < 1e-4:
-            return case, {"status": "failed", "stage": stage, "message": f"parity {exported.relative_error:.3g}"}
+        tolerance = max(PARITY, PARITY_FACTOR * (original_error or 0.0))
+        if not exported.relative_error < tolerance:
+            return case, {"status": "failed", "stage": stage,
+                          "message": f"parity {exported.relative_error:.3g} (tolerance {tolerance:.3g})"}
         stage = "run"
         kerascomp.benchmark_tflite(exported.path, runs=3, warmup=1)
         os.unlink(exported.path)
@@ -139,8 +174,9 @@ def worker(name: str, methods: list[str], target: float) -> None:
 
     keras = default_keras()
     with tempfile.TemporaryDirectory(prefix="kerascomp-zoo-") as folder:
+        baseline = original_parity(keras, name, Path(folder))
         for method in methods:
-            case = run_case(keras, name, method, target, Path(folder))
+            case = run_case(keras, name, method, target, Path(folder), baseline)
             print("CASE " + json.dumps(case), flush=True)
 
 
