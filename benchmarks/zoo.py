@@ -296,8 +296,9 @@ def markdown(record: dict) -> str:
                         for c in cases if c["status"] != "ok")
     return (f"# keras.applications sweep (Keras {record['keras']})\n\nCommand: `{record['command']}`\n\n"
             f"Target: {record['target_flops']} of the MACs. Each cell: ok (with the realised MACs ratio), refused "
-            f"(a kerascomp error), FAILED (an internal error, a broken budget or parity) or timeout (the model's "
-            f"methods ran past --timeout).\n\n"
+            f"(a kerascomp error), FAILED (an internal error, a broken budget or parity: .tflite relative error "
+            f"over max({PARITY:g}, {PARITY_FACTOR}x the uncompressed model's own, where a case records it) or "
+            f"timeout (the model's methods ran past --timeout).\n\n"
             f"**{totals['ok']} ok, {totals['refused']} refused, {totals['failed']} failed, {totals['timeout']} timed "
             f"out** of {len(cases)} cases "
             f"on {len(models)} models ({record.get('flavour', 'keras')}; {record.get('cpu', 'CPU not recorded')}).\n\n"
