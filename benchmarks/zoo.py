@@ -218,6 +218,8 @@ def main(argv=None) -> int:
     from kerascomp.bench.host import host_cpu
     from kerascomp.graph.flavour import legacy_requested
 
+    earlier = record.get("commands") or ([record["command"]] if record.get("command") else [])
+    record["commands"] = earlier + [command_line("benchmarks.zoo")]  # the cases kept may come from earlier runs
     record.update({"command": command_line("benchmarks.zoo"), "machine": platform.platform(),
                    "cpu": host_cpu(), "keras": keras.__version__,
                    "flavour": "tf_keras" if legacy_requested() else f"Keras {keras.__version__}",
@@ -294,7 +296,10 @@ def markdown(record: dict) -> str:
     details = "\n".join(f"- {c['model']} / {c['method']} ({c['status']} at {c['stage']}): "
                         f"`{c.get('error', '')} {c.get('message', '')[:300]}`"
                         for c in cases if c["status"] != "ok")
-    return (f"# keras.applications sweep (Keras {record['keras']})\n\nCommand: `{record['command']}`\n\n"
+    commands = record.get("commands") or [record["command"]]
+    ran = (f"Command: `{commands[0]}`" if len(commands) == 1 else
+           "Commands (in order; a later one redoes or adds cases): " + ", ".join(f"`{c}`" for c in commands))
+    return (f"# keras.applications sweep (Keras {record['keras']})\n\n{ran}\n\n"
             f"Target: {record['target_flops']} of the MACs. Each cell: ok (with the realised MACs ratio), refused "
             f"(a kerascomp error), FAILED (an internal error, a broken budget or parity: .tflite relative error "
             f"over max({PARITY:g}, {PARITY_FACTOR}x the uncompressed model's own, where a case records it) or "
