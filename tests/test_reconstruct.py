@@ -111,9 +111,8 @@ def test_reconstruction_never_worsens_a_layer_and_brings_the_outputs_closer(trai
     assert error_fixed < error_raw
 
 
-def test_the_cached_and_traced_passes_give_the_same_refits_as_eager_prefixes(trained, monkeypatch):
-    """Within ``CACHE_BYTES`` the original's unit inputs come from one pass and the compressed model runs as
-    one traced function; over it, each unit runs both models up to itself eagerly: the same numbers."""
+def test_the_original_inputs_cached_in_one_pass_give_the_same_refits(trained, monkeypatch):
+    """Over ``CACHE_BYTES``, each unit runs the original model up to itself again: same numbers."""
     from kerascomp.methods import reconstruct as module
 
     model, x = trained
@@ -121,14 +120,11 @@ def test_the_cached_and_traced_passes_give_the_same_refits_as_eager_prefixes(tra
     monkeypatch.setattr(module, "_submodel", lambda *args: calls.append(args[2]) or _submodel(*args))
     cached = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=96)
     units = [row.detail for row in cached.report.layers if "output_error_before" in row.detail]
-    assert units and not calls  # no per-unit model
+    assert units and len(calls) == len(units)  # the compressed model's prefix only
     monkeypatch.setattr(module, "CACHE_BYTES", 0)
     again = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=96)
-    assert len(calls) == 2 * len(units)  # the compressed model's prefix and the original's, per unit
-    eager = [row.detail for row in again.report.layers if "output_error_before" in row.detail]
-    assert [d["refit"] for d in units] == [d["refit"] for d in eager]
-    for key in ("output_error_before", "output_error_after"):
-        np.testing.assert_allclose([d[key] for d in units], [d[key] for d in eager], rtol=1e-3, atol=1e-4)
+    assert len(calls) == 3 * len(units)  # then the original's prefix too
+    assert units == [row.detail for row in again.report.layers if "output_error_before" in row.detail]
     for a, b in zip(cached.model.get_weights(), again.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

@@ -14,8 +14,6 @@ channels it kept, both for collaborative) by ridge least squares, so that its pr
 * memory is bounded: only the Gram matrices are kept (:class:`kerascomp.decompose.ridge.Moments`),
   summed over batches of the data, and the original model's inputs to the units (which no refit
   changes) are computed in one pass only when they fit in ``CACHE_BYTES``, else again for each unit;
-  the compressed model's run as one traced function of all unit inputs when a batch of them fits in
-  ``CACHE_BYTES``, else as an eager call of the model up to the unit;
 * a refit is kept only when it lowers the layer's output error on the data, and only on at least
   ``ROWS_PER_WEIGHT`` activation rows (pixels x images) per weight of an output: with fewer, the least
   squares fit the calibration rows exactly, noise included (a 1x1-pixel layer of a 32x32 MobileNetV2 on
@@ -233,7 +231,8 @@ def _original_inputs(model: Any, data: Any, samples: int) -> list[list[np.ndarra
     ``CACHE_BYTES`` (they do not change as units are refit, so each unit would otherwise run the
     original model up to itself again); ``None`` when they do not fit."""
     rows = min(samples, len(data[0] if isinstance(data, list) else data))
-    if rows * _per_row(model) * 4 > CACHE_BYTES:
+    per_row = sum(int(np.prod([d or 1 for d in tuple(output.shape)[1:]])) for output in model.outputs)
+    if rows * per_row * 4 > CACHE_BYTES:
         return None
     cached = []
     for batch in _batches(data, samples):
@@ -241,37 +240,6 @@ def _original_inputs(model: Any, data: Any, samples: int) -> list[list[np.ndarra
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         cached.append([np.asarray(output) for output in outputs])
     return cached
-
-
-def _per_row(model: Any) -> int:
-    """Values per input row in all of the model's outputs."""
-    return sum(int(np.prod([d or 1 for d in tuple(output.shape)[1:]])) for output in model.outputs)
-
-
-def _compiled(model: Any, data: Any, samples: int):
-    """``batch -> [every output]`` of ``model`` as one traced TensorFlow function, or ``None`` when a batch's
-    outputs do not fit in ``CACHE_BYTES``. The probe's variables are captured by reference, so a refit
-    written into the model is seen by the next call without tracing again. Traced once, a whole pass costs
-    less than an eager pass through the prefix of a deep model (an eager Keras call pays milliseconds per
-    layer: EfficientNetB0 on 16 images, 1.3 s per unit)."""
-    import tensorflow as tf
-
-    if min(BATCH, samples) * _per_row(model) * 4 > CACHE_BYTES:
-        return None
-    dtypes = [tf.as_dtype(getattr(i.dtype, "name", i.dtype)) for i in model.inputs]
-    specs = [tf.TensorSpec((None, *tuple(i.shape)[1:]), dtype) for i, dtype in zip(model.inputs, dtypes)]
-    single = len(specs) == 1
-
-    @tf.function(input_signature=[specs])
-    def run(inputs):
-        outputs = model(inputs[0] if single else list(inputs), training=False)
-        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-    def call(batch: list[np.ndarray]) -> list[np.ndarray]:
-        arrays = [np.asarray(array, dtype=dtype.as_numpy_dtype) for array, dtype in zip(batch, dtypes)]
-        return [output.numpy() for output in run(arrays)]
-
-    return call
 
 
 def _submodel(keras, model: Any, positions: list[int]) -> Any:
@@ -295,21 +263,16 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
     per_batch = -(-MAX_ROWS // max(batches, 1))
     rng = np.random.default_rng(seed)
     cached = _original_inputs(original_model, data, samples)
-    forward = _compiled(compressed_model, data, samples)
     for unit in tqdm(units, desc="reconstruct", disable=not verbose):
         spec = result.layers[unit.layer]
         positions = [position[name] for name in unit.nodes]
-        inputs_now = None if forward is not None else _submodel(keras, compressed_model, positions)
+        inputs_now = _submodel(keras, compressed_model, positions)
         inputs_then = None if cached is not None else _submodel(keras, original_model, positions)
         weights, bias = linear_map(spec)
         moments = Moments.zeros(weights.shape[0], weights.shape[1])
         for index, batch in enumerate(_batches(data, samples)):
-            if forward is not None:
-                every = forward(batch)
-                now = [every[p] for p in positions]
-            else:
-                now = inputs_now(batch, training=False)
-                now = now if isinstance(now, (list, tuple)) else [now]
+            now = inputs_now(batch, training=False)
+            now = now if isinstance(now, (list, tuple)) else [now]
             if cached is not None:
                 then = [cached[index][p] for p in positions]
             else:
