@@ -48,6 +48,7 @@ from kerascomp.graph.channels import (
     PRUNE_RULES,
     SEPARABLE,
     analyse_channels,
+    conv_groups,
     sole_input_group,
 )
 from kerascomp.graph.flavour import keras_of
@@ -546,6 +547,14 @@ def _zero_input_slices(graph: Any, analysis: Any, names: Sequence[str], atoms: s
         if not positions:
             continue
         weights = [w.copy() for w in spec.weights]
+        groups = conv_groups(spec)
+        if groups > 1:  # the kernel's input axis holds one group's channels; each group's filters read their own
+            width, per_out = weights[0].shape[-2], weights[0].shape[-1] // groups
+            for position in positions:
+                block = position // width
+                weights[0][..., position % width, block * per_out:(block + 1) * per_out] = 0.0
+            spec.weights = weights
+            continue
         for weight, roles in zip(weights, PRUNE_RULES[spec.class_name](spec)):
             for axis, role in roles.items():
                 if role == "in":
@@ -759,14 +768,30 @@ def _twins_strongest(model: Any, pairs: dict[int, list[tuple[int, int]]]) -> boo
     return True
 
 
+def _twin_pairs(group: Any, cut: Sequence[int]) -> list[tuple[int, int]] | None:
+    """``len(cut)`` (twin, source) pairs of prunable channels of ``group``, as many in each block of a grouped
+    conv's split as ``cut`` takes there (twins in one block read the same inputs); None where a block cannot
+    hold that many pairs."""
+    blocks = group.blocks if group.blocks is not None else np.full(group.size, -1)
+    pairs = []
+    for block in sorted(set(blocks.tolist())):
+        prunable = [c for c in group.prunable() if blocks[c] == block]
+        count = sum(1 for c in cut if blocks[c] == block)
+        if 2 * count > len(prunable):
+            return None
+        pairs += [(prunable[2 * i + 1], prunable[2 * i]) for i in range(count)]
+    return pairs
+
+
 def correlation_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
     """The correlation lossless check that rewrites: correlation pruning at the first of
     :data:`TWIN_CHECK_TARGETS` where it cuts something learns how many channels each group loses; a copy of ``model`` then holds
     that many exact duplicates per group (:func:`twin_channels`), the most correlated pairs there can be.
     Pruned with ``data`` and compensation on (refit and BN recalibration off), the copy must lose one
     channel of each duplicate pair and nothing else, each folded into its twin, and compute what the
-    copy computes. A separable conv that reads a group is not compensated (its depthwise kernels cannot
-    absorb a partner), so in the copy it reads neither channel of a pair. Returns ``(twins, pruned)``, or
+    copy computes. A separable or grouped conv that reads a group is not compensated, so in the copy it reads
+    neither channel of a pair; in a group a grouped conv splits, the pairs lie within its blocks, as many
+    per block as the first cut takes there. Returns ``(twins, pruned)``, or
     None where the check does not apply (nothing cut, or a group cut by more than half its prunable channels,
     at every target; duplicates that cannot be exact);
     raises :class:`AssertionError` when other channels are cut."""
@@ -779,18 +804,20 @@ def correlation_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
                 first = kerascomp.compress(model, "correlation", target_flops=target, verbose=0)
             except CompressionError:
                 continue
-            cut = {int(g): len(entry["removed"]) for g, entry in first.report.choices.get("groups", {}).items()}
-            if cut and all(2 * count <= len(groups[index].prunable()) for index, count in cut.items()):
+            cut = {int(g): [channel for channel, _ in entry["removed"]]
+                   for g, entry in first.report.choices.get("groups", {}).items()}
+            pairs = {index: _twin_pairs(groups[index], channels) for index, channels in cut.items()}
+            if cut and all(listed is not None for listed in pairs.values()):
                 break
         else:
             return None
-        pairs, separable = {}, []
-        for index, count in cut.items():
-            prunable = groups[index].prunable()
-            pairs[index] = [(prunable[2 * i + 1], prunable[2 * i]) for i in range(count)]
-            # a separable consumer is not compensated (its per-channel depthwise kernels cannot absorb a
-            # partner), so in the copy it reads neither channel of a pair: cutting either is then exact there
-            separable += [c for c in groups[index].consumers if graph.layers[c].class_name in SEPARABLE]
+        separable = []
+        for index in cut:
+            # a separable or grouped consumer is not compensated (depthwise kernels cannot absorb a partner; a
+            # grouped kernel holds the partner only in the same group), so in the copy it reads neither channel
+            # of a pair: cutting either is then exact there
+            separable += [c for c in groups[index].consumers
+                          if graph.layers[c].class_name in SEPARABLE or conv_groups(graph.layers[c]) > 1]
         twins = twin_channels(model, pairs, silenced=separable)
         if twins is None or not _twins_strongest(twins, pairs):
             return None

@@ -17,7 +17,12 @@ def _zero_outgoing(graph, analysis, group, channel):
     for consumer in group.consumers:
         spec = graph.layers[consumer]
         positions = analysis.input_channels(group, consumer) == channel
-        if spec.class_name in ("Conv2D", "Dense"):
+        groups = spec.config.get("groups", 1) if spec.class_name == "Conv2D" else 1
+        if groups > 1:  # input position p is kernel slot p % width of group p // width's filters
+            width, per_out = spec.weights[0].shape[-2], spec.weights[0].shape[-1] // groups
+            for p in np.flatnonzero(positions):
+                spec.weights[0][..., p % width, (p // width) * per_out:(p // width + 1) * per_out] = 0.0
+        elif spec.class_name in ("Conv2D", "Dense"):
             spec.weights[0][..., positions, :] = 0.0
         elif spec.class_name == "SeparableConv2D":
             spec.weights[0][..., positions, :] = 0.0
@@ -175,3 +180,85 @@ def test_group_prints_what_will_be_pruned(small_resnet):
     _, analysis = _analyse(small_resnet)
     text = str(analysis.group_of("s1b1_conv1"))
     assert "producers: s1b1_conv1" in text and "s1b1_bn1" in text and "16/16 prunable" in text
+
+
+def _grouped_model(keras, groups=4, residual=False):
+    """conv -> BN -> grouped conv (``groups``) -> BN [+ the conv's output] -> 1x1 conv -> pooled Dense."""
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3), name="x")
+    a = layers.ReLU(name="a_relu")(layers.BatchNormalization(name="a_bn")(layers.Conv2D(16, 3, padding="same",
+                                                                                          name="a")(inputs)))
+    g = layers.BatchNormalization(name="g_bn")(layers.Conv2D(16, 3, padding="same", groups=groups, name="g")(a))
+    if residual:
+        g = layers.Add(name="add")([a, g])
+    c = layers.Conv2D(8, 1, name="c")(layers.ReLU(name="g_relu")(g))
+    outputs = layers.Dense(5, name="out")(layers.GlobalAveragePooling2D(name="gap")(c))
+    model = keras.Model(inputs, outputs)
+    _random_bn(model, np.random.default_rng(2))
+    return model
+
+
+def test_grouped_conv_splits_its_groups_into_blocks(keras):
+    _, analysis = _analyse(_grouped_model(keras))
+    into, out = analysis.group_of("a"), analysis.group_of("g")
+    assert into.prunable() == list(range(16)) and out.prunable() == list(range(16))
+    for group in (into, out):  # 16 channels, 4 per group of the grouped conv
+        assert group.split_by == ["g"]
+        np.testing.assert_array_equal(group.blocks, np.repeat(np.arange(4), 4))
+    assert into.balanced([0, 4, 8, 12]) and into.balanced([0, 1, 4, 5, 8, 9, 12, 13]) and into.balanced([])
+    assert not into.balanced([0, 1, 4, 8]) and not into.balanced([0])
+    assert "equal numbers from each of the 4 blocks of g" in str(into)
+    assert analysis.group_of("c").blocks is None
+
+
+def test_pruning_through_a_grouped_conv_is_exact(keras, images):
+    """Channels removed in equal numbers per group, into the grouped conv (its input) and out of it: the
+    pruned model computes what the original computes with those channels' readers zeroed."""
+    model = _grouped_model(keras)
+    data = images[:, :8, :8]
+    graph, analysis = _analyse(model)
+    into, out = analysis.group_of("a"), analysis.group_of("g")
+    removal = {into.index: [1, 6, 11, 12], out.index: [0, 3, 5, 6, 8, 9, 14, 15]}
+    for group_index, channels in removal.items():
+        for channel in channels:
+            _zero_outgoing(graph, analysis, analysis.groups[group_index], channel)
+    expected = write_model(graph).predict(data, verbose=0)
+    pruned = write_model(prune_channels(graph, analysis, removal))
+    layer = pruned.get_layer("g")
+    assert layer.get_config()["groups"] == 4
+    assert layer.get_weights()[0].shape == (3, 3, 3, 8) and layer.get_weights()[1].shape == (8,)
+    assert pruned.get_layer("a").get_weights()[0].shape[-1] == 12
+    assert pruned.get_layer("c").get_weights()[0].shape == (1, 1, 8, 8)
+    produced = pruned.predict(data, verbose=0)
+    assert np.abs(produced - expected).max() < 1e-5 * max(1.0, np.abs(expected).max())
+    # the check can fail: the same removal with the grouped conv's kernel read as if it were dense (its input
+    # slot = the channel) gives other outputs
+    misread, _ = _analyse(model)
+    for channel in removal[into.index]:
+        misread.layers["g"].weights[0][:, :, channel % 4, :] = 0.0
+    assert np.abs(write_model(misread).predict(data, verbose=0) - expected).max() > 1e-3
+
+
+def test_unequal_removal_from_a_grouped_conv_is_refused(keras):
+    graph, analysis = _analyse(_grouped_model(keras))
+    group = analysis.group_of("a")
+    with pytest.raises(InvalidArgumentError, match=r"\[2, 1, 1, 1\] channels from the groups of grouped conv 'g'"):
+        prune_channels(graph, analysis, {group.index: [0, 1, 4, 8, 12]})
+
+
+def test_grouped_convs_that_cannot_stay_equal_are_blocked(keras):
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    a = layers.Conv2D(8, 3, padding="same", name="a")(inputs)
+    one = layers.Conv2D(8, 3, padding="same", groups=8, name="one_per_group")(a)   # 1 channel per group
+    two = layers.Conv2D(8, 3, padding="same", groups=2, name="two")(one)
+    four = layers.Conv2D(8, 3, padding="same", groups=4, name="four")(one)        # splits one's filters otherwise
+    outputs = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 1, name="head")(layers.Add()([two, four])))
+    _, analysis = _analyse(keras.Model(inputs, outputs))
+    assert analysis.group_of("a").prunable() == []
+    assert "'one_per_group' has one of its input channels per group" in analysis.group_of("a").reason()
+    mixed = analysis.group_of("one_per_group")
+    assert mixed.prunable() == [] and "one_per_group" in mixed.reason()
+    # the outputs of two (2 groups of 4) and four (4 groups of 2) are added: one removal cannot be equal for both
+    added = analysis.group_of("two")
+    assert added.prunable() == [] and "split these channels into groups differently" in added.reason()

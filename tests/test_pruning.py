@@ -351,3 +351,44 @@ def test_selection_by_reconstruction_needs_data_and_a_known_value(small_resnet):
         kerascomp.compress(small_resnet, method="l1", target_flops=0.5, selection="reconstruction", verbose=0)
     with pytest.raises(kerascomp.InvalidArgumentError, match="selection must be one of"):
         kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, selection="thinet", verbose=0)
+
+
+def test_balanced_steps_take_whole_rounds():
+    """A group a grouped conv splits into blocks loses one channel per block per round, each block in the
+    method's order; the unsplit channels interleave by score; counts end only at whole rounds."""
+    from kerascomp.graph.channels import ChannelGroup
+    from kerascomp.methods.pruning import Step, balanced_steps
+
+    blocks = np.array([0, 0, 0, 1, 1, 1, -1, -1])
+    group = ChannelGroup(0, ["g"], [], [np.array([i]) for i in range(8)], blocks=blocks, split_by=["g"])
+    scores = [0.5, 0.1, 0.9, 0.2, 0.8, 0.3, 0.15, 0.95]
+    steps = sorted((Step(c, s, partner=1 if c == 4 else None) for c, s in enumerate(scores)), key=lambda st: st.score)
+    ordered, ends = balanced_steps(group, steps)
+    assert [s.channel for s in ordered] == [6, 1, 3, 0, 5, 2, 4, 7]
+    assert sorted(ends) == [0, 1, 3, 5, 7, 8]
+    assert [s.score for s in ordered] == [0.15, 0.2, 0.2, 0.5, 0.5, 0.9, 0.9, 0.95]
+    assert ordered[6].partner is None  # channel 4's partner (1) goes before it
+    for end in ends:
+        assert group.balanced([s.channel for s in ordered[:end]])
+    plain = ChannelGroup(0, ["c"], [], [np.array([i]) for i in range(8)])
+    assert balanced_steps(plain, steps) == (steps, None)
+
+
+@pytest.mark.parametrize("method", ["l1", "correlation"])
+def test_pruning_into_and_out_of_a_grouped_conv(keras, method):
+    """ResNeXt-style block: both pruning methods cut the grouped conv's input and output channels equally per
+    group; the fuzz harness's lossless check (dead or duplicated channels cut exactly) and its independent
+    target reference (the original with the cut channels zeroed) both pass."""
+    from test_channels import _grouped_model
+
+    from kerascomp.testing import check_graph
+
+    model = _grouped_model(keras, residual=True)
+    result = kerascomp.compress(model, method, target_flops=0.5, verbose=0)
+    layer = result.model.get_layer("g")
+    groups, (_, _, width, filters) = layer.get_config()["groups"], layer.get_weights()[0].shape
+    assert groups == 4 and filters % 4 == 0 and filters < 16 and width * 4 < 16
+    assert "g" in result.report.kept_outputs and result.report.macs_after <= 0.5 * result.report.macs_before
+    outcomes = {o.stage: o for o in check_graph(model, method, target=0.5, export=False)}
+    assert outcomes["lossless"].status == "ok" and outcomes["lossless"].measures["rewritten_layers"] >= 2
+    assert outcomes["target"].status == "ok" and outcomes["target"].measures["reference_error"] < 1e-5

@@ -17,8 +17,13 @@ entry ``i`` of both BNs, and input slice ``i`` of ``conv_c``::
     pruned = prune_channels(graph, analysis, {0: [3, 7]})
 
 Channels that cannot go are *blocked*, with the reason: the model's inputs and outputs, the
-inputs and outputs of layers kerascomp does not know (Lambda, custom layers, grouped convs),
-and layers that need a fixed channel count. :data:`PRUNE_RULES` says, per layer class, which
+inputs and outputs of layers kerascomp does not know (Lambda, custom layers), and layers that
+need a fixed channel count.
+
+A grouped conv (``groups=G``) splits its input channels, and its filters, into ``G`` equal
+blocks; it stays a grouped conv only if every block loses the same number of channels. Such a
+group carries ``blocks`` (the conv-group block of each channel, -1 for a channel no grouped conv
+splits): removals must be *balanced*, equal in every block (:meth:`ChannelGroup.balanced`). :data:`PRUNE_RULES` says, per layer class, which
 axis of which weight holds input or output channels, so removal is physical.
 """
 from __future__ import annotations
@@ -90,6 +95,8 @@ class ChannelGroup:
     consumers: list[str]
     channels: list[np.ndarray]
     blocked: dict[int, str] = field(default_factory=dict)
+    blocks: np.ndarray | None = None
+    split_by: list[str] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -102,9 +109,19 @@ class ChannelGroup:
         """Why channels of this group are blocked (the distinct reasons, joined)."""
         return "; ".join(dict.fromkeys(self.blocked.values()))
 
+    def balanced(self, channels) -> bool:
+        """Whether removing ``channels`` takes the same number from every block of ``blocks``."""
+        if self.blocks is None:
+            return True
+        hit = self.blocks[np.asarray(list(channels), dtype=np.int64)]
+        counts = np.bincount(hit[hit >= 0], minlength=int(self.blocks.max()) + 1)
+        return len(set(counts.tolist())) <= 1
+
     def __str__(self) -> str:
         state = (f"{len(self.prunable())}/{self.size} prunable" +
-                 (f" (blocked: {self.reason()})" if self.blocked else ""))
+                 (f" (blocked: {self.reason()})" if self.blocked else "") +
+                 (f", in equal numbers from each of the {int(self.blocks.max()) + 1} blocks of "
+                  f"{', '.join(self.split_by)}" if self.blocks is not None else ""))
         return (f"group {self.index}: {self.size} channels, {state}\n"
                 f"  producers: {', '.join(self.producers)}\n  consumers: {', '.join(self.consumers) or '-'}")
 
@@ -193,6 +210,7 @@ class _Builder:
         self.out_atoms: dict[str, np.ndarray] = {}
         self.consumers: dict[int, list[str]] = {}
         self.reshaped: dict[str, np.ndarray] = {}
+        self.splits: list[tuple[str, np.ndarray, int, str]] = []  # grouped convs: (layer, atoms, groups, what)
 
     def new(self, count: int, owner: str, reason: str | None = None) -> np.ndarray:
         atoms = self.sets.make(count)
@@ -253,10 +271,12 @@ class _Builder:
             return self.opaque(name, spec, inputs, "channels_first data format")
         x = inputs[0] if inputs else None
         if cls in CONV | SEPARABLE | TRANSPOSED | {"Dense"}:
-            if (config.get("groups", 1) or 1) != 1:
-                return self.opaque(name, spec, inputs, "grouped conv needs equal channels per group")
             self.record_input(spec.name, x)
             self.tensors[Ref(name)] = self.produce(spec.name, int(out_shape[-1]))
+            groups = conv_groups(spec)
+            if groups > 1:
+                self.splits += [(spec.name, self.in_atoms[spec.name], groups, "input channels"),
+                                (spec.name, self.out_atoms[spec.name], groups, "filters")]
         elif cls in DEPTHWISE:
             self.record_input(spec.name, x)
             multiplier = int(config.get("depth_multiplier", 1))
@@ -343,7 +363,44 @@ class _Builder:
             producers = list(dict.fromkeys(self.owner[a] for a in sorted(atom_set)))
             consumers = list(dict.fromkeys(c for a in sorted(atom_set) for c in self.consumers.get(a, [])))
             groups.append(ChannelGroup(index, producers, consumers, [np.array(c) for c in channels], blocked))
+        for layer, atoms, count, what in self.splits:
+            _split(groups, channel_of_atom, layer, atoms, count, what)
         return ChannelAnalysis(self.in_atoms, self.out_atoms, groups, channel_of_atom, self.reshaped)
+
+
+def conv_groups(spec: LayerSpec) -> int:
+    """The ``groups`` of a conv (1 for every other layer)."""
+    return int(spec.config.get("groups", 1) or 1) if spec.class_name in CONV else 1
+
+
+def _split(groups: list[ChannelGroup], channel_of_atom: dict, layer: str, atoms: np.ndarray, count: int,
+           what: str) -> None:
+    """Record that grouped conv ``layer`` splits ``atoms`` (its input channels or its filters) into ``count``
+    equal blocks; block the channels where removal could not stay equal per block."""
+    located = [channel_of_atom[int(atom)] for atom in atoms]
+    per = len(atoms) // count
+    indices = {index for index, _ in located}
+    reason = None
+    if per == 1:
+        reason = f"grouped conv {layer!r} has one of its {what} per group (its group count would change)"
+    elif len(indices) != 1:
+        reason = f"grouped conv {layer!r} has {what} from several channel groups"
+    else:
+        group = groups[indices.pop()]
+        blocks = np.full(group.size, -1, dtype=np.int64)
+        for position, (_, channel) in enumerate(located):
+            if blocks[channel] not in (-1, position // per):
+                reason = f"grouped conv {layer!r} reads one channel in two of its groups"
+            blocks[channel] = position // per
+        if reason is None and group.blocks is not None and not np.array_equal(group.blocks, blocks):
+            reason = (f"grouped convs {group.split_by[0]!r} and {layer!r} split these channels into groups "
+                      "differently")
+        if reason is None:
+            group.blocks = blocks
+            group.split_by = list(dict.fromkeys(group.split_by + [layer]))
+    if reason is not None:
+        for index, channel in located:
+            groups[index].blocked.setdefault(channel, reason)
 
 
 def analyse_channels(graph: Graph, shapes: dict[str, list[tuple]]) -> ChannelAnalysis:
@@ -365,6 +422,9 @@ def sole_input_group(graph: Graph, analysis: ChannelAnalysis, layer: str) -> tup
     positions = analysis.input_channels(group, layer)
     if group.blocked:
         return None, None, f"input channels fixed: {group.reason()}"
+    if group.blocks is not None:
+        return None, None, (f"grouped conv {group.split_by[0]!r} splits its channels (only the pruning methods "
+                            "remove them, equally per group)")
     if len(set(positions.tolist())) != len(positions) or len(positions) != group.size:
         return None, None, "its input repeats or drops channels of its group"
     mixing = [c for c in group.consumers if c != layer and graph.layers[c].class_name not in PER_CHANNEL]
@@ -404,6 +464,12 @@ def removed_atoms(analysis: ChannelAnalysis, removal: dict[int, list[int]]) -> s
                 raise InvalidArgumentError(f"channel {channel} of group {group_index} cannot be removed: "
                                            f"{group.blocked[channel]}.")
             atoms.update(int(a) for a in group.channels[channel])
+        if not group.balanced(channels):
+            hit = group.blocks[np.asarray(list(channels), dtype=np.int64)]
+            counts = np.bincount(hit[hit >= 0], minlength=int(group.blocks.max()) + 1).tolist()
+            raise InvalidArgumentError(f"removal from channel group {group_index} takes {counts} channels from the "
+                                       f"groups of grouped conv {group.split_by[0]!r}; a grouped conv needs the same "
+                                       "number removed from each of its groups.")
     return atoms
 
 
@@ -417,6 +483,8 @@ def _slice_weight(weight: np.ndarray, roles: dict[int, str], kept: dict[str, np.
 def pruned_spec(spec: LayerSpec, kept_in: np.ndarray | None, kept_out: np.ndarray | None) -> LayerSpec:
     """``spec`` with only the input positions ``kept_in`` and output channels ``kept_out`` (None: all)."""
     cls = spec.class_name
+    if conv_groups(spec) > 1:
+        return _pruned_grouped(spec, kept_in, kept_out)
     kept = {"in": kept_in, "out": kept_out, "mid": None}
     if cls in SEPARABLE and kept_in is not None:
         multiplier = int(spec.config.get("depth_multiplier", 1))
@@ -429,6 +497,37 @@ def pruned_spec(spec: LayerSpec, kept_in: np.ndarray | None, kept_out: np.ndarra
     if kept_out is not None and cls == "Dense":
         config["units"] = int(len(kept_out))
     return LayerSpec(spec.name, spec.cls, config, weights)
+
+
+def _per_block(kept: np.ndarray, total: int, groups: int, layer: str, what: str) -> list[np.ndarray]:
+    """``kept`` (positions among ``total``) split into the ``groups`` blocks, as positions within each block;
+    raises where the blocks would keep different counts."""
+    width = total // groups
+    blocks = [kept[(kept >= g * width) & (kept < (g + 1) * width)] - g * width for g in range(groups)]
+    if len({len(block) for block in blocks}) != 1:
+        raise InvalidArgumentError(f"grouped conv {layer!r} (groups={groups}) would keep {[len(b) for b in blocks]} "
+                                   f"{what} per group; a grouped conv needs the same number in each. Remove "
+                                   "channels in equal numbers from each of its groups.")
+    return blocks
+
+
+def _pruned_grouped(spec: LayerSpec, kept_in: np.ndarray | None, kept_out: np.ndarray | None) -> LayerSpec:
+    """A grouped conv keeping ``kept_in``/``kept_out``: each group's filters keep the kept input channels of
+    their own group (the kernel's input axis holds one group's channels)."""
+    groups, kernel = conv_groups(spec), spec.weights[0]
+    per_out = kernel.shape[-1] // groups
+    if kept_in is not None:
+        local = _per_block(np.asarray(kept_in), kernel.shape[-2] * groups, groups, spec.name, "input channels")
+        kernel = np.concatenate([kernel[..., block, g * per_out:(g + 1) * per_out] for g, block in enumerate(local)],
+                                axis=-1)
+    rest = list(spec.weights[1:])
+    config = dict(spec.config)
+    if kept_out is not None:
+        _per_block(np.asarray(kept_out), kernel.shape[-1], groups, spec.name, "filters")
+        kernel = np.take(kernel, kept_out, axis=-1)
+        rest = [np.take(w, kept_out, axis=0) if i == 0 else w for i, w in enumerate(rest)]
+        config["filters"] = int(len(kept_out))
+    return LayerSpec(spec.name, spec.cls, config, [kernel] + rest)
 
 
 def prune_channels(graph: Graph, analysis: ChannelAnalysis, removal: dict[int, list[int]]) -> Graph:

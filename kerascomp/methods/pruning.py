@@ -9,6 +9,9 @@ module turns the orders into a physically smaller graph under a MACs or params b
 2. optionally compensate each dropped channel in its consumers (``W[partner] += alpha * W[dropped]``
    and ``bias += beta * sum(W[dropped])``, with ``alpha, beta`` fitted on the consumers' inputs);
 3. slice the weights through :func:`kerascomp.graph.channels.prune_channels`.
+
+A group split by a grouped conv (``ChannelGroup.blocks``) loses channels in *rounds*, one from each
+block (:func:`balanced_steps`), so the grouped conv keeps equal groups; its counts are whole rounds.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from kerascomp.graph.channels import (
     ChannelAnalysis,
     ChannelGroup,
     analyse_channels,
+    conv_groups,
     kept_outputs,
     prune_channels,
 )
@@ -132,6 +136,30 @@ class GroupOrder:
 Scorer = Callable[[Graph, ChannelAnalysis, ChannelGroup], list[Step]]
 
 
+def balanced_steps(group: ChannelGroup, steps: list[Step]) -> tuple[list[Step], set[int] | None]:
+    """``steps`` reordered for a group a grouped conv splits into blocks: in rounds, each the next channel of
+    every block (in the method's order within the block), interleaved by score with the channels no
+    grouped conv splits; each step of a round takes the round's highest score, so scores stay
+    non-decreasing. Returns the steps and the counts that end a round (``None`` for an unsplit group: any
+    count). A partner that goes before its channel is dropped."""
+    if group.blocks is None:
+        return steps, None
+    per_block = [[step for step in steps if group.blocks[step.channel] == block]
+                 for block in range(int(group.blocks.max()) + 1)]
+    rounds = min(len(listed) for listed in per_block)
+    units = [[listed[r] for listed in per_block] for r in range(rounds)]
+    units += [[step] for step in steps if group.blocks[step.channel] < 0]
+    units.sort(key=lambda unit: max(step.score for step in unit))
+    ordered, seen, ends = [], set(), {0}
+    for unit in units:
+        score = max(step.score for step in unit)
+        for step in unit:
+            ordered.append(Step(step.channel, score, None if step.partner in seen else step.partner))
+            seen.add(step.channel)
+        ends.add(len(ordered))
+    return ordered, ends
+
+
 def producer_rows(spec: LayerSpec) -> np.ndarray | None:
     """The filters of a producer as rows (``None`` if the layer holds no kernel)."""
     if spec.class_name not in PRUNE_RULES or spec.class_name in PER_CHANNEL:
@@ -208,7 +236,8 @@ def pruned_cost(tables: list[tuple], removed: np.ndarray) -> tuple[int, int]:
             out_new = out_shape[:-1] + ((n_out if n_out is not None else out_shape[-1]),)
             macs += layer_macs(spec, in_new, out_new) or 0
         multiplier = int(spec.config.get("depth_multiplier", 1))
-        counts = {"in": n_in, "out": n_out, "mid": None if n_in is None else n_in * multiplier}
+        n_in_kernel = None if n_in is None else n_in // conv_groups(spec)  # a grouped kernel holds one group's
+        counts = {"in": n_in_kernel, "out": n_out, "mid": None if n_in is None else n_in * multiplier}
         for weight, roles in zip(spec.weights, PRUNE_RULES[spec.class_name](spec)):
             shape = list(weight.shape)
             for axis, role in roles.items():
@@ -292,7 +321,7 @@ def _give_back(orders: list[GroupOrder], tables: list[tuple], counts: list[int],
 
 def _consumer_weight(spec: LayerSpec) -> tuple[int, int] | None:
     """(weight index, input axis) of a consumer that mixes channels (Conv, Dense, transposed conv)."""
-    if spec.class_name in CONV | {"Dense"}:
+    if spec.class_name in CONV | {"Dense"} and conv_groups(spec) == 1:
         return 0, -2
     if spec.class_name in TRANSPOSED:
         return 0, -1
@@ -389,6 +418,9 @@ def select_by_reconstruction(graph: Graph, analysis: ChannelAnalysis, orders: li
         if not consumers:
             left[group.index] = "no Dense or ungrouped Conv2D reads it"
             continue
+        if group.blocks is not None:
+            left[group.index] = f"grouped conv {group.split_by[0]!r} needs equal removals per group"
+            continue
         calls = _inputs_of_every_call(graph, consumers, data, options.max_samples)
         total = np.zeros((group.size, group.size))
         for layer in consumers:
@@ -434,9 +466,11 @@ def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: 
     for group in tqdm(analysis.groups, desc=f"{method} scores", disable=not verbose):
         prunable = group.prunable()
         limit = min(int(np.floor(options.max_fraction * len(prunable))), group.size - 1)
-        allowed = [c for c in range(limit + 1) if c == 0 or (group.size - c) % options.channel_multiple == 0]
+        steps, ends = balanced_steps(group, scorer(graph, analysis, group))
+        allowed = [c for c in range(limit + 1) if c == 0 or ((group.size - c) % options.channel_multiple == 0
+                                                             and (ends is None or c in ends))]
         if len(allowed) > 1:
-            orders.append(GroupOrder(group, scorer(graph, analysis, group), limit, allowed=allowed))
+            orders.append(GroupOrder(group, steps, allowed[-1], allowed=allowed))
     tables = cost_tables(graph, shapes, analysis)
     counts = allocate_counts(orders, tables, budget, total, options.allocation, options.stream) if orders else []
     if budget.fraction < 1.0 and not counts:
@@ -552,7 +586,7 @@ def _channel_count(spec: LayerSpec, role: str) -> int | None:
     for weight, roles in zip(spec.weights, PRUNE_RULES[spec.class_name](spec)):
         for axis, weight_role in roles.items():
             if weight_role == role:
-                return int(weight.shape[axis])
+                return int(weight.shape[axis]) * (conv_groups(spec) if role == "in" else 1)
     return None
 
 
