@@ -262,3 +262,26 @@ def test_grouped_convs_that_cannot_stay_equal_are_blocked(keras):
     # the outputs of two (2 groups of 4) and four (4 groups of 2) are added: one removal cannot be equal for both
     added = analysis.group_of("two")
     assert added.prunable() == [] and "split these channels into groups differently" in added.reason()
+
+
+def test_tensor_operators_couple_channels(keras, images):
+    """``b + a`` and ``c * d`` written on tensors (tf_keras: TFOpLambda layers whose second tensor is a keyword
+    argument; Keras 3: operations) read, round-trip exactly, couple their operands' channels like Add and
+    Multiply, and l1 prunes through them exactly (against the original with the cut channels zeroed)."""
+    from kerascomp.testing import pruned_against_dead
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    a = layers.Conv2D(8, 3, padding="same", name="a")(inputs)
+    b = layers.Conv2D(8, 3, padding="same", name="b")(layers.ReLU()(a))
+    c = layers.Conv2D(12, 3, padding="same", name="c")(b + a)
+    d = layers.Conv2D(12, 1, activation="sigmoid", name="d")(b)
+    outputs = layers.Dense(4, name="head")(layers.GlobalAveragePooling2D()(c * d))
+    model = keras.Model(inputs, outputs)
+    data = images[:, :8, :8]
+    graph, analysis = _analyse(model)
+    np.testing.assert_array_equal(write_model(graph).predict(data, verbose=0), model.predict(data, verbose=0))
+    assert set(analysis.group_of("a").producers) == {"a", "b"} and analysis.group_of("a").prunable() == list(range(8))
+    assert set(analysis.group_of("c").producers) == {"c", "d"} and analysis.group_of("c").prunable() == list(range(12))
+    error = pruned_against_dead(model, "l1", 0.5, data)
+    assert error is not None and error < 1e-5

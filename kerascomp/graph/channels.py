@@ -51,6 +51,8 @@ PASS_THROUGH = {
     "Cropping2D", "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D",
 }
 MERGE = {"Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average"}
+# tf_keras writes ``x + y``, ``x * y``, ... on tensors as a TFOpLambda of these functions: a merge when both are tensors
+TF_OP_MERGES = {"__operators__.add", "math.add", "math.subtract", "math.multiply", "math.maximum", "math.minimum"}
 
 # Per layer class: for each weight (in get_weights() order, by rank), {axis: role}. Roles:
 # "in" (input channel), "out" (output channel), "mid" (a separable conv's depthwise outputs).
@@ -262,6 +264,8 @@ class _Builder:
         refs = node.input_refs()
         inputs = [self.tensors[ref] for ref in refs]
         cls, config = spec.class_name, spec.config
+        if cls == "TFOpLambda" and config.get("function") in TF_OP_MERGES and len(refs) == 2:
+            cls = "Add"  # element-wise on two tensors: the same channel coupling as a merge layer
         out_shape = self.shapes[name][0]
         rank = len(out_shape)
         single = len(refs) == 1 or (cls in MERGE | {"Concatenate"})

@@ -139,12 +139,25 @@ def _parse_keras3_call(value: Any, name_of: NodeNamer) -> Any:
 def _parse_call(call: Any, name_of: NodeNamer) -> tuple[list, dict]:
     if isinstance(call, dict):  # Keras 3: {"args": [...], "kwargs": {...}}
         return _parse_keras3_call(call.get("args", []), name_of), _parse_keras3_call(call.get("kwargs", {}), name_of)
-    # tf_keras: [[layer, node_index, tensor_index, kwargs], ...]; one entry means a single tensor argument.
+    # tf_keras: [[layer, node_index, tensor_index, kwargs], ...]; one entry means a single tensor argument. A
+    # layer that keeps its call structure (TFOpLambda: ``x + y`` in a tf.keras model) writes a single tensor
+    # argument unnested, [layer, node_index, tensor_index, kwargs], and tensors in kwargs as [layer, node, tensor].
+    if call and isinstance(call[0], str):
+        call = [call]
     refs = [Ref(name_of(item[0], item[1]), item[2]) for item in call]
     kwargs = dict(call[0][3]) if call and len(call[0]) > 3 and call[0][3] else {}
+    kwargs = {key: _parse_kwarg(value, name_of) for key, value in kwargs.items()}
     if any(isinstance(leaf, (list, dict)) for leaf in iter_leaves(kwargs)):
-        raise UnsupportedModelError("a tf_keras layer call passes tensors as keyword arguments; not supported.")
+        raise UnsupportedModelError("a tf_keras layer call passes a nested structure of tensors as a keyword "
+                                    "argument; not supported.")
     return ([refs[0]] if len(refs) == 1 else [refs]), kwargs
+
+
+def _parse_kwarg(value: Any, name_of: NodeNamer) -> Any:
+    """A tf_keras call keyword: a tensor ([layer, node_index, tensor_index]) becomes a Ref; other values stay."""
+    if _is_history_triple(value):
+        return Ref(name_of(value[0], value[1]), value[2])
+    return value
 
 
 def _toposort(nodes: list[Node], inputs: list[str]) -> list[Node]:
