@@ -265,9 +265,10 @@ def test_grouped_convs_that_cannot_stay_equal_are_blocked(keras):
 
 
 def test_tensor_operators_couple_channels(keras, images):
-    """``b + a`` and ``c * d`` written on tensors (tf_keras: TFOpLambda layers whose second tensor is a keyword
-    argument; Keras 3: operations) read, round-trip exactly, couple their operands' channels like Add and
-    Multiply, and l1 prunes through them exactly (against the original with the cut channels zeroed)."""
+    """``b + a`` and an SE gate ``c * d`` (d of shape (1, 1, C)) written on tensors (tf_keras: TFOpLambda layers
+    whose second tensor is a keyword argument; Keras 3: operations) read, round-trip exactly, couple their
+    operands' channels like Add and Multiply, and l1 prunes through them exactly (against the original with
+    the cut channels zeroed)."""
     from kerascomp.testing import pruned_against_dead
 
     layers = keras.layers
@@ -275,7 +276,7 @@ def test_tensor_operators_couple_channels(keras, images):
     a = layers.Conv2D(8, 3, padding="same", name="a")(inputs)
     b = layers.Conv2D(8, 3, padding="same", name="b")(layers.ReLU()(a))
     c = layers.Conv2D(12, 3, padding="same", name="c")(b + a)
-    d = layers.Conv2D(12, 1, activation="sigmoid", name="d")(b)
+    d = layers.Conv2D(12, 1, activation="sigmoid", name="d")(layers.GlobalAveragePooling2D(keepdims=True)(b))
     outputs = layers.Dense(4, name="head")(layers.GlobalAveragePooling2D()(c * d))
     model = keras.Model(inputs, outputs)
     data = images[:, :8, :8]

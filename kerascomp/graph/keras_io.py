@@ -72,14 +72,22 @@ def _has_config(layer: Any) -> bool:
 
 
 # Keras 3 operations (``x + y``, ``keras.ops.add``) that act like the merge layer of the same name
-# when they combine equally shaped tensors.
+# when they combine tensors of one rank whose shapes broadcast (an SE gate ``x * s``, s of shape (1, 1, C)).
 _MERGE_OPS = {"Add", "Subtract", "Multiply", "Maximum", "Minimum"}
+
+
+def _broadcast_merge(shapes: list) -> bool:
+    """Whether tensors of ``shapes`` (batch axis first) combine element-wise as a merge layer would: one rank,
+    and on each axis one size, or 1 (broadcast)."""
+    if len(shapes) < 2 or None in shapes or len({len(s) for s in shapes}) != 1:
+        return False
+    return all(len({d for d in axis if d not in (1, None)}) <= 1 for axis in zip(*shapes))
 
 
 def _operation_spec(model: Any, name: str, entry: dict) -> LayerSpec | None:
     """A Keras 3 functional graph may call operations that are not layers (ConvNeXt's residual
-    ``inputs + x``). An element-wise merge of equally shaped tensors reads as the merge layer of its
-    name; any other operation as ``op:<class>``, which every pass treats as an unknown layer."""
+    ``inputs + x``). An element-wise merge of tensors whose shapes broadcast reads as the merge layer of
+    its name; any other operation as ``op:<class>``, which every pass treats as an unknown layer."""
     operation = next((op for op in getattr(model, "operations", []) if op.name == name), None)
     if operation is None:
         return None
@@ -88,8 +96,7 @@ def _operation_spec(model: Any, name: str, entry: dict) -> LayerSpec | None:
     args = nodes[0].get("args", []) if len(nodes) == 1 and isinstance(nodes[0], dict) else [None]
     shapes = [a["config"]["shape"] if isinstance(a, dict) and a.get("class_name") == "__keras_tensor__" else None
               for a in args]
-    merge = (cls.__name__ in _MERGE_OPS and len(shapes) >= 2 and None not in shapes
-             and all(list(s) == list(shapes[0]) for s in shapes) and not nodes[0].get("kwargs"))
+    merge = cls.__name__ in _MERGE_OPS and _broadcast_merge(shapes) and not nodes[0].get("kwargs")
     return LayerSpec(name=name, cls=cls, config=dict(entry["config"]), weights=[],
                      kind="" if merge else f"op:{cls.__name__}")
 
