@@ -392,3 +392,17 @@ def test_pruning_into_and_out_of_a_grouped_conv(keras, method):
     outcomes = {o.stage: o for o in check_graph(model, method, target=0.5, export=False)}
     assert outcomes["lossless"].status == "ok" and outcomes["lossless"].measures["rewritten_layers"] >= 2
     assert outcomes["target"].status == "ok" and outcomes["target"].measures["reference_error"] < 1e-5
+
+
+def test_grouped_conv_groups_keep_the_score_order_under_reconstruction_selection(keras, images):
+    """selection="reconstruction" picks channels freely, which a grouped conv cannot take: the groups it splits
+    keep the method's balanced order, the report says so, and the result is still a valid grouped conv."""
+    from test_channels import _grouped_model
+
+    model = _grouped_model(keras)
+    result = kerascomp.compress(model, "l1", target_flops=0.5, data=images[:, :8, :8], selection="reconstruction",
+                                channel_multiple=1, verbose=0)
+    left = result.report.notes["selection_left_to_score"]
+    assert any("grouped conv 'g' needs equal removals per group" in why for why in left.values())
+    kernel = result.model.get_layer("g").get_weights()[0]
+    assert kernel.shape[-2] * 4 < 16 and kernel.shape[-1] % 4 == 0

@@ -23,8 +23,10 @@ need a fixed channel count.
 A grouped conv (``groups=G``) splits its input channels, and its filters, into ``G`` equal
 blocks; it stays a grouped conv only if every block loses the same number of channels. Such a
 group carries ``blocks`` (the conv-group block of each channel, -1 for a channel no grouped conv
-splits): removals must be *balanced*, equal in every block (:meth:`ChannelGroup.balanced`). :data:`PRUNE_RULES` says, per layer class, which
-axis of which weight holds input or output channels, so removal is physical.
+splits): removals must be *balanced*, equal in every block (:meth:`ChannelGroup.balanced`).
+
+:data:`PRUNE_RULES` says, per layer class, which axis of which weight holds input or output
+channels, so removal is physical (a grouped conv's kernel is sliced per group).
 """
 from __future__ import annotations
 
