@@ -32,6 +32,27 @@ def test_truncation_errors_cover_every_rank_of_a_mode_wider_than_the_rest_of_the
     np.testing.assert_allclose(compose(*tucker2(kernel, 27, 3)), kernel, atol=1e-9)
 
 
+def test_gram_paths_match_tensorly_and_the_svd():
+    """The truncation curve from the Gram eigenvalues equals the one from the singular values, and HOOI started
+    from the Gram's eigenvectors reaches the error of tensorly's own init='svd' run."""
+    import tensorly
+    from tensorly.decomposition import partial_tucker
+
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(size=(3, 3, 24, 40)) * np.linspace(1.0, 0.05, 40) * np.linspace(1.0, 0.2, 24)[:, None]
+    drops = truncation_errors(kernel)
+    for mode, drop in zip((2, 3), drops):
+        energy = np.linalg.svd(np.moveaxis(kernel, mode, 0).reshape(kernel.shape[mode], -1), compute_uv=False) ** 2
+        expected = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]]) / np.sum(kernel ** 2)
+        np.testing.assert_allclose(drop, expected, atol=1e-12)
+    with tensorly.backend_context("numpy"):
+        (core, (first, last)), _ = partial_tucker(kernel, rank=[10, 16], modes=[2, 3], n_iter_max=30, init="svd",
+                                                  random_state=0)
+    reference = np.linalg.norm(np.einsum("hwab,ca,nb->hwcn", core, first, last) - kernel)
+    ours = np.linalg.norm(compose(*tucker2(kernel, 10, 16)) - kernel)
+    assert ours == pytest.approx(reference, rel=1e-6)
+
+
 @pytest.mark.parametrize("allocation, target", [("uniform", {"target_flops": 0.5}), ("global", {"target_params": 0.4})])
 def test_tucker_meets_the_budget(small_resnet, images, allocation, target):
     before = model_fingerprint(small_resnet)

@@ -17,12 +17,33 @@ def tucker2(kernel: np.ndarray, in_rank: int, out_rank: int, iterations: int = 3
     height, width, channels, filters = kernel.shape
     if not (1 <= in_rank <= channels and 1 <= out_rank <= filters):
         raise ValueError(f"Tucker-2 ranks ({in_rank}, {out_rank}) must lie in [1, {channels}] x [1, {filters}]")
+    weights = kernel.astype(np.float64)
+    # HOOI from the truncated HOSVD, as tensorly's init="svd", but with each mode's leading singular vectors
+    # taken from the eigenvectors of its C x C Gram matrix: tensorly's SVD of the whole unfolding (C x k*k*N)
+    # was 4 of the 5 s of a 3x3 256->256 conv, and most of Tucker's time on ResNet50
+    init = [_leading_vectors(_unfolding(weights, 2), in_rank), _leading_vectors(_unfolding(weights, 3), out_rank)]
     with tensorly.backend_context("numpy"):
-        (core, (first, last)), _ = partial_tucker(kernel.astype(np.float64), rank=[in_rank, out_rank], modes=[2, 3],
-                                                  n_iter_max=iterations, init="svd", random_state=0)
+        (core, (first, last)), _ = partial_tucker(weights, rank=[in_rank, out_rank], modes=[2, 3],
+                                                  n_iter_max=iterations, init=init, random_state=0)
     dtype = kernel.dtype
     return (first.reshape(1, 1, channels, in_rank).astype(dtype), core.astype(dtype),
             last.T.reshape(1, 1, out_rank, filters).astype(dtype))
+
+
+def _unfolding(kernel: np.ndarray, mode: int) -> np.ndarray:
+    return np.moveaxis(kernel, mode, 0).reshape(kernel.shape[mode], -1)
+
+
+def _gram_eigen(unfolded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Squared singular values (largest first) and left singular vectors of ``unfolded``, from the
+    eigendecomposition of its Gram matrix (rows x rows): a BLAS product and a small ``eigh`` instead of an
+    SVD of the wide matrix (about 10x faster on a 512 x 4608 unfolding, energies equal to 1e-16 of the total)."""
+    values, vectors = np.linalg.eigh(unfolded @ unfolded.T)
+    return np.maximum(values[::-1], 0.0), vectors[:, ::-1]
+
+
+def _leading_vectors(unfolded: np.ndarray, rank: int) -> np.ndarray:
+    return np.ascontiguousarray(_gram_eigen(unfolded)[1][:, :rank])
 
 
 def compose(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -37,11 +58,9 @@ def truncation_errors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     total = float(np.sum(kernel.astype(np.float64) ** 2)) or 1.0
     drops = []
     for mode in (2, 3):
-        unfolded = np.moveaxis(kernel.astype(np.float64), mode, 0).reshape(kernel.shape[mode], -1)
-        energy = np.linalg.svd(unfolded, compute_uv=False) ** 2
         # a mode wider than the rest of the kernel (3 filters of 3x3 over 32 channels: 27 < 32) has fewer
-        # singular values than ranks; the ranks past them drop nothing
-        energy = np.pad(energy, (0, kernel.shape[mode] - len(energy)))
+        # singular values than ranks; the Gram's extra eigenvalues are (numerically) zero: they drop nothing
+        energy = _gram_eigen(_unfolding(kernel.astype(np.float64), mode))[0]
         tail = np.concatenate([np.cumsum(energy[::-1])[::-1], [0.0]])  # tail[r] = energy beyond the first r
         drops.append(tail / total)
     return drops[0], drops[1]

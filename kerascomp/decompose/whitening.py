@@ -30,7 +30,8 @@ def whitener(covariance: np.ndarray, groups: int = 1, ridge: float = RIDGE) -> l
 def whiten_kernel(kernel: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
     """``kernel`` (kh, kw, C, N) with each input-channel group's slice multiplied by its block ``T``."""
     size = kernel.shape[2] // len(blocks)
-    parts = [np.einsum("ab,hwbo->hwao", block, np.asarray(kernel[:, :, g * size:(g + 1) * size, :], np.float64))
+    # block @ each tap's (C, N) slice: a batched BLAS product (np.einsum's loop took 18 s over ResNet50's convs)
+    parts = [np.matmul(block, np.asarray(kernel[:, :, g * size:(g + 1) * size, :], np.float64))
              for g, block in enumerate(blocks)]
     return np.concatenate(parts, axis=2)
 
@@ -39,7 +40,6 @@ def unwhiten_factor(kernel: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
     """The inverse step on the factor that reads the input: a kernel (kh, kw, C/g, g*r) whose outputs
     ``j*r:(j+1)*r`` read input group ``j`` gets ``T_j^-1`` on its input axis (same dtype)."""
     rank = kernel.shape[3] // len(blocks)
-    parts = [np.einsum("ab,hwbo->hwao", np.linalg.inv(block),
-                       np.asarray(kernel[:, :, :, g * rank:(g + 1) * rank], np.float64))
+    parts = [np.matmul(np.linalg.inv(block), np.asarray(kernel[:, :, :, g * rank:(g + 1) * rank], np.float64))
              for g, block in enumerate(blocks)]
     return np.concatenate(parts, axis=3).astype(kernel.dtype)
