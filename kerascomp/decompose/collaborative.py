@@ -164,11 +164,13 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
             saving = area * (rank if low_rank else filters)
             units += [(channel_cost[c] / saving, 0, int(c)) for c in np.flatnonzero(kept)]
         if decompose and rank > 1:
-            if stale:  # a removed channel changes every singular triplet; removed values change none
+            if stale:  # a removed channel changes every singular triplet; removed values change none (nor
+                # the other values' scores: those are kept, less the removed entries, until the next channel goes)
                 left, values, right = thin_svd(channel_matrix(current[:, :, kept, :]))
+                left, values, right = left[:, :rank], values[:rank], right[:rank]
+                value_cost = _value_scores(left, values, right, channel_matrix(gradient[:, :, kept, :]))
                 stale = False
-            left, values, right = left[:, :rank], values[:rank], right[:rank]
-            value_cost = _value_scores(left, values, right, channel_matrix(gradient[:, :, kept, :]))
+            left, values, right, value_cost = left[:, :rank], values[:rank], right[:rank], value_cost[:rank]
             saving = area * int(kept.sum()) + filters
             units += [(value_cost[i] / saving, 1, i) for i in range(rank)]
         if not units:
@@ -188,13 +190,13 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
             break
         values_out = [index for _, kind, index in chosen if kind == 1]
         if values_out:
-            change = sum(values[i] * np.outer(left[:, i], right[i]) for i in values_out)
+            change = (left[:, values_out] * values[values_out]) @ right[values_out]  # sum of s_i u_i v_i^T
             block = channel_matrix(current[:, :, kept, :]) - change
             count = int(kept.sum())
             current[:, :, kept, :] = np.transpose(block.reshape(filters, count, height, width), (2, 3, 1, 0))
             rank -= len(values_out)
-            left, values, right = (np.delete(left, values_out, axis=1), np.delete(values, values_out),
-                                   np.delete(right, values_out, axis=0))
+            left, values, right, value_cost = (np.delete(left, values_out, axis=1), np.delete(values, values_out),
+                                               np.delete(right, values_out, axis=0), np.delete(value_cost, values_out))
         for _, kind, index in chosen:
             if kind == 0:
                 stale = True
@@ -215,7 +217,7 @@ def factor_kernel(kernel: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.
     (``sqrt(S) V^T`` as filters) and the 1x1 kernel ``r -> N`` (``U sqrt(S)``) whose composition is the
     truncated kernel (the reference's output form)."""
     height, width, channels, filters = kernel.shape
-    left, values, right = np.linalg.svd(channel_matrix(kernel.astype(np.float64)), full_matrices=False)
+    left, values, right = thin_svd(channel_matrix(kernel.astype(np.float64)))
     root = np.sqrt(values[kept])
     basis = (root[:, None] * right[kept]).reshape(len(kept), channels, height, width)
     pointwise = (left[:, kept] * root).T
