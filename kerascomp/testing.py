@@ -43,7 +43,6 @@ from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
 from kerascomp.errors import CompressionError
 from kerascomp.graph.channels import (
-    DEPTHWISE,
     PER_CHANNEL,
     PRUNE_RULES,
     SEPARABLE,
@@ -721,8 +720,8 @@ def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]], silenced:
     """A copy of ``model`` in which, per channel group (``analyse_channels`` index), each channel ``twin``
     of ``pairs[group]`` computes exactly what its ``source`` computes: every layer that writes the group
     copies the source's output slice (filter, bias, BN statistics, depthwise kernel) into the twin's.
-    None when that cannot be exact on this graph (a depthwise multiplier, a layer norm, a layer whose
-    weights kerascomp does not map, or a layer that holds one channel of a pair and not the other).
+    None when that cannot be exact on this graph (a layer norm, a layer whose weights kerascomp does not
+    map, or a layer that holds one channel of a pair and not the other).
     The layers ``silenced`` read neither channel of a pair: their input slices for both are zeroed."""
     graph = read_model(model)
     analysis = analyse_channels(graph, infer_shapes(graph))
@@ -730,24 +729,38 @@ def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]], silenced:
     paired = {int(atom) for group, listed in pairs.items() for pair in listed for channel in pair
               for atom in analysis.groups[group].channels[channel]}
     _zero_input_slices(graph, analysis, silenced, paired)
-    for name, atoms in analysis.out_atoms.items():
+
+    def copies_of(atoms: np.ndarray) -> list[tuple[int, int | None]]:
+        """(twin position, source position) in ``atoms``: the k-th occurrence of a twin channel takes the k-th
+        of its source (a depthwise conv with a multiplier repeats each channel)."""
         located = [analysis.channel_of_atom[int(atom)] for atom in atoms]
-        position = {where: index for index, where in enumerate(located)}
-        copies = [(index, position.get((group, wanted[(group, channel)])))
-                  for index, (group, channel) in enumerate(located) if (group, channel) in wanted]
-        if not copies:
+        occurrences: dict[tuple[int, int], list[int]] = {}
+        for index, where in enumerate(located):
+            occurrences.setdefault(where, []).append(index)
+        found = []
+        for (group, channel), positions in occurrences.items():
+            if (group, channel) in wanted:
+                sources = occurrences.get((group, wanted[(group, channel)]), [])
+                found += [(twin, sources[k] if k < len(sources) else None) for k, twin in enumerate(positions)]
+        return found
+
+    for name, atoms in analysis.out_atoms.items():
+        copies = {"out": copies_of(atoms)}
+        if not copies["out"]:
             continue
         spec = graph.layers[name]
-        if any(source is None for _, source in copies) or spec.class_name == "LayerNormalization" or \
-                spec.weights and spec.class_name not in PRUNE_RULES or \
-                spec.class_name in DEPTHWISE and int(spec.config.get("depth_multiplier", 1)) != 1:
+        # a per-channel layer's input is its output, but for a depthwise multiplier: its kernel's channel axis
+        # holds the inputs, its bias the repeated outputs
+        copies["in"] = copies_of(analysis.in_atoms[name]) if name in analysis.in_atoms else []
+        if any(source is None for listed in copies.values() for _, source in listed) or \
+                spec.class_name == "LayerNormalization" or spec.weights and spec.class_name not in PRUNE_RULES:
             return None
         per_channel = spec.class_name in PER_CHANNEL
         for weight, roles in zip(spec.weights, PRUNE_RULES[spec.class_name](spec) if spec.weights else []):
             for axis, role in roles.items():
-                if role == "out" or (role == "in" and per_channel):  # a per-channel layer's input is its output
+                if role == "out" or (role == "in" and per_channel):
                     moved = np.moveaxis(weight, axis, 0)  # a view: writes reach the weight
-                    for twin, source in copies:
+                    for twin, source in copies[role]:
                         moved[twin] = moved[source]
     return write_model(graph)
 

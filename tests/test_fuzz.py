@@ -396,3 +396,25 @@ def test_round_trip_is_exact_and_recipes_are_reproducible(keras):
         np.testing.assert_array_equal(a, b)
     x = sample_inputs(first)
     np.testing.assert_array_equal(np.asarray(round_trip(first)(x)), np.asarray(first(x)))
+
+
+@pytest.mark.parametrize("blocks", [
+    [("depthwise", {"multiplier": 2, "strides": 1})],                                  # fuzz graph 55 (seed 1205)
+    [("grouped", {"filters": 32, "groups": 2}), ("depthwise", {"multiplier": 2, "strides": 1})],  # graph 194
+])
+def test_the_duplicate_channel_check_reaches_through_a_depthwise_multiplier(keras, blocks):
+    """A depthwise conv with a multiplier repeats each input channel: the duplicate of a channel copies the
+    source's kernel slice and each of its repeated bias entries, so the check applies (it used to give up,
+    and correlation's check rewrote nothing on such graphs) and pruning cuts one channel of each pair."""
+    import kerascomp.testing as fuzz
+
+    conv = ("conv", {"filters": 16, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True,
+                     "activation": "relu"})
+    model = build_model(Recipe(True, (8, 8, 4), [conv] + blocks, head="gap", seed=3), keras)
+    x = sample_inputs(model)
+    found = fuzz.correlation_lossless(model, x)
+    assert found is not None
+    twins, pruned = found
+    assert fuzz.relative_error(fuzz.outputs_of(pruned, x), fuzz.outputs_of(twins, x)) < fuzz.LOSSLESS_TOLERANCE
+    assert fuzz.relative_error(fuzz.outputs_of(twins, x), fuzz.outputs_of(model, x)) > 0.01
+    assert pruned.count_params() < twins.count_params()
