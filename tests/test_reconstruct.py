@@ -111,22 +111,32 @@ def test_reconstruction_never_worsens_a_layer_and_brings_the_outputs_closer(trai
     assert error_fixed < error_raw
 
 
-def test_the_original_inputs_cached_in_one_pass_give_the_same_refits(trained, monkeypatch):
-    """Over ``CACHE_BYTES``, each unit runs the original model up to itself again: same numbers."""
+def test_the_walk_and_the_per_unit_passes_give_the_same_refits(trained, monkeypatch):
+    """Reconstruction runs the compressed graph once, node by node, refitting each unit on the way (the walk);
+    per-unit sub-models (``WALK`` off: the compressed model up to each unit, the original's inputs cached in
+    one pass) and, over ``CACHE_BYTES``, both models up to each unit again: the same numbers."""
     from kerascomp.methods import reconstruct as module
 
     model, x = trained
     calls = []
     monkeypatch.setattr(module, "_submodel", lambda *args: calls.append(args[2]) or _submodel(*args))
+    walked = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=96)
+    units = [row.detail for row in walked.report.layers if "output_error_before" in row.detail]
+    assert units and not calls and any(detail["refit"] for detail in units)
+    monkeypatch.setattr(module, "WALK", False)
     cached = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=96)
-    units = [row.detail for row in cached.report.layers if "output_error_before" in row.detail]
-    assert units and len(calls) == len(units)  # the compressed model's prefix only
+    assert len(calls) == len(units)  # the compressed model's prefix only
     monkeypatch.setattr(module, "CACHE_BYTES", 0)
     again = _compress(model, "svd", x, reconstruct=True, reconstruct_samples=96)
     assert len(calls) == 3 * len(units)  # then the original's prefix too
-    assert units == [row.detail for row in again.report.layers if "output_error_before" in row.detail]
-    for a, b in zip(cached.model.get_weights(), again.model.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for other in (cached, again):
+        details = [row.detail for row in other.report.layers if "output_error_before" in row.detail]
+        for ours, theirs in zip(units, details):
+            assert ours["refit"] == theirs["refit"]
+            for key in ("output_error_before", "output_error_after"):
+                assert ours[key] == pytest.approx(theirs[key], abs=2e-5)
+        for a, b in zip(walked.model.get_weights(), other.model.get_weights()):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_too_few_rows_are_not_refit_and_the_report_says_why(trained):

@@ -420,6 +420,19 @@ def infer_shapes(graph: Graph) -> dict[str, list[tuple]]:
     return {name: list(shapes) for name, shapes in _SHAPE_CACHE[key].items()}
 
 
+def build_layers(graph: Graph) -> dict[str, Any]:
+    """Every layer of ``graph`` as a built Keras layer holding the graph's weights, by name, to call node by
+    node (as :func:`kerascomp.methods.reconstruct` does), with :func:`set_layer_weights` to update one."""
+    created, _ = _call_graph(graph, module_for(graph))
+    for name, layer in created.items():
+        _set_weights(layer, graph.layers[name])
+    return created
+
+
+def set_layer_weights(layer: Any, spec: LayerSpec) -> None:
+    _set_weights(layer, spec)
+
+
 def _resolve(tensors: dict[str, list], leaf: Any) -> Any:
     return tensors[leaf.node][leaf.index] if isinstance(leaf, Ref) else leaf
 
