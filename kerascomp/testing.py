@@ -749,13 +749,13 @@ def twin_channels(model: Any, pairs: dict[int, list[tuple[int, int]]], silenced:
         if not copies["out"]:
             continue
         spec = graph.layers[name]
+        per_channel = spec.class_name in PER_CHANNEL
         # a per-channel layer's input is its output, but for a depthwise multiplier: its kernel's channel axis
         # holds the inputs, its bias the repeated outputs
-        copies["in"] = copies_of(analysis.in_atoms[name]) if name in analysis.in_atoms else []
+        copies["in"] = copies_of(analysis.in_atoms[name]) if per_channel and name in analysis.in_atoms else []
         if any(source is None for listed in copies.values() for _, source in listed) or \
                 spec.class_name == "LayerNormalization" or spec.weights and spec.class_name not in PRUNE_RULES:
             return None
-        per_channel = spec.class_name in PER_CHANNEL
         for weight, roles in zip(spec.weights, PRUNE_RULES[spec.class_name](spec) if spec.weights else []):
             for axis, role in roles.items():
                 if role == "out" or (role == "in" and per_channel):
