@@ -486,6 +486,9 @@ def _maps_zero_to_nonzero(spec: Any) -> bool:
     """Whether this layer turns a zero channel into a non-zero one (a sigmoid gate, a Rescaling offset)."""
     if _activation(spec) in ("sigmoid", "hard_sigmoid", "softplus", "exponential"):
         return True
+    if spec.class_name == "TFOpLambda":  # tf_keras's x + 3.0, tf.math.sigmoid(x): taken as non-zero unless known
+        return spec.config.get("function") not in ("math.multiply", "math.truediv", "__operators__.truediv",
+                                                    "nn.relu", "nn.relu6", "math.tanh", "nn.silu")
     return spec.class_name == "Rescaling" and bool(np.any(np.asarray(spec.config.get("offset", 0.0))))
 
 

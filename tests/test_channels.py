@@ -286,3 +286,27 @@ def test_tensor_operators_couple_channels(keras, images):
     assert set(analysis.group_of("c").producers) == {"c", "d"} and analysis.group_of("c").prunable() == list(range(12))
     error = pruned_against_dead(model, "l1", 0.5, data)
     assert error is not None and error < 1e-5
+
+
+def test_tf_keras_operators_with_numbers_pass_channels_through(keras, images):
+    """tf_keras's MobileNetV3 hard-swish, ``x * relu6(x + 3.0) * (1 / 6)`` on tensors: the ``+ 3.0`` and
+    ``* (1 / 6)`` (TFOpLambda layers with a number for y) act per element, so they pass channels through
+    instead of blocking them; pruning through them matches the original with the cut channels' readers zeroed."""
+    from kerascomp.graph.flavour import legacy_requested
+
+    if not legacy_requested():
+        pytest.skip("tf_keras writes these as TFOpLambda layers; Keras 3 as operations")
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    a = layers.Conv2D(12, 3, padding="same", name="a")(inputs)
+    gate = layers.ReLU(6.0)(a + 3.0) * (1.0 / 6.0)
+    b = layers.Conv2D(8, 3, padding="same", name="b")(layers.Multiply()([a, gate]))
+    model = keras.Model(inputs, layers.Dense(4, name="head")(layers.GlobalAveragePooling2D()(b)))
+    graph, analysis = _analyse(model)
+    group = analysis.group_of("a")
+    assert group.prunable() == list(range(12)) and "b" in group.consumers
+    _zero_outgoing(graph, analysis, group, 5)
+    expected = write_model(graph).predict(images[:, :8, :8], verbose=0)
+    pruned = write_model(prune_channels(graph, analysis, {group.index: [5]}))
+    assert pruned.get_layer("b").get_weights()[0].shape == (3, 3, 11, 8)
+    np.testing.assert_allclose(pruned.predict(images[:, :8, :8], verbose=0), expected, rtol=1e-5, atol=1e-5)

@@ -55,6 +55,10 @@ PASS_THROUGH = {
 MERGE = {"Add", "Subtract", "Multiply", "Maximum", "Minimum", "Average"}
 # tf_keras writes ``x + y``, ``x * y``, ... on tensors as a TFOpLambda of these functions: a merge when both are tensors
 TF_OP_MERGES = {"__operators__.add", "math.add", "math.subtract", "math.multiply", "math.maximum", "math.minimum"}
+# ... and, with a number for y (``x + 3.0``, ``x * (1 / 6)``: tf_keras's MobileNetV3 hard-swish), or these
+# functions of one tensor, the same operation on every element: channels pass through
+TF_OP_ELEMENTWISE = TF_OP_MERGES | {"math.truediv", "__operators__.truediv", "nn.relu", "nn.relu6", "math.sigmoid",
+                                   "math.tanh", "nn.silu"}
 
 # Per layer class: for each weight (in get_weights() order, by rank), {axis: role}. Roles:
 # "in" (input channel), "out" (output channel), "mid" (a separable conv's depthwise outputs).
@@ -268,6 +272,9 @@ class _Builder:
         cls, config = spec.class_name, spec.config
         if cls == "TFOpLambda" and config.get("function") in TF_OP_MERGES and len(refs) == 2:
             cls = "Add"  # element-wise on two tensors: the same channel coupling as a merge layer
+        elif cls == "TFOpLambda" and config.get("function") in TF_OP_ELEMENTWISE and len(refs) == 1 and \
+                all(isinstance(value, (int, float)) for key, value in node.kwargs.items() if key != "name"):
+            cls = "Activation"  # one tensor and numbers: per element, so per channel
         out_shape = self.shapes[name][0]
         rank = len(out_shape)
         single = len(refs) == 1 or (cls in MERGE | {"Concatenate"})
