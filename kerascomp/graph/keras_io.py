@@ -341,7 +341,7 @@ def _make_layer(spec: LayerSpec) -> Any:
             "Make its get_config()/from_config() round-trip.") from error
 
 
-def _set_weights(layer: Any, spec: LayerSpec) -> None:
+def set_layer_weights(layer: Any, spec: LayerSpec) -> None:
     if not spec.weights and not hasattr(layer, "set_weights"):  # a Keras 3 operation
         return
     try:
@@ -374,7 +374,7 @@ def write_model(graph: Graph) -> Any:
         model = keras.Model(model_inputs[0] if len(model_inputs) == 1 else model_inputs,
                             map_leaves(lambda leaf: _resolve(tensors, leaf), graph.outputs), name=graph.name)
     for name, layer in created.items():
-        _set_weights(layer, graph.layers[name])
+        set_layer_weights(layer, graph.layers[name])
     return model
 
 
@@ -425,12 +425,8 @@ def build_layers(graph: Graph) -> dict[str, Any]:
     node (as :func:`kerascomp.methods.reconstruct` does), with :func:`set_layer_weights` to update one."""
     created, _ = _call_graph(graph, module_for(graph))
     for name, layer in created.items():
-        _set_weights(layer, graph.layers[name])
+        set_layer_weights(layer, graph.layers[name])
     return created
-
-
-def set_layer_weights(layer: Any, spec: LayerSpec) -> None:
-    _set_weights(layer, spec)
 
 
 def _resolve(tensors: dict[str, list], leaf: Any) -> Any:

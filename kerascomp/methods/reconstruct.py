@@ -50,6 +50,7 @@ BATCH = 64
 MAX_ROWS = 60000  # activation rows (pixels x images) per unit in its Gram matrix, sampled evenly over the batches
 CACHE_BYTES = 512 << 20  # the original model's unit inputs, all computed in one pass when they fit in this many bytes
 ROWS_PER_WEIGHT = 2  # a layer is refit only on at least this many activation rows per weight of an output
+WALK = True  # refit in one eager pass over the compressed graph's nodes when it can (see _walk)
 MAX_FEATURES = 8192  # a kxk conv over more input channels than this (kh*kw*C) is not refit: its Gram is too big
 
 
@@ -260,10 +261,9 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
     calls = [name for unit in units for name in unit.nodes]
     original_model = _probe(original, calls)
     position = {name: index for index, name in enumerate(calls)}
-    batches = -(-min(samples, len(data[0] if isinstance(data, list) else data)) // BATCH)
-    fit = _Fitter(original, result, -(-MAX_ROWS // max(batches, 1)), np.random.default_rng(seed))
-    cached = _original_inputs(original_model, data, samples)
     rows = min(samples, len(data[0] if isinstance(data, list) else data))
+    fit = _Fitter(original, result, -(-MAX_ROWS // max(-(-rows // BATCH), 1)), np.random.default_rng(seed))
+    cached = _original_inputs(original_model, data, samples)
     if cached is not None and WALK and all(len(unit.nodes) == 1 for unit in units) and \
             _walk_bytes(result, rows) <= CACHE_BYTES:
         _walk(result, units, data, samples, cached, position, fit, verbose)
@@ -292,8 +292,6 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
                 compressed_model.get_layer(name).set_weights(result.layers[name].weights)
     return result, fit.details
 
-
-WALK = True  # refit in one eager pass over the compressed graph's nodes when it can (see _walk)
 
 
 class _Fitter:
