@@ -139,6 +139,27 @@ def test_the_walk_and_the_per_unit_passes_give_the_same_refits(trained, monkeypa
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_the_walk_runs_a_recorded_training_argument_in_inference_mode(keras, monkeypatch):
+    """Keras 3 records ``training=False`` in a functional Dropout's call; the walk used to pass its own as well
+    (TypeError). It runs the layer in inference mode, as the per-unit sub-models do: the same refits."""
+    from kerascomp.methods import reconstruct as module
+
+    layers = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = layers.Dropout(0.5, name="drop")(x)
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    model = keras.Model(inputs, layers.Dense(4, name="logits")(layers.GlobalAveragePooling2D()(x)))
+    x = np.random.default_rng(0).normal(size=(96, 8, 8, 3)).astype("float32")
+    walked = _compress(model, "l1", x, reconstruct=True, reconstruct_samples=96)
+    monkeypatch.setattr(module, "WALK", False)
+    cached = _compress(model, "l1", x, reconstruct=True, reconstruct_samples=96)
+    refit = [row.layer for row in walked.report.layers if row.detail.get("refit")]
+    assert "c2" in refit  # the consumer of c1's pruned channels, after the Dropout
+    for a, b in zip(walked.model.get_weights(), cached.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_too_few_rows_are_not_refit_and_the_report_says_why(trained):
     """Four images give the last stage (4x4 pixels, 3x3 convs over 32-64 channels) 64 rows for up to 576
     weights per output: those layers keep their truncated weights; the stem (16x16 pixels) is refit."""

@@ -375,7 +375,9 @@ def _walk(result: Graph, units: list[Unit], data: Any, samples: int, cached: lis
         training = {"training": False} if _takes_training(layer) else {}
         for held in tensors:
             resolve = lambda leaf, held=held: held[leaf.node][leaf.index] if isinstance(leaf, Ref) else leaf  # noqa: E731
-            out = layer(*map_leaves(resolve, node.args), **map_leaves(resolve, node.kwargs), **training)
+            # training=False overrides a recorded training argument (Keras 3 records Dropout's), as a Keras model
+            # called with training=False does
+            out = layer(*map_leaves(resolve, node.args), **{**map_leaves(resolve, node.kwargs), **training})
             held[node.name] = list(out) if isinstance(out, (list, tuple)) else [out]
         for ref in node.input_refs():
             if last_read.get(ref.node) == index:
