@@ -53,6 +53,34 @@ def test_gram_paths_match_tensorly_and_the_svd():
     assert ours == pytest.approx(reference, rel=1e-6)
 
 
+def test_a_tall_unfolding_takes_the_small_gram_and_gives_the_svds_subspace():
+    """A 1x1 conv with more inputs than filters (48 over 12) unfolds tall: its curve and leading vectors come from
+    the 12 x 12 Gram and match the SVD's; a rank past 12 and a kernel with zero rows still give orthonormal
+    vectors; HOOI from them reaches tensorly's own init='svd' error."""
+    import tensorly
+    from tensorly.decomposition import partial_tucker
+
+    from kerascomp.decompose.tucker import _leading_vectors, _unfolding
+
+    rng = np.random.default_rng(3)
+    kernel = rng.normal(size=(1, 1, 48, 12)) * np.linspace(1.0, 0.1, 12)
+    unfolded = _unfolding(kernel, 2)
+    left, singular, _ = np.linalg.svd(unfolded, full_matrices=False)
+    expected = np.concatenate([np.cumsum((singular ** 2)[::-1])[::-1], np.zeros(48 - 11)]) / np.sum(kernel ** 2)
+    np.testing.assert_allclose(truncation_errors(kernel)[0], expected, atol=1e-12)
+    ours = _leading_vectors(unfolded, 5)
+    np.testing.assert_allclose(np.abs(ours.T @ left[:, :5]), np.eye(5), atol=1e-8)  # the same vectors up to sign
+    for matrix, rank in ((unfolded, 20), (np.where(np.arange(48)[:, None] < 40, 0.0, unfolded), 12)):
+        vectors = _leading_vectors(matrix, rank)
+        assert vectors.shape == (48, rank) and np.all(np.isfinite(vectors))
+        np.testing.assert_allclose(vectors.T @ vectors, np.eye(rank), atol=1e-8)
+    with tensorly.backend_context("numpy"):
+        (core, (first, last)), _ = partial_tucker(kernel, rank=[6, 8], modes=[2, 3], n_iter_max=30, init="svd",
+                                                  random_state=0)
+    reference = np.linalg.norm(np.einsum("hwab,ca,nb->hwcn", core, first, last) - kernel)
+    assert np.linalg.norm(compose(*tucker2(kernel, 6, 8)) - kernel) == pytest.approx(reference, rel=1e-6)
+
+
 @pytest.mark.parametrize("allocation, target", [("uniform", {"target_flops": 0.5}), ("global", {"target_params": 0.4})])
 def test_tucker_meets_the_budget(small_resnet, images, allocation, target):
     before = model_fingerprint(small_resnet)

@@ -38,8 +38,15 @@ def whiten_kernel(kernel: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
 
 def unwhiten_factor(kernel: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
     """The inverse step on the factor that reads the input: a kernel (kh, kw, C/g, g*r) whose outputs
-    ``j*r:(j+1)*r`` read input group ``j`` gets ``T_j^-1`` on its input axis (same dtype)."""
-    rank = kernel.shape[3] // len(blocks)
-    parts = [np.matmul(np.linalg.inv(block), np.asarray(kernel[:, :, :, g * rank:(g + 1) * rank], np.float64))
-             for g, block in enumerate(blocks)]
+    ``j*r:(j+1)*r`` read input group ``j`` gets ``T_j^-1`` on its input axis (same dtype), by a triangular solve
+    (``np.linalg.inv`` of a 1152-channel ``T`` took 0.1 s per layer, most of EfficientNetB0's whitening)."""
+    from scipy.linalg import solve_triangular
+
+    height, width, size, columns = kernel.shape
+    rank = columns // len(blocks)
+    parts = []
+    for g, block in enumerate(blocks):
+        part = np.moveaxis(np.asarray(kernel[:, :, :, g * rank:(g + 1) * rank], np.float64), 2, 0)
+        solved = solve_triangular(block, part.reshape(size, -1), lower=False)
+        parts.append(np.moveaxis(solved.reshape(size, height, width, rank), 0, 2))
     return np.concatenate(parts, axis=3).astype(kernel.dtype)
