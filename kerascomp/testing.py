@@ -881,11 +881,11 @@ def _chain_product(factors: list[np.ndarray]) -> np.ndarray:
     for factor in factors[1:]:
         # a 1x1 factor mixes channels; a kx1 then 1xk pair (or kxk core) composes spatially
         if factor.shape[:2] == (1, 1):
-            kernel = np.einsum("ijcr,ro->ijco", kernel, factor[0, 0].astype("float64"))
+            kernel = np.einsum("ijcr,ro->ijco", kernel, factor[0, 0].astype("float64"), optimize=True)
         elif kernel.shape[:2] == (1, 1):
-            kernel = np.einsum("cr,ijro->ijco", kernel[0, 0], factor.astype("float64"))
+            kernel = np.einsum("cr,ijro->ijco", kernel[0, 0], factor.astype("float64"), optimize=True)
         else:  # kx1 then 1xk
-            kernel = np.einsum("icr,jro->ijco", kernel[:, 0], factor[0].astype("float64"))
+            kernel = np.einsum("icr,jro->ijco", kernel[:, 0], factor[0].astype("float64"), optimize=True)
     return kernel
 
 

@@ -105,7 +105,7 @@ def reconstruct(grouped: np.ndarray, pointwise: np.ndarray, groups: int) -> np.n
     rank = width // groups
     left = grouped.reshape(kh, kw, per_group, groups, rank)
     right = pointwise.reshape(groups, rank, -1)
-    dense = np.einsum("hwcgr,grn->hwgcn", left, right)
+    dense = np.einsum("hwcgr,grn->hwgcn", left, right, optimize=True)
     return dense.reshape(kh, kw, groups * per_group, -1)
 
 

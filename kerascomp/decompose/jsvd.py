@@ -54,7 +54,7 @@ def factor_kernels(left: np.ndarray, right: np.ndarray, kernel_shape: tuple[int,
 
 def reconstruct(vertical: np.ndarray, horizontal: np.ndarray) -> np.ndarray:
     """The dense kernel equivalent to the (H x 1) conv ``vertical`` followed by the (1 x W) conv ``horizontal``."""
-    return np.einsum("hir,wro->hwio", vertical[:, 0], horizontal[0])
+    return np.einsum("hir,wro->hwio", vertical[:, 0], horizontal[0], optimize=True)
 
 
 def full_rank(kernel_shape: tuple[int, ...], n: int = 1, variant: str = "svd") -> int:

@@ -71,8 +71,10 @@ class Moments:
         """``sum ||x @ weights + bias - y||^2`` over every accumulated row, exactly (no data needed)."""
         w = np.asarray(weights, dtype=np.float64)
         b = np.broadcast_to(np.asarray(bias, dtype=np.float64), (w.shape[1],))
-        value = (np.einsum("ij,ik,kj->", w, self.gram, w) + 2.0 * b @ (w.T @ self.feature_sum)
-                 + self.count * b @ b - 2.0 * np.einsum("ij,ij->", w, self.cross) - 2.0 * b @ self.target_sum
+        # w^T G w through a BLAS product (np.einsum("ij,ik,kj->") looped over F x F x O in C: 72 of the 115 s
+        # of an l1 ResNet50 compression)
+        value = (np.sum(w * (self.gram @ w)) + 2.0 * b @ (w.T @ self.feature_sum)
+                 + self.count * b @ b - 2.0 * np.sum(w * self.cross) - 2.0 * b @ self.target_sum
                  + self.target_square.sum())
         return max(float(value), 0.0)
 

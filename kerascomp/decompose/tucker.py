@@ -63,7 +63,7 @@ def _leading_vectors(unfolded: np.ndarray, rank: int) -> np.ndarray:
 
 def compose(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.ndarray:
     """The kxk kernel the three factors compute (for checks)."""
-    return np.einsum("ca,hwab,bn->hwcn", first[0, 0], core, last[0, 0])
+    return np.einsum("ca,hwab,bn->hwcn", first[0, 0], core, last[0, 0], optimize=True)
 
 
 def truncation_errors(kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -275,7 +275,7 @@ def _cut(kernel: np.ndarray, gradient: np.ndarray, channels: np.ndarray, rank: i
     cut[:, :, channels, :] = 0.0
     if rank is not None and rank < min(channel_matrix(cut).shape):
         basis, pointwise = factor_kernel(cut, values_to_keep(cut, gradient, rank, values))
-        cut = np.einsum("hwcr,rn->hwcn", basis.astype(np.float64), pointwise[0, 0].astype(np.float64))
+        cut = basis.astype(np.float64) @ pointwise[0, 0].astype(np.float64)
     return cut.astype(kernel.dtype)
 
 

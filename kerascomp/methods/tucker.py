@@ -224,7 +224,7 @@ def factor_layer(graph: Graph, spec: LayerSpec, ranks: tuple[int, int], iteratio
     config, trainable = spec.config, spec.config.get("trainable", True)
     bias = spec.weights[1] if len(spec.weights) > 1 else None
     if tuple(spec.weights[0].shape[:2]) == (1, 1):
-        second = np.einsum("ab,bn->an", core[0, 0], last[0, 0])[None, None].astype(last.dtype)
+        second = (core[0, 0] @ last[0, 0])[None, None].astype(last.dtype)
         pair = [conv_spec(graph.unique_name(f"{spec.name}_tucker_in"), first, config.get("strides", (1, 1)),
                           config.get("padding", "valid"), (1, 1), None, None, trainable, keras),
                 conv_spec(spec.name, second, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable,
