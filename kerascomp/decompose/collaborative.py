@@ -35,21 +35,23 @@ def singular_value_scores(kernel: np.ndarray, gradient: np.ndarray) -> tuple[np.
     return values, _value_scores(left, values, right, channel_matrix(gradient))
 
 
-def thin_svd(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def thin_svd(matrix: np.ndarray, count: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``np.linalg.svd(matrix, full_matrices=False)`` for a float64 matrix, through the eigen-
     decomposition of the Gram matrix of its shorter side (``M M^T`` or ``M^T M``) when one side is at
     least 4x the other (a 3x3 conv's reshape is 9x wider) or both are at least 128 (a wide 1x1 conv,
     square or with a few input channels removed), which is several times faster (a 1024x1000 matrix:
     about 1 s through LAPACK's SVD here). Singular values below 1e-10 of the largest get zero vectors
-    on the longer side."""
+    on the longer side. ``count``: only the leading ``count`` triplets (the longer side's vectors are then
+    computed for those alone)."""
     rows, columns = matrix.shape
     if max(rows, columns) < 4 * min(rows, columns) and min(rows, columns) < 128:
-        return np.linalg.svd(matrix, full_matrices=False)
+        left, values, right = np.linalg.svd(matrix, full_matrices=False)
+        return left[:, :count], values[:count], right[:count]
     if columns < rows:
-        right, values, left = thin_svd(matrix.T)
+        right, values, left = thin_svd(matrix.T, count)
         return left.T, values, right.T
     eigenvalues, left = np.linalg.eigh(matrix @ matrix.T)
-    order = np.argsort(eigenvalues)[::-1]
+    order = np.argsort(eigenvalues)[::-1][:count]
     values = np.sqrt(np.maximum(eigenvalues[order], 0.0))
     left = left[:, order]
     safe = np.where(values > values[0] * 1e-10 if values[0] > 0 else np.zeros_like(values, bool), values, np.inf)
@@ -166,8 +168,7 @@ def multi_step_curve(kernel: np.ndarray, gradient: np.ndarray, prune: bool = Tru
         if decompose and rank > 1:
             if stale:  # a removed channel changes every singular triplet; removed values change none (nor
                 # the other values' scores: those are kept, less the removed entries, until the next channel goes)
-                left, values, right = thin_svd(channel_matrix(current[:, :, kept, :]))
-                left, values, right = left[:, :rank], values[:rank], right[:rank]
+                left, values, right = thin_svd(channel_matrix(current[:, :, kept, :]), rank)
                 value_cost = _value_scores(left, values, right, channel_matrix(gradient[:, :, kept, :]))
                 stale = False
             left, values, right, value_cost = left[:, :rank], values[:rank], right[:rank], value_cost[:rank]
