@@ -11,6 +11,7 @@ group, one block per group, so that the factors stay grouped.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
 RIDGE = 1e-2  # added to a covariance before whitening, relative to its mean diagonal (bounds T^-1)
 
@@ -40,8 +41,6 @@ def unwhiten_factor(kernel: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
     """The inverse step on the factor that reads the input: a kernel (kh, kw, C/g, g*r) whose outputs
     ``j*r:(j+1)*r`` read input group ``j`` gets ``T_j^-1`` on its input axis (same dtype), by a triangular solve
     (``np.linalg.inv`` of a 1152-channel ``T`` took 0.1 s per layer, most of EfficientNetB0's whitening)."""
-    from scipy.linalg import solve_triangular
-
     height, width, size, columns = kernel.shape
     rank = columns // len(blocks)
     parts = []
