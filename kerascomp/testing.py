@@ -46,6 +46,7 @@ from kerascomp.graph.channels import (
     PER_CHANNEL,
     PRUNE_RULES,
     SEPARABLE,
+    TF_OP_ZERO_PRESERVING,
     analyse_channels,
     conv_groups,
     sole_input_group,
@@ -487,8 +488,7 @@ def _maps_zero_to_nonzero(spec: Any) -> bool:
     if _activation(spec) in ("sigmoid", "hard_sigmoid", "softplus", "exponential"):
         return True
     if spec.class_name == "TFOpLambda":  # tf_keras's x + 3.0, tf.math.sigmoid(x): taken as non-zero unless known
-        return spec.config.get("function") not in ("math.multiply", "math.truediv", "__operators__.truediv",
-                                                    "nn.relu", "nn.relu6", "math.tanh", "nn.silu")
+        return spec.config.get("function") not in TF_OP_ZERO_PRESERVING
     return spec.class_name == "Rescaling" and bool(np.any(np.asarray(spec.config.get("offset", 0.0))))
 
 

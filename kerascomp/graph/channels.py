@@ -59,6 +59,9 @@ TF_OP_MERGES = {"__operators__.add", "math.add", "math.subtract", "math.multiply
 # functions of one tensor, the same operation on every element: channels pass through
 TF_OP_ELEMENTWISE = TF_OP_MERGES | {"math.truediv", "__operators__.truediv", "nn.relu", "nn.relu6", "math.sigmoid",
                                    "math.tanh", "nn.silu"}
+# those of them that keep a zero channel zero (with a number for y where they take one)
+TF_OP_ZERO_PRESERVING = {"math.multiply", "math.truediv", "__operators__.truediv", "nn.relu", "nn.relu6", "math.tanh",
+                         "nn.silu"}
 
 # Per layer class: for each weight (in get_weights() order, by rank), {axis: role}. Roles:
 # "in" (input channel), "out" (output channel), "mid" (a separable conv's depthwise outputs).

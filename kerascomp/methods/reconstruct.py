@@ -293,7 +293,6 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
     return result, fit.details
 
 
-
 class _Fitter:
     """Refits one unit at a time on (compressed inputs, original inputs) batches, recording the report rows."""
 
