@@ -11,8 +11,9 @@ a saturated softmax would make the parity check vacuous) and the smallest input 
 accepts (32x32, or 75x75 for Inception, 71x71 for Xception), its BatchNormalization statistics
 measured on 16 random images in [0, 255] (at their initial values some random-weight models give the
 same ~1e-11 logits for every input; ``output_spread`` records how much the logits vary across inputs),
-in its own process with a time limit
-(``--timeout`` seconds per model), so a crash or a hang in one model cannot stop the sweep. Per
+each case (one model and one method) in its own process with its own time limit
+(``--timeout`` seconds), so a crash or a hang in one case cannot stop the sweep or eat another
+case's time; the uncompressed model's own export runs once per model, in a process of its own. Per
 method: ``kerascomp.compress(target_flops=--target, data=those images)`` (collaborative gets
 random labels), then ``strip``, ``export_tflite`` (its LiteRT parity check runs the file on 4 of
 the images) and a
@@ -20,8 +21,8 @@ the images) and a
 the uncompressed model's own error on the same images where that is larger: a random-weight ResNet50
 at 32x32 is already at 2-3e-4 before any compression; ``original_tflite_error`` records it), **refused**
 (a kerascomp error, with its message), or **failed**: any other exception (an internal traceback),
-a broken budget, a parity error or a changed input model. A model whose methods run past the time
-limit marks the unfinished ones **timeout**.
+a broken budget, a parity error or a changed input model; **timeout**: the case ran past ``--timeout``.
+Each case records the host CPU it ran on (a sweep that spans sessions may span hosts).
 """
 from __future__ import annotations
 
@@ -166,18 +167,26 @@ def _case(keras, name: str, method: str, target: float, folder: Path, case: dict
                       "message": str(error)[:400], "traceback": traceback.format_exc(limit=-6)[-3000:]}
 
 
-def worker(name: str, methods: list[str], target: float) -> None:
-    """Run every method on one model and print one JSON line per case."""
+def worker(name: str, methods: list[str], target: float, original_error: str | None = None) -> None:
+    """Run ``methods`` on one model and print one JSON line per case; with no methods, print the uncompressed
+    model's own .tflite error (``ORIGINAL <error or none>``). ``original_error`` is that line's value from an
+    earlier worker ("none": it could not export); without it, the worker measures it first."""
     import tempfile
 
+    from kerascomp.bench.host import host_cpu
     from kerascomp.graph.flavour import default_keras
 
     keras = default_keras()
     with tempfile.TemporaryDirectory(prefix="kerascomp-zoo-") as folder:
-        baseline = original_parity(keras, name, Path(folder))
+        if original_error is None:
+            baseline = original_parity(keras, name, Path(folder))
+        else:
+            baseline = None if original_error == "none" else float(original_error)
+        if not methods:
+            print(f"ORIGINAL {'none' if baseline is None else repr(baseline)}", flush=True)
         for method in methods:
             case = run_case(keras, name, method, target, Path(folder), baseline)
-            print("CASE " + json.dumps(case), flush=True)
+            print("CASE " + json.dumps({**case, "cpu": host_cpu()}), flush=True)
 
 
 def main(argv=None) -> int:
@@ -185,18 +194,19 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default="families", help="'families' (default), 'all', or a comma list")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--target", type=float, default=0.5, help="fraction of the MACs to keep")
-    parser.add_argument("--timeout", type=int, default=1200, help="seconds per model (all its methods)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per case (one model, one method)")
     parser.add_argument("--fresh", action="store_true", help="redo cases already in the results JSON")
     parser.add_argument("--redo-failed", action="store_true", help="redo the failed and timed-out cases in the results JSON")
     parser.add_argument("--redo", default="", help="comma list of models whose cases are redone (the others are kept)")
     parser.add_argument("--out", default=str(RESULTS / "zoo"))
     parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--original-error", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    methods = args.methods.split(",")
+    methods = [m for m in args.methods.split(",") if m]
     if args.worker:
-        worker(args.worker, methods, args.target)
+        worker(args.worker, methods, args.target, args.original_error)
         return 0
 
     from kerascomp.graph.flavour import default_keras
@@ -218,6 +228,8 @@ def main(argv=None) -> int:
     from kerascomp.bench.host import host_cpu
     from kerascomp.graph.flavour import legacy_requested
 
+    for case in record["cases"]:  # cases from before per-case CPU records ran on the record's CPU
+        case.setdefault("cpu", record.get("cpu", "CPU not recorded"))
     earlier = record.get("commands") or ([record["command"]] if record.get("command") else [])
     record["commands"] = earlier + [command_line("benchmarks.zoo")]  # the cases kept may come from earlier runs
     record.update({"command": command_line("benchmarks.zoo"), "machine": platform.platform(),
@@ -232,38 +244,65 @@ def main(argv=None) -> int:
         if not todo:
             continue
         print(f"{name}: {', '.join(todo)}", flush=True)
-        cases = _run_worker(name, todo, args)
-        record["cases"] = [c for c in record["cases"] if (c["model"], c["method"]) not in
-                           {(k["model"], k["method"]) for k in cases}] + cases
-        for case in cases:
-            print(f"  {case['method']}: {case['status']} {case.get('message', '')[:120]}", flush=True)
-        write_results(out, record, markdown(record))
+        original = _original_error(name, args)
+        for method in todo:
+            case = _run_worker(name, method, original, args)
+            record["cases"] = [c for c in record["cases"] if (c["model"], c["method"]) != (name, method)] + [case]
+            print(f"  {method}: {case['status']} {case.get('case_s', '')} {case.get('message', '')[:120]}", flush=True)
+            write_results(out, record, markdown(record))
     failures = [c for c in record["cases"] if c["status"] == "failed"]
     return 1 if failures else 0
 
 
-def _run_worker(name: str, methods: list[str], args) -> list[dict]:
-    command = [sys.executable, "-m", "benchmarks.zoo", "--worker", name, "--methods", ",".join(methods),
-               "--target", str(args.target)]
-    started = time.perf_counter()
+def _worker_command(name: str, methods: list[str], args) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.zoo", "--worker", name, "--methods", ",".join(methods),
+            "--target", str(args.target)]
+
+
+def _run(command: list[str], timeout: int) -> tuple[str, str, int | None]:
+    """(stdout, stderr, exit code or None when it ran past ``timeout``)."""
     try:
-        completed = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout,
+        completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                                    cwd=Path(__file__).resolve().parents[1])
-        stdout, stderr, code = completed.stdout, completed.stderr, completed.returncode
+        return completed.stdout, completed.stderr, completed.returncode
     except subprocess.TimeoutExpired as expired:
         stdout = expired.stdout.decode() if isinstance(expired.stdout, bytes) else (expired.stdout or "")
-        stderr, code = f"timed out after {args.timeout} s", None
+        return stdout, f"timed out after {timeout} s", None
+
+
+def _original_error(name: str, args) -> str:
+    """The uncompressed model's own .tflite error, measured once per model in its own process ("none": none)."""
+    stdout, _, _ = _run(_worker_command(name, [], args), args.timeout)
+    lines = [line.split(" ", 1)[1] for line in stdout.splitlines() if line.startswith("ORIGINAL ")]
+    return lines[0] if lines else "none"
+
+
+def _run_worker(name: str, method: str, original: str, args) -> dict:
+    """One case in its own process, limited to ``args.timeout`` seconds."""
+    started = time.perf_counter()
+    stdout, stderr, code = _run(_worker_command(name, [method], args) + ["--original-error", original],
+                                args.timeout)
     cases = [json.loads(line[5:]) for line in stdout.splitlines() if line.startswith("CASE ")]
-    seen = {c["method"] for c in cases}
-    for method in methods:
-        if method not in seen:
-            reason = stderr.strip().splitlines()[-1] if stderr.strip() else f"worker exited with {code}"
-            status = "timeout" if code is None else "failed"
-            cases.append({"model": name, "method": method, "status": status, "stage": "worker",
-                          "message": reason[:400]})
-    for case in cases:
-        case.setdefault("model_wall_s", round(time.perf_counter() - started, 1))
-    return cases
+    if cases:
+        return cases[0]
+    reason = stderr.strip().splitlines()[-1] if stderr.strip() else f"worker exited with {code}"
+    from kerascomp.bench.host import host_cpu
+
+    return {"model": name, "method": method, "status": "timeout" if code is None else "failed",
+            "stage": "worker", "message": reason[:400], "worker_s": round(time.perf_counter() - started, 1),
+            "cpu": host_cpu()}
+
+
+def _hosts(record: dict) -> str:
+    """The CPU the cases ran on; cases from before per-case records count under the record's own CPU."""
+    default = record.get("cpu", "CPU not recorded")
+    counts: dict[str, int] = {}
+    for case in record["cases"]:
+        counts[case.get("cpu", default)] = counts.get(case.get("cpu", default), 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), default)
+    return "cases on several hosts, compare their times only within one: " + ", ".join(
+        f"{count} on {cpu}" for cpu, count in counts.items())
 
 
 def markdown(record: dict) -> str:
@@ -303,10 +342,11 @@ def markdown(record: dict) -> str:
             f"Target: {record['target_flops']} of the MACs. Each cell: ok (with the realised MACs ratio), refused "
             f"(a kerascomp error), FAILED (an internal error, a broken budget or parity: .tflite relative error "
             f"over max({PARITY:g}, {PARITY_FACTOR}x the uncompressed model's own, where a case records it) or "
-            f"timeout (the model's methods ran past --timeout).\n\n"
+            f"timeout (the case ran past --timeout; before 2026-12-06 the limit was per model, so a slow "
+            f"method could leave the model's later ones no time).\n\n"
             f"**{totals['ok']} ok, {totals['refused']} refused, {totals['failed']} failed, {totals['timeout']} timed "
             f"out** of {len(cases)} cases "
-            f"on {len(models)} models ({record.get('flavour', 'keras')}; {record.get('cpu', 'CPU not recorded')}).\n\n"
+            f"on {len(models)} models ({record.get('flavour', 'keras')}; {_hosts(record)}).\n\n"
             f"{timing}{table(['model'] + methods, rows, markdown=True)}\n\n"
             f"## Refusals and failures\n\n{details or 'None.'}\n")
 

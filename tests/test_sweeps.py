@@ -40,3 +40,36 @@ def test_a_fuzz_run_resumes_only_with_the_settings_it_was_made_with(tmp_path):
         fuzz._resumed(path, {**run, "generator": 3}, "x")
     with pytest.raises(SystemExit, match="seed: recorded 3, now 4"):
         fuzz._resumed(path, {**run, "seed": 4}, "x")
+
+
+def test_the_zoo_report_names_every_host_its_cases_ran_on():
+    one = zoo.markdown(_zoo_record({"model": "VGG16", "method": "l1", "status": "ok", "macs_ratio": 0.5,
+                                    "cpu": "Intel Xeon (2 logical cores; avx512f)"}))
+    assert "(tf_keras; Intel Xeon (2 logical cores; avx512f))" in one
+    two = zoo.markdown(_zoo_record(
+        {"model": "VGG16", "method": "l1", "status": "ok", "macs_ratio": 0.5},
+        {"model": "VGG16", "method": "fga", "status": "timeout", "stage": "worker", "message": "timed out after 9 s",
+         "cpu": "Intel Xeon (2 logical cores; avx512f)"}))
+    assert ("cases on several hosts, compare their times only within one: 1 on AMD EPYC (2 logical cores; "
+            "avx2 fma), 1 on Intel Xeon (2 logical cores; avx512f)") in two
+    assert "**1 ok, 0 refused, 0 failed, 1 timed out** of 2 cases" in two
+
+
+def test_a_zoo_case_that_runs_past_its_limit_is_a_timeout_of_that_case_alone(monkeypatch):
+    calls = []
+
+    def fake_run(command, timeout):
+        calls.append((command, timeout))
+        if "--original-error" not in command:
+            return "ORIGINAL 0.00025\n", "", 0
+        if "l1" in command:
+            return "", f"timed out after {timeout} s", None
+        return 'CASE {"model": "VGG16", "method": "fga", "status": "ok"}\n', "", 0
+
+    monkeypatch.setattr(zoo, "_run", fake_run)
+    args = type("Args", (), {"target": 0.5, "timeout": 7})()
+    original = zoo._original_error("VGG16", args)
+    assert original == "0.00025"
+    slow, fast = zoo._run_worker("VGG16", "l1", original, args), zoo._run_worker("VGG16", "fga", original, args)
+    assert (slow["status"], slow["message"], fast["status"]) == ("timeout", "timed out after 7 s", "ok")
+    assert calls[1][0][-2:] == ["--original-error", "0.00025"] and {t for _, t in calls} == {7}
