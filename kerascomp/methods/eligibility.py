@@ -19,8 +19,9 @@ def unknown_reason(spec: LayerSpec) -> str:
 def dense_conv2d_ineligibility(spec: LayerSpec, pointwise: bool, pointwise_reason: str) -> str | None:
     """Why a factoring method leaves this layer alone, or ``None`` for a dense channels_last Conv2D
     (a 1x1 kernel only with ``pointwise``; ``pointwise_reason`` says why it is skipped otherwise)."""
-    if spec.class_name == "SeparableConv2D":  # Xception, NASNet: most of the MACs, in the pointwise part
-        return "SeparableConv2D is not a dense Conv2D (method='l1' or 'correlation' prune its channels)"
+    if spec.class_name == "SeparableConv2D":  # split in two before a run that may take 1x1 convs (separable.py)
+        return ("SeparableConv2D left whole: its 1x1 part is factored only with pointwise=True or 'auto' and "
+                "channels_last (method='l1' or 'correlation' prune its channels)")
     if spec.class_name != "Conv2D":
         return f"{spec.class_name} is not a dense Conv2D"
     config = spec.config

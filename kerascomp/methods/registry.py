@@ -37,6 +37,7 @@ from kerascomp.methods.reconstruct import (
     reconstruct_active,
     validate_reconstruct,
 )
+from kerascomp.methods.separable import join_separable, split_for
 from kerascomp.methods.tiles import run_with_tile_steps
 
 
@@ -229,8 +230,9 @@ class Method:
         started = time.perf_counter()
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
+        graph, pairs = split_for(graph, options)  # SeparableConv2D as depthwise + 1x1 (methods/separable.py)
         result, report = self.weighted_run(graph, budget, data, options, context)
-        result = finish(graph, result, report, data, options, context.verbose)
+        result = join_separable(finish(graph, result, report, data, options, context.verbose), pairs)
         report.seconds = time.perf_counter() - started
         return result, report, plan_from_report(graph, report, {**self.settings(options), **report.resolved})
 
@@ -247,18 +249,24 @@ class Method:
         return self.make_options({**saved, **(overrides or {})})
 
     def apply(self, graph: Graph, plan: Plan, data: Any, context: Context) -> tuple[Graph, CompressionReport]:
+        options = self.plan_options(check_plan_type(plan))
+        graph, pairs = split_for(graph, options)  # as compress_to did, so the plan's layer names exist
         check_plan(graph, plan)
-        options = self.plan_options(plan)
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
         result, report = self.weighted_run(graph, plan.budget, data, options, context, fixed=plan.choices)
-        return finish(graph, result, report, data, options, context.verbose), report
+        return join_separable(finish(graph, result, report, data, options, context.verbose), pairs), report
+
+
+def check_plan_type(plan: Any) -> Plan:
+    if not isinstance(plan, Plan):
+        raise InvalidArgumentError(f"plan must be a kerascomp.Plan (see kerascomp.plan), got {type(plan).__name__}.")
+    return plan
 
 
 def check_plan(graph: Graph, plan: Any) -> None:
     """Refuse a plan for another model (by layer names); warn when only the weights differ."""
-    if not isinstance(plan, Plan):
-        raise InvalidArgumentError(f"plan must be a kerascomp.Plan (see kerascomp.plan), got {type(plan).__name__}.")
+    check_plan_type(plan)
     missing = [entry.layer for entry in plan.layers if entry.layer not in graph.layers]
     if missing:
         raise InvalidArgumentError(f"the plan names layers this model lacks: {', '.join(missing[:5])}. "

@@ -1,0 +1,129 @@
+"""SeparableConv2D seen by the factoring methods as what it computes: a depthwise conv, then a 1x1 conv.
+
+Xception and NASNet keep most of their MACs in SeparableConv2D layers, nearly all of them in the
+pointwise (1x1) part. A factoring method (fga, svd, joint_svd, tucker, auto) can only reach a budget
+there by factoring those 1x1 convs, so before its run every channels_last SeparableConv2D is split
+(:func:`split_separable`, exact): a ``DepthwiseConv2D`` named ``<layer>_depthwise`` (no bias) and a 1x1
+``Conv2D`` that keeps the layer's name, activation and bias. The pointwise part is then a 1x1 conv
+like any other (taken when ``pointwise`` resolves to True, with its reconstruction refit), and the
+depthwise part is left alone with the depthwise reason. After the method and its finishing steps,
+every pair that is still a depthwise conv feeding its own untouched 1x1 conv is joined back into one
+SeparableConv2D (:func:`join_separable`), so an untouched layer comes out as it went in. The TFLite
+converter lowers a SeparableConv2D into the same two ops, so the split itself costs no latency.
+
+Methods with a ``pointwise`` option get this from :meth:`Method.compress_to` and :meth:`Method.apply`
+(``pointwise=False`` leaves the layers whole: the pointwise part could not be taken anyway).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
+from kerascomp.graph.keras_io import module_for
+from kerascomp.methods.pointwise import takes_pointwise
+
+# the config entries of a SeparableConv2D that belong to its depthwise or its pointwise part
+_DEPTHWISE_KEYS = ("kernel_size", "strides", "padding", "depth_multiplier", "dilation_rate")
+_POINTWISE_KEYS = ("filters", "activation", "use_bias")
+
+
+@dataclass(frozen=True)
+class SplitPair:
+    """One SeparableConv2D split in two: the layer names of its parts and its config (to join them back)."""
+
+    depthwise: str
+    pointwise: str
+    config: dict
+    cls: type
+
+
+def splittable(spec: LayerSpec) -> bool:
+    return (spec.class_name == "SeparableConv2D" and spec.config.get("data_format") in (None, "channels_last")
+            and len(spec.weights) in (2, 3))
+
+
+def split_separable(graph: Graph, keras) -> tuple[Graph, list[SplitPair]]:
+    """A copy of ``graph`` with every splittable SeparableConv2D replaced by its two parts (the same function),
+    and the pairs made; ``graph`` itself unchanged (returned as is when it has none)."""
+    names = [name for name, spec in graph.layers.items() if splittable(spec)]
+    if not names:
+        return graph, []
+    result, pairs = graph.copy(), []
+    for name in names:
+        spec = result.layers[name]
+        config = spec.config
+        common = {key: config[key] for key in ("trainable", "dtype") if key in config}
+        depthwise_name = result.unique_name(f"{name}_depthwise")
+        depthwise = LayerSpec(depthwise_name, keras.layers.DepthwiseConv2D, {
+            **common, "name": depthwise_name, "use_bias": False, "activation": "linear",
+            **{key: config[key] for key in _DEPTHWISE_KEYS if key in config}}, [spec.weights[0]])
+        pointwise = LayerSpec(name, keras.layers.Conv2D, {
+            **common, "name": name, "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
+            **{key: config[key] for key in _POINTWISE_KEYS if key in config}}, list(spec.weights[1:]))
+        result.replace_layer(name, [depthwise, pointwise])
+        pairs.append(SplitPair(depthwise_name, name, dict(config), spec.cls))
+    parts = {pair.pointwise: pair.depthwise for pair in pairs}  # both parts where the layer was, in order
+    order = [part for name in graph.layers for part in ((parts[name], name) if name in parts else (name,))]
+    result.layers = {name: result.layers[name] for name in order}
+    return result, pairs
+
+
+def join_separable(graph: Graph, pairs: list[SplitPair]) -> Graph:
+    """``graph`` with each pair that is still a depthwise conv feeding only its own 1x1 conv (same widths,
+    whatever their weights now) made one SeparableConv2D again, in place; the others stay split."""
+    for pair in pairs:
+        if not _intact(graph, pair):
+            continue
+        depthwise, pointwise = graph.layers[pair.depthwise], graph.layers[pair.pointwise]
+        weights = [depthwise.weights[0], *pointwise.weights]
+        by_name = {node.name: node for node in graph.nodes}
+        rebuilt = []
+        for node in graph.nodes:
+            if node.layer == pair.depthwise:
+                continue
+            if node.layer == pair.pointwise:
+                source = by_name[node.input_refs()[0].node]
+                node = Node(node.name, pair.pointwise, source.args, source.kwargs)
+            rebuilt.append(node)
+        graph.nodes = rebuilt
+        config = {**pair.config, "use_bias": len(weights) == 3,
+                  **{key: pointwise.config[key] for key in ("activation",) if key in pointwise.config}}
+        joined = LayerSpec(pair.pointwise, pair.cls, config, weights)
+        graph.layers = {(pair.pointwise if name == pair.depthwise else name):
+                        (joined if name == pair.depthwise else spec)
+                        for name, spec in graph.layers.items() if name != pair.pointwise}
+    return graph
+
+
+def _intact(graph: Graph, pair: SplitPair) -> bool:
+    depthwise, pointwise = graph.layers.get(pair.depthwise), graph.layers.get(pair.pointwise)
+    if depthwise is None or pointwise is None or depthwise.class_name != "DepthwiseConv2D" \
+            or pointwise.class_name != "Conv2D" or len(depthwise.weights) != 1:
+        return False
+    kernel = pointwise.weights[0]
+    if kernel.shape[:2] != (1, 1) or (pointwise.config.get("groups") or 1) != 1 \
+            or kernel.shape[-1] != pair.config.get("filters", kernel.shape[-1]) \
+            or kernel.shape[2] != int(np.prod(depthwise.weights[0].shape[2:])):
+        return False
+    depthwise_calls = graph.nodes_of(pair.depthwise)
+    pointwise_calls = graph.nodes_of(pair.pointwise)
+    if len(depthwise_calls) != len(pointwise_calls):
+        return False
+    for call in pointwise_calls:
+        refs = call.input_refs()
+        if len(refs) != 1 or refs[0] != Ref(refs[0].node, 0):
+            return False
+        source = next((node for node in depthwise_calls if node.name == refs[0].node), None)
+        if source is None or [c.name for c in graph.consumers(source.name)] != [call.name] \
+                or source.name in {ref.node for ref in graph.output_refs()}:
+            return False
+    return True
+
+
+def split_for(graph: Graph, options) -> tuple[Graph, list[SplitPair]]:
+    """``split_separable`` for a method whose options may take 1x1 convs (a ``pointwise`` field not False)."""
+    if not takes_pointwise(options) or options.pointwise is False:
+        return graph, []
+    return split_separable(graph, module_for(graph))

@@ -1,0 +1,123 @@
+"""SeparableConv2D under the factoring methods (kerascomp/methods/separable.py): split into depthwise + 1x1
+exactly, the 1x1 part factored like any 1x1 conv, untouched pairs joined back into one layer."""
+import warnings
+
+import numpy as np
+import pytest
+from conftest import weights_hash
+
+import kerascomp
+from kerascomp.graph.keras_io import module_for, read_model, write_model
+from kerascomp.methods.separable import join_separable, split_separable
+
+FACTORING = ("fga", "svd", "joint_svd", "tucker", "auto")
+
+
+@pytest.fixture(scope="module")
+def separable(keras):
+    """Xception-like: a stem, separable convs (one shared, one with depth_multiplier 2, one bias-free), BN."""
+    layers = keras.layers
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((12, 12, 8))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.SeparableConv2D(48, 3, padding="same", activation="relu", name="sep1")(x)
+    x = layers.SeparableConv2D(48, 3, padding="same", depth_multiplier=2, use_bias=False, name="sep2")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.Activation("relu")(x)
+    shared = layers.SeparableConv2D(48, 3, padding="same", activation="relu", name="sep_shared")
+    x = shared(shared(x))
+    x = layers.SeparableConv2D(64, 3, strides=2, padding="same", activation="relu", name="sep3")(x)
+    outputs = layers.Dense(5, name="fc")(layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, outputs)
+    images = np.random.default_rng(0).normal(size=(64, 12, 12, 8)).astype("float32")
+    for layer in model.layers:  # BN statistics that are not the identity
+        if layer.name == "bn2":
+            gamma, beta, _, _ = layer.get_weights()
+            rng = np.random.default_rng(1)
+            layer.set_weights([gamma * 1.5, beta + 0.1, rng.normal(size=gamma.shape) * 0.1,
+                               rng.uniform(0.5, 2.0, gamma.shape)])
+    return model, images
+
+
+def test_the_split_computes_the_same_function_and_an_untouched_join_gives_the_layer_back(separable):
+    model, images = separable
+    graph = read_model(model)
+    split, pairs = split_separable(graph, module_for(graph))
+    assert [p.pointwise for p in pairs] == ["sep1", "sep2", "sep_shared", "sep3"]
+    assert graph.layers["sep1"].class_name == "SeparableConv2D"  # the input graph is left alone
+    assert split.layers["sep1"].class_name == "Conv2D" and split.layers["sep1_depthwise"].class_name == \
+        "DepthwiseConv2D"
+    assert split.layers["sep2"].weights[0].shape == (1, 1, 96, 48) and len(split.layers["sep2"].weights) == 1
+    assert len(split.nodes_of("sep_shared_depthwise")) == 2  # a shared layer stays shared, both parts
+    expected = np.asarray(model(images))
+    np.testing.assert_allclose(np.asarray(write_model(split)(images)), expected, rtol=1e-4, atol=1e-5)
+    joined = join_separable(split.copy(), pairs)
+    assert [(name, spec.class_name) for name, spec in joined.layers.items()] == \
+        [(name, spec.class_name) for name, spec in graph.layers.items()]
+    rebuilt = write_model(joined)
+    assert [layer.name for layer in rebuilt.layers] == [layer.name for layer in model.layers]
+    for a, b in zip(rebuilt.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_pair_whose_pointwise_part_was_rewritten_stays_split(separable, keras):
+    model, images = separable
+    graph = read_model(model)
+    split, pairs = split_separable(graph, module_for(graph))
+    # stand-in for a factoring: sep1's 1x1 conv becomes two 1x1 convs (the check can fail: joined, it would
+    # be a SeparableConv2D again)
+    kernel = split.layers["sep1"].weights[0]
+    first = kerascomp.graph.ir.LayerSpec("sep1_a", keras.layers.Conv2D, {
+        "name": "sep1_a", "filters": kernel.shape[-1], "kernel_size": [1, 1], "use_bias": False}, [kernel])
+    second = kerascomp.graph.ir.LayerSpec("sep1", keras.layers.Conv2D, {
+        **split.layers["sep1"].config}, [np.eye(kernel.shape[-1], dtype="float32")[None, None],
+                                         split.layers["sep1"].weights[1]])
+    split.replace_layer("sep1", [first, second])
+    joined = join_separable(split, pairs)
+    classes = {name: spec.class_name for name, spec in joined.layers.items()}
+    assert classes["sep1_depthwise"] == "DepthwiseConv2D" and classes["sep1"] == "Conv2D"
+    assert classes["sep2"] == classes["sep3"] == classes["sep_shared"] == "SeparableConv2D"
+    np.testing.assert_allclose(np.asarray(write_model(joined)(images)), np.asarray(model(images)),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", FACTORING)
+def test_every_factoring_method_reaches_half_the_macs_of_a_separable_model_and_re_applies(separable, method):
+    model, images = separable
+    before = weights_hash(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        result = kerascomp.compress(model, method, target_flops=0.5, data=images, verbose=0)
+        again = kerascomp.clone_compressed(model, plan=result.plan, data=images, verbose=0)
+    assert weights_hash(model) == before
+    assert result.report.macs_ratio <= 0.5 + 1e-9
+    assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(model).macs + 1
+    factored = {row.layer for row in result.report.layers if row.macs_after < row.macs_before}
+    assert factored & {"sep1", "sep2", "sep_shared", "sep3"}, result.report.layers  # a pointwise part was taken
+    assert [layer.name for layer in again.layers] == [layer.name for layer in result.model.layers]
+    for a, b in zip(again.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    error = np.abs(np.asarray(result.model(images)) - np.asarray(model(images))).mean()
+    assert 0 < error < np.abs(np.asarray(model(images))).mean()  # compressed, and still near the original
+
+
+def test_at_full_size_nothing_is_split_in_the_result(separable):
+    """A target a method meets by its kxk stem alone leaves every separable layer whole."""
+    model, images = separable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        result = kerascomp.compress(model, "svd", target_flops=0.99, data=images, verbose=0)
+    classes = {layer.name: type(layer).__name__ for layer in result.model.layers}
+    assert classes["sep1"] == classes["sep2"] == classes["sep3"] == classes["sep_shared"] == "SeparableConv2D"
+    assert not any(name.endswith("_depthwise") for name in classes)
+
+
+def test_an_exported_split_model_passes_parity(separable, tmp_path):
+    model, images = separable
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        result = kerascomp.compress(model, "tucker", target_flops=0.5, data=images, verbose=0)
+    kerascomp.strip(result.model)
+    exported = kerascomp.export_tflite(result.model, tmp_path / "split.tflite", representative_data=images[:16],
+                                       strict=True)
+    assert exported.passed and exported.relative_error < 1e-4
