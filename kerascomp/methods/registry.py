@@ -28,6 +28,7 @@ from kerascomp.methods import latency_search
 from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint, plan_from_report
 from kerascomp.methods.bnfold import fold_batchnorm, unfold_batchnorm
 from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
+from kerascomp.methods.conv_views import conv_views, restore_views
 from kerascomp.methods.inputs import input_batch
 from kerascomp.methods.pointwise import run_with_pointwise
 from kerascomp.methods.reconstruct import (
@@ -37,7 +38,6 @@ from kerascomp.methods.reconstruct import (
     reconstruct_active,
     validate_reconstruct,
 )
-from kerascomp.methods.separable import join_separable, split_for
 from kerascomp.methods.tiles import run_with_tile_steps
 
 
@@ -230,9 +230,9 @@ class Method:
         started = time.perf_counter()
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
-        graph, pairs = split_for(graph, options)  # SeparableConv2D as depthwise + 1x1 (methods/separable.py)
+        graph, views = conv_views(graph, options)  # SeparableConv2D, Dense on feature maps (methods/conv_views.py)
         result, report = self.weighted_run(graph, budget, data, options, context)
-        result = join_separable(finish(graph, result, report, data, options, context.verbose), pairs)
+        result = restore_views(finish(graph, result, report, data, options, context.verbose), views)
         report.seconds = time.perf_counter() - started
         return result, report, plan_from_report(graph, report, {**self.settings(options), **report.resolved})
 
@@ -250,12 +250,12 @@ class Method:
 
     def apply(self, graph: Graph, plan: Plan, data: Any, context: Context) -> tuple[Graph, CompressionReport]:
         options = self.plan_options(check_plan_type(plan))
-        graph, pairs = split_for(graph, options)  # as compress_to did, so the plan's layer names exist
+        graph, views = conv_views(graph, options)  # as compress_to did, so the plan's layer names exist
         check_plan(graph, plan)
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
         result, report = self.weighted_run(graph, plan.budget, data, options, context, fixed=plan.choices)
-        return join_separable(finish(graph, result, report, data, options, context.verbose), pairs), report
+        return restore_views(finish(graph, result, report, data, options, context.verbose), views), report
 
 
 def check_plan_type(plan: Any) -> Plan:

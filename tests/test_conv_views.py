@@ -1,5 +1,5 @@
-"""SeparableConv2D under the factoring methods (kerascomp/methods/separable.py): split into depthwise + 1x1
-exactly, the 1x1 part factored like any 1x1 conv, untouched pairs joined back into one layer."""
+"""The conv views of kerascomp/methods/conv_views.py: SeparableConv2D split into depthwise + 1x1 and a Dense on
+feature maps read as a 1x1 conv, exactly; their 1x1 convs factored like any other; untouched views given back."""
 import warnings
 
 import numpy as np
@@ -8,7 +8,7 @@ from conftest import weights_hash
 
 import kerascomp
 from kerascomp.graph.keras_io import module_for, read_model, write_model
-from kerascomp.methods.separable import join_separable, split_separable
+from kerascomp.methods.conv_views import join_separable, split_separable
 
 FACTORING = ("fga", "svd", "joint_svd", "tucker", "auto")
 
@@ -121,3 +121,60 @@ def test_an_exported_split_model_passes_parity(separable, tmp_path):
     exported = kerascomp.export_tflite(result.model, tmp_path / "split.tflite", representative_data=images[:16],
                                        strict=True)
     assert exported.passed and exported.relative_error < 1e-4
+
+
+@pytest.fixture(scope="module")
+def convnext_like(keras):
+    """ConvNeXt's block: depthwise 7x7, LayerNormalization, Dense 4C on the feature map, GELU, Dense C, residual."""
+    layers = keras.layers
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(32, 2, strides=2, name="stem")(inputs)
+    for block in range(2):
+        shortcut = x
+        x = layers.DepthwiseConv2D(7, padding="same", name=f"b{block}_dw")(x)
+        x = layers.LayerNormalization(epsilon=1e-6, name=f"b{block}_ln")(x)
+        x = layers.Dense(128, name=f"b{block}_pw1")(x)
+        x = layers.Activation("gelu", name=f"b{block}_gelu")(x)
+        x = layers.Dense(32, name=f"b{block}_pw2")(x)
+        x = layers.Add(name=f"b{block}_add")([shortcut, x])
+    outputs = layers.Dense(5, name="head")(layers.GlobalAveragePooling2D()(x))
+    images = np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype("float32")
+    return keras.Model(inputs, outputs), images
+
+
+def test_a_dense_on_feature_maps_is_read_as_a_1x1_conv_and_given_back_untouched(convnext_like):
+    from kerascomp.methods.conv_views import conv_from_dense, dense_as_conv
+
+    model, images = convnext_like
+    graph = read_model(model)
+    viewed, views = dense_as_conv(graph, module_for(graph))
+    assert [view.name for view in views] == ["b0_pw1", "b0_pw2", "b1_pw1", "b1_pw2"]  # not the head (rank 2)
+    assert viewed.layers["b0_pw1"].class_name == "Conv2D" and graph.layers["b0_pw1"].class_name == "Dense"
+    assert viewed.layers["head"].class_name == "Dense"
+    np.testing.assert_allclose(np.asarray(write_model(viewed)(images)), np.asarray(model(images)),
+                               rtol=1e-4, atol=1e-5)
+    back = conv_from_dense(viewed.copy(), views)
+    assert {name: spec.class_name for name, spec in back.layers.items()} == \
+        {name: spec.class_name for name, spec in graph.layers.items()}
+    for a, b in zip(write_model(back).get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["svd", "fga", "tucker"])
+def test_a_convnext_block_reaches_half_its_macs_through_its_dense_layers(convnext_like, method):
+    model, images = convnext_like
+    before = weights_hash(model)
+    with pytest.raises(kerascomp.BudgetError):  # without the view (pointwise=False) the Dense layers stay
+        kerascomp.compress(model, method, target_flops=0.5, data=images, pointwise=False, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", kerascomp.CompressionWarning)
+        result = kerascomp.compress(model, method, target_flops=0.5, data=images, verbose=0)
+        again = kerascomp.clone_compressed(model, plan=result.plan, data=images, verbose=0)
+    assert weights_hash(model) == before
+    assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(model).macs + 1
+    assert {type(layer).__name__ for layer in result.model.layers if layer.name == "head"} == {"Dense"}
+    for a, b in zip(again.get_weights(), result.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    error = np.abs(np.asarray(result.model(images)) - np.asarray(model(images))).mean()
+    assert 0 < error < np.abs(np.asarray(model(images))).mean()

@@ -1,18 +1,25 @@
-"""SeparableConv2D seen by the factoring methods as what it computes: a depthwise conv, then a 1x1 conv.
+"""Layers seen by the factoring methods as the convs they compute, and given back when left untouched.
 
-Xception and NASNet keep most of their MACs in SeparableConv2D layers, nearly all of them in the
-pointwise (1x1) part. A factoring method (fga, svd, joint_svd, tucker, auto) can only reach a budget
-there by factoring those 1x1 convs, so before its run every channels_last SeparableConv2D is split
-(:func:`split_separable`, exact): a ``DepthwiseConv2D`` named ``<layer>_depthwise`` (no bias) and a 1x1
-``Conv2D`` that keeps the layer's name, activation and bias. The pointwise part is then a 1x1 conv
-like any other (taken when ``pointwise`` resolves to True, with its reconstruction refit), and the
-depthwise part is left alone with the depthwise reason. After the method and its finishing steps,
-every pair that is still a depthwise conv feeding its own untouched 1x1 conv is joined back into one
-SeparableConv2D (:func:`join_separable`), so an untouched layer comes out as it went in. The TFLite
+**SeparableConv2D.** Xception and NASNet keep most of their MACs in SeparableConv2D layers, nearly all
+of them in the pointwise (1x1) part. A factoring method (fga, svd, joint_svd, tucker, auto) can only
+reach a budget there by factoring those 1x1 convs, so before its run every channels_last
+SeparableConv2D is split (:func:`split_separable`, exact): a ``DepthwiseConv2D`` named
+``<layer>_depthwise`` (no bias) and a 1x1 ``Conv2D`` that keeps the layer's name, activation and bias.
+The pointwise part is then a 1x1 conv like any other (taken when ``pointwise`` resolves to True, with
+its reconstruction refit), and the depthwise part is left alone with the depthwise reason. The TFLite
 converter lowers a SeparableConv2D into the same two ops, so the split itself costs no latency.
 
-Methods with a ``pointwise`` option get this from :meth:`Method.compress_to` and :meth:`Method.apply`
-(``pointwise=False`` leaves the layers whole: the pointwise part could not be taken anyway).
+**Dense on feature maps.** ConvNeXt's MLPs are ``Dense`` layers applied to NHWC feature maps, which
+compute exactly a 1x1 conv; each such Dense (input of rank 4) is read as one
+(:func:`dense_as_conv`), keeping its name.
+
+After the method and its finishing steps, :func:`restore_views` gives back every layer whose view
+was left as it was made (a depthwise conv feeding only its own 1x1 conv; a 1x1 conv of the Dense's
+width), whatever its weights now, so an untouched layer comes out as the class it went in.
+
+Methods with a ``pointwise`` option get this from :meth:`Method.compress_to` and
+:meth:`Method.apply` through :func:`conv_views` (``pointwise=False`` leaves the layers as they are:
+their 1x1 part could not be taken anyway).
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
-from kerascomp.graph.keras_io import module_for
+from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.pointwise import takes_pointwise
 
 # the config entries of a SeparableConv2D that belong to its depthwise or its pointwise part
@@ -122,8 +129,83 @@ def _intact(graph: Graph, pair: SplitPair) -> bool:
     return True
 
 
-def split_for(graph: Graph, options) -> tuple[Graph, list[SplitPair]]:
-    """``split_separable`` for a method whose options may take 1x1 convs (a ``pointwise`` field not False)."""
-    if not takes_pointwise(options) or options.pointwise is False:
+@dataclass(frozen=True)
+class DenseView:
+    """A Dense layer on feature maps read as the 1x1 conv ``name`` (to give the Dense back)."""
+
+    name: str
+    config: dict
+    cls: type
+
+
+def dense_as_conv(graph: Graph, keras) -> tuple[Graph, list[DenseView]]:
+    """A copy of ``graph`` with every Dense that is called once on a rank-4 (NHWC) tensor replaced by the 1x1
+    Conv2D it computes, and the views made; ``graph`` itself unchanged (returned as is when it has none)."""
+    candidates = [name for name, spec in graph.layers.items()
+                  if spec.class_name == "Dense" and len(graph.nodes_of(name)) == 1 and spec.weights]
+    if not candidates:
         return graph, []
-    return split_separable(graph, module_for(graph))
+    shapes = infer_shapes(graph)
+    names = []
+    for name in candidates:
+        refs = graph.nodes_of(name)[0].input_refs()
+        if len(refs) == 1 and len(shapes[refs[0].node][refs[0].index]) == 4:
+            names.append(name)
+    if not names:
+        return graph, []
+    result, views = graph.copy(), []
+    for name in names:
+        spec = result.layers[name]
+        config = spec.config
+        common = {key: config[key] for key in ("trainable", "dtype") if key in config}
+        kernel = spec.weights[0]
+        result.layers[name] = LayerSpec(name, keras.layers.Conv2D, {
+            **common, "name": name, "filters": int(kernel.shape[-1]), "kernel_size": [1, 1], "strides": [1, 1],
+            "padding": "valid", "activation": config.get("activation", "linear"),
+            "use_bias": len(spec.weights) == 2}, [kernel[None, None], *spec.weights[1:]])
+        views.append(DenseView(name, dict(config), spec.cls))
+    return result, views
+
+
+def conv_from_dense(graph: Graph, views: list[DenseView]) -> Graph:
+    """``graph`` with each view that is still a plain 1x1 conv of its Dense's width made that Dense again, in
+    place."""
+    for view in views:
+        spec = graph.layers.get(view.name)
+        if spec is None or spec.class_name != "Conv2D" or not spec.weights:
+            continue
+        kernel = spec.weights[0]
+        config = spec.config
+        if kernel.shape[:2] != (1, 1) or (config.get("groups") or 1) != 1 \
+                or tuple(config.get("strides", (1, 1))) != (1, 1) \
+                or tuple(config.get("dilation_rate", (1, 1))) != (1, 1) \
+                or kernel.shape[-1] != view.config.get("units", kernel.shape[-1]):
+            continue
+        graph.layers[view.name] = LayerSpec(view.name, view.cls, {
+            **view.config, "use_bias": len(spec.weights) == 2,
+            **{key: config[key] for key in ("activation",) if key in config}}, [kernel[0, 0], *spec.weights[1:]])
+    return graph
+
+
+@dataclass(frozen=True)
+class Views:
+    """What :func:`conv_views` rewrote, to give back with :func:`restore_views`."""
+
+    separable: tuple[SplitPair, ...] = ()
+    dense: tuple[DenseView, ...] = ()
+
+
+def conv_views(graph: Graph, options) -> tuple[Graph, Views]:
+    """``graph`` with its SeparableConv2D layers split and its Dense layers on feature maps read as 1x1 convs,
+    for a method whose options may take 1x1 convs (a ``pointwise`` field not False); else ``graph`` as is."""
+    if not takes_pointwise(options) or options.pointwise is False:
+        return graph, Views()
+    keras = module_for(graph)
+    graph, pairs = split_separable(graph, keras)
+    graph, dense = dense_as_conv(graph, keras)
+    return graph, Views(tuple(pairs), tuple(dense))
+
+
+def restore_views(graph: Graph, views: Views) -> Graph:
+    """``graph`` with every view that was left untouched given back as the layer it was (in place)."""
+    return join_separable(conv_from_dense(graph, list(views.dense)), list(views.separable))
