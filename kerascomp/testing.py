@@ -56,6 +56,7 @@ from kerascomp.graph.keras_io import infer_shapes, module_for, read_model, write
 from kerascomp.methods import joint_svd
 from kerascomp.methods.auto import AutoOptions, auto_pass
 from kerascomp.methods.base import Budget
+from kerascomp.methods.conv_views import with_views
 from kerascomp.methods.correlation import group_correlation
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.fga import FGAOptions, allowed_groups, fga_spec, ineligibility
@@ -981,7 +982,8 @@ def factored_against_composite(model: Any, method: str, target: float, x: Any,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
         plain = kerascomp.compress(model, method, target_flops=target, verbose=0, **options)
-    reference = round_trip(model)
+    reference = write_model(with_views(read_model(model))[0])  # the layers as the method saw them: a
+    # SeparableConv2D as depthwise + 1x1 Conv2D, a Dense on feature maps as a 1x1 Conv2D (both exact)
     compressed = {layer.name: layer for layer in plain.model.layers}
     details = {decision.layer: decision.detail for decision in plain.report.layers}
     factored = 0
@@ -1073,7 +1075,7 @@ def auto_against_reference(model: Any, target: float, x: Any) -> tuple[float, in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
         result = kerascomp.compress(model, "auto", target_flops=target, verbose=0)
-    graph = read_model(model)
+    graph = with_views(read_model(model))[0]  # as auto saw it (see factored_against_composite)
     analysis = analyse_channels(graph, infer_shapes(graph))
     kept = result.report.kept_outputs
     removed = {int(atom) for name, channels in kept.items()

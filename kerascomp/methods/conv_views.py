@@ -200,6 +200,12 @@ def conv_views(graph: Graph, options) -> tuple[Graph, Views]:
     for a method whose options may take 1x1 convs (a ``pointwise`` field not False); else ``graph`` as is."""
     if not takes_pointwise(options) or options.pointwise is False:
         return graph, Views()
+    return with_views(graph)
+
+
+def with_views(graph: Graph) -> tuple[Graph, Views]:
+    """``graph`` with both views made (its SeparableConv2D layers split, its Dense layers on feature maps read as
+    1x1 convs), and what was made."""
     keras = module_for(graph)
     graph, pairs = split_separable(graph, keras)
     graph, dense = dense_as_conv(graph, keras)
