@@ -5,7 +5,7 @@
     # writes benchmarks/results/fuzz.{json,md}
 
 Each graph is drawn by ``kerascomp.testing.draw_recipe`` (conv, grouped, dilated, strided, depthwise and
-separable convs, BN, residual Add, Concatenate, pooling, Dense or no head; Sequential or functional)
+separable convs, BN, residual Add, Concatenate, pooling, Dense on feature maps, Dense or no head; Sequential or functional)
 and checked by ``kerascomp.testing.check_graph``: the IR round trip and the lossless rewrite of every
 method, then one method (cycling through ``--methods``; ``--all-methods`` for each) compressed to
 ``--target`` of the MACs, fitted one step, exported and compared with LiteRT. A refusal with a

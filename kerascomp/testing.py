@@ -11,7 +11,8 @@ either flavour with seeded weights and non-trivial BatchNormalization statistics
 * read then write through the IR gives the same weights and outputs;
   (graphs hold convs of every kind, BN, pooling, residual and concat joins, squeeze-excite
   gates, hard-swish, shared layers called twice, nested models, Dropout, transposed convs,
-  several activations, non-square inputs, hidden Dense and Conv1D heads, and a second input and output);
+  several activations, non-square inputs, Dense layers on feature maps (ConvNeXt's MLP), hidden Dense and
+  Conv1D heads, and a second input and output);
 * the method's *lossless* rewrite keeps the outputs (relative error < 1e-5): full-rank factors; for l1,
   channels made dead in a copy cut (:func:`pruning_lossless`); for correlation, one of each pair of
   duplicated channels cut and folded into its twin (:func:`correlation_lossless`); for collaborative,
@@ -65,7 +66,7 @@ from kerascomp.methods.tucker import factor_layer
 
 Chooser = Callable[[Sequence], Any]
 LINEAR_BLOCKS = ("conv", "conv", "grouped", "dilated", "depthwise", "separable", "bn", "relu", "pool", "activation",
-                 "dropout", "transpose")
+                 "dropout", "transpose", "pointwise_dense")
 GRAPH_BLOCKS = LINEAR_BLOCKS + ("residual", "residual", "concat", "se", "hard_swish", "shared", "nested")
 # Activations of a conv or of an Activation layer (both flavours know these names)
 ACTIVATIONS = (None, "relu", "relu", "relu6", "swish", "hard_sigmoid")
@@ -96,7 +97,7 @@ class Recipe:
 
 
 # bumped whenever draw_recipe draws differently, so that a resumed fuzz run cannot mix two generators
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
@@ -112,7 +113,7 @@ def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
         size = min(height, width)
         kind = "conv" if index == 0 and stem else choose(LINEAR_BLOCKS if sequential else GRAPH_BLOCKS)
         args: dict = {}
-        if kind in ("conv", "grouped", "dilated", "separable", "transpose"):
+        if kind in ("conv", "grouped", "dilated", "separable", "transpose", "pointwise_dense"):
             args["filters"] = choose([8, 16, 24, 32])
         if kind == "transpose":
             args["strides"] = choose([1, 2]) if max(height, width) <= 8 else 1
@@ -120,6 +121,8 @@ def draw_recipe(choose: Chooser, max_blocks: int = 6) -> Recipe:
             args["name"] = choose([a for a in ACTIVATIONS if a is not None])
         elif kind == "dropout":
             args["rate"] = choose([0.1, 0.5])
+        elif kind == "pointwise_dense":  # ConvNeXt's MLP: a Dense on the feature map
+            args["activation"] = choose([None, "relu", "swish"])
         elif kind == "se":
             args["reduced"] = max(2, channels // choose([2, 4]))
             args["gate"] = choose(["sigmoid", "hard_sigmoid"])
@@ -171,7 +174,7 @@ def _next_shape(kind: str, args: dict, size: int, channels: int) -> tuple[int, i
         if args["padding"] == "valid":
             size -= args["kernel"] - 1
         return -(-size // args["strides"]), args["filters"]
-    if kind in ("grouped", "dilated", "separable", "residual", "nested"):
+    if kind in ("grouped", "dilated", "separable", "residual", "nested", "pointwise_dense"):
         return size, args["filters"]
     if kind == "depthwise":
         return -(-size // args["strides"]), channels * args["multiplier"]
@@ -217,6 +220,8 @@ def build_model(recipe: Recipe, keras) -> Any:
         if kind == "transpose":
             return [layers.Conv2DTranspose(args["filters"], 3, strides=args["strides"], padding="same",
                                            name=name("tconv"))]
+        if kind == "pointwise_dense":
+            return [layers.Dense(args["filters"], activation=args["activation"], name=name("pwdense"))]
         raise ValueError(kind)
 
     def squeeze_excite(x, args):  # MobileNetV3 / EfficientNet style: pooled 1x1 convs gate the channels

@@ -114,6 +114,31 @@ def test_graphs_with_every_new_block_kind_pass(keras, method, tmp_path):
     _assert_no_failure(check_graph(model, method, target=0.5, folder=tmp_path), EVERY_NEW_KIND)
 
 
+VIEWS = Recipe(False, (12, 12, 4), [  # no kxk Conv2D: a factoring method must take the 1x1 views
+    ("conv", {"filters": 16, "kernel": 1, "strides": 1, "padding": "same", "use_bias": True, "activation": "relu"}),
+    ("separable", {"filters": 48}),
+    ("pointwise_dense", {"filters": 96, "activation": "swish"}),
+    ("pointwise_dense", {"filters": 48, "activation": None}),
+    ("bn", {}),
+], head="gap", seed=7)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_separable_convs_and_dense_layers_on_feature_maps_pass_every_check(keras, method, tmp_path):
+    """Xception's separable convs and ConvNeXt's Dense MLP on the feature map (methods/conv_views.py): every
+    check passes, and the factoring methods' independent reference compares the factored 1x1 views."""
+    model = build_model(VIEWS, keras)
+    outcomes = check_graph(model, method, target=0.5, folder=tmp_path)
+    _assert_no_failure(outcomes, VIEWS)
+    target = outcomes[-1]
+    if method == "collaborative":  # it has no pointwise option: the Dense layers stay, the budget is out of reach
+        assert (target.stage, target.status) == ("compress", "refused") and "pwdense2 (Dense" in target.detail
+        return
+    assert target.stage == "target" and target.status == "ok", outcomes
+    if method in ("fga", "svd", "tucker", "joint_svd", "auto"):
+        assert target.measures["reference_layers"] >= (1 if method == "auto" else 2) and target.measures["reference_error"] < 1e-5
+
+
 # Graphs on which benchmarks/fuzz.py found a failure, kept as regression cases.
 REGRESSIONS = [
     # a grouped FGA form of a dilated conv cannot be trained by TensorFlow's CPU kernels

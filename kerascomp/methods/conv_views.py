@@ -15,7 +15,7 @@ compute exactly a 1x1 conv; each such Dense (input of rank 4) is read as one
 
 After the method and its finishing steps, :func:`restore_views` gives back every layer whose view
 was left as it was made (a depthwise conv feeding only its own 1x1 conv; a 1x1 conv of the Dense's
-width), whatever its weights now, so an untouched layer comes out as the class it went in.
+kernel shape), whatever its weights now, so an untouched layer comes out as the class it went in.
 
 Methods with a ``pointwise`` option get this from :meth:`Method.compress_to` and
 :meth:`Method.apply` through :func:`conv_views` (``pointwise=False`` leaves the layers as they are:
@@ -136,6 +136,7 @@ class DenseView:
     name: str
     config: dict
     cls: type
+    kernel_shape: tuple[int, int]
 
 
 def dense_as_conv(graph: Graph, keras) -> tuple[Graph, list[DenseView]]:
@@ -163,13 +164,13 @@ def dense_as_conv(graph: Graph, keras) -> tuple[Graph, list[DenseView]]:
             **common, "name": name, "filters": int(kernel.shape[-1]), "kernel_size": [1, 1], "strides": [1, 1],
             "padding": "valid", "activation": config.get("activation", "linear"),
             "use_bias": len(spec.weights) == 2}, [kernel[None, None], *spec.weights[1:]])
-        views.append(DenseView(name, dict(config), spec.cls))
+        views.append(DenseView(name, dict(config), spec.cls, tuple(int(d) for d in kernel.shape)))
     return result, views
 
 
 def conv_from_dense(graph: Graph, views: list[DenseView]) -> Graph:
-    """``graph`` with each view that is still a plain 1x1 conv of its Dense's width made that Dense again, in
-    place."""
+    """``graph`` with each view that is still a plain 1x1 conv of its Dense's kernel shape (not factored, not
+    pruned; refit weights are fine) made that Dense again, in place."""
     for view in views:
         spec = graph.layers.get(view.name)
         if spec is None or spec.class_name != "Conv2D" or not spec.weights:
@@ -179,7 +180,7 @@ def conv_from_dense(graph: Graph, views: list[DenseView]) -> Graph:
         if kernel.shape[:2] != (1, 1) or (config.get("groups") or 1) != 1 \
                 or tuple(config.get("strides", (1, 1))) != (1, 1) \
                 or tuple(config.get("dilation_rate", (1, 1))) != (1, 1) \
-                or kernel.shape[-1] != view.config.get("units", kernel.shape[-1]):
+                or tuple(kernel.shape[2:]) != view.kernel_shape:
             continue
         graph.layers[view.name] = LayerSpec(view.name, view.cls, {
             **view.config, "use_bias": len(spec.weights) == 2,
