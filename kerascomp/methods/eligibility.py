@@ -10,6 +10,11 @@ from kerascomp.cost import graph_cost
 from kerascomp.graph.ir import Graph, LayerSpec
 
 SHARED = "shared layer (called more than once)"
+# the layers a method without the conv views (methods/conv_views.py) leaves whole, and who takes them
+_VIEWERS = "fga, svd, joint_svd, tucker and auto factor its 1x1 part unless pointwise=False"
+SEPARABLE = (f"SeparableConv2D left whole ({_VIEWERS}, channels_last only; l1 and correlation prune its "
+             "channels)")
+DENSE_ON_MAPS = f"Dense on a feature map left whole (a 1x1 conv: {_VIEWERS}; l1 and correlation prune it)"
 
 
 def unknown_reason(spec: LayerSpec) -> str:
@@ -20,8 +25,7 @@ def dense_conv2d_ineligibility(spec: LayerSpec, pointwise: bool, pointwise_reaso
     """Why a factoring method leaves this layer alone, or ``None`` for a dense channels_last Conv2D
     (a 1x1 kernel only with ``pointwise``; ``pointwise_reason`` says why it is skipped otherwise)."""
     if spec.class_name == "SeparableConv2D":  # split in two before a run that may take 1x1 convs (separable.py)
-        return ("SeparableConv2D left whole: its 1x1 part is factored only with pointwise=True or 'auto' and "
-                "channels_last (method='l1' or 'correlation' prune its channels)")
+        return SEPARABLE
     if spec.class_name != "Conv2D":
         return f"{spec.class_name} is not a dense Conv2D"
     config = spec.config
@@ -60,8 +64,15 @@ def eligible_convs(graph: Graph, shapes: dict, one_by_one: str | None = None,
         if costs[name].macs == 0:
             continue
         why = conv_ineligibility(graph, name, one_by_one, allow_shared)
+        if spec.class_name == "Dense" and _on_feature_map(graph, name, shapes):
+            why = DENSE_ON_MAPS
         if why:
             reasons[name] = why
         else:
             eligible.append(name)
     return eligible, reasons
+
+
+def _on_feature_map(graph: Graph, name: str, shapes: dict) -> bool:
+    refs = [ref for node in graph.nodes_of(name) for ref in node.input_refs()]
+    return bool(refs) and all(len(shapes[ref.node][ref.index]) == 4 for ref in refs)
