@@ -65,7 +65,8 @@ class SVDOptions:
       :mod:`kerascomp.methods.pointwise`).
     * ``min_saving``: leave a layer (or group) dense when factoring it could save less than this
       fraction of the model's params or MACs (default 0.5%): tiny layers such as a 3-channel stem
-      cost accuracy and save nothing.
+      cost accuracy and save nothing. Where the budget is out of reach without them (a net of hundreds
+      of small layers, NASNet's), the largest of them are taken back, as few as the budget needs.
     * ``rank_multiple``: round ranks down to multiples of this (at least one multiple); ``None``: the
       first of 8, 4, 1 that meets the budget (:mod:`kerascomp.methods.tiles`).
     * ``iterations``: Bi-JSVD alternations (it stops early once the error stops falling).
@@ -307,6 +308,23 @@ def svd_units(graph: Graph, shapes: dict, method: str, options: SVDOptions) -> t
         in_group.update(names)
     units += [_Unit(name, "svd", [member]) for name, member in members.items() if name not in in_group]
     return units, reasons
+
+
+def _admitted(units: list[_Unit], small: list[tuple[int, _Unit]], metric: str, total: int, goal: float,
+              named: set[str]) -> list[_Unit]:
+    """The units ``min_saving`` would leave dense that are factored after all: those a plan names, then, largest
+    saving first, as many as the budget needs to be reachable at the lowest ranks (a net of hundreds of small
+    layers, NASNet's split separable convs, holds most of its MACs in them)."""
+    admitted = [unit for _, unit in small if unit.name in named]
+    rest = [(saving, unit) for saving, unit in sorted(small, key=lambda pair: -pair[0])
+            if all(unit is not chosen for chosen in admitted)]
+
+    def cheapest(chosen: list[_Unit]) -> float:
+        return total - sum(u.original(metric) - u.cost(u.ranks[0], metric) for u in chosen)
+
+    while rest and cheapest(units + admitted) > goal:
+        admitted.append(rest.pop(0)[1])
+    return admitted
 
 
 def _allowed_ranks(unit: _Unit, metric: str, multiple: int) -> list[int]:
@@ -591,19 +609,30 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
         if options.allocation == "global":
             unit.curve = jsvd.error_curve([jsvd.spatial_matrix(m.spec.weights[0]) for m in unit.members], unit.variant)
     total = before.macs if metric == "flops" else before.params
+    small = []  # (saving, unit): left dense by min_saving alone, unless the budget needs them (_admitted)
     for unit in units:
         saving = unit.original(metric) - unit.cost(unit.ranks[0], metric) if unit.ranks else 0
         if not unit.ranks:
             why = ("too small: no rank is cheaper than the dense conv" if options.rank_multiple == 1 else
                    f"too small: no rank in multiples of {options.rank_multiple} is cheaper than the dense conv")
         elif saving < options.min_saving * total:
-            why = (f"too small: factoring saves at most {saving / total:.2%} of the model's {what} "
-                   f"(min_saving={options.min_saving})")
+            small.append((saving, unit))
+            continue
         else:
             continue
         unit.ranks = []
         for member in unit.members:
             reasons[member.spec.name] = why
+    named = {name for name, rank in (fixed_choices or {}).get("units", {}).items() if rank}
+    admitted = _admitted([u for u in units if u.ranks and all(s is not u for _, s in small)], small, metric,
+                         total, budget.fraction * total, named)
+    for saving, unit in small:
+        if any(unit is chosen for chosen in admitted):
+            continue
+        unit.ranks = []
+        for member in unit.members:
+            reasons[member.spec.name] = (f"too small: factoring saves at most {saving / total:.2%} of the model's "
+                                         f"{what} (min_saving={options.min_saving})")
     units = [unit for unit in units if unit.ranks]
     if not units and budget.fraction < 1.0:
         listed = "; ".join(f"{name}: {reason}" for name, reason in reasons.items())
