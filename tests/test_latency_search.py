@@ -60,7 +60,8 @@ def test_the_search_meets_the_target_with_the_users_options_last(floor):
 
 def test_an_unreachable_target_is_refused_with_the_closest_measured():
     run, measure, _ = _fake(0.6, lowest=0.05)
-    with pytest.raises(BudgetError, match=r"cannot reach target_latency=0.5 within 5%.*closest measured was 0.6"):
+    with pytest.raises(BudgetError, match=r"cannot reach target_latency=0.5 within 5%.*closest measured was 0.6"
+                                          r".*Measured: flops 0.500 \(MACs 0.\d+\) -> 0.\d+; flops"):
         latency_search.search(run, "graph", Budget("latency", 0.5), Options(), measure, "fake")
 
 

@@ -101,9 +101,11 @@ def search(run: Callable[[Budget, Any], tuple[Graph, CompressionReport, Any]], g
     if final is None or min(r for _, r in points[1:]) > target * (1 + tolerance):  # never fast enough
         best = min(points[1:], key=lambda p: abs(p[1] - target), default=None)
         reach = f"; the closest measured was {best[1]:.3f} (target_{knob} {best[0]:.3f})" if best else ""
+        measured = "; ".join(f"{knob} {t[f'{knob}_target']:.3f} (MACs {t['macs_ratio']:.3f}) -> {t['latency_ratio']:.3f}"
+                             for t in tried)
         raise BudgetError(f"method={method!r} cannot reach target_latency={target:g} within {tolerance:.0%} "
                           f"after {len(tried)} measured checks{reach}" + (f" ({refused})" if refused else "") +
-                          ". Try another target or method.")
+                          (f". Measured: {measured}" if measured else "") + ". Try another target or method.")
     result, report, plan, ratio = final
     report.budget = budget
     report.notes["measured_latency_ratio"] = round(ratio, 4)
