@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
+from kerascomp.graph.ir import Graph, LayerSpec, Node
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.pointwise import takes_pointwise
 
@@ -120,7 +120,7 @@ def _intact(graph: Graph, pair: SplitPair) -> bool:
         return False
     for call in pointwise_calls:
         refs = call.input_refs()
-        if len(refs) != 1 or refs[0] != Ref(refs[0].node, 0):
+        if len(refs) != 1 or refs[0].index != 0:
             return False
         source = next((node for node in depthwise_calls if node.name == refs[0].node), None)
         if source is None or [c.name for c in graph.consumers(source.name)] != [call.name] \

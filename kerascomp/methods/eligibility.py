@@ -24,7 +24,7 @@ def unknown_reason(spec: LayerSpec) -> str:
 def dense_conv2d_ineligibility(spec: LayerSpec, pointwise: bool, pointwise_reason: str) -> str | None:
     """Why a factoring method leaves this layer alone, or ``None`` for a dense channels_last Conv2D
     (a 1x1 kernel only with ``pointwise``; ``pointwise_reason`` says why it is skipped otherwise)."""
-    if spec.class_name == "SeparableConv2D":  # split in two before a run that may take 1x1 convs (separable.py)
+    if spec.class_name == "SeparableConv2D":  # split in two before a run that may take 1x1 convs (conv_views.py)
         return SEPARABLE
     if spec.class_name != "Conv2D":
         return f"{spec.class_name} is not a dense Conv2D"

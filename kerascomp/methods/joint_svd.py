@@ -611,18 +611,15 @@ def svd_pass(graph: Graph, shapes: dict, budget: Budget, method: str, options: S
     total = before.macs if metric == "flops" else before.params
     small = []  # (saving, unit): left dense by min_saving alone, unless the budget needs them (_admitted)
     for unit in units:
-        saving = unit.original(metric) - unit.cost(unit.ranks[0], metric) if unit.ranks else 0
-        if not unit.ranks:
-            why = ("too small: no rank is cheaper than the dense conv" if options.rank_multiple == 1 else
-                   f"too small: no rank in multiples of {options.rank_multiple} is cheaper than the dense conv")
-        elif saving < options.min_saving * total:
-            small.append((saving, unit))
+        if unit.ranks:
+            saving = unit.original(metric) - unit.cost(unit.ranks[0], metric)
+            if saving < options.min_saving * total:
+                small.append((saving, unit))
             continue
-        else:
-            continue
-        unit.ranks = []
         for member in unit.members:
-            reasons[member.spec.name] = why
+            reasons[member.spec.name] = (
+                "too small: no rank is cheaper than the dense conv" if options.rank_multiple == 1 else
+                f"too small: no rank in multiples of {options.rank_multiple} is cheaper than the dense conv")
     named = {name for name, rank in (fixed_choices or {}).get("units", {}).items() if rank}
     admitted = _admitted([u for u in units if u.ranks and all(s is not u for _, s in small)], small, metric,
                          total, budget.fraction * total, named)
