@@ -137,6 +137,16 @@ class Graph:
             self.layers[spec.name] = spec
 
 
+def conv_spec(name: str, kernel: np.ndarray, strides, padding: str, dilation, bias: np.ndarray | None,
+          activation, trainable: bool, keras) -> LayerSpec:
+    """A Conv2D layer spec of the flavour ``keras`` (its module) with this kernel and bias."""
+    config = {"name": name, "filters": int(kernel.shape[-1]), "kernel_size": list(kernel.shape[:2]),
+              "strides": list(strides), "padding": padding, "dilation_rate": list(dilation),
+              "use_bias": bias is not None, "activation": activation or "linear", "trainable": trainable}
+    weights = [kernel.astype(np.float32)] + ([bias.astype(np.float32)] if bias is not None else [])
+    return LayerSpec(name, keras.layers.Conv2D, config, weights)
+
+
 def iter_leaves(structure: Any) -> Iterator[Any]:
     """Yield the leaves of nested lists, tuples and dicts."""
     if isinstance(structure, dict):

@@ -40,12 +40,11 @@ from kerascomp.graph.channels import (
     removed_atoms,
     sole_input_group,
 )
-from kerascomp.graph.ir import Graph, LayerSpec
+from kerascomp.graph.ir import Graph, LayerSpec, conv_spec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, LayerRecord, Plan, fingerprint
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
-from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.pruning import cost_tables, pruned_cost
 from kerascomp.methods.registry import (
     Context,

@@ -27,13 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kerascomp.graph.ir import Graph, LayerSpec, Node
+from kerascomp.graph.ir import Graph, LayerSpec, Node, conv_spec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.pointwise import takes_pointwise
 
-# the config entries of a SeparableConv2D that belong to its depthwise or its pointwise part
+# the config entries of a SeparableConv2D that belong to its depthwise part
 _DEPTHWISE_KEYS = ("kernel_size", "strides", "padding", "depth_multiplier", "dilation_rate")
-_POINTWISE_KEYS = ("filters", "activation", "use_bias")
 
 
 @dataclass(frozen=True)
@@ -66,15 +65,20 @@ def split_separable(graph: Graph, keras) -> tuple[Graph, list[SplitPair]]:
         depthwise = LayerSpec(depthwise_name, keras.layers.DepthwiseConv2D, {
             **common, "name": depthwise_name, "use_bias": False, "activation": "linear",
             **{key: config[key] for key in _DEPTHWISE_KEYS if key in config}}, [spec.weights[0]])
-        pointwise = LayerSpec(name, keras.layers.Conv2D, {
-            **common, "name": name, "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
-            **{key: config[key] for key in _POINTWISE_KEYS if key in config}}, list(spec.weights[1:]))
+        pointwise = _one_by_one(name, spec.weights[1], spec.weights[2] if len(spec.weights) == 3 else None,
+                                config, keras)
         result.replace_layer(name, [depthwise, pointwise])
         pairs.append(SplitPair(depthwise_name, name, dict(config), spec.cls))
     parts = {pair.pointwise: pair.depthwise for pair in pairs}  # both parts where the layer was, in order
     order = [part for name in graph.layers for part in ((parts[name], name) if name in parts else (name,))]
     result.layers = {name: result.layers[name] for name in order}
     return result, pairs
+
+
+def _one_by_one(name: str, kernel: np.ndarray, bias: np.ndarray | None, config: dict, keras) -> LayerSpec:
+    """The 1x1 Conv2D ``name`` (the view's 1x1 part) with the layer's activation and trainability."""
+    return conv_spec(name, kernel, (1, 1), "valid", (1, 1), bias, config.get("activation"),
+                     config.get("trainable", True), keras)
 
 
 def join_separable(graph: Graph, pairs: list[SplitPair]) -> Graph:
@@ -157,14 +161,10 @@ def dense_as_conv(graph: Graph, keras) -> tuple[Graph, list[DenseView]]:
     result, views = graph.copy(), []
     for name in names:
         spec = result.layers[name]
-        config = spec.config
-        common = {key: config[key] for key in ("trainable", "dtype") if key in config}
         kernel = spec.weights[0]
-        result.layers[name] = LayerSpec(name, keras.layers.Conv2D, {
-            **common, "name": name, "filters": int(kernel.shape[-1]), "kernel_size": [1, 1], "strides": [1, 1],
-            "padding": "valid", "activation": config.get("activation", "linear"),
-            "use_bias": len(spec.weights) == 2}, [kernel[None, None], *spec.weights[1:]])
-        views.append(DenseView(name, dict(config), spec.cls, tuple(int(d) for d in kernel.shape)))
+        result.layers[name] = _one_by_one(name, kernel[None, None], spec.weights[1] if len(spec.weights) == 2
+                                          else None, spec.config, keras)
+        views.append(DenseView(name, dict(spec.config), spec.cls, tuple(int(d) for d in kernel.shape)))
     return result, views
 
 

@@ -25,7 +25,7 @@ from kerascomp.allocation import Candidates, allocate, bisect, front_note
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import jsvd
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
-from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref
+from kerascomp.graph.ir import Graph, LayerSpec, Node, Ref, conv_spec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision
 from kerascomp.methods.eligibility import eligible_convs
@@ -417,15 +417,6 @@ def _allocate_global(units: list[_Unit], metric: str, fixed: float, budget: floa
     what = "MACs" if metric == "flops" else "params"
     choice = allocate(candidates, fixed, budget, what=what, hint=hint, total=model_total)
     return [0 if index == 0 else unit.ranks[index - 1] for unit, index in zip(units, choice)], candidates
-
-
-def conv_spec(name: str, kernel: np.ndarray, strides, padding: str, dilation, bias: np.ndarray | None,
-          activation, trainable: bool, keras) -> LayerSpec:
-    config = {"name": name, "filters": int(kernel.shape[-1]), "kernel_size": list(kernel.shape[:2]),
-              "strides": list(strides), "padding": padding, "dilation_rate": list(dilation),
-              "use_bias": bias is not None, "activation": activation or "linear", "trainable": trainable}
-    weights = [kernel.astype(np.float32)] + ([bias.astype(np.float32)] if bias is not None else [])
-    return LayerSpec(name, keras.layers.Conv2D, config, weights)
 
 
 class _Splicer:

@@ -19,12 +19,11 @@ from kerascomp.allocation import Candidates, allocate, bisect, front_note
 from kerascomp.cost import graph_cost
 from kerascomp.decompose.tucker import compose, truncation_errors, tucker2
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
-from kerascomp.graph.ir import Graph, LayerSpec
+from kerascomp.graph.ir import Graph, LayerSpec, conv_spec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods.base import Budget, CompressionReport, build_report
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int
-from kerascomp.methods.joint_svd import conv_spec
 from kerascomp.methods.pointwise import ONE_BY_ONE, check_pointwise
 from kerascomp.methods.registry import Context, Method
 from kerascomp.methods.whitening import conv_whitener, input_moments, unwhiten_layer, whitened_spec, whitening_on
