@@ -7,8 +7,9 @@
 Writes benchmarks/results/latency_realization.{json,md} (one file per run of the script; ``--out``
 names another). For each model, every method is compressed to each ``--targets`` MACs fraction at
 default options, exported fp32 and int8 (each file checked against its Keras model), and every
-file of the model -- original, compressed, and for the CIFAR ResNets the *thin anchors* (dense
-ResNets of the same depth built at widths 6..14, random weights) -- is timed in one interleaved
+file of the model -- original, compressed, and the *thin anchors* (the same architecture built thin and
+dense, random weights: CIFAR ResNets of the same depth at widths 6..14; MobileNetV2, MobileNetV3Small and
+EfficientNetB0 at width multipliers 0.35, 0.5, 0.75) -- is timed in one interleaved
 ``compare_tflite`` call per precision. So every ratio in a row was measured side by side, and the
 CPU model is recorded with them.
 
@@ -22,8 +23,9 @@ table under a MACs target (``Method.latency_front``), with ``latency=kerascomp.l
 Data: the CIFAR models are trained (the shipped ResNet-20, benchmarks/models/resnet56_cifar10.keras)
 and get ``--calibration`` labelled CIFAR training images as ``data=`` (reconstruction, BN
 recalibration, collaborative's sensitivity) and for the int8 calibration and parity. The 224x224
-keras.applications models have random weights and get random images and labels: only their
-timing means anything.
+keras.applications models have random weights and get random images in their input range ([-1, 1]
+for MobileNetV2, 0..255 for the others, which rescale inside) and random labels: only their timing
+means anything.
 """
 from __future__ import annotations
 
@@ -43,8 +45,16 @@ THIN_WIDTHS = (6, 8, 10, 12, 14)
 PRECISIONS = ("fp32", "int8")
 
 
+MOBILE = {  # name -> (keras.applications builder, input range of its images)
+    "mobilenetv2": ("MobileNetV2", (-1.0, 1.0)),
+    "mobilenetv3small": ("MobileNetV3Small", (0.0, 255.0)),
+    "efficientnetb0": ("EfficientNetB0", (0.0, 255.0)),
+}
+ALPHAS = (0.35, 0.5, 0.75)  # the mobile nets' thin anchors: the same architecture at these width multipliers
+
+
 def _model(keras, name: str):
-    """(model, CIFAR ResNet depth or None, options every method gets for this model)."""
+    """(model, CIFAR ResNet depth or None)."""
     from kerascomp.loading import load_demo_model
 
     if name == "resnet20":
@@ -53,12 +63,35 @@ def _model(keras, name: str):
         return keras.models.load_model(MODELS_DIR / "resnet56_cifar10.keras", compile=False), 56
     if name == "resnet50":
         return keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3)), None
-    if name == "mobilenetv2":
-        return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3)), None
-    raise SystemExit(f"unknown model {name!r}: choose from resnet20, resnet56, resnet50, mobilenetv2")
+    if name in MOBILE:
+        return getattr(keras.applications, MOBILE[name][0])(weights=None, input_shape=(224, 224, 3)), None
+    raise SystemExit(f"unknown model {name!r}: choose from resnet20, resnet56, resnet50, {', '.join(MOBILE)}")
 
 
-def _data(model, depth, count: int, data_argument):
+def _thin_models(keras, name: str, depth):
+    """{label: (dense model of the same architecture built thin)}: the CIFAR ResNets at widths 6..14, the
+    mobile nets at width multipliers ``ALPHAS`` (EfficientNetB0 through keras' EfficientNet builder with
+    ``width_coefficient``); ResNet50 has none. Random weights: they are timed, never run for accuracy."""
+    if depth is not None:
+        from kerascomp.zoo import cifar_resnet
+
+        return {f"thin{width}": cifar_resnet(depth, width=width, keras_module=keras) for width in THIN_WIDTHS}
+    if name in ("mobilenetv2", "mobilenetv3small"):
+        build = getattr(keras.applications, MOBILE[name][0])
+        return {f"alpha{alpha}": build(alpha=alpha, weights=None, input_shape=(224, 224, 3)) for alpha in ALPHAS}
+    if name == "efficientnetb0":
+        try:
+            from keras.src.applications.efficientnet import EfficientNet
+        except ImportError:  # tf_keras
+            EfficientNet = getattr(getattr(keras.applications, "efficientnet", None), "EfficientNet", None)
+        if EfficientNet is None:
+            return {}
+        return {f"alpha{alpha}": EfficientNet(alpha, 1.0, 224, weights=None, input_shape=(224, 224, 3),
+                                              name=f"efficientnet_w{alpha}") for alpha in ALPHAS}
+    return {}
+
+
+def _data(model, name: str, depth, count: int, data_argument):
     import numpy as np
 
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
@@ -71,7 +104,8 @@ def _data(model, depth, count: int, data_argument):
             raise SystemExit(2)
         return arrays["x_train"][:count].astype("float32"), arrays["y_train"][:count].reshape(-1).astype("int64")
     rng = np.random.default_rng(0)
-    return (rng.uniform(0, 255, (count,) + shape).astype("float32"),
+    low, high = MOBILE[name][1] if name in MOBILE else (0.0, 255.0)
+    return (rng.uniform(low, high, (count,) + shape).astype("float32"),
             rng.integers(0, classes, count).astype("int64"))
 
 
@@ -101,21 +135,17 @@ def _anchor_curve(points: list[tuple[float, float]]):
 
 def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
     model, depth = _model(keras, name)
-    x, y = _data(model, depth, args.calibration, args.data)
+    x, y = _data(model, name, depth, args.calibration, args.data)
     calibration = x[: min(len(x), 64)]
     original_macs = kerascomp.cost(model).macs
     files: dict[str, dict] = {}  # key -> {"fp32": export, "int8": export}
     files["original"] = {label: _export(kerascomp, model, workdir / f"{name}_original_{label}.tflite", label,
-                                        calibration) for label in PRECISIONS}
-    anchors = {}
-    if depth is not None and not args.no_anchors:
-        from kerascomp.zoo import cifar_resnet
-
-        for width in THIN_WIDTHS:
-            thin = cifar_resnet(depth, width=width, keras_module=keras)
-            anchors[width] = kerascomp.cost(thin).macs / original_macs
-            files[f"thin{width}"] = {label: _export(kerascomp, thin, workdir / f"{name}_thin{width}_{label}.tflite",
-                                                    label, calibration) for label in PRECISIONS}
+                                        calibration) for label in args.precisions}
+    anchors = {}  # label -> MACs ratio of the thin dense model
+    for key, thin in ({} if args.no_anchors else _thin_models(keras, name, depth)).items():
+        anchors[key] = kerascomp.cost(thin).macs / original_macs
+        files[key] = {label: _export(kerascomp, thin, workdir / f"{name}_{key}_{label}.tflite", label,
+                                     calibration[:8]) for label in args.precisions}
     table = None
     runs = []
     for spec in args.methods:
@@ -144,12 +174,12 @@ def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
                     record["latency_front"] = result.report.notes["latency_front"]
                 key = f"{row_name}@{target}"
                 files[key] = {label: _export(kerascomp, result.model, workdir / f"{name}_{key}_{label}.tflite".replace(
-                    "+", "_"), label, calibration) for label in PRECISIONS}
+                    "+", "_"), label, calibration) for label in args.precisions}
                 record["file"] = key
                 runs.append(record)
                 print(json.dumps({k: v for k, v in record.items() if k != "latency_front"}), flush=True)
     # every file of this model, one interleaved timing per precision
-    for label in PRECISIONS:
+    for label in args.precisions:
         keys = [k for k, v in files.items() if "path" in v[label]]
         if "original" not in keys:
             continue
@@ -157,17 +187,17 @@ def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
         for key, timing in zip(keys, timings):
             files[key][label]["median_ms"] = timing.median_ms
     records = []
-    for label in PRECISIONS:
+    for label in args.precisions:
         base = files["original"][label].get("median_ms")
         if base is None:
             continue
-        points = [(1.0, 1.0)] + [(anchors[w], files[f"thin{w}"][label]["median_ms"] / base)
-                                 for w in anchors if "median_ms" in files[f"thin{w}"][label]]
+        points = [(1.0, 1.0)] + [(anchors[w], files[w][label]["median_ms"] / base)
+                                 for w in anchors if "median_ms" in files[w][label]]
         files["original"][label]["anchor_points"] = [[round(m, 4), round(t, 4)] for m, t in sorted(points)]
-    curves = {label: _anchor_curve(files["original"][label].get("anchor_points", [(1.0, 1.0)])) for label in PRECISIONS}
+    curves = {label: _anchor_curve(files["original"][label].get("anchor_points", [(1.0, 1.0)])) for label in args.precisions}
     for record in runs:
         if "file" in record:
-            for label in PRECISIONS:
+            for label in args.precisions:
                 entry, base = dict(files[record["file"]][label]), files["original"][label]
                 entry.pop("path", None)
                 if "median_ms" in entry and "median_ms" in base:
@@ -181,10 +211,9 @@ def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
                 entry["original_parity_passed"] = base.get("parity_passed")
                 record[label] = entry
         records.append(record)
-    original = {label: {k: v for k, v in files["original"][label].items() if k != "path"} for label in PRECISIONS}
-    thin = {f"thin{w}": {"macs_ratio": anchors[w], **{label: {k: v for k, v in files[f"thin{w}"][label].items()
-                                                               if k != "path"} for label in PRECISIONS}}
-            for w in anchors}
+    original = {label: {k: v for k, v in files["original"][label].items() if k != "path"} for label in args.precisions}
+    thin = {w: {"macs_ratio": anchors[w], **{label: {k: v for k, v in files[w][label].items() if k != "path"}
+                                             for label in args.precisions}} for w in anchors}
     records.append({"model": name, "method": "original", "macs": original_macs, **original, "anchors": thin})
     return records
 
@@ -216,7 +245,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration", type=int, default=512, help="images given as data= and for int8")
     parser.add_argument("--latency-table", action="store_true",
                         help="also a <method>+table row for each method with a latency front")
-    parser.add_argument("--no-anchors", action="store_true", help="skip the thin anchors of the CIFAR ResNets")
+    parser.add_argument("--no-anchors", action="store_true", help="skip the thin anchors (dense models built thin)")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
+                        help="fp32,int8 (default) or one of them: int8 on random-weight models says little")
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=str(RESULTS / "latency_realization"))
     parser.add_argument("--report", action="store_true", help="only rewrite --out's Markdown from its JSON")
@@ -226,6 +257,9 @@ def main(argv=None) -> int:
         return 0
     args.methods = [m for m in args.methods.split(",") if m]
     args.targets = [float(t) for t in args.targets.split(",")]
+    args.precisions = [p for p in args.precisions.split(",") if p]
+    if not args.precisions or set(args.precisions) - set(PRECISIONS):
+        raise SystemExit(f"--precisions takes {' and/or '.join(PRECISIONS)}, got {args.precisions}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import kerascomp
@@ -309,7 +343,7 @@ def _anchor_lines(records: list[dict]) -> list[str]:
         if record.get("method") != "original" or "anchors" not in record:
             continue
         for label in PRECISIONS:
-            points = record[label].get("anchor_points")
+            points = record.get(label, {}).get("anchor_points")
             if points and len(points) > 1:  # (1, 1), the original alone, is no anchor
                 lines.append(f"- {record['model']} {label}: (MACs ratio, latency ratio) of the thin anchors "
                              + ", ".join(f"({m:.3f}, {t:.3f})" for m, t in points))
@@ -327,8 +361,9 @@ def markdown_report(meta: dict, records: list[dict]) -> str:
                 f"CPUs, {meta['runs']} interleaved runs per file; every file of a model timed in one call per "
                 "precision.\n",
                 "latency ratio = compressed / original median; realised fraction = MACs ratio / latency ratio "
-                "(1.0: the speed-up equals the MACs cut); thin anchor = the latency ratio of dense ResNets of the "
-                "same depth built thin (widths 6-14, same run), interpolated at the row's MACs ratio; vs anchor = "
+                "(1.0: the speed-up equals the MACs cut); thin anchor = the latency ratio of the same architecture built "
+                "thin and dense (CIFAR ResNets at widths 6-14; MobileNetV2, MobileNetV3Small, EfficientNetB0 at width "
+                f"multipliers {', '.join(map(str, ALPHAS))}; same run), interpolated at the row's MACs ratio; vs anchor = "
                 "latency ratio / thin anchor (<= 1.0: at least as fast as the thin dense model). A file that "
                 "failed its parity check against its Keras model is marked: its latency is not evidence. "
                 "Random-weight 224x224 models are calibrated on random images, so their int8 parity is weak.\n",

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from kerascomp.bench.host import compare_tflite
+from kerascomp.bench.host import latency_ratio
 from kerascomp.bench.latency import LatencyTable, latency_table
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.export.tflite import convert
@@ -48,14 +48,14 @@ def latency_for(model: Any, latency: Any, verbose: int) -> LatencyTable:
 def measured_latency_ratio(num_threads: int = 1, runs: int = 100, rounds: int = 20):
     """``measure(original, compressed)``: LiteRT latency of ``compressed`` over ``original``'s, timed
     interleaved on this host (fp32, ``num_threads``) in ``rounds`` alternating rounds, so that a
-    load that comes and goes slows both alike."""
+    load that comes and goes slows both alike; the median of three such timings with fresh
+    interpreters (:func:`kerascomp.bench.host.latency_ratio`)."""
     def measure(original: Graph, compressed: Graph) -> float:
         with tempfile.TemporaryDirectory(prefix="kerascomp-latency-check-") as folder:
             paths = [Path(folder) / "original.tflite", Path(folder) / "planned.tflite"]
             for path, source in zip(paths, (original, compressed)):
                 path.write_bytes(convert(write_model(strip_graph(source)), None, None, False))
-            before, after = compare_tflite(paths, num_threads=num_threads, runs=runs, rounds=rounds)
-        return after.median_ms / before.median_ms
+            return latency_ratio(*paths, num_threads=num_threads, runs=runs, rounds=rounds)
 
     return measure
 

@@ -140,3 +140,20 @@ def test_latency_realization_method_specs_carry_options():
         "l1", {"stream": "uniform", "max_fraction": 0.9})
     with pytest.raises(SystemExit, match="name=value"):
         realization.parse_method("l1:uniform")
+
+
+def test_latency_realization_mobile_nets_get_thin_anchors_and_images_in_their_range(keras):
+    realization = pytest.importorskip("benchmarks.latency_realization")
+    import kerascomp
+
+    original, depth = realization._model(keras, "mobilenetv3small")
+    thin = realization._thin_models(keras, "mobilenetv3small", depth)
+    assert sorted(thin) == [f"alpha{a}" for a in realization.ALPHAS]
+    ratios = [kerascomp.cost(thin[f"alpha{a}"]).macs / kerascomp.cost(original).macs for a in realization.ALPHAS]
+    assert 0.1 < ratios[0] < ratios[1] < ratios[2] < 1.0, ratios  # dense, the same architecture, thinner
+    assert realization._thin_models(keras, "resnet50", None) == {}
+    tiny = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    x, y = realization._data(tiny, "mobilenetv2", None, 16, None)
+    assert x.shape == (16, 4, 4, 3) and -1.0 <= x.min() < -0.5 and 0.5 < x.max() <= 1.0 and y.max() < 5
+    x, _ = realization._data(tiny, "efficientnetb0", None, 16, None)
+    assert x.max() > 100  # EfficientNet rescales 0..255 inside

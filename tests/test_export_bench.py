@@ -97,3 +97,29 @@ def test_parity_warning_on_low_top1_agreement(compressed, tmp_path, monkeypatch)
         result = kerascomp.export_tflite(compressed, tmp_path / "h.tflite", quantize="float16",
                                          representative_data=images)
     assert result.samples == 64  # the check runs on every calibration input
+
+
+def test_latency_ratio_is_the_median_of_fresh_interleaved_timings(monkeypatch, tmp_path):
+    import kerascomp.bench.host as host
+
+    answers = iter([(1.0, 0.5), (1.0, 0.9), (2.0, 1.2)])  # ratios 0.5, 0.9, 0.6: median 0.6, mean 0.667
+    calls = []
+
+    def fake_compare(paths, **kw):
+        calls.append((list(paths), kw))
+        base, other = next(answers)
+        return [host.BenchmarkResult(str(p), 1, ms, ms, ms, kw["runs"], 1, True) for p, ms in zip(paths, (base, other))]
+
+    monkeypatch.setattr(host, "compare_tflite", fake_compare)
+    assert host.latency_ratio("a.tflite", "b.tflite", runs=40, rounds=4) == pytest.approx(0.6)
+    assert len(calls) == 3 and all(c == (["a.tflite", "b.tflite"], dict(num_threads=1, runs=40, rounds=4))
+                                   for c in calls)
+    with pytest.raises(InvalidArgumentError, match="repeats must be a positive int"):
+        host.latency_ratio("a.tflite", "b.tflite", repeats=0)
+
+
+def test_latency_ratio_of_a_file_against_itself_is_near_one(small_resnet, tmp_path):
+    from kerascomp.bench.host import latency_ratio
+
+    path = kerascomp.export_tflite(small_resnet, tmp_path / "a.tflite").path
+    assert 0.7 < latency_ratio(path, path, runs=20, rounds=4) < 1.4

@@ -123,3 +123,71 @@ def test_fga_corrects_its_table_target_by_measurement(module_resnet, monkeypatch
     assert "latency_checks" in corrected.report.notes
     with pytest.raises(InvalidArgumentError, match="latency_checks"):
         kerascomp.compress(module_resnet, method="fga", target_latency=0.7, latency=table, latency_checks=-1)
+
+
+def _stepped(shapes, floor: float, jitter=None):
+    """A method that can only make the MACs ratios in ``shapes`` (the smallest not below what it is asked,
+    as a method that cannot cut exactly that much keeps more; asked below 0.2 it refuses), on a host whose latency is floor + (1 - floor) * MACs, plus
+    ``jitter(call)``."""
+    calls = []
+
+    def run(budget, options):
+        if budget.fraction < 0.2:
+            raise BudgetError("cannot go below 0.2")
+        shape = min(s for s in shapes if s >= budget.fraction - 1e-9)
+        calls.append((budget.fraction, shape))
+        report = CompressionReport("fake", budget, [], 100, int(round(100 * shape)), 1, 1)
+        return shape, report, "plan"
+
+    def measure(original, compressed):
+        return floor + (1 - floor) * compressed + (jitter(len(calls)) if jitter else 0.0)
+
+    return run, measure, calls
+
+
+def test_a_flat_step_with_noise_does_not_stop_the_search():
+    """The second probe returns the same shape as the first and times 0.003 slower: the search used to
+    scale the faster measurement again, ask the same knob and stop 5.6% too slow. It must move on."""
+    run, measure, calls = _stepped([1.0, 0.5, 0.45, 0.3], 0.056, jitter=lambda n: 0.003 if n == 2 else 0.0)
+    result, report, _ = latency_search.search(run, "graph", Budget("latency", 0.5), Options(), measure, "fake")
+    assert result == 0.45 and abs(0.056 + 0.944 * 0.45 - 0.5) <= 0.025
+    assert calls[1][1] == 0.5  # the flat step the old search stopped on
+    assert len(calls) <= latency_search.MAX_CHECKS
+
+
+def test_steps_too_coarse_for_the_tolerance_give_the_closest_shape_with_a_warning():
+    run, measure, calls = _stepped([1.0, 0.5, 0.3], 0.056)  # 0.5 -> 0.528, 0.3 -> 0.339: nothing within 5%
+    with pytest.warns(CompressionWarning, match="missed"):
+        result, report, _ = latency_search.search(run, "graph", Budget("latency", 0.5), Options(), measure, "fake")
+    assert result == 0.5 and calls[-1][0] == pytest.approx(0.5, abs=1e-3)
+    assert len(calls) <= latency_search.MAX_CHECKS
+
+
+def test_next_fraction_stays_inside_a_bracket_and_stops_when_it_is_resolved():
+    assert latency_search.next_fraction([(1.0, 1.0), (0.5, 0.53), (0.49, 0.34)], 0.5) == pytest.approx(
+        0.49 + 0.16 * 0.01 / 0.19)
+    assert latency_search.next_fraction([(1.0, 1.0), (0.5, 0.53), (0.4995, 0.34)], 0.5) is None
+    # every point too slow: at least 3% below the most compressed one, even if a faster point says less
+    assert latency_search.next_fraction([(1.0, 1.0), (0.5, 0.526), (0.4753, 0.529)], 0.5) < 0.4753 * 0.98
+
+
+def test_collaborative_corrects_its_table_goal_until_the_measured_ratio_is_within_tolerance(module_resnet,
+                                                                                          monkeypatch):
+    """A table that estimates every form at its MACs, on a host with a floor of 0.3: the table alone is
+    too slow; the measured checks (interpolated as the shared search does) bring it within 5%."""
+    monkeypatch.setattr(planner, "measured_latency_ratio", _floored_host(0.3))
+    from kerascomp.bench.latency import conv_macs
+
+    macs = conv_macs(module_resnet)
+    layers = {name: [{"form": form, "macs": m, "ms": m * 1e-6} for form in ("dense", "factored", "pruned_out")]
+              for name, m in macs.items()}
+    table = kerascomp.LatencyTable(layers, sum(macs.values()) * 1e-6, "host (synthetic)", 1, macs)
+    rng = np.random.default_rng(0)
+    labelled = (rng.uniform(0, 255, (32, 16, 16, 3)).astype("float32"), rng.integers(0, 10, 32))
+    settings = dict(method="collaborative", target_latency=0.6, latency=table, data=labelled, verbose=0)
+    alone = kerascomp.compress(module_resnet, latency_checks=0, **settings)
+    assert 0.3 + 0.7 * alone.report.macs_ratio > 0.6 * 1.05
+    checked = kerascomp.compress(module_resnet, **settings)
+    done = checked.plan.settings["latency_checks_done"]
+    assert len(done) >= 2 and abs(done[-1]["measured"] - 0.6) <= 0.05 * 0.6, done
+    assert abs(0.3 + 0.7 * checked.report.macs_ratio - 0.6) <= 0.05 * 0.6

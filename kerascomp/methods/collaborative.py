@@ -42,6 +42,7 @@ from kerascomp.graph.channels import (
 )
 from kerascomp.graph.ir import Graph, LayerSpec, conv_spec
 from kerascomp.graph.keras_io import infer_shapes, module_for
+from kerascomp.methods import latency_search
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, LayerRecord, Plan, fingerprint
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
@@ -120,7 +121,7 @@ class CollaborativeOptions:
     recalibrate: bool | str = "auto"
     reconstruct: bool | str = "auto"
     reconstruct_samples: int = 512
-    latency_checks: int = 2
+    latency_checks: int = 6
     sensitivity: str = "taylor"
     gradient: str = "mean"
     normalize: bool | str = "max"
@@ -461,18 +462,29 @@ def _plan_at_steps(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs:
     rates, choices = solve(target)
     checks = []
     if metric == 2 and latency.source.startswith("host") and measure is not None:
-        # the table adds up one-layer files; time the real model and correct the goal by what it shows
-        goal = target
+        # the table adds up one-layer files: time the real model and correct the goal given to the table,
+        # by the shared interpolation over the measured points (methods/latency_search.py); keep the closest
+        points, best = [(1.0, 1.0)], None
+        goal = budget.fraction
         for _ in range(options.latency_checks):
             measured = measure(graph, _plan(graph, shapes, analysis, convs, choices, rates, reasons, budget, options)[1])
-            estimated = realised(choices) / before
-            checks.append({"estimated": round(estimated, 4), "measured": round(measured, 4)})
-            if abs(measured - budget.fraction) <= 0.05 * budget.fraction:
+            checks.append({"goal": round(goal, 4), "estimated": round(realised(choices) / before, 4),
+                           "measured": round(measured, 4)})
+            if best is None or abs(measured - budget.fraction) < best[0]:
+                best = (abs(measured - budget.fraction), rates, choices)
+            if abs(measured - budget.fraction) <= latency_search.TOLERANCE * budget.fraction:
                 break
-            goal = min(goal * budget.fraction / measured, before)
-            if goal < floor:
+            points.append((goal, measured))
+            following = latency_search.next_fraction(points, budget.fraction)
+            if following is None:
                 break
-            rates, choices = solve(goal)
+            following = max(following, floor / before)
+            if abs(following - goal) < latency_search.RESOLUTION:  # already at the floor, still too slow
+                break
+            goal = following
+            rates, choices = solve(goal * before)
+        if best is not None:
+            rates, choices = best[1], best[2]
     result = _plan(graph, shapes, analysis, convs, choices, rates, reasons, budget, options)[0]
     if metric == 2:
         result.settings.update(estimated_latency_ratio=realised(choices) / before, latency_checks_done=checks)
