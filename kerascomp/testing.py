@@ -682,7 +682,7 @@ def collaborative_lossless(model: Any, x: Any) -> tuple[Any, Any] | None:
 def _collaborative_rewrite(model: Any, x: Any) -> tuple[Any, Any] | None:
     keras = module_for(read_model(model))
     labelled = (x, zero_labels(model, _rows(x)))
-    graph = read_model(model)
+    graph = with_views(read_model(model))[0]  # the layers as collaborative sees them (methods/conv_views.py)
     analysis = analyse_channels(graph, infer_shapes(graph))
 
     def plan_of(subject: Any) -> Any:
@@ -1033,7 +1033,7 @@ def collaborative_against_reference(model: Any, target: float, x: Any) -> tuple[
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
         result = kerascomp.compress(model, "collaborative", target_flops=target, verbose=0, loss=_mse_loss(keras),
                                     data=(x, zero_labels(model, _rows(x))), reconstruct=False, recalibrate=False)
-    graph = read_model(model)
+    graph = with_views(read_model(model))[0]  # as collaborative saw it
     analysis = analyse_channels(graph, infer_shapes(graph))
     removed: set[int] = set()
     for entry in result.plan.layers:

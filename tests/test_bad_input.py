@@ -127,8 +127,9 @@ def test_a_budget_held_by_separable_convs_is_refused_without_pointwise_naming_th
     x = layers.SeparableConv2D(64, 3, padding="same", activation="relu", name="sep2")(x)
     model = keras.Model(inputs, layers.Dense(4, name="fc")(layers.GlobalAveragePooling2D()(x)))
     with pytest.raises(BudgetError, match=r"sep1 \(SeparableConv2D left whole \(fga, svd, joint_svd, tucker and "
-                                          r"auto factor its 1x1 part unless pointwise=False, channels_last only; "
-                                          r"l1 and correlation prune its channels\)"):
+                                          r"auto factor its 1x1 part unless pointwise=False; collaborative "
+                                          r"prunes and factors it, channels_last only; l1 and correlation prune "
+                                          r"its channels\)"):
         kerascomp.compress(model, "svd", target_flops=0.5, pointwise=False, verbose=0)
     for method in ("svd", "l1"):
         result = kerascomp.compress(model, method, target_flops=0.5, verbose=0)

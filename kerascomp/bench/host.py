@@ -58,12 +58,14 @@ def _interpreter(path: str, num_threads: int, xnnpack: bool):
     return interpreter
 
 
-def latency_ratio(baseline: str | os.PathLike, candidate: str | os.PathLike, num_threads: int = 1, runs: int = 100,
-                  rounds: int = 20, repeats: int = 3) -> float:
+def latency_ratio(baseline: str | os.PathLike, candidate: str | os.PathLike, num_threads: int = 1, runs: int = 200,
+                  rounds: int = 5, repeats: int = 3) -> float:
     """``candidate``'s median latency over ``baseline``'s: the median over ``repeats`` interleaved
     :func:`compare_tflite` calls, each with fresh interpreters. One interpreter pair can land on a slow
     or a fast memory layout for the whole call (measured here on a CIFAR ResNet-20 Tucker file: 0.520 in
-    some calls, 0.544 in others, each of 1,000 runs), so one call alone can be 4% off."""
+    some calls, 0.544 in others, each of 1,000 runs), so one call alone can be 4% off. Keep ``runs /
+    rounds`` at 40 or more: rounds of 5 runs gave that file 0.518 against 0.555 with 40 (see
+    :func:`kerascomp.planner.measured_latency_ratio`)."""
     if not isinstance(repeats, int) or repeats < 1:
         raise InvalidArgumentError(f"repeats must be a positive int, got {repeats!r}.")
     ratios = []

@@ -44,6 +44,7 @@ from kerascomp.graph.ir import Graph, LayerSpec, conv_spec
 from kerascomp.graph.keras_io import infer_shapes, module_for
 from kerascomp.methods import latency_search
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, LayerRecord, Plan, fingerprint
+from kerascomp.methods.conv_views import restore_views, with_views
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
 from kerascomp.methods.pruning import cost_tables, pruned_cost
@@ -617,6 +618,7 @@ class CollaborativeMethod(Method):
     renamed = {"max_fraction": "max_macs_fraction"}
 
     def plan(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:
+        graph = with_views(graph)[0]  # SeparableConv2D split, Dense on feature maps as 1x1 convs (conv_views.py)
         return plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,
                                   context.latency, context.measure)
 
@@ -624,8 +626,9 @@ class CollaborativeMethod(Method):
         options = self.plan_options(plan)
         data = method_inputs(graph, data, options)
         check_finishing(options, data)
+        graph, views = with_views(graph)  # as plan() saw it, so the plan's layer names exist
         result, report = apply_plan(graph, plan)
-        return finish(graph, result, report, data, options, context.verbose), report
+        return restore_views(finish(graph, result, report, data, options, context.verbose), views), report
 
     def compress(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:

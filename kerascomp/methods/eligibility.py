@@ -11,7 +11,8 @@ from kerascomp.graph.ir import Graph, LayerSpec
 
 SHARED = "shared layer (called more than once)"
 # the layers a method without the conv views (methods/conv_views.py) leaves whole, and who takes them
-_VIEWERS = "fga, svd, joint_svd, tucker and auto factor its 1x1 part unless pointwise=False"
+_VIEWERS = ("fga, svd, joint_svd, tucker and auto factor its 1x1 part unless pointwise=False; collaborative prunes "
+            "and factors it")
 SEPARABLE = (f"SeparableConv2D left whole ({_VIEWERS}, channels_last only; l1 and correlation prune its "
              "channels)")
 DENSE_ON_MAPS = f"Dense on a feature map left whole (a 1x1 conv: {_VIEWERS}; l1 and correlation prune it)"
