@@ -154,3 +154,26 @@ def cost(model: Any) -> CostReport:
     """
     graph = read_model(model)
     return graph_cost(graph, infer_shapes(graph))
+
+
+def last_reads(graph: Graph) -> dict[str, int]:
+    """``{node: index of the last node that reads it}``, in ``graph.nodes`` order."""
+    last = {}
+    for index, node in enumerate(graph.nodes):
+        for ref in node.input_refs():
+            last[ref.node] = index
+    return last
+
+
+def peak_activation_bytes(graph: Graph, rows: int) -> int:
+    """The most float32 activation bytes alive at once when ``graph`` runs node by node on ``rows`` inputs,
+    each freed after its last reader (a lower bound on what a framework holds; used to size batches)."""
+    shapes, last = infer_shapes(graph), last_reads(graph)
+    live, peak = {}, 0
+    for index, node in enumerate(graph.nodes):
+        live[node.name] = sum(int(np.prod([d or 1 for d in shape[1:]])) for shape in shapes[node.name]) * rows * 4
+        peak = max(peak, sum(live.values()))
+        for ref in node.input_refs():
+            if last.get(ref.node) == index:
+                live.pop(ref.node, None)
+    return peak

@@ -39,10 +39,11 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from kerascomp.cost import last_reads, peak_activation_bytes
 from kerascomp.decompose.ridge import Moments
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.graph.ir import Graph, LayerSpec, Ref, map_leaves
-from kerascomp.graph.keras_io import build_layers, infer_shapes, module_for, set_layer_weights, write_model
+from kerascomp.graph.keras_io import build_layers, module_for, set_layer_weights, write_model
 from kerascomp.methods.inputs import check_auto, check_int
 from kerascomp.methods.strip import is_channel_batchnorm
 
@@ -267,7 +268,7 @@ def reconstruct(original: Graph, compressed: Graph, units: list[Unit], data: Any
     fit = _Fitter(original, result, -(-MAX_ROWS // max(-(-rows // BATCH), 1)), np.random.default_rng(seed))
     cached = _original_inputs(original_model, data, samples)
     if cached is not None and WALK and all(len(unit.nodes) == 1 for unit in units) and \
-            _walk_bytes(result, rows) <= CACHE_BYTES:
+            peak_activation_bytes(result, rows) <= CACHE_BYTES:
         _walk(result, units, data, samples, cached, position, fit, verbose)
         return result, fit.details
     keras = module_for(result)
@@ -355,7 +356,7 @@ def _walk(result: Graph, units: list[Unit], data: Any, samples: int, cached: lis
     reconstruction.) For units of one call each; the original model's unit inputs come from ``cached``."""
     created = build_layers(result)
     unit_at = {unit.nodes[0]: unit for unit in units}
-    last_read = _last_reads(result)
+    last_read = last_reads(result)
     batches = list(_batches(data, samples))
     tensors: list[dict[str, list]] = [{} for _ in batches]
     inputs = {name: index for index, name in enumerate(result.inputs)}
@@ -385,27 +386,6 @@ def _walk(result: Graph, units: list[Unit], data: Any, samples: int, cached: lis
                 for held in tensors:
                     held.pop(ref.node, None)
     progress.close()
-
-
-def _last_reads(graph: Graph) -> dict[str, int]:
-    last = {}
-    for index, node in enumerate(graph.nodes):
-        for ref in node.input_refs():
-            last[ref.node] = index
-    return last
-
-
-def _walk_bytes(graph: Graph, rows: int) -> int:
-    """The most bytes of activations :func:`_walk` holds at once for ``rows`` inputs."""
-    shapes, last = infer_shapes(graph), _last_reads(graph)
-    live, peak = {}, 0
-    for index, node in enumerate(graph.nodes):
-        live[node.name] = sum(int(np.prod([d or 1 for d in shape[1:]])) for shape in shapes[node.name]) * rows * 4
-        peak = max(peak, sum(live.values()))
-        for ref in node.input_refs():
-            if last.get(ref.node) == index:
-                live.pop(ref.node, None)
-    return peak
 
 
 def _takes_training(layer: Any) -> bool:
