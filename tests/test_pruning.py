@@ -186,39 +186,29 @@ def test_compensation_and_recalibration_reduce_error(small_resnet, images):
     assert errors[3] <= errors[1] * (1 + 1e-4) and errors[3] < errors[2]
 
 
-def test_recalibration_stores_data_statistics(small_resnet, images):
-    graph = read_model(small_resnet)
-    calibrated, count = recalibrate_batchnorm(graph, images)
-    assert count == sum(spec.class_name == "BatchNormalization" for spec in graph.layers.values())
-    from kerascomp.graph.keras_io import sample_node_inputs
-
-    stem = sample_node_inputs(graph, ["stem_bn"], images, len(images))["stem_bn"]
-    mean, variance = calibrated.layers["stem_bn"].weights[2:]
-    np.testing.assert_allclose(mean, stem.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
-    np.testing.assert_allclose(variance, stem.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
-
-
-def test_recalibration_in_batches_pools_the_statistics_exactly(small_resnet, images, monkeypatch):
-    """Where the activations do not fit in RECALIBRATION_BYTES the inputs go in equal batches: the first BN's
-    pooled statistics are exactly the data's, the later ones (normalised per batch upstream) near one batch's."""
+@pytest.mark.parametrize("batches", [1, 4])
+def test_recalibration_stores_data_statistics(small_resnet, images, monkeypatch, batches):
+    """One batch, or (activations over RECALIBRATION_BYTES) equal batches whose statistics are pooled: the first
+    BN's statistics are exactly the data's either way; later ones (normalised per batch upstream) near one batch's."""
     import kerascomp.methods.calibrate as calibrate
     from kerascomp.cost import peak_activation_bytes
     from kerascomp.graph.keras_io import sample_node_inputs
 
     graph = read_model(small_resnet)
     whole, _ = recalibrate_batchnorm(graph, images)
-    monkeypatch.setattr(calibrate, "RECALIBRATION_BYTES", peak_activation_bytes(graph, len(images) // 4))
-    batched, count = recalibrate_batchnorm(graph, images)
+    if batches > 1:
+        monkeypatch.setattr(calibrate, "RECALIBRATION_BYTES", peak_activation_bytes(graph, len(images) // batches))
+    calibrated, count = recalibrate_batchnorm(graph, images)
     assert count == sum(spec.class_name == "BatchNormalization" for spec in graph.layers.values())
     stem = sample_node_inputs(graph, ["stem_bn"], images, len(images))["stem_bn"]
-    mean, variance = batched.layers["stem_bn"].weights[2:]
+    mean, variance = calibrated.layers["stem_bn"].weights[2:]
     np.testing.assert_allclose(mean, stem.mean(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(variance, stem.var(axis=(0, 1, 2)), rtol=1e-3, atol=1e-4)
-    later = [name for name, spec in graph.layers.items() if spec.class_name == "BatchNormalization"][-1]
-    for a, b in zip(batched.layers[later].weights[2:], whole.layers[later].weights[2:]):
-        assert np.abs(a - b).mean() < 0.25 * np.abs(b).mean()  # per-batch upstream normalisation: near, not equal
-    assert any(np.abs(a - b).max() > 0 for a, b in zip(batched.layers[later].weights[2:],
-                                                       whole.layers[later].weights[2:]))  # so it was batched
+    if batches > 1:
+        later = [name for name, spec in graph.layers.items() if spec.class_name == "BatchNormalization"][-1]
+        pairs = list(zip(calibrated.layers[later].weights[2:], whole.layers[later].weights[2:]))
+        assert all(np.abs(a - b).mean() < 0.25 * np.abs(b).mean() for a, b in pairs)  # near, not equal
+        assert any(np.abs(a - b).max() > 0 for a, b in pairs)  # so it was batched
 
 
 def test_report_lists_pruned_layers(small_resnet, images):
