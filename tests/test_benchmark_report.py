@@ -157,3 +157,22 @@ def test_latency_realization_mobile_nets_get_thin_anchors_and_images_in_their_ra
     assert x.shape == (16, 4, 4, 3) and -1.0 <= x.min() < -0.5 and 0.5 < x.max() <= 1.0 and y.max() < 5
     x, _ = realization._data(tiny, "efficientnetb0", None, 16, None)
     assert x.max() > 100  # EfficientNet rescales 0..255 inside
+
+
+def test_latency_realization_random_weight_models_get_batchnorm_statistics_from_the_images(keras):
+    realization = pytest.importorskip("benchmarks.latency_realization")
+    import numpy as np
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(inputs)
+    outputs = keras.layers.BatchNormalization(name="bn")(conv)
+    model = keras.Model(inputs, outputs)
+    x = np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    calibrated = realization._calibrated(model, x)
+    features = np.asarray(model.get_layer("conv")(x)).reshape(-1, 4)
+    np.testing.assert_allclose(calibrated.get_layer("bn").moving_mean.numpy(), features.mean(0), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(calibrated.get_layer("bn").moving_variance.numpy(), features.var(0), rtol=1e-3)
+    assert np.all(model.get_layer("bn").moving_mean.numpy() == 0)  # the model passed in keeps its own
+    normalised = np.asarray(calibrated(x, training=False)).reshape(-1, 4)
+    assert np.all(np.abs(normalised.mean(0)) < 1e-2) and np.all(np.abs(normalised.std(0) - 1) < 1e-2)
