@@ -288,14 +288,11 @@ def test_tensor_operators_couple_channels(keras, images):
     assert error is not None and error < 1e-5
 
 
-def test_tf_keras_operators_with_numbers_pass_channels_through(keras, images):
-    """tf_keras's MobileNetV3 hard-swish, ``x * relu6(x + 3.0) * (1 / 6)`` on tensors: the ``+ 3.0`` and
-    ``* (1 / 6)`` (TFOpLambda layers with a number for y) act per element, so they pass channels through
-    instead of blocking them; pruning through them matches the original with the cut channels' readers zeroed."""
-    from kerascomp.graph.flavour import legacy_requested
-
-    if not legacy_requested():
-        pytest.skip("tf_keras writes these as TFOpLambda layers; Keras 3 as operations")
+def test_operators_with_numbers_pass_channels_through(keras, images):
+    """MobileNetV3's hard sigmoid, ``relu6(x + 3.0) * (1 / 6)`` on tensors, gating ``x``: the ``+ 3.0`` and
+    ``* (1 / 6)`` (tf_keras: TFOpLambda layers with a number for y; Keras 3: operations of a tensor and a
+    number) act per element, so they pass channels through instead of blocking them; pruning through them
+    matches the original with the cut channels' readers zeroed. (Keras 3 blocked them until 2026-12-06.)"""
     layers = keras.layers
     inputs = keras.Input((8, 8, 3))
     a = layers.Conv2D(12, 3, padding="same", name="a")(inputs)

@@ -59,6 +59,9 @@ TF_OP_MERGES = {"__operators__.add", "math.add", "math.subtract", "math.multiply
 # functions of one tensor, the same operation on every element: channels pass through
 TF_OP_ELEMENTWISE = TF_OP_MERGES | {"math.truediv", "__operators__.truediv", "nn.relu", "nn.relu6", "math.sigmoid",
                                    "math.tanh", "nn.silu"}
+# Keras 3 writes the same arithmetic with a number (``ReLU(6)(x + 3.0) * (1 / 6)``: its MobileNetV3's hard sigmoid)
+# as operations of one tensor and one number: per element too
+KERAS3_SCALAR_OPS = {"op:Add", "op:Subtract", "op:Multiply", "op:Divide", "op:TrueDivide"}
 # those of them that keep a zero channel zero (with a number for y where they take one)
 TF_OP_ZERO_PRESERVING = {"math.multiply", "math.truediv", "__operators__.truediv", "nn.relu", "nn.relu6", "math.tanh",
                          "nn.silu"}
@@ -278,6 +281,9 @@ class _Builder:
         elif cls == "TFOpLambda" and config.get("function") in TF_OP_ELEMENTWISE and len(refs) == 1 and \
                 all(isinstance(value, (int, float)) for key, value in node.kwargs.items() if key != "name"):
             cls = "Activation"  # one tensor and numbers: per element, so per channel
+        elif cls in KERAS3_SCALAR_OPS and len(refs) == 1 and len(node.args) == 2 and not node.kwargs and \
+                all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in node.args if not isinstance(a, Ref)):
+            cls = "Activation"  # the Keras 3 form of the same: ``x + 3.0``, ``x * (1 / 6)``
         out_shape = self.shapes[name][0]
         rank = len(out_shape)
         single = len(refs) == 1 or (cls in MERGE | {"Concatenate"})
