@@ -44,6 +44,7 @@ from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
 from kerascomp.errors import CompressionError
 from kerascomp.graph.channels import (
+    KERAS3_SCALAR_OPS,
     PER_CHANNEL,
     PRUNE_RULES,
     SEPARABLE,
@@ -495,6 +496,8 @@ def _maps_zero_to_nonzero(spec: Any) -> bool:
         return True
     if spec.class_name == "TFOpLambda":  # tf_keras's x + 3.0, tf.math.sigmoid(x): taken as non-zero unless known
         return spec.config.get("function") not in TF_OP_ZERO_PRESERVING
+    if spec.class_name in KERAS3_SCALAR_OPS:  # Keras 3's x + 3.0: taken as non-zero unless a product
+        return spec.class_name != "op:Multiply"
     return spec.class_name == "Rescaling" and bool(np.any(np.asarray(spec.config.get("offset", 0.0))))
 
 

@@ -307,3 +307,10 @@ def test_operators_with_numbers_pass_channels_through(keras, images):
     pruned = write_model(prune_channels(graph, analysis, {group.index: [5]}))
     assert pruned.get_layer("b").get_weights()[0].shape == (3, 3, 11, 8)
     np.testing.assert_allclose(pruned.predict(images[:, :8, :8], verbose=0), expected, rtol=1e-5, atol=1e-5)
+    from kerascomp.testing import pruned_against_dead, zero_stays_zero
+
+    error = pruned_against_dead(model, "l1", 0.5, images[:, :8, :8])  # the whole method, independent reference
+    assert error is not None and error < 1e-5
+    # ``a + 3.0`` turns a cut channel's zeros into threes: read directly by a conv, cutting would not be exact
+    leaky = keras.Model(inputs, layers.Conv2D(8, 3, name="b")(a + 3.0))
+    assert not zero_stays_zero(read_model(leaky), {"a"})
