@@ -196,3 +196,72 @@ def test_whitened_pruning_cuts_a_redundant_copy_and_the_diagonal_estimate_does_n
     assert errors[True] < 1e-2
     # the diagonal estimate (per-channel energies) cuts the weakly read channels and keeps both copies
     assert {8, 9, 10, 11}.isdisjoint(kept[False]) and errors[False] > 5 * errors[True]
+
+
+def _squeeze_excite_model(keras):
+    """An EfficientNet block: the expansion's 32 channels are read by the squeeze-and-excite reduce conv (through
+    the pooling) and by the projection, and written by the expansion and by the gate (through the multiply)."""
+    layers = keras.layers
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = layers.ReLU()(layers.BatchNormalization(name="expand_bn")(layers.Conv2D(32, 1, name="expand")(x)))
+    x = layers.ReLU()(layers.BatchNormalization(name="dw_bn")(layers.DepthwiseConv2D(3, padding="same", name="dw")(x)))
+    gate = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    gate = layers.Conv2D(8, 1, activation="relu", name="se_reduce")(gate)
+    gate = layers.Conv2D(32, 1, activation="sigmoid", name="se_expand")(gate)
+    x = layers.Conv2D(16, 1, name="project")(layers.Multiply(name="excite")([x, gate]))
+    return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
+
+
+def test_a_squeeze_excite_expansion_is_pruned_through_all_four_of_its_convs(keras, images):
+    """The expansion group of an EfficientNet or MobileNetV3 block has two readers and two writers; auto prunes it
+    as one unit (until 2026-12-07 it could not: the reduce conv was a second reader). Input slices zeroed in both
+    readers make channels 0..15 free to cut, so the cut is exactly those and, without data, the outputs are the
+    original's."""
+    model = _squeeze_excite_model(keras)
+    for name in ("project", "se_reduce"):
+        conv = model.get_layer(name)
+        kernel = conv.get_weights()[0]
+        kernel[:, :, :16, :] = 0.0
+        conv.set_weights([kernel] + conv.get_weights()[1:])
+    before = model_fingerprint(model)
+    result = kerascomp.compress(model, method="auto", target_flops=0.85, forms=["prune"], verbose=0)
+    assert model_fingerprint(model) == before
+    assert result.plan.choices["pruned"]["project"] == list(range(16, 32))
+    actions = _actions(result.report)
+    assert actions["expand"] == actions["se_expand"] == "pruned out 32->16"
+    assert actions["project"] == actions["se_reduce"] == "pruned in 32->16"
+    assert actions["dw"] == "pruned with its channel group"
+    assert result.model.get_layer("se_expand").get_weights()[0].shape == (1, 1, 8, 16)
+    expected = model.predict(images, verbose=0)
+    assert np.allclose(result.model.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # the check can fail: cutting the channels the readers do read changes the outputs
+    other = json.loads(result.plan.to_json())
+    other["choices"]["pruned"] = {"project": list(range(16))}
+    wrong = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(json.dumps(other)), verbose=0)
+    assert not np.allclose(wrong.predict(images, verbose=0), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_the_squeeze_excite_cut_counts_both_readers(keras, images):
+    """The cut order sums both readers' errors: the projection ignores channels 0..15 and the reduce conv
+    channels 8..15 only, so the free cut of 8 channels is 8..15, with data (the joint surgeon greedy over both
+    readers' covariances) and without (the readers' shares of their input energy, summed). Ordered by the
+    projection alone, 0..15 would tie and 0..7 go first: the check can fail."""
+    model = _squeeze_excite_model(keras)
+    for name, cut in (("project", slice(0, 16)), ("se_reduce", slice(8, 16))):
+        conv = model.get_layer(name)
+        kernel = conv.get_weights()[0]
+        kernel[:, :, cut, :] = 0.0
+        conv.set_weights([kernel] + conv.get_weights()[1:])
+    macs = conv_macs(model)
+    saved = 8 / 32 * (macs["expand"] + 16 * 16 * 9 * 32 + macs["project"])  # with the depthwise conv
+    target = 1.0 - 0.9 * saved / kerascomp.cost(model).macs
+    expected = model.predict(images, verbose=0)
+    for data in (images, None):
+        result = kerascomp.compress(model, method="auto", target_flops=target, forms=["prune"], channel_multiple=8,
+                                    data=data, recalibrate=False, verbose=0)
+        assert result.report.macs_ratio <= target + 1e-9
+        assert result.plan.choices["pruned"] == {"project": list(range(8)) + list(range(16, 32))}, data is None
+        outputs = result.model.predict(images, verbose=0)
+        assert np.allclose(outputs, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

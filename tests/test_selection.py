@@ -4,7 +4,14 @@ import itertools
 import numpy as np
 import pytest
 
-from kerascomp.decompose.selection import contribution_gram, greedy_removal, group_gram, removal_error, surgeon_order
+from kerascomp.decompose.selection import (
+    contribution_gram,
+    greedy_removal,
+    group_gram,
+    joint_surgeon_order,
+    removal_error,
+    surgeon_order,
+)
 
 
 def test_contribution_gram_is_the_gram_of_per_channel_contributions():
@@ -89,3 +96,40 @@ def test_surgeon_cost_is_the_error_left_after_the_refit():
     assert order[0] in (0, 3) and costs[0] < 1e-3 * costs[1]
     with pytest.raises(ValueError, match="do not fit"):
         surgeon_order(moments[:3, :3], rows)
+
+
+def _refit_error(moments, rows, kept):
+    """The squared output error left when only ``kept`` channels are read and the consumer's rows are refit by
+    least squares: ``tr(W^T (M - M[:, K] M[K, K]^-1 M[K, :]) W)``, written from its definition."""
+    kept = np.asarray(sorted(kept), int)
+    residual = moments.copy()
+    if len(kept):
+        residual -= moments[:, kept] @ np.linalg.solve(moments[np.ix_(kept, kept)], moments[kept, :])
+    return float(np.trace(rows.T @ residual @ rows))
+
+
+def test_joint_surgeon_order_cuts_what_the_summed_refit_errors_of_all_consumers_miss_least():
+    """Two consumers of one group (an expansion read by its squeeze-and-excite conv and its projection): each
+    step's cut is the channel whose removal raises the weighted sum of both consumers' refit errors least, and
+    the cumulative costs are that sum; with one consumer it is :func:`surgeon_order`."""
+    rng = np.random.default_rng(4)
+    size = 12
+    problems = []
+    for width, rows_count in ((6, 300), (3, 40)):
+        inputs = rng.normal(size=(rows_count, size)) @ rng.normal(size=(size, size))
+        moments = inputs.T @ inputs / rows_count + 1e-3 * np.eye(size)
+        rows = rng.normal(size=(size, width))
+        problems.append((moments, rows, 1.0 / _refit_error(moments, rows, [])))
+    order, costs = joint_surgeon_order(problems)
+    kept = set(range(size))
+    for step, cut in enumerate(order[:-1]):
+        options = {c: sum(w * _refit_error(m, r, kept - {c}) for m, r, w in problems) for c in kept}
+        assert options[cut] == pytest.approx(min(options.values()), rel=1e-6, abs=1e-9), step
+        kept.discard(cut)
+        assert np.sum(costs[:step + 1]) == pytest.approx(options[cut], rel=1e-6, abs=1e-9)
+    # the joint order differs from either consumer's own order here: the check can fail
+    assert any(not np.array_equal(order, surgeon_order(m, r)[0]) for m, r, _ in problems)
+    single_order, single_costs = joint_surgeon_order([problems[0][:2] + (1.0,)])
+    np.testing.assert_array_equal(single_order, surgeon_order(*problems[0][:2])[0])
+    with pytest.raises(ValueError, match="do not fit"):
+        joint_surgeon_order([problems[0], (problems[1][0][:5, :5], problems[1][1], 1.0)])

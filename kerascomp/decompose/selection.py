@@ -79,30 +79,48 @@ def surgeon_order(moments: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np
     The live channels are kept in the leading block of ``P`` and ``B`` (a cut channel swaps places with
     the last live one), so step ``k`` works on ``k`` rows, not ``n``: about a third of the work of
     updating the full matrices, with the same arithmetic per element."""
-    moments = np.asarray(moments, dtype=np.float64)
-    refit = np.array(rows, dtype=np.float64)
-    size = len(refit)
-    if moments.shape != (size, size):
-        raise ValueError(f"moments of shape {moments.shape} do not fit {size} channel rows")
-    precision = np.linalg.inv(moments)
+    return joint_surgeon_order([(moments, rows, 1.0)])
+
+
+def joint_surgeon_order(consumers: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`surgeon_order` for channels that several consumers read (an EfficientNet expansion feeds its
+    squeeze-and-excite conv and its projection): ``consumers`` holds each one's ``(moments, rows, weight)``
+    over the same ``n`` channels, each refit on its own, and a cut costs the weighted sum of the consumers'
+    costs (with weight ``1 / total`` each, the sum of their relative errors). Returns the order and the
+    summed cost of each cut, as :func:`surgeon_order`."""
+    if not consumers:
+        raise ValueError("no consumer to order the channels by")
+    size = len(consumers[0][1])
+    states = []
+    for moments, rows, weight in consumers:
+        moments = np.asarray(moments, dtype=np.float64)
+        refit = np.array(rows, dtype=np.float64)
+        if len(refit) != size or moments.shape != (size, size):
+            raise ValueError(f"moments of shape {moments.shape} do not fit {len(refit)} channel rows "
+                             f"(of {size} channels)")
+        states.append((np.linalg.inv(moments), refit, float(weight)))
     channel = np.arange(size)  # which channel each live row holds
     order, costs = [], []
     for live in range(size, 1, -1):
-        cost = (refit[:live] ** 2).sum(axis=1) / np.maximum(np.diag(precision)[:live], 1e-300)
+        cost = np.zeros(live)
+        for precision, refit, weight in states:
+            cost += weight * (refit[:live] ** 2).sum(axis=1) / np.maximum(np.diag(precision)[:live], 1e-300)
         lowest = np.flatnonzero(cost == cost.min())
         cut = int(lowest[np.argmin(channel[lowest])])
         order.append(int(channel[cut]))
         costs.append(float(cost[cut]))
         last = live - 1
         if cut != last:  # move the cut channel to the end of the live block
-            for matrix in (refit, precision):
-                matrix[[cut, last]] = matrix[[last, cut]]
-            precision[:, [cut, last]] = precision[:, [last, cut]]
             channel[[cut, last]] = channel[[last, cut]]
-        column, pivot = precision[:last, last].copy(), precision[last, last]
-        refit[:last] -= np.outer(column, refit[last]) / pivot
-        block = precision[:last, :last]
-        np.subtract(block, np.multiply.outer(column, column / pivot), out=block)
+        for precision, refit, _ in states:
+            if cut != last:
+                for matrix in (refit, precision):
+                    matrix[[cut, last]] = matrix[[last, cut]]
+                precision[:, [cut, last]] = precision[:, [last, cut]]
+            column, pivot = precision[:last, last].copy(), precision[last, last]
+            refit[:last] -= np.outer(column, refit[last]) / pivot
+            block = precision[:last, :last]
+            np.subtract(block, np.multiply.outer(column, column / pivot), out=block)
     order.append(int(channel[0]))
     costs.append(float("nan"))
     return np.array(order), np.array(costs)

@@ -434,6 +434,18 @@ def sole_input_group(graph: Graph, analysis: ChannelAnalysis, layer: str) -> tup
     """The channel group a conv's input channels can be pruned through, with the conv's input position of each
     group channel, or ``(None, None, why not)``: the conv must be the group's only channel-mixing consumer
     (inside a residual block, not on the residual stream), reading each of its channels once."""
+    group, positions, why = input_group(analysis, layer)
+    if group is None:
+        return None, None, why
+    mixing = [c for c in mixing_consumers(graph, group) if c != layer]
+    if mixing:
+        return None, None, f"input channels also feed {', '.join(mixing[:3])} (e.g. the residual stream)"
+    return group, positions, ""
+
+
+def input_group(analysis: ChannelAnalysis, layer: str) -> tuple[ChannelGroup | None, np.ndarray | None, str]:
+    """As :func:`sole_input_group`, but other channel-mixing consumers of the group may read it too (the
+    caller decides what to do with them: :func:`mixing_consumers`)."""
     atoms = analysis.in_atoms.get(layer)
     if atoms is None or not len(atoms):
         return None, None, "its input channels are not tracked"
@@ -449,10 +461,13 @@ def sole_input_group(graph: Graph, analysis: ChannelAnalysis, layer: str) -> tup
                             "remove them, equally per group)")
     if len(set(positions.tolist())) != len(positions) or len(positions) != group.size:
         return None, None, "its input repeats or drops channels of its group"
-    mixing = [c for c in group.consumers if c != layer and graph.layers[c].class_name not in PER_CHANNEL]
-    if mixing:
-        return None, None, f"input channels also feed {', '.join(mixing[:3])} (e.g. the residual stream)"
     return group, positions, ""
+
+
+def mixing_consumers(graph: Graph, group: ChannelGroup) -> list[str]:
+    """The consumers of ``group`` that mix its channels (all but per-channel layers: BatchNormalization,
+    depthwise convs)."""
+    return [c for c in group.consumers if graph.layers[c].class_name not in PER_CHANNEL]
 
 
 def kept_positions(atoms: np.ndarray, removed: set[int]) -> np.ndarray:

@@ -48,7 +48,7 @@ from kerascomp.allocation import Candidates, allocate, latency_front
 from kerascomp.cost import graph_cost
 from kerascomp.decompose import fga as fga_math
 from kerascomp.decompose import jsvd
-from kerascomp.decompose.selection import surgeon_order
+from kerascomp.decompose.selection import joint_surgeon_order
 from kerascomp.decompose.tucker import truncation_errors
 from kerascomp.decompose.whitening import whiten_kernel, whitener
 from kerascomp.errors import InvalidArgumentError, UnsupportedModelError
@@ -56,10 +56,11 @@ from kerascomp.graph.channels import (
     ChannelAnalysis,
     ChannelGroup,
     analyse_channels,
+    input_group,
     kept_outputs,
+    mixing_consumers,
     prune_channels,
     removed_atoms,
-    sole_input_group,
 )
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
@@ -194,14 +195,22 @@ class _Option:
 
 @dataclass
 class _Unit:
+    """One conv, or the convs around a prunable channel group: its ``producers`` first (the convs whose filters
+    write the group), then its consumers (the convs that read it; the first is the one a plan keys the cut by)."""
+
     convs: list[_Conv]
     group: ChannelGroup | None = None
+    producers: int = 0
     options: list[_Option] = field(default_factory=list)
     dense_cost: float = 0.0  # the budgeted cost of its convs as they are (the front may drop the dense option)
 
     @property
     def name(self) -> str:
         return " + ".join(conv.name for conv in self.convs)
+
+    @property
+    def consumers(self) -> list[_Conv]:
+        return self.convs[self.producers:]
 
 
 def _label(form: tuple) -> str:
@@ -284,18 +293,17 @@ def _front(found: list[_Option]) -> list[_Option]:
     return kept
 
 
-def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: np.ndarray, tables: list, metric: str,
-                     options: AutoOptions, latency) -> list[_Option]:
+def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: dict[str, np.ndarray], tables: list,
+                     metric: str, options: AutoOptions, latency) -> list[_Option]:
     """Cuts of the unit's group to multiples of ``channel_multiple`` channels, in the order of
     :func:`removal_order`."""
-    producer, consumer = unit.convs
     group = unit.group
-    removed_first, errors = removal_order(consumer, positions)
+    removed_first, errors = removal_order(unit.consumers, [positions[c.name] for c in unit.consumers])
     order = removed_first[::-1]  # the channel kept longest first
     atoms = {int(a) for channel in group.channels for a in channel}
     touching = [t for t in tables if any(x is not None and atoms.intersection(int(a) for a in x) for x in t[1:3])]
     base = pruned_cost(touching, np.zeros(0, int))
-    macs_p, macs_c = producer.dense("flops"), consumer.dense("flops")
+    timed = latency is not None and all(conv.name in latency.layers for conv in unit.convs)
     found = []
     for count in range(options.channel_multiple, group.size, options.channel_multiple):
         kept = np.sort(order[:count])
@@ -303,10 +311,10 @@ def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: np.ndarr
         after = pruned_cost(touching, removed)
         share = count / group.size
         ms = None
-        if latency is not None and producer.name in latency.layers and consumer.name in latency.layers:
-            ms = latency.layer_ms(producer.name, "pruned_out", macs_p * share) + \
-                latency.layer_ms(consumer.name, "dense", macs_c * share)
-        dense = producer.dense(metric) + consumer.dense(metric)
+        if timed:
+            ms = sum(latency.layer_ms(conv.name, "pruned_out" if i < unit.producers else "dense",
+                                      conv.dense("flops") * share) for i, conv in enumerate(unit.convs))
+        dense = sum(conv.dense(metric) for conv in unit.convs)
         if metric == "latency":
             cost = ms if ms is not None else dense
         else:
@@ -316,40 +324,52 @@ def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: np.ndarr
     return found
 
 
-def removal_order(consumer: _Conv, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The group's channels in the order they are cut, and the consumer's estimated relative output error
-    after each number of cuts (``errors[i]``: the first ``i`` cut; ``errors[0] = 0``).
+def removal_order(consumers: list[_Conv], positions: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The group's channels in the order they are cut, and the consumers' estimated output error after each
+    number of cuts (``errors[i]``: the first ``i`` cut; ``errors[0] = 0``): the sum over the consumers of
+    each one's relative squared output error (``positions[k]``: consumer ``k``'s input position of each group
+    channel).
 
-    With a covariance, each step cuts the channel whose loss the refit of the consumer on the kept channels
-    (the shared reconstruction step) makes good best, and counts the error left after that refit: the
-    Optimal-Brain-Surgeon greedy (:func:`kerascomp.decompose.selection.surgeon_order`) on the covariance with
-    the refit's ridge. Taps are taken as uncorrelated (one ``S`` for all). Without one, channels go by the energy of their
-    weighted input slices, least first, with no credit for the refit."""
-    kernel = consumer.spec.weights[0].astype(np.float64)
-    rows = np.stack([kernel[:, :, place, :].ravel() for place in positions])  # (group channels, taps x filters)
-    size = len(positions)
-    if consumer.covariance is None:
-        energy = np.ones(size) if consumer.energy is None else np.maximum(consumer.energy[positions], 0.0)
-        scores = (rows ** 2).sum(axis=1) * energy
+    With a covariance, each step cuts the channel whose loss the refits of the consumers on the kept channels
+    (the shared reconstruction step) make good best, and counts the error left after those refits: the
+    Optimal-Brain-Surgeon greedy (:func:`kerascomp.decompose.selection.joint_surgeon_order`) on each
+    consumer's covariance with the refit's ridge. Taps are taken as uncorrelated (one ``S`` for all). Without
+    one, channels go by the energy of their weighted input slices (each consumer's share of its own total,
+    summed), least first, with no credit for the refit."""
+    size = len(positions[0])
+    problems, scores = [], np.zeros(size)
+    for consumer, places in zip(consumers, positions):
+        kernel = consumer.spec.weights[0].astype(np.float64)
+        rows = np.stack([kernel[:, :, place, :].ravel() for place in places])  # (group channels, taps x filters)
+        if consumer.covariance is None:
+            energy = np.ones(size) if consumer.energy is None else np.maximum(consumer.energy[places], 0.0)
+            own = (rows ** 2).sum(axis=1) * energy
+            scores += own / max(float(own.sum()), 1e-30)
+            continue
+        moments = consumer.covariance[np.ix_(places, places)]
+        moments = moments + RIDGE * max(float(np.trace(moments)) / size, 1e-30) * np.eye(size)  # the refit's ridge
+        problems.append((moments, rows, 1.0 / max(float(np.sum((moments @ rows) * rows)), 1e-30)))
+    if len(problems) < len(consumers):  # without data: the diagonal estimate for every consumer
         order = np.argsort(scores, kind="stable")
-        return order, np.concatenate([[0.0], np.cumsum(scores[order])]) / max(float(scores.sum()), 1e-30)
-    moments = consumer.covariance[np.ix_(positions, positions)]
-    moments = moments + RIDGE * max(float(np.trace(moments)) / size, 1e-30) * np.eye(size)  # the refit's ridge
-    total = max(float(np.sum((moments @ rows) * rows)), 1e-30)
-    order, costs = surgeon_order(moments, rows)
-    errors = np.concatenate([[0.0], np.cumsum(costs[:-1]), [total]])  # all cut: the whole output lost
-    return order, np.minimum(errors / total, 1.0)
+        return order, np.minimum(np.concatenate([[0.0], np.cumsum(scores[order])]), float(len(consumers)))
+    order, costs = joint_surgeon_order(problems)
+    errors = np.concatenate([[0.0], np.cumsum(costs[:-1]), [len(consumers)]])  # all cut: every output lost
+    return order, np.minimum(errors, float(len(consumers)))
 
 
-def _pair_options(unit: _Unit, own: list[list[_Option]]) -> list[_Option]:
-    """Each conv of a pair in a form of its own (the dense pair included)."""
-    found = []
-    for first in own[0]:
-        for second in own[1]:
-            kinds = {first.kind, second.kind} - {"dense"}
-            ms = None if first.ms is None or second.ms is None else first.ms + second.ms
-            found.append(_Option("+".join(sorted(kinds)) or "dense", first.cost + second.cost,
-                                 first.error + second.error, ms, {**first.forms, **second.forms}))
+def _combined_options(own: list[list[_Option]]) -> list[_Option]:
+    """Each conv of a unit in a form of its own (all dense included): the front of the combinations, built one
+    conv at a time (a combination off the front stays off it when another conv's options are added)."""
+    found = own[0]
+    for others in own[1:]:
+        combined = []
+        for first in found:
+            for second in others:
+                kinds = sorted((set(first.kind.split("+")) | set(second.kind.split("+"))) - {"dense"})
+                ms = None if first.ms is None or second.ms is None else first.ms + second.ms
+                combined.append(_Option("+".join(kinds) or "dense", first.cost + second.cost,
+                                        first.error + second.error, ms, {**first.forms, **second.forms}))
+        found = _front(combined)
     return found
 
 
@@ -377,27 +397,53 @@ def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoO
     units, used, positions = [], set(), {}
     if "prune" in options.forms:
         for consumer in candidates:
-            group, places, _ = sole_input_group(graph, analysis, consumer)
-            if group is None or group.size <= options.channel_multiple:
+            group, _, _ = input_group(analysis, consumer)
+            if consumer in used or group is None or group.size <= options.channel_multiple:
                 continue
-            kernels = [p for p in group.producers if p in graph.layers and graph.layers[p].class_name not in
-                       ("BatchNormalization", "LayerNormalization", "PReLU", "DepthwiseConv2D")]
-            if len(kernels) != 1 or kernels[0] not in candidates or kernels[0] == consumer:
+            found = _group_unit(graph, analysis, group, convs, used)
+            if found is None:
                 continue
-            producer = kernels[0]
-            outputs = analysis.producer_channels(group, producer)
-            if {producer, consumer} & used or sorted(outputs.tolist()) != list(range(group.size)):
-                continue
-            used.update((producer, consumer))
-            units.append(_Unit([convs[producer], convs[consumer]], group))
-            places_by_channel = np.empty(group.size, int)
-            places_by_channel[places] = np.arange(len(places))
-            positions[consumer] = places_by_channel
+            unit, places = found
+            used.update(conv.name for conv in unit.convs)
+            units.append(unit)
+            positions.update(places)
     for name in decomposable:
         if name not in used:
             units.append(_Unit([convs[name]]))
     reasons = {name: reason for name, reason in reasons.items() if name not in used}
     return units, positions, reasons
+
+
+def _group_unit(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, convs: dict[str, _Conv], used: set
+                ) -> tuple[_Unit, dict[str, np.ndarray]] | None:
+    """The unit that prunes ``group``, with each consumer's input position of each group channel, or ``None``.
+
+    Its producers are the convs that write the group (each all of it) and its consumers the convs that read it
+    (each all of it, once), none already in a unit, none both. Besides one producer and one consumer at full
+    resolution, only convs on one pixel may take part: a squeeze-and-excite block's convs, whose reduce conv
+    reads the pooled group and whose expand conv writes the gate the group is multiplied by (EfficientNet,
+    MobileNetV3). A group that several full-resolution convs read or write (a residual stream) is left to the
+    pairs inside its blocks."""
+    readers = mixing_consumers(graph, group)
+    kernels = [p for p in group.producers if p in graph.layers and graph.layers[p].class_name not in
+               ("BatchNormalization", "LayerNormalization", "PReLU", "DepthwiseConv2D")]
+    if not readers or not kernels or any(name not in convs or name in used for name in readers + kernels) \
+            or set(readers) & set(kernels):
+        return None
+    if sum(convs[name].in_pixels > 1 for name in readers) > 1 or sum(convs[name].out_pixels > 1 for name in kernels) > 1:
+        return None
+    if any(sorted(analysis.producer_channels(group, p).tolist()) != list(range(group.size)) for p in kernels):
+        return None
+    places = {}
+    for reader in readers:
+        found, positions, _ = input_group(analysis, reader)
+        if found is not group:
+            return None
+        places[reader] = np.empty(group.size, int)
+        places[reader][positions] = np.arange(len(positions))
+    kernels.sort(key=lambda name: -convs[name].out_pixels)  # the full-resolution ones first (stable)
+    readers.sort(key=lambda name: -convs[name].in_pixels)
+    return _Unit([convs[name] for name in kernels + readers], group, len(kernels)), places
 
 
 def _why(unit: _Unit, chosen: _Option, what: str) -> str:
@@ -427,7 +473,7 @@ def _option_label(option: _Option) -> str:
 def _fixed_option(unit: _Unit, fixed: dict) -> _Option:
     """A plan's decision for ``unit`` as an option (checked)."""
     layers, pruned = fixed.get("layers", {}), fixed.get("pruned", {})
-    consumer = unit.convs[-1].name
+    consumer = unit.consumers[0].name if unit.group is not None else None
     if unit.group is not None and consumer in pruned:
         kept = np.array(sorted(int(c) for c in pruned[consumer]), int)
         if not len(kept) or kept[0] < 0 or kept[-1] >= unit.group.size or len(set(kept.tolist())) != len(kept):
@@ -516,10 +562,9 @@ def _auto_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Bu
                 generated += len(own[0])
                 unit.options = _front(own[0])
             else:
-                cuts = _pruning_options(unit, analysis, positions[unit.convs[1].name], tables, metric, options,
-                                        latency)
+                cuts = _pruning_options(unit, analysis, positions, tables, metric, options, latency)
                 generated += len(cuts) + int(np.prod([len(o) for o in own]))
-                unit.options = _front(_pair_options(unit, [_front(o) for o in own]) + cuts)
+                unit.options = _front(_combined_options([_front(o) for o in own]) + cuts)
         total = graph_cost(graph, shapes)
         metric_total = {"flops": total.macs, "params": total.params}.get(metric) or latency.estimate({})
         dense_costs = [unit.dense_cost for unit in units]
@@ -559,12 +604,14 @@ def _realise(graph: Graph, shapes: dict, analysis: ChannelAnalysis, units: list[
     for unit, option in tqdm(list(zip(units, chosen)), desc="auto", disable=not context.verbose):
         why = {} if from_plan else {"why": _why(unit, option, what)}
         if option.kept is not None:
-            producer, consumer = unit.convs
             size, count = unit.group.size, len(option.kept)
-            choices["pruned"][consumer.name] = option.kept.tolist()
-            rewritten[producer.name] = (f"pruned out {size}->{count}", None, dict(why))
-            rewritten[consumer.name] = (f"pruned in {size}->{count}", float(np.sqrt(option.error)) if not from_plan
-                                        else None, dict(why))
+            choices["pruned"][unit.consumers[0].name] = option.kept.tolist()
+            for index, conv in enumerate(unit.convs):
+                if index < unit.producers:
+                    rewritten[conv.name] = (f"pruned out {size}->{count}", None, dict(why))
+                else:  # the unit's estimated error (summed over its consumers) is shown once, on the first
+                    error = float(np.sqrt(option.error)) if not from_plan and index == unit.producers else None
+                    rewritten[conv.name] = (f"pruned in {size}->{count}", error, dict(why))
             kinds["prune"] += 1
             continue
         for conv in unit.convs:
@@ -619,7 +666,7 @@ def _realise(graph: Graph, shapes: dict, analysis: ChannelAnalysis, units: list[
                 share = 1.0 if option.kept is None else len(option.kept) / unit.group.size
                 if conv.name in context.latency.layers and (form is not None or share < 1.0):
                     macs = _form_macs(conv, form) * (share if form is None else 1.0)
-                    pruned = "pruned_out" if conv is unit.convs[0] else "dense"
+                    pruned = "pruned_out" if unit.convs.index(conv) < unit.producers else "dense"
                     planned[conv.name] = (pruned if form is None else _table_form(conv, form), macs)
         notes["estimated_latency_ratio"] = round(context.latency.estimate(planned) / context.latency.estimate({}), 4)
     report = build_report("auto", budget, graph, result, shapes, rewritten, reasons, parts, notes=notes,
