@@ -108,3 +108,19 @@ def cifar_path():
     if not path.is_file():
         pytest.skip(f"{path} is not present")
     return path
+
+
+def squeeze_excite_model(keras):
+    """An EfficientNet block: the expansion's 32 channels are read by the squeeze-and-excite reduce conv (through
+    the pooling) and by the projection, and written by the expansion and by the gate (through the multiply)."""
+    layers = keras.layers
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    x = layers.ReLU()(layers.BatchNormalization(name="expand_bn")(layers.Conv2D(32, 1, name="expand")(x)))
+    x = layers.ReLU()(layers.BatchNormalization(name="dw_bn")(layers.DepthwiseConv2D(3, padding="same", name="dw")(x)))
+    gate = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
+    gate = layers.Conv2D(8, 1, activation="relu", name="se_reduce")(gate)
+    gate = layers.Conv2D(32, 1, activation="sigmoid", name="se_expand")(gate)
+    x = layers.Conv2D(16, 1, name="project")(layers.Multiply(name="excite")([x, gate]))
+    return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))

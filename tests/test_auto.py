@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import model_fingerprint, rewritten_in
+from conftest import model_fingerprint, rewritten_in, squeeze_excite_model
 
 import kerascomp
 from kerascomp.bench.latency import LatencyTable, conv_macs
@@ -198,28 +198,12 @@ def test_whitened_pruning_cuts_a_redundant_copy_and_the_diagonal_estimate_does_n
     assert {8, 9, 10, 11}.isdisjoint(kept[False]) and errors[False] > 5 * errors[True]
 
 
-def _squeeze_excite_model(keras):
-    """An EfficientNet block: the expansion's 32 channels are read by the squeeze-and-excite reduce conv (through
-    the pooling) and by the projection, and written by the expansion and by the gate (through the multiply)."""
-    layers = keras.layers
-    keras.utils.set_random_seed(2)
-    inputs = keras.Input((16, 16, 3))
-    x = layers.Conv2D(8, 3, padding="same", name="stem")(inputs)
-    x = layers.ReLU()(layers.BatchNormalization(name="expand_bn")(layers.Conv2D(32, 1, name="expand")(x)))
-    x = layers.ReLU()(layers.BatchNormalization(name="dw_bn")(layers.DepthwiseConv2D(3, padding="same", name="dw")(x)))
-    gate = layers.GlobalAveragePooling2D(keepdims=True, name="squeeze")(x)
-    gate = layers.Conv2D(8, 1, activation="relu", name="se_reduce")(gate)
-    gate = layers.Conv2D(32, 1, activation="sigmoid", name="se_expand")(gate)
-    x = layers.Conv2D(16, 1, name="project")(layers.Multiply(name="excite")([x, gate]))
-    return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
-
-
 def test_a_squeeze_excite_expansion_is_pruned_through_all_four_of_its_convs(keras, images):
     """The expansion group of an EfficientNet or MobileNetV3 block has two readers and two writers; auto prunes it
     as one unit (until 2026-12-07 it could not: the reduce conv was a second reader). Input slices zeroed in both
     readers make channels 0..15 free to cut, so the cut is exactly those and, without data, the outputs are the
     original's."""
-    model = _squeeze_excite_model(keras)
+    model = squeeze_excite_model(keras)
     for name in ("project", "se_reduce"):
         conv = model.get_layer(name)
         kernel = conv.get_weights()[0]
@@ -248,7 +232,7 @@ def test_the_squeeze_excite_cut_counts_both_readers(keras, images):
     channels 8..15 only, so the free cut of 8 channels is 8..15, with data (the joint surgeon greedy over both
     readers' covariances) and without (the readers' shares of their input energy, summed). Ordered by the
     projection alone, 0..15 would tie and 0..7 go first: the check can fail."""
-    model = _squeeze_excite_model(keras)
+    model = squeeze_excite_model(keras)
     for name, cut in (("project", slice(0, 16)), ("se_reduce", slice(8, 16))):
         conv = model.get_layer(name)
         kernel = conv.get_weights()[0]

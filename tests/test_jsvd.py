@@ -370,7 +370,9 @@ def test_models_without_factorable_convs_are_refused_with_reasons(keras):
         assert text in str(error.value)
     # by default the 1x1 conv is tried too; it cannot pay for the budget, and the refusal says so
     with pytest.raises(kerascomp.errors.BudgetError, match=r"even with its 1x1 convs factored \(pointwise='auto' tried "
-                                                           r"both; the kxk convs alone: nothing to factor\).*"
+                                                           r"all three; the kxk convs alone: nothing to factor; "
+                                                           r"expansion pruning: no prunable channel group passes "
+                                                           r"through a depthwise conv .*\).*"
                                                            r"shared_conv \(shared layer") as refused:
         kerascomp.compress(model, "joint_svd", target_params=0.5, verbose=0)
     assert 0.5 < refused.value.reachable < 1

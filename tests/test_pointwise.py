@@ -1,12 +1,14 @@
-"""``pointwise="auto"`` (the default of fga, svd, joint_svd and tucker): 1x1 convs are factored only
-when the kxk convs alone cannot reach the budget; the plan records the choice; a refusal states
-the best ratio reachable."""
+"""``pointwise="auto"`` (the default of fga, svd, joint_svd and tucker): when the kxk convs alone cannot
+reach the budget, the channels that pass through depthwise convs are pruned and the kxk convs factored for
+the rest; only a model without such channels gets its 1x1 convs factored; the plan records the choice; a
+refusal states the best ratio reachable."""
 import numpy as np
 import pytest
-from conftest import model_fingerprint, rewritten_in
+from conftest import model_fingerprint, rewritten_in, squeeze_excite_model
 
 import kerascomp
 from kerascomp.errors import BudgetError, InvalidArgumentError
+from kerascomp.methods.expansions import EXPANSIONS
 from kerascomp.methods.pointwise import KXK_ONLY, WITH_ONE_BY_ONE
 from kerascomp.zoo import cifar_mobilenetv2
 
@@ -32,10 +34,14 @@ def test_a_mobile_net_reaches_half_the_macs_by_default(mobilenet, method):
     assert model_fingerprint(mobilenet) == before
     assert result.report.macs_ratio <= 0.5
     assert kerascomp.cost(result.model).macs <= 0.5 * kerascomp.cost(mobilenet).macs
-    assert result.report.notes["pointwise"] == WITH_ONE_BY_ONE
-    assert rewritten_in(result.report) & _one_by_ones(mobilenet), "no 1x1 conv was factored"
-    # the plan stores the resolved choice, and applying it rebuilds the same model
-    assert result.plan.settings["pointwise"] is True
+    assert result.report.notes["pointwise"] == EXPANSIONS
+    actions = {d.layer: d.action for d in result.report.layers}
+    expanded = [name for name in actions if name.endswith("_expand")]
+    assert any(actions[name].startswith("pruned out") for name in expanded), actions
+    factored = {name for name in _one_by_ones(mobilenet) if not actions[name].startswith("pruned")}
+    assert not rewritten_in(result.report) & factored, "a 1x1 conv was factored"
+    # the plan stores the resolved choice and the pruning, and applying it rebuilds the same model
+    assert result.plan.settings["pointwise"] is False and result.plan.choices["expansions"]["pruned"]
     again = kerascomp.clone_compressed(mobilenet, plan=result.plan, verbose=0)
     assert kerascomp.cost(again).macs == kerascomp.cost(result.model).macs
     x = np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)).astype("float32")
@@ -57,10 +63,11 @@ def test_a_resnet_keeps_its_1x1_convs_dense_when_the_kxk_convs_suffice(small_res
         assert result.plan.settings["pointwise"] is False
 
 
-def test_an_unreachable_budget_names_both_attempts_and_the_best_ratio(mobilenet):
+def test_an_unreachable_budget_names_all_three_attempts_and_the_best_ratio(mobilenet):
     with pytest.raises(BudgetError, match=r"method='svd' cannot reach target_flops=0.05 even with its 1x1 convs "
-                                          r"factored \(pointwise='auto' tried both; with the kxk convs alone, at best "
-                                          r"0\.\d+\).*at best 0\.\d+ of the model's MACs") as caught:
+                                          r"factored \(pointwise='auto' tried all three; with the kxk convs alone, at "
+                                          r"best 0\.\d+; with its expansions pruned, at best 0\.\d+\).*at best "
+                                          r"0\.\d+ of the model's MACs") as caught:
         kerascomp.compress(mobilenet, method="svd", target_flops=0.05, verbose=0)
     # the depthwise convs stay: the floor is what they and the stem cost, well above 0.05
     assert 0.05 < caught.value.reachable < 0.5
@@ -87,3 +94,51 @@ def test_tucker_factors_a_strided_1x1_conv_as_an_exact_pair_at_full_rank(keras):
     plan.choices["layers"]["pw"] = [1, 1]
     low = kerascomp.clone_compressed(model, plan=plan, verbose=0)
     assert not np.allclose(low.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-3)
+
+
+def _pointwise_net(keras):
+    """Most MACs in 1x1 convs and no depthwise conv: nothing to prune the expansion way."""
+    layers = keras.layers
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(64, 1, activation="relu", name="wide")(x)
+    x = layers.Conv2D(64, 1, activation="relu", name="mix")(x)
+    return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
+
+
+def test_without_depthwise_convs_the_1x1_convs_are_factored(keras):
+    model = _pointwise_net(keras)
+    result = kerascomp.compress(model, method="svd", target_flops=0.5, verbose=0)
+    assert result.report.macs_ratio <= 0.5 and result.report.notes["pointwise"] == WITH_ONE_BY_ONE
+    assert rewritten_in(result.report) & {"wide", "mix"} and "expansions" not in result.plan.choices
+
+
+@pytest.mark.parametrize("method", FACTORING)
+def test_expansion_pruning_cuts_the_unread_channels_then_the_method_factors_the_rest(keras, method):
+    """A squeeze-and-excite block whose two readers ignore expansion channels 0..15: the pruning cuts exactly
+    those (all four convs of the block lose them), the method factors the stem for its share, the report's
+    costs are the original's before and the result's after, and the plan redoes both steps bit for bit."""
+    model = squeeze_excite_model(keras)
+    for name in ("project", "se_reduce"):
+        conv = model.get_layer(name)
+        kernel = conv.get_weights()[0]
+        kernel[:, :, :16, :] = 0.0
+        conv.set_weights([kernel] + conv.get_weights()[1:])
+    before = model_fingerprint(model)
+    # 0.54: the pruning's share (in proportion to what it can act on) is met by cutting 16 of the 32 channels
+    result = kerascomp.compress(model, method=method, target_flops=0.54, verbose=0)
+    assert model_fingerprint(model) == before
+    assert result.report.macs_ratio <= 0.54 and result.report.notes["pointwise"] == EXPANSIONS
+    saved = result.plan.choices["expansions"]
+    assert saved["pruned"] == {"project": list(range(16, 32))}
+    actions = {d.layer: d.action for d in result.report.layers}
+    assert actions["expand"] == actions["se_expand"] == "pruned out 32->16", actions
+    assert actions["project"] == actions["se_reduce"] == "pruned in 32->16"
+    assert result.report.macs_before == kerascomp.cost(model).macs
+    assert result.report.macs_after == kerascomp.cost(result.model).macs
+    assert saved["method"] and actions["stem"] not in ("dense", "kept"), actions["stem"]  # the method's share
+    assert f"then {method} on the rest" in result.report.notes["expansions"]
+    x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
+    again = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(result.plan.to_json()), verbose=0)
+    np.testing.assert_array_equal(again.predict(x, verbose=0), result.model.predict(x, verbose=0))

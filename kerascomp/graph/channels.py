@@ -464,6 +464,11 @@ def input_group(analysis: ChannelAnalysis, layer: str) -> tuple[ChannelGroup | N
     return group, positions, ""
 
 
+def through_depthwise(graph: Graph, group: ChannelGroup) -> bool:
+    """Whether ``group``'s channels pass through a depthwise conv (an inverted-residual expansion)."""
+    return any(graph.layers[name].class_name in DEPTHWISE for name in group.consumers if name in graph.layers)
+
+
 def mixing_consumers(graph: Graph, group: ChannelGroup) -> list[str]:
     """The consumers of ``group`` that mix its channels (all but per-channel layers: BatchNormalization,
     depthwise convs)."""

@@ -5,17 +5,18 @@ Every dense Conv2D may keep its dense form or take one of these, and one Lagrang
 estimated error per unit of budget saved:
 
 * **prune channels**: a channel group whose only channel-mixing consumer is one conv (inside a
-  residual block, between a MobileNet's expansion and projection) is cut to a multiple of
-  ``channel_multiple`` channels; its producer conv loses those filters and the consumer those
-  input slices (per-channel layers between them, BatchNormalization or a depthwise conv, follow);
+  residual block, between a MobileNet's expansion and projection), or whose other readers and
+  writers are a squeeze-and-excite block's one-pixel convs (EfficientNet, MobileNetV3), is cut to a
+  multiple of ``channel_multiple`` channels; its producer convs lose those filters and its consumers
+  those input slices (per-channel layers between them, BatchNormalization or a depthwise conv, follow);
 * **kxk(r) + 1x1** and **FGA groups**: FGA's grouped kxk conv to a low rank plus a 1x1 conv (one
   group: the plain low-rank pair), ranks in multiples of ``rank_multiple``;
 * **spatial SVD**: a kx1 conv to rank r, then a 1xk conv (the ``svd`` method's form);
 * **Tucker-2**: 1x1(r_in) -> kxk(r_in, r_out) -> 1x1, ranks in multiples of ``rank_multiple``.
 
-A producer and its consumer form one *unit* of the allocation: either the group is pruned (both
-convs stay dense, thinner), or each conv takes a dense or factored form of its own; so pruning
-and factoring never meet in one conv and every combination is costed exactly.
+A group's producers and consumers form one *unit* of the allocation (:func:`_group_unit`): either
+the group is pruned (the convs stay dense, thinner), or each conv takes a dense or factored form of
+its own; so pruning and factoring never meet in one conv and every combination is costed exactly.
 
 **The error** of every option is on one scale: the conv's estimated relative squared output error on
 ``data``. With data (``whiten``, on by default), each conv's input-channel covariance is measured
@@ -61,6 +62,7 @@ from kerascomp.graph.channels import (
     mixing_consumers,
     prune_channels,
     removed_atoms,
+    through_depthwise,
 )
 from kerascomp.graph.ir import Graph, LayerSpec
 from kerascomp.graph.keras_io import infer_shapes, module_for
@@ -381,10 +383,11 @@ def _energies(graph: Graph, shapes: dict, convs: list[_Conv], data, max_samples:
         conv.energy, conv.covariance = found[conv.name]
 
 
-def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoOptions
+def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoOptions, only=None
            ) -> tuple[list[_Unit], dict[str, np.ndarray], dict[str, str]]:
     """The allocation's units: producer/consumer pairs of a prunable group, then single convs; the
-    consumer's input position of each group channel; why other layers with MACs stay dense."""
+    consumer's input position of each group channel; why other layers with MACs stay dense. ``only(graph,
+    group)``: prune only the groups it accepts, and offer no single conv (the expansion pass)."""
     decomposable, reasons = eligible_convs(graph, shapes, None if options.pointwise else ONE_BY_ONE)
     candidates = [name for name in conv_layers(graph) if len(graph.nodes_of(name)) == 1]
     convs = {}
@@ -396,9 +399,13 @@ def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoO
                             int(out_shape[1] * in_shape[2]), name in decomposable)
     units, used, positions = [], set(), {}
     if "prune" in options.forms:
-        for consumer in candidates:
-            group, _, _ = input_group(analysis, consumer)
-            if consumer in used or group is None or group.size <= options.channel_multiple:
+        # a conv takes part in one unit only: the groups that pass through a depthwise conv (a mobile net's
+        # expansions, where the MACs are) are taken before the narrow groups between blocks, then graph order
+        readers = [(name, input_group(analysis, name)[0]) for name in candidates]
+        readers.sort(key=lambda found: found[1] is None or not through_depthwise(graph, found[1]))
+        for consumer, group in readers:
+            if consumer in used or group is None or group.size <= options.channel_multiple \
+                    or (only is not None and not only(graph, group)):
                 continue
             found = _group_unit(graph, analysis, group, convs, used)
             if found is None:
@@ -407,7 +414,7 @@ def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoO
             used.update(conv.name for conv in unit.convs)
             units.append(unit)
             positions.update(places)
-    for name in decomposable:
+    for name in decomposable if only is None else ():
         if name not in used:
             units.append(_Unit([convs[name]]))
     reasons = {name: reason for name, reason in reasons.items() if name not in used}
@@ -444,6 +451,16 @@ def _group_unit(graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup, co
     kernels.sort(key=lambda name: -convs[name].out_pixels)  # the full-resolution ones first (stable)
     readers.sort(key=lambda name: -convs[name].in_pixels)
     return _Unit([convs[name] for name in kernels + readers], group, len(kernels)), places
+
+
+def pruned_layers(graph: Graph, only) -> list[str]:
+    """The layers whose cost scales with the channels of the groups :func:`_units` would prune under ``only``
+    (each group's writers and readers: convs, depthwise convs, normalisations)."""
+    shapes = infer_shapes(graph)
+    analysis = analyse_channels(graph, shapes)
+    units = _units(graph, shapes, analysis, AutoOptions(forms=("prune",), channel_multiple=1), only)[0]
+    return list(dict.fromkeys(name for unit in units for name in unit.group.producers + unit.group.consumers
+                              if name in graph.layers))
 
 
 def _why(unit: _Unit, chosen: _Option, what: str) -> str:
@@ -511,22 +528,24 @@ def _checked_form(conv: _Conv, form) -> tuple:
 
 
 def auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context: Context,
-              fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+              fixed: dict | None = None, only=None) -> tuple[Graph, CompressionReport]:
     """Choose every conv's form under ``budget`` (or realise a plan's ``fixed`` choices) and rewrite. A
-    ``channel_multiple`` or ``rank_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget."""
+    ``channel_multiple`` or ``rank_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget.
+    ``only``: see :func:`_units`."""
     shapes = infer_shapes(graph)
     analysis = analyse_channels(graph, shapes)
     whiten = whitening_on(options.whiten, data, "auto")
     moments: dict = {}  # conv name -> (energy, covariance), measured once for every step tried
     return run_with_tile_steps(lambda stepped: _auto_pass(graph, shapes, analysis, budget, data, stepped, context,
-                                                          fixed, moments, whiten),
+                                                          fixed, moments, whiten, only),
                                options, ("channel_multiple", "rank_multiple"), fixed)
 
 
 def _auto_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, data, options: AutoOptions,
-               context: Context, fixed: dict | None, moments: dict, whiten: bool) -> tuple[Graph, CompressionReport]:
+               context: Context, fixed: dict | None, moments: dict, whiten: bool, only=None
+               ) -> tuple[Graph, CompressionReport]:
     verbose, latency = context.verbose, context.latency
-    units, positions, reasons = _units(graph, shapes, analysis, options)
+    units, positions, reasons = _units(graph, shapes, analysis, options, only)
     if not units:
         raise UnsupportedModelError(f"method='auto' found no conv to prune or factor in {graph.name!r} ("
                                     + ("; ".join(f"{n}: {r}" for n, r in reasons.items()) or "no conv layers") + ").")

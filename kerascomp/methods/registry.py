@@ -180,10 +180,10 @@ class Method:
         option is resolved here for every method that has one (:mod:`kerascomp.methods.pointwise`), and so are the
         step options a method names in ``tile_options`` when left ``None`` (:mod:`kerascomp.methods.tiles`)."""
         return run_with_pointwise(
-            lambda resolved: run_with_tile_steps(
-                lambda stepped: self._weighted_run(graph, budget, data, stepped, context, fixed),
-                resolved, self.tile_options, fixed),
-            options, self.name, budget, fixed)
+            lambda resolved, on, asked, choices: run_with_tile_steps(
+                lambda stepped: self._weighted_run(on, asked, data, stepped, context, choices),
+                resolved, self.tile_options, choices),
+            options, self.name, graph, budget, data, context, fixed)
 
     def _weighted_run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
                       fixed: dict | None = None) -> tuple[Graph, CompressionReport]:

@@ -1,0 +1,123 @@
+"""``pointwise="auto"`` on a mobile net: prune the expansions, factor the kxk convs.
+
+A MobileNetV2/V3 or EfficientNet keeps most of its MACs in the 1x1 convs around its depthwise convs,
+so a method that factors kxk convs only (fga, svd, joint_svd, tucker) cannot reach half its MACs.
+Factoring those 1x1 convs too reaches it, but each becomes two thinner 1x1 convs, and LiteRT turns
+little of that into speed (EfficientNetB0 at 0.5 MACs: realised 0.70-0.76, against 0.86 for channel
+pruning; ``benchmarks/results/latency_realization_mobile_v3_effnet.md``). So when the kxk convs alone
+cannot reach the budget, :func:`run_with_expansions` first prunes the channels that pass through a
+depthwise conv (an inverted-residual block's expansion, with its squeeze-and-excite convs), with
+``method="auto"``'s pruning units and cut order (:mod:`kerascomp.methods.auto`: the refit-aware
+surgeon greedy on the readers' input covariances when data is given), then runs the method on the
+pruned model for the rest of the budget. The saving asked is shared between the two in proportion to
+the cost each can act on (the layers of the pruned groups; the kxk convs the method factors); when the
+method cannot reach its share, the pruning takes the whole budget and the method changes nothing.
+
+Only 1x1 factoring is tried after this (:mod:`kerascomp.methods.pointwise`), for models without such
+groups (DenseNet, a ResNet50 at half its MACs). The choice is recorded in the report
+(``notes["pointwise"]``, ``notes["expansions"]``) and in the plan (``choices["expansions"]``: the kept
+channels of each pruned group, keyed by its first reader, and whether the method ran), so applying the
+plan redoes both steps.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from kerascomp.cost import graph_cost
+from kerascomp.errors import BudgetError, UnsupportedModelError
+from kerascomp.graph.channels import through_depthwise
+from kerascomp.graph.ir import Graph
+from kerascomp.graph.keras_io import infer_shapes
+from kerascomp.methods.base import Budget, CompressionReport, LayerRecord
+from kerascomp.methods.eligibility import eligible_convs
+from kerascomp.methods.pointwise import ONE_BY_ONE
+
+EXPANSIONS = "auto: expansion channels pruned, kxk convs factored (the kxk convs alone could not reach the budget)"
+Run = Callable[[Any, Graph, Budget, dict | None], tuple[Graph, CompressionReport]]
+
+
+def _total(graph: Graph, metric: str, names: list[str] | None = None) -> float:
+    costs = graph_cost(graph, infer_shapes(graph)).by_name()
+    names = list(costs) if names is None else names
+    return float(sum(costs[n].macs if metric == "flops" else costs[n].params for n in names if n in costs))
+
+
+def _prune(graph: Graph, fraction: float, metric: str, data: Any, context: Any,
+           fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
+    from kerascomp.methods.auto import AutoOptions, auto_pass  # auto imports the pointwise mechanism
+
+    options = AutoOptions(forms=("prune",), recalibrate=False, reconstruct=False)
+    return auto_pass(graph, Budget(metric, fraction), data, options, context,
+                     None if fixed is None else {"layers": {}, "pruned": fixed}, only=through_depthwise)
+
+
+def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budget: Budget, data: Any,
+                        context: Any, fixed: dict | None) -> tuple[Graph, CompressionReport]:
+    """Prune the expansions, then ``run(options, pruned graph, budget, fixed)`` for the rest (see the module
+    docstring); ``options.pointwise`` is False for the method. Raises :class:`UnsupportedModelError` when
+    the model has no such group, :class:`BudgetError` when even pruning them cannot reach the budget."""
+    if fixed is not None:
+        saved = fixed["expansions"]
+        pruned, pruning = _prune(graph, budget.fraction, budget.metric, data, context, saved["pruned"])
+        if not saved.get("method", True):
+            return pruned, _merged(method, budget, graph, pruned, pruning, None, saved)
+        own = {key: value for key, value in fixed.items() if key != "expansions"}
+        result, report = run(options, pruned, budget, own)
+        return result, _merged(method, budget, graph, result, pruning, report, saved)
+    if budget.metric not in ("flops", "params"):
+        raise UnsupportedModelError(f"expansion pruning plans under a MACs or params budget, not {budget.metric}")
+    metric, total = budget.metric, _total(graph, budget.metric)
+    from kerascomp.methods.auto import pruned_layers
+
+    layers = pruned_layers(graph, through_depthwise)
+    if not layers:
+        raise UnsupportedModelError("no prunable channel group passes through a depthwise conv (no inverted-"
+                                    "residual expansion whose writers and readers are plain convs called once)")
+    kxk = [name for name in eligible_convs(graph, infer_shapes(graph), ONE_BY_ONE)[0] if name not in layers]
+    pool, other = _total(graph, metric, layers), _total(graph, metric, kxk)
+    needed = (1.0 - budget.fraction) * total
+    share = needed * pool / max(pool + other, 1e-30)
+    pruned, pruning = _prune(graph, max(1.0 - share / total, budget.fraction), metric, data, context)
+    rest = budget.fraction * total / max(_total(pruned, metric), 1e-30)
+    if rest < 1.0 - 1e-9:
+        try:
+            result, report = run(options, pruned, Budget(metric, rest), None)
+            return result, _merged(method, budget, graph, result, pruning, report,
+                                   {"pruned": pruning.choices["pruned"], "method": True})
+        except (BudgetError, UnsupportedModelError):
+            pruned, pruning = _prune(graph, budget.fraction, metric, data, context)  # the pruning takes it all
+    return pruned, _merged(method, budget, graph, pruned, pruning, None,
+                           {"pruned": pruning.choices["pruned"], "method": False})
+
+
+def _merged(method: str, budget: Budget, graph: Graph, result: Graph, pruning: CompressionReport,
+            report: CompressionReport | None, saved: dict) -> CompressionReport:
+    """One report for both steps: costs before from the original, after from the result; a layer both pruned
+    and factored shows both actions."""
+    before = graph_cost(graph, infer_shapes(graph)).by_name()
+    pruned_rows = {row.layer: row for row in pruning.layers}
+    rows = report.layers if report is not None else pruning.layers
+    records = []
+    for row in rows:
+        first = pruned_rows.get(row.layer)
+        action, reason = row.action, row.reason
+        if report is not None and first is not None and first.action not in ("dense", "kept"):
+            action = first.action if row.action in ("dense", "kept") else f"{first.action}, then {row.action}"
+            reason = "" if action != "kept" else reason
+        cost = before[row.layer]
+        records.append(LayerRecord(row.layer, row.class_name, action, cost.macs, row.macs_after, cost.params,
+                                   row.params_after, row.relative_error, dict(row.detail), reason))
+    notes = dict(report.notes) if report is not None else {}
+    cut = sum(1 for row in pruning.layers if row.action.startswith("pruned in"))
+    notes["expansions"] = (f"{len(saved['pruned'])} expansion groups pruned ({cut} readers), then "
+                           + (f"{method} on the rest" if saved.get("method", True) else f"no {method} step needed"))
+    choices = dict(report.choices) if report is not None else {}
+    choices["expansions"] = saved
+    kept = dict(pruning.kept_outputs)
+    if report is not None:
+        kept.update(report.kept_outputs)
+    costs_after = graph_cost(result, infer_shapes(result))
+    return CompressionReport(method, budget, records, int(sum(c.macs for c in before.values())), int(costs_after.macs),
+                             int(sum(c.params for c in before.values())), int(costs_after.params), notes=notes,
+                             choices=choices, kept_outputs=kept,
+                             resolved=dict(report.resolved) if report is not None else {})
