@@ -39,6 +39,8 @@ import time
 import traceback
 from pathlib import Path
 
+from benchmarks.common import calibrated
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 ALL_METHODS = ("fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative", "auto")
@@ -134,23 +136,12 @@ def _anchor_curve(points: list[tuple[float, float]]):
     return at
 
 
-def _calibrated(model, x):
-    """A random-weight model with its BatchNorm statistics taken from ``x``. At their initial statistics
-    the 224x224 applications give near-constant outputs (MobileNetV2: the same softmax for every image),
-    so a parity check on them measures noise: a joint SVD file 'failed' at 5.4e-4 relative error and an
-    FGA file on its spread; with the statistics from the images both pass at ~6e-6."""
-    from kerascomp.graph.keras_io import read_model, write_model
-    from kerascomp.methods.calibrate import recalibrate_batchnorm
-
-    return write_model(recalibrate_batchnorm(read_model(model), x)[0])
-
-
 def run_model(kerascomp, keras, name: str, args, workdir: Path) -> list[dict]:
     keras.utils.set_random_seed(0)  # the same random weights in every run
     model, depth = _model(keras, name)
     x, y = _data(model, name, depth, args.calibration, args.data)
     if depth is None:  # random weights: take the BN statistics from the images, so the outputs vary
-        model = _calibrated(model, x[:64])
+        model = calibrated(model, x[:64])
     calibration = x[: min(len(x), 64)]
     original_macs = kerascomp.cost(model).macs
     files: dict[str, dict] = {}  # key -> {"fp32": export, "int8": export}

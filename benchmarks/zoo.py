@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import command_line, write_results
+from benchmarks.common import calibrated, command_line, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "fga,l1,correlation,svd,joint_svd,tucker,collaborative,auto"
@@ -66,9 +66,6 @@ def build_model(keras, name: str, size: int):
     """The model every case of ``name`` compresses (seeded: the same weights in every case) and its 16 images."""
     import numpy as np
 
-    from kerascomp.graph.keras_io import read_model, write_model
-    from kerascomp.methods.calibrate import recalibrate_batchnorm
-
     keras.utils.set_random_seed(0)
     build = getattr(keras.applications, name)
     try:  # logits: a saturated softmax of random weights would make the parity check vacuous
@@ -76,9 +73,7 @@ def build_model(keras, name: str, size: int):
     except TypeError:
         model = build(weights=None, input_shape=(size, size, 3), classes=10)
     x = np.random.default_rng(0).uniform(0, 255, (16, size, size, 3)).astype("float32")
-    # BN statistics from the images: at its initial statistics a random-weight MobileNetV2's logits are
-    # ~1e-11 and equal for every input, and a parity check on them proves nothing
-    return write_model(recalibrate_batchnorm(read_model(model), x)[0]), x
+    return calibrated(model, x), x  # BN statistics from the images: a parity check then means something
 
 
 def original_parity(keras, name: str, folder: Path) -> float | None:

@@ -159,8 +159,8 @@ def test_latency_realization_mobile_nets_get_thin_anchors_and_images_in_their_ra
     assert x.max() > 100  # EfficientNet rescales 0..255 inside
 
 
-def test_latency_realization_random_weight_models_get_batchnorm_statistics_from_the_images(keras):
-    realization = pytest.importorskip("benchmarks.latency_realization")
+def test_benchmark_random_weight_models_get_batchnorm_statistics_from_the_images(keras):
+    common = pytest.importorskip("benchmarks.common")
     import numpy as np
 
     keras.utils.set_random_seed(0)
@@ -169,7 +169,7 @@ def test_latency_realization_random_weight_models_get_batchnorm_statistics_from_
     outputs = keras.layers.BatchNormalization(name="bn")(conv)
     model = keras.Model(inputs, outputs)
     x = np.random.default_rng(0).uniform(0, 255, (16, 8, 8, 3)).astype("float32")
-    calibrated = realization._calibrated(model, x)
+    calibrated = common.calibrated(model, x)
     features = np.asarray(model.get_layer("conv")(x)).reshape(-1, 4)
     np.testing.assert_allclose(calibrated.get_layer("bn").moving_mean.numpy(), features.mean(0), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(calibrated.get_layer("bn").moving_variance.numpy(), features.var(0), rtol=1e-3)

@@ -142,3 +142,19 @@ def test_expansion_pruning_cuts_the_unread_channels_then_the_method_factors_the_
     x = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
     again = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(result.plan.to_json()), verbose=0)
     np.testing.assert_array_equal(again.predict(x, verbose=0), result.model.predict(x, verbose=0))
+
+
+def test_when_the_method_cannot_take_its_share_the_pruning_takes_the_whole_budget(keras):
+    """Tucker at rank steps of 8 has no form for the 3-channel stem, so it cannot take its share of the saving:
+    the expansion pruning then meets the whole budget alone, the report says no tucker step ran, and the plan
+    redoes the same."""
+    model = squeeze_excite_model(keras)
+    result = kerascomp.compress(model, method="tucker", target_flops=0.54, rank_multiple=8, verbose=0)
+    assert result.report.macs_ratio <= 0.54 and result.report.notes["pointwise"] == EXPANSIONS
+    assert result.plan.choices["expansions"]["method"] is False
+    assert "no tucker step needed" in result.report.notes["expansions"]
+    actions = {d.layer: d.action for d in result.report.layers}
+    assert actions["stem"] in ("dense", "kept") and actions["project"].startswith("pruned in")
+    again = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(result.plan.to_json()), verbose=0)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), result.model.predict(x, verbose=0))

@@ -528,14 +528,15 @@ def _checked_form(conv: _Conv, form) -> tuple:
 
 
 def auto_pass(graph: Graph, budget: Budget, data, options: AutoOptions, context: Context,
-              fixed: dict | None = None, only=None) -> tuple[Graph, CompressionReport]:
+              fixed: dict | None = None, only=None, moments: dict | None = None) -> tuple[Graph, CompressionReport]:
     """Choose every conv's form under ``budget`` (or realise a plan's ``fixed`` choices) and rewrite. A
     ``channel_multiple`` or ``rank_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget.
-    ``only``: see :func:`_units`."""
+    ``only``: see :func:`_units`; ``moments``: the input moments measured so far (conv name -> (energy,
+    covariance)), kept between calls on the same graph and data."""
     shapes = infer_shapes(graph)
     analysis = analyse_channels(graph, shapes)
     whiten = whitening_on(options.whiten, data, "auto")
-    moments: dict = {}  # conv name -> (energy, covariance), measured once for every step tried
+    moments = {} if moments is None else moments  # conv name -> (energy, covariance), measured once per step tried
     return run_with_tile_steps(lambda stepped: _auto_pass(graph, shapes, analysis, budget, data, stepped, context,
                                                           fixed, moments, whiten, only),
                                options, ("channel_multiple", "rank_multiple"), fixed)

@@ -6,7 +6,8 @@ Factoring those 1x1 convs too reaches it, but each becomes two thinner 1x1 convs
 little of that into speed (EfficientNetB0 at 0.5 MACs: realised 0.70-0.76, against 0.86 for channel
 pruning; ``benchmarks/results/latency_realization_mobile_v3_effnet.md``). So when the kxk convs alone
 cannot reach the budget, :func:`run_with_expansions` first prunes the channels that pass through a
-depthwise conv (an inverted-residual block's expansion, with its squeeze-and-excite convs), with
+depthwise conv (an inverted-residual block's expansion, with its squeeze-and-excite convs) and those
+that a 1x1 head conv reads pooled (:func:`prunable`), with
 ``method="auto"``'s pruning units and cut order (:mod:`kerascomp.methods.auto`: the refit-aware
 surgeon greedy on the readers' input covariances when data is given), then runs the method on the
 pruned model for the rest of the budget. The saving asked is shared between the two in proportion to
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+
 from kerascomp.cost import graph_cost
 from kerascomp.errors import BudgetError, UnsupportedModelError
-from kerascomp.graph.channels import through_depthwise
+from kerascomp.graph.channels import ChannelGroup, mixing_consumers, through_depthwise
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import infer_shapes
 from kerascomp.methods.base import Budget, CompressionReport, LayerRecord
@@ -42,13 +45,34 @@ def _total(graph: Graph, metric: str, names: list[str] | None = None) -> float:
     return float(sum(costs[n].macs if metric == "flops" else costs[n].params for n in names if n in costs))
 
 
-def _prune(graph: Graph, fraction: float, metric: str, data: Any, context: Any,
+def prunable(graph: Graph) -> Callable[[Graph, ChannelGroup], bool]:
+    """Which channel groups of ``graph`` the pruning step takes: those that pass through a depthwise conv (the
+    expansions), and those read only at one pixel, through a global pooling (MobileNetV3's last 1x1 conv,
+    whose 576 channels its 1x1 head conv reads pooled: cutting them shrinks that conv's weights, which a
+    batch-1 run reads from memory at a cost its MACs do not show)."""
+    shapes = infer_shapes(graph)
+
+    def pixels(name: str) -> int:
+        source = graph.nodes_of(name)[0].input_refs()[0]
+        return int(np.prod(shapes[source.node][source.index][1:-1]))
+
+    def only(graph: Graph, group: ChannelGroup) -> bool:
+        if through_depthwise(graph, group):
+            return True
+        readers = mixing_consumers(graph, group)
+        return bool(readers) and all(len(graph.nodes_of(r)) == 1 and pixels(r) == 1 for r in readers)
+
+    return only
+
+
+def _prune(graph: Graph, fraction: float, metric: str, data: Any, context: Any, moments: dict,
            fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
     from kerascomp.methods.auto import AutoOptions, auto_pass  # auto imports the pointwise mechanism
 
     options = AutoOptions(forms=("prune",), recalibrate=False, reconstruct=False)
     return auto_pass(graph, Budget(metric, fraction), data, options, context,
-                     None if fixed is None else {"layers": {}, "pruned": fixed}, only=through_depthwise)
+                     None if fixed is None else {"layers": {}, "pruned": fixed}, only=prunable(graph),
+                     moments=moments)
 
 
 def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budget: Budget, data: Any,
@@ -58,7 +82,7 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
     the model has no such group, :class:`BudgetError` when even pruning them cannot reach the budget."""
     if fixed is not None:
         saved = fixed["expansions"]
-        pruned, pruning = _prune(graph, budget.fraction, budget.metric, data, context, saved["pruned"])
+        pruned, pruning = _prune(graph, budget.fraction, budget.metric, data, context, {}, saved["pruned"])
         if not saved.get("method", True):
             return pruned, _merged(method, budget, graph, pruned, pruning, None, saved)
         own = {key: value for key, value in fixed.items() if key != "expansions"}
@@ -69,7 +93,7 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
     metric, total = budget.metric, _total(graph, budget.metric)
     from kerascomp.methods.auto import pruned_layers
 
-    layers = pruned_layers(graph, through_depthwise)
+    layers = pruned_layers(graph, prunable(graph))
     if not layers:
         raise UnsupportedModelError("no prunable channel group passes through a depthwise conv (no inverted-"
                                     "residual expansion whose writers and readers are plain convs called once)")
@@ -77,7 +101,8 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
     pool, other = _total(graph, metric, layers), _total(graph, metric, kxk)
     needed = (1.0 - budget.fraction) * total
     share = needed * pool / max(pool + other, 1e-30)
-    pruned, pruning = _prune(graph, max(1.0 - share / total, budget.fraction), metric, data, context)
+    moments: dict = {}  # the input moments, measured once for both pruning attempts
+    pruned, pruning = _prune(graph, max(1.0 - share / total, budget.fraction), metric, data, context, moments)
     rest = budget.fraction * total / max(_total(pruned, metric), 1e-30)
     if rest < 1.0 - 1e-9:
         try:
@@ -85,7 +110,7 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
             return result, _merged(method, budget, graph, result, pruning, report,
                                    {"pruned": pruning.choices["pruned"], "method": True})
         except (BudgetError, UnsupportedModelError):
-            pruned, pruning = _prune(graph, budget.fraction, metric, data, context)  # the pruning takes it all
+            pruned, pruning = _prune(graph, budget.fraction, metric, data, context, moments)  # it takes it all
     return pruned, _merged(method, budget, graph, pruned, pruning, None,
                            {"pruned": pruning.choices["pruned"], "method": False})
 
