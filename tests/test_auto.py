@@ -200,7 +200,7 @@ def test_whitened_pruning_cuts_a_redundant_copy_and_the_diagonal_estimate_does_n
 
 def test_a_squeeze_excite_expansion_is_pruned_through_all_four_of_its_convs(keras, images):
     """The expansion group of an EfficientNet or MobileNetV3 block has two readers and two writers; auto prunes it
-    as one unit (until 2026-12-07 it could not: the reduce conv was a second reader). Input slices zeroed in both
+    as one unit (until 2026-12-06 it could not: the reduce conv was a second reader). Input slices zeroed in both
     readers make channels 0..15 free to cut, so the cut is exactly those and, without data, the outputs are the
     original's."""
     model = squeeze_excite_model(keras)
