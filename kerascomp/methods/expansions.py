@@ -88,15 +88,16 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
         own = {key: value for key, value in fixed.items() if key != "expansions"}
         result, report = run(options, pruned, budget, own)
         return result, _merged(method, budget, graph, result, pruning, report, saved)
-    if budget.metric not in ("flops", "params"):
+    if budget.metric not in ("flops", "params"):  # fga's target_latency plans against its table: 1x1 factoring
         raise UnsupportedModelError(f"expansion pruning plans under a MACs or params budget, not {budget.metric}")
     metric, total = budget.metric, _total(graph, budget.metric)
     from kerascomp.methods.auto import pruned_layers
 
     layers = pruned_layers(graph, prunable(graph))
     if not layers:
-        raise UnsupportedModelError("no prunable channel group passes through a depthwise conv (no inverted-"
-                                    "residual expansion whose writers and readers are plain convs called once)")
+        raise UnsupportedModelError("no prunable channel group passes through a depthwise conv or feeds a 1x1 "
+                                    "head conv through a global pooling (no inverted-residual expansion whose "
+                                    "writers and readers are plain convs called once)")
     kxk = [name for name in eligible_convs(graph, infer_shapes(graph), ONE_BY_ONE)[0] if name not in layers]
     pool, other = _total(graph, metric, layers), _total(graph, metric, kxk)
     needed = (1.0 - budget.fraction) * total
