@@ -158,3 +158,26 @@ def test_when_the_method_cannot_take_its_share_the_pruning_takes_the_whole_budge
     again = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(result.plan.to_json()), verbose=0)
     x = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
     np.testing.assert_array_equal(again.predict(x, verbose=0), result.model.predict(x, verbose=0))
+
+
+def _pooled_head_net(keras, size: int):
+    """MobileNetV3's head: a wide 1x1 conv on the feature map, pooled, read by a 1x1 conv at one pixel."""
+    layers = keras.layers
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((size, size, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(96, 1, activation="relu", name="last")(x)
+    x = layers.GlobalAveragePooling2D(keepdims=True, name="pool")(x)
+    x = layers.Conv2D(64, 1, activation="relu", name="head")(x)
+    return keras.Model(inputs, layers.Dense(10, name="logits")(layers.Flatten()(x)))
+
+
+def test_a_group_read_pooled_is_pruned_and_one_that_is_one_pixel_already_is_factored(keras):
+    """The channels of a 1x1 conv on a feature map, read pooled by a 1x1 head conv, are pruned (cutting them
+    shrinks the head's weights); the same layers on a one-pixel input are plain 1x1 pairs, factored."""
+    pooled = kerascomp.compress(_pooled_head_net(keras, 16), method="svd", target_flops=0.5, verbose=0)
+    actions = {d.layer: d.action for d in pooled.report.layers}
+    assert pooled.report.notes["pointwise"] == EXPANSIONS and pooled.report.macs_ratio <= 0.5
+    assert actions["last"].startswith("pruned out") and actions["head"].startswith("pruned in"), actions
+    flat = kerascomp.compress(_pooled_head_net(keras, 1), method="svd", target_flops=0.5, verbose=0)
+    assert flat.report.notes["pointwise"] == WITH_ONE_BY_ONE and "expansions" not in flat.plan.choices

@@ -47,20 +47,26 @@ def _total(graph: Graph, metric: str, names: list[str] | None = None) -> float:
 
 def prunable(graph: Graph) -> Callable[[Graph, ChannelGroup], bool]:
     """Which channel groups of ``graph`` the pruning step takes: those that pass through a depthwise conv (the
-    expansions), and those read only at one pixel, through a global pooling (MobileNetV3's last 1x1 conv,
-    whose 576 channels its 1x1 head conv reads pooled: cutting them shrinks that conv's weights, which a
-    batch-1 run reads from memory at a cost its MACs do not show)."""
+    expansions), and those written on a feature map and read pooled to one pixel (MobileNetV3's last 1x1
+    conv, whose 576 channels at 7x7 its 1x1 head conv reads pooled: cutting them shrinks that conv's
+    weights, which a batch-1 run reads from memory at a cost its MACs do not show). Not a group that is
+    one pixel already where it is written (the last stage of a 32x32 ConvNeXt: its 3072-channel hidden
+    layers are plain 1x1 pairs, which the method factors)."""
     shapes = infer_shapes(graph)
 
-    def pixels(name: str) -> int:
-        source = graph.nodes_of(name)[0].input_refs()[0]
-        return int(np.prod(shapes[source.node][source.index][1:-1]))
+    def pixels(name: str, output: bool) -> int:
+        node = graph.nodes_of(name)[0]
+        shape = shapes[node.name][0] if output else shapes[node.input_refs()[0].node][node.input_refs()[0].index]
+        return int(np.prod(shape[1:-1]))
 
     def only(graph: Graph, group: ChannelGroup) -> bool:
         if through_depthwise(graph, group):
             return True
         readers = mixing_consumers(graph, group)
-        return bool(readers) and all(len(graph.nodes_of(r)) == 1 and pixels(r) == 1 for r in readers)
+        writers = [p for p in group.producers if p in graph.layers]
+        if not readers or not writers or any(len(graph.nodes_of(n)) != 1 for n in readers + writers):
+            return False
+        return all(pixels(r, False) == 1 for r in readers) and all(pixels(w, True) > 1 for w in writers)
 
     return only
 
