@@ -306,10 +306,14 @@ def _pruning_options(unit: _Unit, analysis: ChannelAnalysis, positions: dict[str
     touching = [t for t in tables if any(x is not None and atoms.intersection(int(a) for a in x) for x in t[1:3])]
     base = pruned_cost(touching, np.zeros(0, int))
     timed = latency is not None and all(conv.name in latency.layers for conv in unit.convs)
+    removed_atoms(analysis, {group.index: order.tolist()})  # checked once; each cut is a suffix of the order
+    ordered = [np.asarray(group.channels[c], dtype=np.int64) for c in order]
+    starts = np.concatenate([[0], np.cumsum([len(a) for a in ordered])]).astype(np.int64)
+    flat = np.concatenate(ordered)  # the atoms in cut order, read as slices: a 3072-channel group took minutes
     found = []
     for count in range(options.channel_multiple, group.size, options.channel_multiple):
         kept = np.sort(order[:count])
-        removed = np.array(sorted(removed_atoms(analysis, {group.index: order[count:].tolist()})), int)
+        removed = np.sort(flat[starts[count]:])
         after = pruned_cost(touching, removed)
         share = count / group.size
         ms = None
