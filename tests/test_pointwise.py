@@ -8,8 +8,7 @@ from conftest import model_fingerprint, rewritten_in, squeeze_excite_model
 
 import kerascomp
 from kerascomp.errors import BudgetError, InvalidArgumentError
-from kerascomp.methods.expansions import EXPANSIONS
-from kerascomp.methods.pointwise import KXK_ONLY, WITH_ONE_BY_ONE
+from kerascomp.methods.pointwise import EXPANSIONS, KXK_ONLY, WITH_ONE_BY_ONE
 from kerascomp.zoo import cifar_mobilenetv2
 
 FACTORING = ("fga", "svd", "joint_svd", "tucker")

@@ -730,3 +730,13 @@ class AutoMethod(Method):
     def run(self, graph: Graph, budget: Budget, data, options: AutoOptions, context: Context,
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
         return auto_pass(graph, budget, data, options, context, fixed)
+
+    def prune_pass(self, graph: Graph, budget: Budget, data, context: Context, fixed: dict | None, only,
+                   moments: dict) -> tuple[Graph, CompressionReport]:
+        """Channel pruning alone, of the groups ``only`` accepts, with no finishing step: the expansion step of
+        the factoring methods' ``pointwise="auto"`` (:mod:`kerascomp.methods.expansions`)."""
+        options = AutoOptions(forms=("prune",), recalibrate=False, reconstruct=False)
+        return auto_pass(graph, budget, data, options, context, fixed, only=only, moments=moments)
+
+    def pruned_layers(self, graph: Graph, only) -> list[str]:
+        return pruned_layers(graph, only)

@@ -35,7 +35,6 @@ from kerascomp.methods.base import Budget, CompressionReport, LayerRecord
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.pointwise import ONE_BY_ONE
 
-EXPANSIONS = "auto: expansion channels pruned, kxk convs factored (the kxk convs alone could not reach the budget)"
 Run = Callable[[Any, Graph, Budget, dict | None], tuple[Graph, CompressionReport]]
 
 
@@ -71,24 +70,20 @@ def prunable(graph: Graph) -> Callable[[Graph, ChannelGroup], bool]:
     return only
 
 
-def _prune(graph: Graph, fraction: float, metric: str, data: Any, context: Any, moments: dict,
-           fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
-    from kerascomp.methods.auto import AutoOptions, auto_pass  # auto imports the pointwise mechanism
-
-    options = AutoOptions(forms=("prune",), recalibrate=False, reconstruct=False)
-    return auto_pass(graph, Budget(metric, fraction), data, options, context,
-                     None if fixed is None else {"layers": {}, "pruned": fixed}, only=prunable(graph),
-                     moments=moments)
-
-
 def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budget: Budget, data: Any,
-                        context: Any, fixed: dict | None) -> tuple[Graph, CompressionReport]:
+                        context: Any, fixed: dict | None, pruner: Any) -> tuple[Graph, CompressionReport]:
     """Prune the expansions, then ``run(options, pruned graph, budget, fixed)`` for the rest (see the module
-    docstring); ``options.pointwise`` is False for the method. Raises :class:`UnsupportedModelError` when
-    the model has no such group, :class:`BudgetError` when even pruning them cannot reach the budget."""
+    docstring); ``options.pointwise`` is False for the method. ``pruner``: ``method="auto"``'s registered
+    method, whose ``prune_pass`` and ``pruned_layers`` do the pruning. Raises :class:`UnsupportedModelError`
+    when the model has no such group, :class:`BudgetError` when even pruning them cannot reach the budget."""
+
+    def _prune(fraction: float, metric: str, moments: dict, fixed: dict | None = None) -> tuple:
+        return pruner.prune_pass(graph, Budget(metric, fraction), data, context,
+                                 None if fixed is None else {"layers": {}, "pruned": fixed}, prunable(graph), moments)
+
     if fixed is not None:
         saved = fixed["expansions"]
-        pruned, pruning = _prune(graph, budget.fraction, budget.metric, data, context, {}, saved["pruned"])
+        pruned, pruning = _prune(budget.fraction, budget.metric, {}, saved["pruned"])
         if not saved.get("method", True):
             return pruned, _merged(method, budget, graph, pruned, pruning, None, saved)
         own = {key: value for key, value in fixed.items() if key != "expansions"}
@@ -97,9 +92,7 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
     if budget.metric not in ("flops", "params"):  # fga's target_latency plans against its table: 1x1 factoring
         raise UnsupportedModelError(f"expansion pruning plans under a MACs or params budget, not {budget.metric}")
     metric, total = budget.metric, _total(graph, budget.metric)
-    from kerascomp.methods.auto import pruned_layers
-
-    layers = pruned_layers(graph, prunable(graph))
+    layers = pruner.pruned_layers(graph, prunable(graph))
     if not layers:
         raise UnsupportedModelError("no prunable channel group passes through a depthwise conv or feeds a 1x1 "
                                     "head conv through a global pooling (no inverted-residual expansion whose "
@@ -109,7 +102,7 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
     needed = (1.0 - budget.fraction) * total
     share = needed * pool / max(pool + other, 1e-30)
     moments: dict = {}  # the input moments, measured once for both pruning attempts
-    pruned, pruning = _prune(graph, max(1.0 - share / total, budget.fraction), metric, data, context, moments)
+    pruned, pruning = _prune(max(1.0 - share / total, budget.fraction), metric, moments)
     rest = budget.fraction * total / max(_total(pruned, metric), 1e-30)
     if rest < 1.0 - 1e-9:
         try:
@@ -117,7 +110,7 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
             return result, _merged(method, budget, graph, result, pruning, report,
                                    {"pruned": pruning.choices["pruned"], "method": True})
         except (BudgetError, UnsupportedModelError):
-            pruned, pruning = _prune(graph, budget.fraction, metric, data, context, moments)  # it takes it all
+            pruned, pruning = _prune(budget.fraction, metric, moments)  # the pruning takes it all
     return pruned, _merged(method, budget, graph, pruned, pruning, None,
                            {"pruned": pruning.choices["pruned"], "method": False})
 

@@ -26,6 +26,7 @@ AUTO = "auto"
 ONE_BY_ONE = "1x1 conv left dense (pointwise=False, or pointwise='auto' met the budget without it)"
 KXK_ONLY = "auto: kxk convs only (enough for the budget)"
 WITH_ONE_BY_ONE = "auto: 1x1 convs factored too (the kxk convs alone could not reach the budget)"
+EXPANSIONS = "auto: expansion channels pruned, kxk convs factored (the kxk convs alone could not reach the budget)"
 
 
 def check_pointwise(value: Any) -> None:
@@ -37,17 +38,18 @@ def takes_pointwise(options: Any) -> bool:
 
 
 def run_with_pointwise(run: Callable[[Any, Graph, Any, dict | None], tuple], options: Any, method: str, graph: Graph,
-                       budget: Any, data: Any, context: Any, fixed: dict | None) -> tuple:
+                       budget: Any, fixed: dict | None, expansions: Callable | None = None) -> tuple:
     """``run(options, graph, budget, fixed) -> (graph, report)`` with ``options.pointwise`` resolved: as given
     when True or False; for ``"auto"`` first False, then (on a :class:`BudgetError` or when nothing else is
-    compressible) the expansions pruned (:mod:`kerascomp.methods.expansions`), then True. A plan's ``fixed``
-    choices made under ``"auto"`` run with True (every layer the plan names may be taken; the rest stay
-    dense), or with the plan's expansion pruning first when it has one."""
-    from kerascomp.methods.expansions import EXPANSIONS, run_with_expansions  # it imports this module
-
+    compressible) ``expansions(run, options, fixed)``, the expansion pruning
+    (:func:`kerascomp.methods.expansions.run_with_expansions`, bound by the registry), then True. A plan's
+    ``fixed`` choices made under ``"auto"`` run with True (every layer the plan names may be taken; the rest
+    stay dense), or with the plan's expansion pruning first when it has one."""
     if fixed is not None and fixed.get("expansions"):
+        if expansions is None:
+            raise UnsupportedModelError("the plan prunes expansions, which needs method='auto' registered.")
         options = dataclasses.replace(options, pointwise=False) if takes_pointwise(options) else options
-        return run_with_expansions(run, options, method, graph, budget, data, context, fixed)
+        return expansions(run, options, fixed)
     if not takes_pointwise(options) or options.pointwise != AUTO:
         return run(options, graph, budget, fixed)
     if fixed is not None:
@@ -58,7 +60,9 @@ def run_with_pointwise(run: Callable[[Any, Graph, Any, dict | None], tuple], opt
         resolved, note = False, KXK_ONLY
     except (BudgetError, UnsupportedModelError) as kxk_error:
         try:
-            result, report = run_with_expansions(run, kxk_only, method, graph, budget, data, context, None)
+            if expansions is None:
+                raise UnsupportedModelError("method='auto' is not registered: no expansion pruning")
+            result, report = expansions(run, kxk_only, None)
             resolved, note = False, EXPANSIONS
         except (BudgetError, UnsupportedModelError) as expansion_error:
             try:

@@ -29,6 +29,7 @@ from kerascomp.methods.base import Budget, CompressionReport, Plan, fingerprint,
 from kerascomp.methods.bnfold import fold_batchnorm, unfold_batchnorm
 from kerascomp.methods.calibrate import check_recalibrate, recalibrate_if_asked
 from kerascomp.methods.conv_views import conv_views, restore_views
+from kerascomp.methods.expansions import run_with_expansions
 from kerascomp.methods.inputs import input_batch
 from kerascomp.methods.pointwise import run_with_pointwise
 from kerascomp.methods.reconstruct import (
@@ -179,11 +180,15 @@ class Method:
         :mod:`kerascomp.methods.bnfold`), with the weighting undone on the result; a ``pointwise="auto"``
         option is resolved here for every method that has one (:mod:`kerascomp.methods.pointwise`), and so are the
         step options a method names in ``tile_options`` when left ``None`` (:mod:`kerascomp.methods.tiles`)."""
-        return run_with_pointwise(
-            lambda resolved, on, asked, choices: run_with_tile_steps(
-                lambda stepped: self._weighted_run(on, asked, data, stepped, context, choices),
-                resolved, self.tile_options, choices),
-            options, self.name, graph, budget, data, context, fixed)
+        def run(resolved: Any, on: Graph, asked: Budget, choices: dict | None) -> tuple[Graph, CompressionReport]:
+            return run_with_tile_steps(lambda stepped: self._weighted_run(on, asked, data, stepped, context, choices),
+                                       resolved, self.tile_options, choices)
+
+        pruner = _REGISTRY.get("auto")  # its pruning units prune a mobile net's expansions (methods/expansions.py)
+        expansions = None if pruner is None else (
+            lambda inner, resolved, choices: run_with_expansions(inner, resolved, self.name, graph, budget, data,
+                                                                 context, choices, pruner))
+        return run_with_pointwise(run, options, self.name, graph, budget, fixed, expansions)
 
     def _weighted_run(self, graph: Graph, budget: Budget, data: Any, options: Any, context: Context,
                       fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
