@@ -124,3 +124,13 @@ def squeeze_excite_model(keras):
     gate = layers.Conv2D(32, 1, activation="sigmoid", name="se_expand")(gate)
     x = layers.Conv2D(16, 1, name="project")(layers.Multiply(name="excite")([x, gate]))
     return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
+
+
+def zero_input_slices(model, channels: dict) -> None:
+    """Zero the input slices ``channels[name]`` (a slice or index list) of each named conv's kernel, in place:
+    channels that conv then ignores."""
+    for name, cut in channels.items():
+        conv = model.get_layer(name)
+        kernel = conv.get_weights()[0]
+        kernel[:, :, cut, :] = 0.0
+        conv.set_weights([kernel] + conv.get_weights()[1:])

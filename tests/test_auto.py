@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import model_fingerprint, rewritten_in, squeeze_excite_model
+from conftest import model_fingerprint, rewritten_in, squeeze_excite_model, zero_input_slices
 
 import kerascomp
 from kerascomp.bench.latency import LatencyTable, conv_macs
@@ -18,6 +18,13 @@ FACTORED = ("factored", "tucker", "spatial", "fga2", "fga4")
 
 def _actions(report) -> dict[str, str]:
     return {d.layer: d.action for d in report.layers}
+
+
+def _replanned(model, plan, pruned: dict):
+    """``model`` compressed by ``plan`` with its pruned channels replaced by ``pruned`` (an edited plan)."""
+    edited = json.loads(plan.to_json())
+    edited["choices"]["pruned"] = pruned
+    return kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(json.dumps(edited)), verbose=0)
 
 
 def test_auto_meets_the_budget_with_its_reasons_and_leaves_the_model_alone(module_resnet, images):
@@ -52,10 +59,8 @@ def test_input_slices_that_are_zero_are_the_channels_pruned_and_the_rewrite_is_e
     expected = model.predict(images, verbose=0)
     assert np.allclose(result.model.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     # the check can fail: the same cut of a conv whose slices are not zero changes the outputs
-    other = json.loads(result.plan.to_json())
-    other["choices"]["pruned"] = {"s1b1_conv2": list(range(8))}
-    wrong = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(json.dumps(other)), verbose=0)
-    assert not np.allclose(wrong.predict(images, verbose=0), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    wrong = _replanned(model, result.plan, {"s1b1_conv2": list(range(8))}).predict(images, verbose=0)
+    assert not np.allclose(wrong, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
 def _table(model, pruning_slow: bool, factoring_slow: bool) -> LatencyTable:
@@ -204,11 +209,7 @@ def test_a_squeeze_excite_expansion_is_pruned_through_all_four_of_its_convs(kera
     readers make channels 0..15 free to cut, so the cut is exactly those and, without data, the outputs are the
     original's."""
     model = squeeze_excite_model(keras)
-    for name in ("project", "se_reduce"):
-        conv = model.get_layer(name)
-        kernel = conv.get_weights()[0]
-        kernel[:, :, :16, :] = 0.0
-        conv.set_weights([kernel] + conv.get_weights()[1:])
+    zero_input_slices(model, {"project": slice(0, 16), "se_reduce": slice(0, 16)})
     before = model_fingerprint(model)
     result = kerascomp.compress(model, method="auto", target_flops=0.85, forms=["prune"], verbose=0)
     assert model_fingerprint(model) == before
@@ -221,10 +222,8 @@ def test_a_squeeze_excite_expansion_is_pruned_through_all_four_of_its_convs(kera
     expected = model.predict(images, verbose=0)
     assert np.allclose(result.model.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     # the check can fail: cutting the channels the readers do read changes the outputs
-    other = json.loads(result.plan.to_json())
-    other["choices"]["pruned"] = {"project": list(range(16))}
-    wrong = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(json.dumps(other)), verbose=0)
-    assert not np.allclose(wrong.predict(images, verbose=0), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    wrong = _replanned(model, result.plan, {"project": list(range(16))}).predict(images, verbose=0)
+    assert not np.allclose(wrong, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
 
 
 def test_the_squeeze_excite_cut_counts_both_readers(keras, images):
@@ -233,11 +232,7 @@ def test_the_squeeze_excite_cut_counts_both_readers(keras, images):
     readers' covariances) and without (the readers' shares of their input energy, summed). Ordered by the
     projection alone, 0..15 would tie and 0..7 go first: the check can fail."""
     model = squeeze_excite_model(keras)
-    for name, cut in (("project", slice(0, 16)), ("se_reduce", slice(8, 16))):
-        conv = model.get_layer(name)
-        kernel = conv.get_weights()[0]
-        kernel[:, :, cut, :] = 0.0
-        conv.set_weights([kernel] + conv.get_weights()[1:])
+    zero_input_slices(model, {"project": slice(0, 16), "se_reduce": slice(8, 16)})
     macs = conv_macs(model)
     saved = 8 / 32 * (macs["expand"] + 16 * 16 * 9 * 32 + macs["project"])  # with the depthwise conv
     target = 1.0 - 0.9 * saved / kerascomp.cost(model).macs

@@ -4,7 +4,7 @@ the rest; only a model without such channels gets its 1x1 convs factored; the pl
 refusal states the best ratio reachable."""
 import numpy as np
 import pytest
-from conftest import model_fingerprint, rewritten_in, squeeze_excite_model
+from conftest import model_fingerprint, rewritten_in, squeeze_excite_model, zero_input_slices
 
 import kerascomp
 from kerascomp.errors import BudgetError, InvalidArgumentError
@@ -119,11 +119,7 @@ def test_expansion_pruning_cuts_the_unread_channels_then_the_method_factors_the_
     those (all four convs of the block lose them), the method factors the stem for its share, the report's
     costs are the original's before and the result's after, and the plan redoes both steps bit for bit."""
     model = squeeze_excite_model(keras)
-    for name in ("project", "se_reduce"):
-        conv = model.get_layer(name)
-        kernel = conv.get_weights()[0]
-        kernel[:, :, :16, :] = 0.0
-        conv.set_weights([kernel] + conv.get_weights()[1:])
+    zero_input_slices(model, {"project": slice(0, 16), "se_reduce": slice(0, 16)})
     before = model_fingerprint(model)
     # 0.54: the pruning's share (in proportion to what it can act on) is met by cutting 16 of the 32 channels
     result = kerascomp.compress(model, method=method, target_flops=0.54, verbose=0)

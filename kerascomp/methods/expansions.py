@@ -38,8 +38,8 @@ from kerascomp.methods.pointwise import ONE_BY_ONE
 Run = Callable[[Any, Graph, Budget, dict | None], tuple[Graph, CompressionReport]]
 
 
-def _total(graph: Graph, metric: str, names: list[str] | None = None) -> float:
-    costs = graph_cost(graph, infer_shapes(graph)).by_name()
+def _total(costs: dict, metric: str, names: list[str] | None = None) -> float:
+    """The summed MACs (``metric="flops"``) or params of ``names`` (default all) in ``graph_cost(...).by_name()``."""
     names = list(costs) if names is None else names
     return float(sum(costs[n].macs if metric == "flops" else costs[n].params for n in names if n in costs))
 
@@ -77,9 +77,11 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
     method, whose ``prune_pass`` and ``pruned_layers`` do the pruning. Raises :class:`UnsupportedModelError`
     when the model has no such group, :class:`BudgetError` when even pruning them cannot reach the budget."""
 
+    only = prunable(graph)
+
     def _prune(fraction: float, metric: str, moments: dict, fixed: dict | None = None) -> tuple:
         return pruner.prune_pass(graph, Budget(metric, fraction), data, context,
-                                 None if fixed is None else {"layers": {}, "pruned": fixed}, prunable(graph), moments)
+                                 None if fixed is None else {"layers": {}, "pruned": fixed}, only, moments)
 
     if fixed is not None:
         saved = fixed["expansions"]
@@ -91,19 +93,21 @@ def run_with_expansions(run: Run, options: Any, method: str, graph: Graph, budge
         return result, _merged(method, budget, graph, result, pruning, report, saved)
     if budget.metric not in ("flops", "params"):  # fga's target_latency plans against its table: 1x1 factoring
         raise UnsupportedModelError(f"expansion pruning plans under a MACs or params budget, not {budget.metric}")
-    metric, total = budget.metric, _total(graph, budget.metric)
-    layers = pruner.pruned_layers(graph, prunable(graph))
+    shapes = infer_shapes(graph)
+    costs = graph_cost(graph, shapes).by_name()
+    metric, total = budget.metric, _total(costs, budget.metric)
+    layers = pruner.pruned_layers(graph, only)
     if not layers:
         raise UnsupportedModelError("no prunable channel group passes through a depthwise conv or feeds a 1x1 "
                                     "head conv through a global pooling (no inverted-residual expansion whose "
                                     "writers and readers are plain convs called once)")
-    kxk = [name for name in eligible_convs(graph, infer_shapes(graph), ONE_BY_ONE)[0] if name not in layers]
-    pool, other = _total(graph, metric, layers), _total(graph, metric, kxk)
+    kxk = [name for name in eligible_convs(graph, shapes, ONE_BY_ONE)[0] if name not in layers]
+    pool, other = _total(costs, metric, layers), _total(costs, metric, kxk)
     needed = (1.0 - budget.fraction) * total
     share = needed * pool / max(pool + other, 1e-30)
     moments: dict = {}  # the input moments, measured once for both pruning attempts
     pruned, pruning = _prune(max(1.0 - share / total, budget.fraction), metric, moments)
-    rest = budget.fraction * total / max(_total(pruned, metric), 1e-30)
+    rest = budget.fraction * total / max(pruning.macs_after if metric == "flops" else pruning.params_after, 1)
     if rest < 1.0 - 1e-9:
         try:
             result, report = run(options, pruned, Budget(metric, rest), None)
