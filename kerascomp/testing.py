@@ -979,49 +979,83 @@ def factored_against_composite(model: Any, method: str, target: float, x: Any,
     without data (nothing refit or recalibrated) against the *original* graph with each factored
     conv's kernel replaced by the dense kernel its factors multiply out to (:func:`_composite`, plain
     numpy). This checks the rewrite's wiring (strides, padding, dilation, activations, joins) without
-    its own code. For ``svd`` it also checks the maths: each layer's composite must be the best
-    rank-r approximation of the original kernel (Eckart-Young, from ``numpy.linalg.svd``).
+    its own code; the channels that ``pointwise="auto"``'s expansion step cut are zeroed in the reference,
+    and a conv both cut and factored gets its composite at its kept channels. For ``svd`` it also checks
+    the maths: each layer's composite must be the best rank-r approximation of the original kernel
+    (Eckart-Young, from ``numpy.linalg.svd``).
 
     Joint SVD takes its variant from ``options``, else left, right or bi by the model's layer count, as
-    its lossless check does. Returns ``(relative output error, factored layer count)``, or None when
-    nothing was factored."""
+    its lossless check does. Returns ``(relative output error, convs factored or cut)``, or None when
+    nothing was."""
     if method == "joint_svd" and "variant" not in options:
         options["variant"] = ("left", "right", "bi")[len(model.layers) % 3]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
         plain = kerascomp.compress(model, method, target_flops=target, verbose=0, **options)
-    reference = write_model(with_views(read_model(model))[0])  # the layers as the method saw them: a
-    # SeparableConv2D as depthwise + 1x1 Conv2D, a Dense on feature maps as a 1x1 Conv2D (both exact)
+    # the layers as the method saw them (a SeparableConv2D as depthwise + 1x1 Conv2D, a Dense on feature maps
+    # as a 1x1 Conv2D, both exact), with the channels a pointwise="auto" expansion step cut zeroed
+    graph, analysis, removed = _zeroed_reference(model, plain.report.kept_outputs)
     compressed = {layer.name: layer for layer in plain.model.layers}
     details = {decision.layer: decision.detail for decision in plain.report.layers}
     factored = 0
-    for layer in reference.layers:
-        if type(layer).__name__ != "Conv2D":
+    for name, spec in list(graph.layers.items()):
+        if spec.class_name != "Conv2D":
             continue
-        original = layer.get_weights()
         if method == "joint_svd":
-            composite = _joint_composite(compressed, layer.name, details.get(layer.name), len(original) > 1)
+            composite = _joint_composite(compressed, name, details.get(name), len(spec.weights) > 1)
         else:
-            composite = _composite(method, compressed, layer.name)
+            composite = _composite(method, compressed, name)
         if composite is None:
             continue
-        kernel, bias = composite
-        kernel = kernel.astype("float32")
-        if kernel.shape != original[0].shape:
-            raise AssertionError(f"{method}: the factors of {layer.name} multiply out to {kernel.shape}, not the "
-                                 f"original kernel's {original[0].shape}")
-        if method == "svd":
-            _check_best_rank(layer.name, original[0], kernel)
-        if len(original) > 1:
-            layer.set_weights([kernel, np.zeros_like(original[1]) if bias is None else bias])
-        elif bias is not None and np.any(bias):
-            raise AssertionError(f"{method}: the factors of {layer.name} hold a bias the original conv lacks")
-        else:
-            layer.set_weights([kernel])
+        kernel = composite[0].astype("float32")
+        if method == "svd" and kernel.shape == spec.weights[0].shape:  # (a pruned conv's rank is of its cut kernel)
+            _check_best_rank(name, spec.weights[0], kernel)
+        _set_composite(graph, analysis, removed, name, kernel, composite[1], method)
         factored += 1
-    if not factored:
+    pruned = len({name for name in plain.report.kept_outputs if graph.layers[name].class_name in _MIXING})
+    if not factored and not pruned:
         return None
-    return relative_error(outputs_of(plain.model, x), outputs_of(reference, x)), factored
+    return relative_error(outputs_of(plain.model, x), outputs_of(write_model(graph), x)), factored + pruned
+
+
+def _zeroed_reference(model: Any, kept_outputs: dict) -> tuple[Any, Any, set[int]]:
+    """The original graph as the methods see it (:func:`with_views`) with every channel that ``kept_outputs``
+    (a report's) does not keep zeroed wherever a channel-mixing layer reads it; its channel analysis; the
+    removed atoms."""
+    graph = with_views(read_model(model))[0]
+    analysis = analyse_channels(graph, infer_shapes(graph))
+    removed = {int(atom) for name, channels in kept_outputs.items()
+               for position, atom in enumerate(analysis.out_atoms.get(name, ())) if position not in set(channels)}
+    _zero_input_slices(graph, analysis, [name for name in graph.layers if graph.layers[name].class_name in _MIXING],
+                       removed)
+    return graph, analysis, removed
+
+
+def _set_composite(graph: Any, analysis: Any, removed: set[int], name: str, kernel: np.ndarray,
+                   bias: np.ndarray | None, method: str) -> None:
+    """Put the dense ``kernel`` (and ``bias``) that a conv's factors multiply out to in the reference ``graph``;
+    a conv whose channels were also cut gets it at its kept input and output positions, zeros elsewhere."""
+    spec = graph.layers[name]
+    shape = spec.weights[0].shape
+    if kernel.shape != shape:
+        keep_in = [i for i, atom in enumerate(analysis.in_atoms.get(name, ())) if int(atom) not in removed]
+        keep_out = [i for i, atom in enumerate(analysis.out_atoms.get(name, ())) if int(atom) not in removed]
+        if kernel.shape != shape[:2] + (len(keep_in), len(keep_out)):
+            raise AssertionError(f"{method}: the factors of {name} multiply out to {kernel.shape}, not the original "
+                                 f"kernel's {shape} nor its kept channels'")
+        full = np.zeros(shape, kernel.dtype)
+        full[:, :, np.asarray(keep_in)[:, None], np.asarray(keep_out)[None, :]] = kernel
+        kernel = full
+        if bias is not None:
+            full_bias = np.zeros(shape[-1], bias.dtype)
+            full_bias[keep_out] = bias
+            bias = full_bias
+    if len(spec.weights) > 1:
+        spec.weights = [kernel, np.zeros_like(spec.weights[1]) if bias is None else bias]
+    elif bias is not None and np.any(bias):
+        raise AssertionError(f"{method}: the factors of {name} hold a bias the original conv lacks")
+    else:
+        spec.weights = [kernel]
 
 
 def collaborative_against_reference(model: Any, target: float, x: Any) -> tuple[float, int] | None:
@@ -1083,13 +1117,8 @@ def auto_against_reference(model: Any, target: float, x: Any) -> tuple[float, in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", kerascomp.CompressionWarning)
         result = kerascomp.compress(model, "auto", target_flops=target, verbose=0)
-    graph = with_views(read_model(model))[0]  # as auto saw it (see factored_against_composite)
-    analysis = analyse_channels(graph, infer_shapes(graph))
     kept = result.report.kept_outputs
-    removed = {int(atom) for name, channels in kept.items()
-               for position, atom in enumerate(analysis.out_atoms.get(name, ())) if position not in set(channels)}
-    _zero_input_slices(graph, analysis, [name for name in graph.layers if graph.layers[name].class_name in _MIXING],
-                       removed)
+    graph, analysis, removed = _zeroed_reference(model, kept)  # as auto saw it (see factored_against_composite)
     compressed = {layer.name: layer for layer in result.model.layers}
     forms = result.report.choices.get("layers", {})
     for name, form in forms.items():
@@ -1098,13 +1127,7 @@ def auto_against_reference(model: Any, target: float, x: Any) -> tuple[float, in
         if composite is None or composite[0].shape != spec.weights[0].shape:
             raise AssertionError(f"auto: {name}'s {form[0]} factors are not where its plan puts them, or do not "
                                  f"multiply out to its kernel's shape {spec.weights[0].shape}")
-        kernel, bias = composite
-        if len(spec.weights) > 1:
-            spec.weights = [kernel, np.zeros_like(spec.weights[1]) if bias is None else bias]
-        elif bias is not None and np.any(bias):
-            raise AssertionError(f"auto: the factors of {name} hold a bias the original conv lacks")
-        else:
-            spec.weights = [kernel]
+        _set_composite(graph, analysis, removed, name, composite[0], composite[1], "auto")
     changed = len(forms) + len({name for name in kept if graph.layers[name].class_name in _MIXING})
     if not changed:
         return None

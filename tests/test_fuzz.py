@@ -161,6 +161,14 @@ REGRESSIONS = [
     ("correlation", Recipe(False, (8, 8, 3), [
         ("conv", {"filters": 8, "kernel": 1, "strides": 1, "padding": "same", "use_bias": True, "activation": "relu"}),
         ("shared", {})], head="gap", classes=5, seed=56)),
+    # a group through a depthwise conv (README test run, 2026-12-07): fga's pointwise="auto" expansion step cut
+    # it, and the factoring reference compared with the uncut original (relative error 0.84)
+    ("fga", Recipe(True, (8, 8, 3), [
+        ("conv", {"filters": 8, "kernel": 1, "strides": 1, "padding": "same", "use_bias": True, "activation": None}),
+        ("depthwise", {"multiplier": 1, "strides": 2}),
+        ("conv", {"filters": 8, "kernel": 1, "strides": 2, "padding": "same", "use_bias": True, "activation": None}),
+        ("conv", {"filters": 8, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True, "activation": None})],
+        head="gap", seed=0)),
 ]
 
 
