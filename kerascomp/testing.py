@@ -51,6 +51,7 @@ from kerascomp.graph.channels import (
     TF_OP_ZERO_PRESERVING,
     analyse_channels,
     conv_groups,
+    mixing_consumers,
     sole_input_group,
 )
 from kerascomp.graph.flavour import keras_of
@@ -686,7 +687,8 @@ def _collaborative_rewrite(model: Any, x: Any) -> tuple[Any, Any] | None:
     keras = module_for(read_model(model))
     labelled = (x, zero_labels(model, _rows(x)))
     graph = with_views(read_model(model))[0]  # the layers as collaborative sees them (methods/conv_views.py)
-    analysis = analyse_channels(graph, infer_shapes(graph))
+    shapes = infer_shapes(graph)
+    analysis = analyse_channels(graph, shapes)
 
     def plan_of(subject: Any) -> Any:
         return kerascomp.compress(subject, "collaborative", target_flops=1.0, data=labelled, verbose=0,
@@ -700,14 +702,15 @@ def _collaborative_rewrite(model: Any, x: Any) -> tuple[Any, Any] | None:
         return None
     removed: dict[str, list[int]] = {}
     for name in covered:
-        group, positions, _ = sole_input_group(graph, analysis, name)
+        group, positions, _ = sole_input_group(graph, analysis, name, shapes)
         if group is None:
             continue
         prunable = set(group.prunable())
         candidates = [i for i, channel in enumerate(positions) if int(channel) in prunable]
         cut = candidates[::4][:len(positions) - 1]
-        if cut:
-            graph.layers[name].weights[0][:, :, cut, :] = 0.0
+        if cut:  # every reader ignores the cut channels: a squeeze-and-excite conv reads them too
+            _zero_input_slices(graph, analysis, mixing_consumers(graph, group),
+                               {int(atom) for i in cut for atom in group.channels[int(positions[i])]})
             removed[name] = cut
     dead = write_model(graph)
     plan = plan_of(dead)

@@ -314,3 +314,25 @@ def test_operators_with_numbers_pass_channels_through(keras, images):
     # ``a + 3.0`` turns a cut channel's zeros into threes: read directly by a conv, cutting would not be exact
     leaky = keras.Model(inputs, layers.Conv2D(8, 3, name="b")(a + 3.0))
     assert not zero_stays_zero(read_model(leaky), {"a"})
+
+
+def test_a_squeeze_excite_block_may_share_a_pruned_input_group_only_given_shapes(keras, small_resnet):
+    """Given the shapes, a projection may prune the expansion channels that a squeeze-and-excite block also reads
+    pooled and gates (EfficientNet, MobileNetV3); without them, the old rule (sole reader) refuses. The SE reduce
+    conv is told which conv prunes its inputs; a conv reading a residual stream that other convs read at full
+    resolution stays refused with the shapes too."""
+    from conftest import squeeze_excite_model
+
+    from kerascomp.graph.channels import sole_input_group
+
+    graph, analysis = _analyse(squeeze_excite_model(keras))
+    shapes = infer_shapes(graph)
+    group, positions, why = sole_input_group(graph, analysis, "project", shapes)
+    assert why == "" and group.size == 32 and sorted(positions.tolist()) == list(range(32))
+    assert {"expand", "se_expand"} <= set(group.producers) and {"se_reduce", "project"} <= set(group.consumers)
+    assert sole_input_group(graph, analysis, "project")[0] is None
+    refused, _, why = sole_input_group(graph, analysis, "se_reduce", shapes)
+    assert refused is None and "pruned through 'project'" in why
+    graph, analysis = _analyse(small_resnet)
+    refused, _, why = sole_input_group(graph, analysis, "s2b1_conv1", infer_shapes(graph))
+    assert refused is None and "at full resolution" in why and sole_input_group(graph, analysis, "s1b1_conv2")[0]

@@ -349,3 +349,32 @@ def test_thin_svd_matches_lapack_on_tall_square_and_wide_matrices(shape):
     assert few[0].shape == (shape[0], count) and few[2].shape == (count, shape[1])
     for part, whole in zip(few, (left[:, :count], values[:count], right[:count])):
         np.testing.assert_allclose(part, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_collaborative_prunes_a_squeeze_excite_expansion_through_its_projection(keras, labelled):
+    """The projection of an EfficientNet block may lose input channels although the squeeze-and-excite block reads
+    and gates them (until 2026-12-07 it was refused: "input channels also feed se_reduce"): the expansion and the
+    gate lose those filters and the reduce conv those slices. Channels 0..15 are zeroed in both readers, so the
+    Taylor scores cut only those and the outputs stay the original's; cutting channels the readers use changes
+    them (the check can fail)."""
+    import kerascomp
+    from conftest import squeeze_excite_model, zero_input_slices
+
+    model = squeeze_excite_model(keras)
+    zero_input_slices(model, {"project": slice(0, 16), "se_reduce": slice(0, 16)})
+    x, _ = labelled
+    result = kerascomp.compress(model, "collaborative", target_flops=0.8, data=labelled, decompose=False,
+                                recalibrate=False, reconstruct=False, verbose=0)
+    assert result.report.macs_ratio <= 0.8
+    entries = {entry.layer: entry for entry in result.plan.layers}
+    cut = entries["project"].removed_inputs
+    assert cut and set(cut) <= set(range(16))
+    assert result.model.get_layer("expand").get_weights()[0].shape[-1] == 32 - len(cut)
+    assert result.model.get_layer("se_expand").get_weights()[0].shape[-1] == 32 - len(cut)
+    assert result.model.get_layer("se_reduce").get_weights()[0].shape[-2] == 32 - len(cut)
+    assert "pruned through 'project'" in entries["se_reduce"].reason
+    expected = model.predict(x, verbose=0)
+    assert np.allclose(result.model.predict(x, verbose=0), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    entries["project"].removed_inputs = list(range(16, 16 + len(cut)))
+    wrong = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(result.plan.to_json()), verbose=0)
+    assert not np.allclose(wrong.predict(x, verbose=0), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

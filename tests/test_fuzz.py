@@ -169,6 +169,13 @@ REGRESSIONS = [
         ("conv", {"filters": 8, "kernel": 1, "strides": 2, "padding": "same", "use_bias": True, "activation": None}),
         ("conv", {"filters": 8, "kernel": 3, "strides": 1, "padding": "same", "use_bias": True, "activation": None})],
         head="gap", seed=0)),
+    # a squeeze-and-excite block sharing the group a conv prunes (2026-12-07, collaborative now cuts it): the
+    # lossless reference must zero the cut channels in the SE reduce conv too (relative error 8e-4 when it did not)
+    ("collaborative", Recipe(False, (16, 16, 8), [
+        ("conv", {"filters": 8, "kernel": 5, "strides": 2, "padding": "valid", "use_bias": True, "activation": "relu"}),
+        ("se", {"reduced": 4, "gate": "hard_sigmoid"}),
+        ("conv", {"filters": 16, "kernel": 1, "strides": 1, "padding": "same", "use_bias": False, "activation": "relu"})],
+        head="conv1d", classes=5, seed=343)),
 ]
 
 

@@ -430,17 +430,65 @@ def analyse_channels(graph: Graph, shapes: dict[str, list[tuple]]) -> ChannelAna
     return _Builder(graph, shapes).build()
 
 
-def sole_input_group(graph: Graph, analysis: ChannelAnalysis, layer: str) -> tuple[ChannelGroup | None, np.ndarray | None, str]:
+def sole_input_group(graph: Graph, analysis: ChannelAnalysis, layer: str, shapes: dict | None = None
+                     ) -> tuple[ChannelGroup | None, np.ndarray | None, str]:
     """The channel group a conv's input channels can be pruned through, with the conv's input position of each
     group channel, or ``(None, None, why not)``: the conv must be the group's only channel-mixing consumer
-    (inside a residual block, not on the residual stream), reading each of its channels once."""
+    (inside a residual block, not on the residual stream), reading each of its channels once.
+
+    With the graph's ``shapes`` (:func:`kerascomp.graph.keras_io.infer_shapes`), a squeeze-and-excite block may
+    share the group (EfficientNet, MobileNetV3): every other channel-mixing reader reads all of it on one
+    pixel (the reduce conv, after the pooling), and besides one writer at full resolution only one-pixel
+    layers write it (the expand conv, whose gate multiplies it). Pruning the group then cuts those convs'
+    slices too. A residual stream, written or read by several full-resolution convs, stays refused."""
     group, positions, why = input_group(analysis, layer)
     if group is None:
         return None, None, why
     mixing = [c for c in mixing_consumers(graph, group) if c != layer]
+    if mixing and shapes is not None:
+        why = _squeeze_excite_refusal(graph, analysis, shapes, group, layer, mixing)
+        return (group, positions, "") if not why else (None, None, why)
     if mixing:
         return None, None, f"input channels also feed {', '.join(mixing[:3])} (e.g. the residual stream)"
     return group, positions, ""
+
+
+def pixels(graph: Graph, shapes: dict, layer: str, output: bool) -> int | None:
+    """The spatial positions of ``layer``'s output (``output``) or first input, per image; ``None`` for a layer
+    called more than once."""
+    nodes = graph.nodes_of(layer)
+    if len(nodes) != 1:
+        return None
+    node = nodes[0]
+    if output:
+        shape = shapes[node.name][0]
+    else:
+        source = node.input_refs()[0]
+        shape = shapes[source.node][source.index]
+    return int(np.prod(shape[1:-1]))
+
+
+def _squeeze_excite_refusal(graph: Graph, analysis: ChannelAnalysis, shapes: dict, group: ChannelGroup, layer: str,
+                            others: list[str]) -> str:
+    """Why ``group``, read by ``others`` besides ``layer``, is not a squeeze-and-excite share ("" if it is)."""
+    full = [name for name in others if pixels(graph, shapes, name, False) != 1]
+    if len(full) == 1 and pixels(graph, shapes, layer, False) == 1 \
+            and not _squeeze_excite_refusal(graph, analysis, shapes, group, full[0],
+                                            [layer] + [name for name in others if name != full[0]]):
+        return (f"its input channels are pruned through {full[0]!r}, whose squeeze-and-excite block reads them "
+                "pooled here")
+    if full:
+        return (f"input channels also feed {', '.join(full[:3])} at full resolution (e.g. the residual stream), "
+                "not only a squeeze-and-excite block's pooled convs")
+    partial = [name for name in others if input_group(analysis, name)[0] is not group]
+    if partial:
+        return f"input channels also feed {', '.join(partial[:3])}, which reads only part of them"
+    writers = [p for p in group.producers if p in graph.layers and graph.layers[p].class_name not in PER_CHANNEL]
+    wide = [name for name in writers if pixels(graph, shapes, name, True) != 1]
+    if len(wide) > 1:
+        return (f"input channels are written by {', '.join(wide[:3])} at full resolution (a residual stream), "
+                "and also feed the squeeze-and-excite convs " + ", ".join(others[:3]))
+    return ""
 
 
 def input_group(analysis: ChannelAnalysis, layer: str) -> tuple[ChannelGroup | None, np.ndarray | None, str]:

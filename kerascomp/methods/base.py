@@ -115,8 +115,10 @@ class CompressionReport(CostRatios):
     resolved: dict = field(default_factory=dict)  # option -> the value an "auto" option took; the plan stores it
 
     def kept(self) -> list[LayerDecision]:
-        """Layers with MACs the method could not compress, each with its reason (not those it chose to keep dense)."""
-        return [d for d in self.layers if d.action == "kept"]
+        """Layers with MACs the method could not compress, each with its reason (not those it chose to keep dense,
+        nor those it could not rewrite but whose channels shrank with a pruned group: a depthwise conv, a
+        squeeze-and-excite conv)."""
+        return [d for d in self.layers if d.action == "kept" and not 0 <= d.macs_after < d.macs_before]
 
     def rows(self) -> list[list[str]]:
         rows = []

@@ -16,7 +16,9 @@
    layers.
 
 Input channels of a conv can go only when it is their sole channel-mixing consumer (inside a
-residual block, not on the residual stream); other convs get ranks only. The plan is a
+residual block, not on the residual stream), or when the others are a squeeze-and-excite block's
+one-pixel convs (EfficientNet, MobileNetV3: the projection's input channels go, and with them the SE
+convs' slices; :func:`kerascomp.graph.channels.sole_input_group`); other convs get ranks only. The plan is a
 :class:`kerascomp.planner.Plan`; :func:`apply_plan` realises it without data.
 """
 from __future__ import annotations
@@ -192,7 +194,8 @@ def _convs(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: Colla
     for name in eligible:
         spec = graph.layers[name]
         pixels = int(np.prod(shapes[graph.nodes_of(name)[0].name][0][1:-1]))
-        group, positions, why = sole_input_group(graph, analysis, name) if options.prune else (None, None, "prune=False")
+        group, positions, why = sole_input_group(graph, analysis, name, shapes) if options.prune \
+            else (None, None, "prune=False")
         convs.append(_Conv(spec, pixels, group, positions, why))
     return convs, reasons
 
@@ -511,10 +514,11 @@ def _plan(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs: list[_Co
 
 def _removal(graph: Graph, analysis: ChannelAnalysis, plan: Plan) -> dict[int, list[int]]:
     removal: dict[int, list[int]] = {}
+    shapes = infer_shapes(graph) if any(entry.removed_inputs for entry in plan.layers) else {}
     for entry in plan.layers:
         if not entry.removed_inputs:
             continue
-        group, positions, why = sole_input_group(graph, analysis, entry.layer)
+        group, positions, why = sole_input_group(graph, analysis, entry.layer, shapes)
         if group is None:
             raise InvalidArgumentError(f"the plan removes input channels of {entry.layer!r}, but {why}.")
         if max(entry.removed_inputs) >= len(positions) or min(entry.removed_inputs) < 0:

@@ -24,11 +24,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import numpy as np
-
 from kerascomp.cost import graph_cost
 from kerascomp.errors import BudgetError, UnsupportedModelError
-from kerascomp.graph.channels import ChannelGroup, mixing_consumers, through_depthwise
+from kerascomp.graph.channels import ChannelGroup, mixing_consumers, pixels, through_depthwise
 from kerascomp.graph.ir import Graph
 from kerascomp.graph.keras_io import infer_shapes
 from kerascomp.methods.base import Budget, CompressionReport, LayerRecord
@@ -51,12 +49,7 @@ def prunable(graph: Graph) -> Callable[[Graph, ChannelGroup], bool]:
     weights, which a batch-1 run reads from memory at a cost its MACs do not show). Not a group that is
     one pixel already where it is written (the last stage of a 32x32 ConvNeXt: its 3072-channel hidden
     layers are plain 1x1 pairs, which the method factors)."""
-    shapes = infer_shapes(graph)
-
-    def pixels(name: str, output: bool) -> int:
-        node = graph.nodes_of(name)[0]
-        shape = shapes[node.name][0] if output else shapes[node.input_refs()[0].node][node.input_refs()[0].index]
-        return int(np.prod(shape[1:-1]))
+    shapes, original = infer_shapes(graph), graph
 
     def only(graph: Graph, group: ChannelGroup) -> bool:
         if through_depthwise(graph, group):
@@ -65,7 +58,8 @@ def prunable(graph: Graph) -> Callable[[Graph, ChannelGroup], bool]:
         writers = [p for p in group.producers if p in graph.layers]
         if not readers or not writers or any(len(graph.nodes_of(n)) != 1 for n in readers + writers):
             return False
-        return all(pixels(r, False) == 1 for r in readers) and all(pixels(w, True) > 1 for w in writers)
+        return all(pixels(original, shapes, r, False) == 1 for r in readers) \
+            and all(pixels(original, shapes, w, True) > 1 for w in writers)
 
     return only
 
