@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--data", help=".npz with inputs (x, x_train or x_test): fga refinement, pruning compensation and BN recalibration")
     compress.add_argument("--min-channels-per-group", type=int, default=None, help="fga (default 16)")
     compress.add_argument("--pointwise", action=argparse.BooleanOptionalAction, default=None,
-                          help="fga, svd, joint_svd, tucker, auto: factor 1x1 convs too (--pointwise) or never "
+                          help="fga, svd, joint_svd, tucker, auto, collaborative: factor 1x1 convs too (--pointwise) or never "
                                "(--no-pointwise); default: only when the kxk convs alone cannot reach the target")
     compress.add_argument("--allocation", default=None, choices=["uniform", "global"],
                           help="pruning: same fraction per channel group, or one global score threshold; "

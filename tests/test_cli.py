@@ -104,14 +104,14 @@ def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
 
 
 @pytest.mark.parametrize("method,flags,named", [
-    ("l1", ["--pointwise"], "--pointwise is used by auto, fga, joint_svd, svd, tucker"),
+    ("l1", ["--pointwise"], "--pointwise is used by auto, collaborative, fga, joint_svd, svd, tucker"),
     ("svd", ["--groups", "s1.*"], "--groups is used by joint_svd"),
     ("fga", ["--max-fraction", "0.5"], "--max-fraction is used by correlation, l1"),
     ("tucker", ["--variant", "left"], "--variant is used by joint_svd"),
     ("correlation", ["--min-channels-per-group", "8"], "--min-channels-per-group is used by auto, fga"),
     ("fga", ["--sensitivity", "taylor"], "--sensitivity is used by collaborative"),
     ("fga", ["--allocation", "global"], "--allocation is used by collaborative, correlation, joint_svd, l1, svd, tucker"),
-    ("collaborative", ["--max-fraction", "0.5", "--pointwise"], "does not use --max-fraction, --pointwise"),
+    ("collaborative", ["--max-fraction", "0.5", "--groups", "s1.*"], "does not use --groups, --max-fraction"),
     ("l1", ["--rank-multiple", "8"], "--rank-multiple is used by auto, collaborative, fga, joint_svd, svd, tucker"),
     ("svd", ["--channel-multiple", "auto"], "--channel-multiple is used by auto, collaborative, correlation, l1"),
 ])

@@ -378,3 +378,54 @@ def test_collaborative_prunes_a_squeeze_excite_expansion_through_its_projection(
     entries["project"].removed_inputs = list(range(16, 16 + len(cut)))
     wrong = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(result.plan.to_json()), verbose=0)
     assert not np.allclose(wrong.predict(x, verbose=0), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def _pointwise_model(keras):
+    """A 3x3 stem, then two 1x1 convs holding most of the MACs (the second prunable through the first's outputs,
+    and of rank 4)."""
+    layers = keras.layers
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(48, 1, activation="relu", name="wide")(x)
+    x = layers.Conv2D(48, 1, activation="relu", name="mix")(x)
+    model = keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
+    mix = model.get_layer("mix")  # rank 4: its singular values beyond the fourth cost nothing to cut
+    rng = np.random.default_rng(3)
+    mix.set_weights([(rng.normal(size=(48, 4)) @ rng.normal(size=(4, 48)) / 10).reshape(1, 1, 48, 48).astype("float32"),
+                     mix.get_weights()[1]])
+    return model
+
+
+def test_pointwise_auto_cuts_1x1_ranks_only_when_pruning_cannot_meet_the_budget(keras, labelled):
+    """pointwise="auto" (the default): 1x1 convs lose input channels only while that meets the budget; with
+    pruning off, the budget needs their ranks, so the second attempt cuts them (and says so); pointwise=False
+    then refuses, naming why the 1x1 convs keep their ranks; pointwise=True cuts them where pruning alone would
+    do. Plans re-apply bit for bit."""
+    import kerascomp
+
+    model = _pointwise_model(keras)
+
+    def ranks(result):
+        return {entry.layer: entry.rank for entry in result.plan.layers if entry.rank is not None}
+
+    pruned = kerascomp.compress(model, "collaborative", target_flops=0.5, data=labelled, verbose=0)
+    assert pruned.report.macs_ratio <= 0.5
+    assert not {"wide", "mix"} & set(ranks(pruned))
+    assert any(entry.removed_inputs for entry in pruned.plan.layers if entry.layer in ("wide", "mix"))
+    assert pruned.plan.settings["pointwise_resolved"] is False
+    assert pruned.report.notes["pointwise"].startswith("auto: 1x1 convs lose input channels only")
+    factored = kerascomp.compress(model, "collaborative", target_flops=0.5, data=labelled, prune=False, verbose=0)
+    assert factored.report.macs_ratio <= 0.5 and "mix" in ranks(factored)
+    assert factored.plan.settings["pointwise_resolved"] is True and "ranks cut too" in factored.report.notes["pointwise"]
+    again = kerascomp.clone_compressed(model, plan=kerascomp.Plan.from_json(factored.plan.to_json()), data=labelled,
+                                       verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), factored.model.get_weights()))
+    with pytest.raises(kerascomp.BudgetError, match="rank not cut"):
+        kerascomp.compress(model, "collaborative", target_flops=0.5, data=labelled, prune=False, pointwise=False,
+                           verbose=0)
+    reference = kerascomp.compress(model, "collaborative", target_flops=0.5, data=labelled, pointwise=True, verbose=0)
+    assert "pointwise_resolved" not in reference.plan.settings and "pointwise" not in reference.report.notes
+    assert "mix" in ranks(reference)  # the reference's rule cuts the rank-4 conv's rank, although pruning would do
+    with pytest.raises(kerascomp.InvalidArgumentError, match="pointwise"):
+        kerascomp.compress(model, "collaborative", target_flops=0.5, data=labelled, pointwise="yes", verbose=0)

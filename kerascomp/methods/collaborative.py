@@ -24,7 +24,7 @@ convs' slices; :func:`kerascomp.graph.channels.sole_input_group`); other convs g
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,6 +49,7 @@ from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, Lay
 from kerascomp.methods.conv_views import restore_views, with_views
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
+from kerascomp.methods.pointwise import check_pointwise
 from kerascomp.methods.pruning import cost_tables, pruned_cost
 from kerascomp.methods.registry import (
     Context,
@@ -112,6 +113,13 @@ class CollaborativeOptions:
             collaborative lost accuracy to the steps on the trained ResNet-20 (top-1 before finetuning
             77.2% against 79.0% at half the MACs, 26.2% against 45.8% at a quarter; one run each), since
             the rounding comes after its rates are allocated.
+        pointwise: whether 1x1 convs may have their rank cut (their input channels may be pruned either way).
+            ``"auto"`` (the default since 2026-12-07): first plan with 1x1 convs losing input channels only,
+            and cut their ranks too only when that cannot meet the budget. A 1x1 conv cut into two thinner
+            1x1 convs runs at a fraction of its MACs' worth on LiteRT (MobileNetV2 at half the MACs: latency
+            0.725 of the original with their ranks cut, against 0.53 for channel pruning;
+            ``benchmarks/results/latency_realization_mobile_collaborative.md``). ``True``: the reference's
+            rule (every conv's rank may be cut); ``False``: never a 1x1 conv's.
     """
 
     prune: bool = True
@@ -133,6 +141,7 @@ class CollaborativeOptions:
     values: str = "largest"
     channel_multiple: int | None = 1
     rank_multiple: int | None = 1
+    pointwise: bool | str = "auto"
 
     def validate(self) -> None:
         for name in ("prune", "decompose"):
@@ -156,6 +165,7 @@ class CollaborativeOptions:
         for name in ("channel_multiple", "rank_multiple"):
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
+        check_pointwise(self.pointwise)
 
 
 def collaborative_options(options: dict) -> CollaborativeOptions:
@@ -391,27 +401,70 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
         listed = "; ".join(f"{name}: {why}" for name, why in reasons.items()) or "the model has no conv layers"
         raise UnsupportedModelError(f"method='collaborative' found no dense Conv2D to compress in {graph.name!r} "
                                     f"({listed}).")
-    prunable = {conv.spec.name: conv.group is not None for conv in convs}
-    sensitivities = layer_sensitivities(graph, data, loss, options.batch_size, options.max_samples, prunable,
-                                        options.step_fraction, options.max_macs_fraction, options.decompose, verbose,
-                                        options.sensitivity, rms=options.gradient == "rms",
-                                        normalize=options.normalize, mixing=options.mixing,
-                                        values=options.values)
-    by_name = {s.layer: s for s in sensitivities}
-    for conv in convs:
-        if conv.spec.name not in by_name:
-            reasons[conv.spec.name] = conv.fixed_reason if not options.decompose else "no unit saves MACs"
-    convs = [conv for conv in convs if conv.spec.name in by_name]
-    if not convs:
-        raise BudgetError(f"method='collaborative' can remove nothing from {graph.name!r}: "
-                          + "; ".join(f"{name}: {why}" for name, why in reasons.items()))
-    for conv in convs:
-        conv.sensitivity = by_name[conv.spec.name]
     metric = {"flops": 0, "params": 1, "latency": 2}[budget.metric]
     if metric == 2 and latency is None:
         raise InvalidArgumentError("target_latency needs a latency table: pass latency=kerascomp.latency_table(model) "
                                    "or LatencyTable.from_bench_json(...) for a phone.")
     tables = cost_tables(graph, shapes, analysis)
+    prunable = {conv.spec.name: conv.group is not None for conv in convs}
+    one_by_one = [conv.spec.name for conv in convs if conv.shape[:2] == (1, 1)]
+    gradients: dict = {}  # read from the data once, for every attempt
+
+    def scored(factor_one_by_one: bool, layers: list[str] | None) -> dict[str, LayerSensitivity]:
+        found = layer_sensitivities(graph, data, loss, options.batch_size, options.max_samples, prunable,
+                                    options.step_fraction, options.max_macs_fraction, options.decompose, verbose,
+                                    options.sensitivity, rms=options.gradient == "rms", normalize=options.normalize,
+                                    mixing=options.mixing, values=options.values,
+                                    decomposable={name: factor_one_by_one for name in one_by_one}, layers=layers,
+                                    gradients=gradients)
+        return {s.layer: s for s in found}
+
+    # pointwise="auto": 1x1 convs first lose input channels only (a 1x1 conv cut into two thinner ones runs at a
+    # fraction of its MACs' worth on LiteRT); their ranks are cut only when the budget cannot be met without
+    attempts = [True] if options.pointwise is True or not one_by_one or not options.decompose else \
+        [False] if options.pointwise is False else [False, True]
+    by_name: dict[str, LayerSensitivity] = {}
+    for index, factor_one_by_one in enumerate(attempts):
+        if index:
+            by_name = {name: found for name, found in by_name.items() if name not in one_by_one}
+        by_name.update(scored(factor_one_by_one, None if index == 0 else one_by_one))
+        try:
+            result = _plan_scored(graph, shapes, analysis, convs, dict(reasons), by_name, budget, options, tables,
+                                  metric, latency, measure, factor_one_by_one, one_by_one)
+            break
+        except BudgetError:
+            if index == len(attempts) - 1:
+                raise
+    if options.pointwise == "auto" and len(attempts) == 2:
+        result.settings["pointwise_resolved"] = factor_one_by_one
+    if metric == 2:
+        result.settings["latency_source"] = latency.source
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+# why a 1x1 conv keeps its rank: the same words in the plan and the report
+ONE_BY_ONE_RANK = "1x1 conv, rank not cut (pointwise=False, or pointwise='auto' met the budget without it)"
+POINTWISE_NOTES = {False: "auto: 1x1 convs lose input channels only (enough for the budget)",
+                   True: "auto: 1x1 convs' ranks cut too (the budget could not be met without)"}
+
+
+def _plan_scored(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs: list[_Conv], reasons: dict[str, str],
+                 by_name: dict[str, LayerSensitivity], budget: Budget, options: CollaborativeOptions, tables,
+                 metric: int, latency, measure, factor_one_by_one: bool, one_by_one: list[str]) -> Plan:
+    """The plan on the sensitivities ``by_name``, in the first tile step that meets the budget (a BudgetError
+    where none does)."""
+    for conv in convs:
+        if conv.spec.name not in by_name:
+            why = conv.fixed_reason if not options.decompose else "no unit saves MACs"
+            if conv.spec.name in one_by_one and options.decompose and not factor_one_by_one:
+                why = f"{conv.fixed_reason}; {ONE_BY_ONE_RANK}" if conv.fixed_reason else ONE_BY_ONE_RANK
+            reasons[conv.spec.name] = why
+    convs = [replace(conv, sensitivity=by_name[conv.spec.name], points=None) for conv in convs
+             if conv.spec.name in by_name]
+    if not convs:
+        raise BudgetError(f"method='collaborative' can remove nothing from {graph.name!r}: "
+                          + "; ".join(f"{name}: {why}" for name, why in reasons.items()))
     sizes = _sizes(convs, metric, latency)
 
     def plan_at(stepped: CollaborativeOptions) -> Plan:
@@ -423,9 +476,6 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
     result, step = first_step(plan_at, options, ("channel_multiple", "rank_multiple"))
     if step is not None:
         result.settings["tile_step"] = step
-    if metric == 2:
-        result.settings["latency_source"] = latency.source
-    result.seconds = time.perf_counter() - started
     return result
 
 
@@ -603,7 +653,9 @@ def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
                                applied.macs_after, applied.params_before, applied.params_after,
                                notes={"planned_in_s": round(plan.seconds, 1),
                                       **({"tile_step": plan.settings["tile_step"]} if "tile_step" in plan.settings
-                                         else {})},
+                                         else {}),
+                                      **({"pointwise": POINTWISE_NOTES[plan.settings["pointwise_resolved"]]}
+                                         if "pointwise_resolved" in plan.settings else {})},
                                kept_outputs=kept_outputs(analysis, _removal(graph, analysis, applied)))
     return result, report
 
@@ -618,7 +670,7 @@ class CollaborativeMethod(Method):
     uses_loss = True
     uses_latency = True
     checks_latency = True  # latency_checks: its own measured corrections
-    cli_options = ("sensitivity", "allocation", "channel_multiple", "rank_multiple")
+    cli_options = ("sensitivity", "allocation", "channel_multiple", "rank_multiple", "pointwise")
     renamed = {"max_fraction": "max_macs_fraction"}
 
     def plan(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:

@@ -171,12 +171,16 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
                         max_samples: int = 512, prunable: dict[str, bool] | None = None, step_fraction: float = 0.01,
                         max_fraction: float = 0.95, decompose: bool = True, verbose: int = 0, mode: str = "taylor",
                         measured_rates: tuple = (0.25, 0.5, 0.75, 0.9), rms: bool = False,
-                        normalize: bool | str = False, mixing: str = "joint", values: str = "largest"
-                        ) -> list[LayerSensitivity]:
-    """Removal curves and fitted exponentials for every dense Conv2D.
+                        normalize: bool | str = False, mixing: str = "joint", values: str = "largest",
+                        decomposable: dict[str, bool] | None = None, layers: list[str] | None = None,
+                        gradients: dict[str, np.ndarray] | None = None) -> list[LayerSensitivity]:
+    """Removal curves and fitted exponentials for every dense Conv2D (or the named ``layers``).
 
     ``prunable[layer]`` says whether the layer's input channels may be removed (default: all may);
     only ranks are cut where they may not, and nothing where ``decompose`` is off too.
+    ``decomposable[layer]``: whether the layer's rank may be cut (default: ``decompose`` for all).
+    ``gradients``: a dict of kernel gradients shared between calls: those missing are computed and
+    stored in it, so a second call on other options reads the data once only.
     ``mode="taylor"`` fits the curves' Taylor scores (the reference); ``mode="measured"`` fits the
     loss increase measured on ``data`` when the layer alone is cut to each of ``measured_rates`` of
     its MACs (the point the layer would take), one layer at a time. ``rms``, ``normalize``, ``mixing``
@@ -186,11 +190,14 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
     """
     if mode not in MODES:
         raise InvalidArgumentError(f"sensitivity must be one of {MODES}, got {mode!r}.")
-    layers = conv_layers(graph)
+    layers = conv_layers(graph) if layers is None else list(layers)
     batches = labelled_batches(data, batch_size, max_samples)
     model = write_model(graph)
     loss = loss or default_loss(model)
-    gradients = kernel_gradients(model, layers, batches, loss, verbose, rms)
+    gradients = {} if gradients is None else gradients
+    missing = [name for name in layers if name not in gradients]
+    if missing:
+        gradients.update(kernel_gradients(model, missing, batches, loss, verbose, rms))
     evaluate = _loss_on(model, batches, loss) if mode == "measured" else None
     base = evaluate() if evaluate else 0.0
     result = []
@@ -198,7 +205,8 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
         kernel, gradient = graph.layers[name].weights[0], gradients[name]
         prune = True if prunable is None else prunable.get(name, False)
         pruning = channel_removal_curve(kernel, gradient, max_fraction) if prune else None
-        joint = multi_step_curve(kernel, gradient, prune, decompose, step_fraction, max_fraction)
+        factor = decompose and (True if decomposable is None else decomposable.get(name, True))
+        joint = multi_step_curve(kernel, gradient, prune, factor, step_fraction, max_fraction)
         fractions, scores = joint.macs_removed, joint.score
         if pruning is not None and mixing == "pruning_first":
             fractions = np.concatenate([fractions, pruning.macs_removed])
