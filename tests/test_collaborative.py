@@ -357,8 +357,9 @@ def test_collaborative_prunes_a_squeeze_excite_expansion_through_its_projection(
     gate lose those filters and the reduce conv those slices. Channels 0..15 are zeroed in both readers, so the
     Taylor scores cut only those and the outputs stay the original's; cutting channels the readers use changes
     them (the check can fail)."""
-    import kerascomp
     from conftest import squeeze_excite_model, zero_input_slices
+
+    import kerascomp
 
     model = squeeze_excite_model(keras)
     zero_input_slices(model, {"project": slice(0, 16), "se_reduce": slice(0, 16)})
@@ -429,3 +430,28 @@ def test_pointwise_auto_cuts_1x1_ranks_only_when_pruning_cannot_meet_the_budget(
     assert "mix" in ranks(reference)  # the reference's rule cuts the rank-4 conv's rank, although pruning would do
     with pytest.raises(kerascomp.InvalidArgumentError, match="pointwise"):
         kerascomp.compress(model, "collaborative", target_flops=0.5, data=labelled, pointwise="yes", verbose=0)
+
+
+def test_pointwise_auto_still_cuts_the_rank_of_a_1x1_conv_on_one_pixel(keras, labelled):
+    """A 1x1 conv after the pooling reads its weights once per image, and a low-rank pair reads fewer: with
+    pointwise="auto" its rank may be cut while the 1x1 convs on feature maps lose input channels only.
+    With pointwise=False only the feature-map convs are held back, so the head's rank is cut there too."""
+    import kerascomp
+
+    layers = keras.layers
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(48, 1, activation="relu", name="wide")(x)
+    x = layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = layers.Conv2D(256, 1, activation="relu", name="pooled")(x)
+    model = keras.Model(inputs, layers.Flatten()(layers.Conv2D(10, 1, name="logits")(x)))
+    pooled = model.get_layer("pooled")  # rank 2: cutting its rank costs nothing
+    rng = np.random.default_rng(4)
+    pooled.set_weights([(rng.normal(size=(48, 2)) @ rng.normal(size=(2, 256))).reshape(1, 1, 48, 256).astype("float32")
+                        / 10, pooled.get_weights()[1]])
+    for pointwise in ("auto", False):
+        result = kerascomp.compress(model, "collaborative", target_flops=0.5, data=labelled, pointwise=pointwise,
+                                    verbose=0)
+        ranks = {entry.layer: entry.rank for entry in result.plan.layers if entry.rank is not None}
+        assert result.report.macs_ratio <= 0.5 and "wide" not in ranks and "pooled" in ranks, ranks

@@ -113,13 +113,16 @@ class CollaborativeOptions:
             collaborative lost accuracy to the steps on the trained ResNet-20 (top-1 before finetuning
             77.2% against 79.0% at half the MACs, 26.2% against 45.8% at a quarter; one run each), since
             the rounding comes after its rates are allocated.
-        pointwise: whether 1x1 convs may have their rank cut (their input channels may be pruned either way).
-            ``"auto"`` (the default since 2026-12-07): first plan with 1x1 convs losing input channels only,
-            and cut their ranks too only when that cannot meet the budget. A 1x1 conv cut into two thinner
-            1x1 convs runs at a fraction of its MACs' worth on LiteRT (MobileNetV2 at half the MACs: latency
-            0.725 of the original with their ranks cut, against 0.53 for channel pruning;
-            ``benchmarks/results/latency_realization_mobile_collaborative.md``). ``True``: the reference's
-            rule (every conv's rank may be cut); ``False``: never a 1x1 conv's.
+        pointwise: whether 1x1 convs on feature maps may have their rank cut (their input channels may be
+            pruned either way). ``"auto"`` (the default since 2026-12-07): first plan with them losing input
+            channels only, and cut their ranks too only when that cannot meet the budget. A 1x1 conv cut into
+            two thinner 1x1 convs runs at a fraction of its MACs' worth on LiteRT (MobileNetV2 at half the MACs:
+            latency 0.725 of the original with their ranks cut, against 0.53 for channel pruning;
+            ``benchmarks/results/latency_realization_mobile_collaborative.md``). A 1x1 conv on one pixel (a
+            head after the pooling, a squeeze-and-excite conv) may always take a rank: it reads its weights once
+            per image, and the pair reads fewer (MobileNetV3Small's ``logits``: 0.053 ms pruned to 484 inputs,
+            0.010 ms as auto's 1024->72->1000 pair). ``True``: the reference's rule (every conv's rank may be
+            cut); ``False``: never a 1x1 conv's on a feature map.
     """
 
     prune: bool = True
@@ -407,7 +410,9 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
                                    "or LatencyTable.from_bench_json(...) for a phone.")
     tables = cost_tables(graph, shapes, analysis)
     prunable = {conv.spec.name: conv.group is not None for conv in convs}
-    one_by_one = [conv.spec.name for conv in convs if conv.shape[:2] == (1, 1)]
+    # on one pixel (a head after the pooling, a squeeze-and-excite conv) a 1x1 conv reads its weights once per
+    # image and a low-rank pair reads fewer: those may always take a rank
+    one_by_one = [conv.spec.name for conv in convs if conv.shape[:2] == (1, 1) and conv.pixels > 1]
     gradients: dict = {}  # read from the data once, for every attempt
 
     def scored(factor_one_by_one: bool, layers: list[str] | None) -> dict[str, LayerSensitivity]:
@@ -444,7 +449,8 @@ def plan_collaborative(graph: Graph, shapes: dict, budget: Budget, data, loss, o
 
 
 # why a 1x1 conv keeps its rank: the same words in the plan and the report
-ONE_BY_ONE_RANK = "1x1 conv, rank not cut (pointwise=False, or pointwise='auto' met the budget without it)"
+ONE_BY_ONE_RANK = ("1x1 conv on a feature map, rank not cut (pointwise=False, or pointwise='auto' met the budget "
+                   "without it)")
 POINTWISE_NOTES = {False: "auto: 1x1 convs lose input channels only (enough for the budget)",
                    True: "auto: 1x1 convs' ranks cut too (the budget could not be met without)"}
 
