@@ -126,6 +126,18 @@ def squeeze_excite_model(keras):
     return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
 
 
+def pointwise_net(keras, width: int = 64, seed: int = 4):
+    """A 3x3 stem, then two 1x1 convs of ``width`` filters holding most of the MACs (the second prunable through
+    the first's outputs), and no depthwise conv."""
+    layers = keras.layers
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(width, 1, activation="relu", name="wide")(x)
+    x = layers.Conv2D(width, 1, activation="relu", name="mix")(x)
+    return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
+
+
 def zero_input_slices(model, channels: dict) -> None:
     """Zero the input slices ``channels[name]`` (a slice or index list) of each named conv's kernel, in place:
     channels that conv then ignores."""

@@ -382,15 +382,10 @@ def test_collaborative_prunes_a_squeeze_excite_expansion_through_its_projection(
 
 
 def _pointwise_model(keras):
-    """A 3x3 stem, then two 1x1 convs holding most of the MACs (the second prunable through the first's outputs,
-    and of rank 4)."""
-    layers = keras.layers
-    keras.utils.set_random_seed(3)
-    inputs = keras.Input((16, 16, 3))
-    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
-    x = layers.Conv2D(48, 1, activation="relu", name="wide")(x)
-    x = layers.Conv2D(48, 1, activation="relu", name="mix")(x)
-    model = keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
+    """:func:`conftest.pointwise_net` at 48 channels, its second 1x1 conv of rank 4."""
+    from conftest import pointwise_net
+
+    model = pointwise_net(keras, width=48, seed=3)
     mix = model.get_layer("mix")  # rank 4: its singular values beyond the fourth cost nothing to cut
     rng = np.random.default_rng(3)
     mix.set_weights([(rng.normal(size=(48, 4)) @ rng.normal(size=(4, 48)) / 10).reshape(1, 1, 48, 48).astype("float32"),

@@ -4,7 +4,7 @@ the rest; only a model without such channels gets its 1x1 convs factored; the pl
 refusal states the best ratio reachable."""
 import numpy as np
 import pytest
-from conftest import model_fingerprint, rewritten_in, squeeze_excite_model, zero_input_slices
+from conftest import model_fingerprint, pointwise_net, rewritten_in, squeeze_excite_model, zero_input_slices
 
 import kerascomp
 from kerascomp.errors import BudgetError, InvalidArgumentError
@@ -95,19 +95,8 @@ def test_tucker_factors_a_strided_1x1_conv_as_an_exact_pair_at_full_rank(keras):
     assert not np.allclose(low.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-3)
 
 
-def _pointwise_net(keras):
-    """Most MACs in 1x1 convs and no depthwise conv: nothing to prune the expansion way."""
-    layers = keras.layers
-    keras.utils.set_random_seed(4)
-    inputs = keras.Input((16, 16, 3))
-    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
-    x = layers.Conv2D(64, 1, activation="relu", name="wide")(x)
-    x = layers.Conv2D(64, 1, activation="relu", name="mix")(x)
-    return keras.Model(inputs, layers.Dense(10, name="head")(layers.GlobalAveragePooling2D()(x)))
-
-
 def test_without_depthwise_convs_the_1x1_convs_are_factored(keras):
-    model = _pointwise_net(keras)
+    model = pointwise_net(keras)
     result = kerascomp.compress(model, method="svd", target_flops=0.5, verbose=0)
     assert result.report.macs_ratio <= 0.5 and result.report.notes["pointwise"] == WITH_ONE_BY_ONE
     assert rewritten_in(result.report) & {"wide", "mix"} and "expansions" not in result.plan.choices
