@@ -111,11 +111,12 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
             the compressed model against the original here (LiteRT, 1 thread) until the measured ratio is
             within 5% of the target; the report's notes list every measured point.
         latency: a :class:`kerascomp.LatencyTable` (``kerascomp.latency_table(model)``, cached on disk, or
-            a phone's), or ``"host"`` to measure this host's table (cached). collaborative and fga plan ``target_latency`` by it; fga, svd, joint_svd and tucker
-            also use it under ``target_flops``/``target_params``: their global allocation is offered only
-            the forms on each layer's latency front (none the table times slower than the dense layer or
-            than a form at least as accurate; the report's ``latency_front`` note counts what it left out).
-            Refused for l1 and correlation, and for collaborative without ``target_latency``.
+            a phone's), or ``"host"`` to measure this host's table (cached). collaborative and fga plan
+            ``target_latency`` by it; fga, svd, joint_svd, tucker, auto and collaborative also use it under
+            ``target_flops``/``target_params``: each layer is offered only the forms on its latency front (none
+            the table times slower than the dense layer or than a form at least as accurate; collaborative
+            keeps its per-layer decision unless the table puts it off that front; the report's
+            ``latency_front`` note counts what it left out). Refused for l1 and correlation.
         verbose: 0 silences the progress bars and the report table.
         **options: the method's options (``kerascomp.FGAOptions``, ``PruneOptions``, ``SVDOptions``,
             ``TuckerOptions``, ``CollaborativeOptions``; all in one table in docs/options.md). An unknown

@@ -60,7 +60,8 @@ def _method_options(method, args) -> dict:
     """The method's options that were given as flags (unset flags leave the method's defaults).
 
     A flag that only other methods use is refused, naming the methods that take it, and so are the
-    latency flags without a latency target for a method that uses a table only for one."""
+    latency flags for a method that uses no table, or without a latency target for one that uses a table
+    only for that."""
     given = {name for name in registry.cli_option_names() if getattr(args, name, None) is not None}
     unused = sorted(given - set(method.cli_options))
     if unused:
@@ -70,6 +71,12 @@ def _method_options(method, args) -> dict:
                                    f"Drop the flag, or choose one of those methods.")
     tables = [flag for flag, value in (("--latency-table", getattr(args, "latency_table", None)),
                                        ("--phone-json", getattr(args, "phone_json", None))) if value]
+    if tables and not (method.uses_latency or method.latency_front):
+        users = sorted(name for name in registry.names()
+                       if registry.get(name).uses_latency or registry.get(name).latency_front)
+        raise InvalidArgumentError(f"method {method.name!r} uses no latency table ({' and '.join(tables)}): it meets "
+                                   f"--target-latency by timing the compressed model here. Drop the flag, or choose "
+                                   f"one of {', '.join(users)}.")
     if tables and getattr(args, "target_latency", None) is None and not method.latency_front:
         guards = sorted(name for name in registry.names() if registry.get(name).latency_front)
         raise InvalidArgumentError(f"{' and '.join(tables)} only steer a latency target for method {method.name!r}: "

@@ -289,7 +289,7 @@ CATALOGUE = [
     ("latency-table-for-pruning", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", target_latency=0.5,
                                                                            latency="table.json"),
      InvalidArgumentError, r"latency= \(a latency table\) is used by method='auto' and 'collaborative' and 'fga' \(to "
-                           r"plan target_latency\) and by 'auto', 'fga', 'joint_svd', 'svd', 'tucker' .*; 'l1' meets "
+                           r"plan target_latency\) and by 'auto', 'collaborative', 'fga', 'joint_svd', 'svd', 'tucker' .*; 'l1' meets "
                            "target_latency "
                            "by timing"),
     ("loss-for-fga", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", loss="mse"),

@@ -145,12 +145,13 @@ def test_tile_steps_reach_the_method_and_bad_steps_are_refused(model_file, tmp_p
         assert exit_.value.code == 2 and "expected a positive integer or 'auto'" in capsys.readouterr().err
 
 
-def test_latency_table_without_a_latency_target_is_refused_where_it_means_nothing(model_file, tmp_path, capsys):
-    assert main(["compress", str(model_file), "--method", "collaborative", "-o", str(tmp_path / "x.keras"),
-                 "--latency-table", str(tmp_path / "table.json")]) == 2
-    error = capsys.readouterr().err
-    assert "--latency-table only steer a latency target for method 'collaborative': add --target-latency" in error
-    assert "only auto, fga, joint_svd, svd, tucker use a table" in error
+def test_a_latency_table_is_refused_where_it_means_nothing(model_file, tmp_path, capsys):
+    for target in ([], ["--target-latency", "0.7"]):
+        assert main(["compress", str(model_file), "--method", "l1", "-o", str(tmp_path / "x.keras"),
+                     "--latency-table", str(tmp_path / "table.json"), *target]) == 2
+        error = capsys.readouterr().err
+        assert "method 'l1' uses no latency table (--latency-table): it meets --target-latency by timing" in error
+        assert "choose one of auto, collaborative, fga, joint_svd, svd, tucker" in error
 
 
 def test_a_latency_table_steers_svd_under_a_flops_target(model_file, tmp_path):

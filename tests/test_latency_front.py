@@ -1,5 +1,6 @@
-"""With a latency table (``latency=``), fga, svd, joint_svd and tucker offer their allocator only the
-forms on each layer's latency front, under any target: no form slower than the dense layer, or than
+"""With a latency table (``latency=``), fga, svd, joint_svd, tucker and auto offer their allocator only the
+forms on each layer's latency front (collaborative keeps its own decision unless the table puts it off that
+front), under any target: no form slower than the dense layer, or than
 a form at least as accurate. The tables here are constructed (one layer made slow on purpose), so the
 tests say exactly which layer must stay dense; one test measures a real table's forms."""
 import numpy as np
@@ -81,11 +82,31 @@ def test_latency_tables_are_refused_where_they_mean_nothing(module_resnet):
     table = _table(module_resnet, None)
     with pytest.raises(InvalidArgumentError, match=r"'l1' meets target_latency by timing"):
         kerascomp.compress(module_resnet, method="l1", target_flops=0.5, latency=table, verbose=0)
-    x = np.zeros((4, 16, 16, 3), "float32")
-    with pytest.raises(InvalidArgumentError, match=r"method='collaborative' uses latency=.*for target_latency only, "
-                                                   r"not for target_flops"):
-        kerascomp.compress(module_resnet, method="collaborative", target_flops=0.5, latency=table,
-                           data=(x, np.zeros(4, int)), verbose=0)
+    with pytest.raises(InvalidArgumentError, match=r"'correlation' meets target_latency by timing"):
+        kerascomp.compress(module_resnet, method="correlation", target_params=0.5, latency=table, verbose=0)
+
+
+def test_collaborative_keeps_a_conv_the_table_times_slow_dense_under_a_flops_target(module_resnet, labelled):
+    """collaborative's per-layer decisions stand unless the table puts them off the layer's latency front:
+    its plain plan cuts the RGB stem into a 3x3 conv to a few channels and a 1x1 conv (MACs say so); a table
+    that times the stem's factored forms at twice the dense conv keeps it dense, and the others meet the
+    budget. Without the slow stem, the same table keeps the stem factored (the check can fail)."""
+    before = model_fingerprint(module_resnet)
+    plain = kerascomp.plan(module_resnet, method="collaborative", target_flops=0.5, data=labelled, verbose=0)
+    stem = {entry.layer: entry for entry in plain.layers}["stem_conv"]
+    assert stem.rank is not None  # factored by MACs
+    guarded = kerascomp.compress(module_resnet, method="collaborative", target_flops=0.5, data=labelled, verbose=0,
+                                 latency=_table(module_resnet, "stem_conv"))
+    assert model_fingerprint(module_resnet) == before
+    assert "stem_conv" not in rewritten_in(guarded.report)
+    assert guarded.report.macs_ratio <= 0.5 + 1e-9 and rewritten_in(guarded.report)
+    assert "left out as slower" in guarded.report.notes["latency_front"]
+    even = kerascomp.plan(module_resnet, method="collaborative", target_flops=0.5, data=labelled, verbose=0,
+                          latency=_table(module_resnet, None))
+    assert {entry.layer: entry for entry in even.layers}["stem_conv"].rank is not None
+    again = kerascomp.compress(module_resnet, method="collaborative", plan=guarded.plan, data=labelled, verbose=0)
+    assert again.report.notes["latency_front"] == guarded.report.notes["latency_front"]
+    assert again.report.macs_ratio == pytest.approx(guarded.report.macs_ratio)
 
 
 def test_a_measured_table_times_the_tucker_and_spatial_forms(keras, tmp_path):

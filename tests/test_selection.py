@@ -84,6 +84,30 @@ def test_surgeon_order_matches_the_full_matrix_greedy(seed):
     assert np.isnan(costs[-1]) and sorted(order.tolist()) == list(range(size))
 
 
+@pytest.mark.parametrize("fold", [1, 7, 64, 500])
+def test_lazy_surgeon_updates_give_the_eager_greedy_across_folds(fold):
+    """The pending rank-one terms are folded into ``P`` and the refit Gram every ``fold`` cuts: 150 channels
+    cross several folds at 1 and 7, none at 500; the order and costs stay those of the eager greedy, with
+    two consumers as with one."""
+    rng = np.random.default_rng(9)
+    size = 150
+    inputs = rng.normal(size=(600, size)) @ rng.normal(size=(size, size))
+    moments = inputs.T @ inputs / 600 + 1e-3 * np.eye(size)
+    rows = rng.normal(size=(size, 20))
+    rows[[5, 70, 149]] = 0.0
+    expected, expected_costs = _surgeon_full(moments, rows)
+    order, costs = joint_surgeon_order([(moments, rows, 1.0)], fold=fold)
+    np.testing.assert_array_equal(order, expected)
+    np.testing.assert_allclose(costs[:-1], expected_costs, rtol=1e-8, atol=1e-12)
+    other = (moments + np.diag(rng.uniform(0.0, 1.0, size)), rng.normal(size=(size, 3)), 0.5)
+    joint = joint_surgeon_order([(moments, rows, 1.0), other], fold=fold)
+    reference = joint_surgeon_order([(moments, rows, 1.0), other], fold=size)  # no fold before the end
+    np.testing.assert_array_equal(joint[0], reference[0])
+    np.testing.assert_allclose(joint[1][:-1], reference[1][:-1], rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="fold must be at least 1"):
+        joint_surgeon_order([(moments, rows, 1.0)], fold=0)
+
+
 def test_surgeon_cost_is_the_error_left_after_the_refit():
     """Cutting one channel of two perfectly correlated ones costs (almost) nothing: the refit moves its
     weight onto its twin; a plain norm criterion would not see that."""

@@ -76,51 +76,97 @@ def surgeon_order(moments: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np
     channel). Returns the channels in the order they are cut (all ``n``; the last is the one kept longest)
     and the cost of each cut, in that order (the last one's is not defined: ``nan``).
 
-    The live channels are kept in the leading block of ``P`` and ``B`` (a cut channel swaps places with
-    the last live one), so step ``k`` works on ``k`` rows, not ``n``: about a third of the work of
-    updating the full matrices, with the same arithmetic per element."""
+    The updates are applied lazily (see :func:`joint_surgeon_order`): the same greedy, its ``O(n^3)`` work done
+    in matrix products every ``fold`` cuts, plus ``O(n * fold)`` a step."""
     return joint_surgeon_order([(moments, rows, 1.0)])
 
 
-def joint_surgeon_order(consumers: list[tuple[np.ndarray, np.ndarray, float]]) -> tuple[np.ndarray, np.ndarray]:
+def joint_surgeon_order(consumers: list[tuple[np.ndarray, np.ndarray, float]], fold: int | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`surgeon_order` for channels that several consumers read (an EfficientNet expansion feeds its
     squeeze-and-excite conv and its projection): ``consumers`` holds each one's ``(moments, rows, weight)``
     over the same ``n`` channels, each refit on its own, and a cut costs the weighted sum of the consumers'
     costs (with weight ``1 / total`` each, the sum of their relative errors). Returns the order and the
-    summed cost of each cut, as :func:`surgeon_order`."""
+    summed cost of each cut, as :func:`surgeon_order`.
+
+    The refit rows enter only through their Gram ``G = B B^T`` (cutting ``j`` costs ``G_jj / P_jj``), and
+    each cut changes ``P`` and ``G`` by terms of rank one and two. Those terms are kept aside as vectors and
+    folded into the matrices every ``fold`` cuts (one matrix product; default ``4 sqrt(n)``, at least 32), so
+    a step costs ``O(n * fold)``, not the ``O(n^2)`` of a rank-one update of ``P``: a 3072-channel group
+    (ConvNeXt's MLP, 768 outputs) took 44 s eagerly, 3.5 s so."""
     if not consumers:
         raise ValueError("no consumer to order the channels by")
     size = len(consumers[0][1])
+    fold = max(32, round(4 * np.sqrt(size))) if fold is None else int(fold)
+    if fold < 1:
+        raise ValueError(f"fold must be at least 1, got {fold}")
     states = []
     for moments, rows, weight in consumers:
         moments = np.asarray(moments, dtype=np.float64)
-        refit = np.array(rows, dtype=np.float64)
-        if len(refit) != size or moments.shape != (size, size):
-            raise ValueError(f"moments of shape {moments.shape} do not fit {len(refit)} channel rows "
+        rows = np.asarray(rows, dtype=np.float64)
+        if len(rows) != size or moments.shape != (size, size):
+            raise ValueError(f"moments of shape {moments.shape} do not fit {len(rows)} channel rows "
                              f"(of {size} channels)")
-        states.append((np.linalg.inv(moments), refit, float(weight)))
-    channel = np.arange(size)  # which channel each live row holds
+        states.append(_SurgeonState(np.linalg.inv(moments), rows @ rows.T, float(weight), fold))
+    channel = np.arange(size)  # the channel each row of the folded block holds
+    cut_rows = np.zeros(size, dtype=bool)  # rows of the block cut since the last fold
     order, costs = [], []
-    for live in range(size, 1, -1):
-        cost = np.zeros(live)
-        for precision, refit, weight in states:
-            cost += weight * (refit[:live] ** 2).sum(axis=1) / np.maximum(np.diag(precision)[:live], 1e-300)
+    for _ in range(size - 1):
+        cost = sum(state.weight * state.cost() for state in states)
+        cost[cut_rows] = np.inf
         lowest = np.flatnonzero(cost == cost.min())
         cut = int(lowest[np.argmin(channel[lowest])])
         order.append(int(channel[cut]))
         costs.append(float(cost[cut]))
-        last = live - 1
-        if cut != last:  # move the cut channel to the end of the live block
-            channel[[cut, last]] = channel[[last, cut]]
-        for precision, refit, _ in states:
-            if cut != last:
-                for matrix in (refit, precision):
-                    matrix[[cut, last]] = matrix[[last, cut]]
-                precision[:, [cut, last]] = precision[:, [last, cut]]
-            column, pivot = precision[:last, last].copy(), precision[last, last]
-            refit[:last] -= np.outer(column, refit[last]) / pivot
-            block = precision[:last, :last]
-            np.subtract(block, np.multiply.outer(column, column / pivot), out=block)
-    order.append(int(channel[0]))
+        cut_rows[cut] = True
+        for state in states:
+            state.cut(cut)
+        if states[0].pending == fold:
+            keep = ~cut_rows
+            for state in states:
+                state.fold(keep)
+            channel, cut_rows = channel[keep], cut_rows[keep]
+    order.append(int(channel[np.flatnonzero(~cut_rows)[0]]))
     costs.append(float("nan"))
     return np.array(order), np.array(costs)
+
+
+class _SurgeonState:
+    """One consumer's ``P`` (the inverse moments) and refit Gram ``G`` on the folded block, the cuts since
+    the fold as vectors (``P = P0 - V V^T``, ``G = G0 - V A^T - A V^T + V diag(s) V^T``), and both
+    diagonals kept current."""
+
+    def __init__(self, precision: np.ndarray, gram: np.ndarray, weight: float, fold: int):
+        self.precision, self.gram, self.weight = precision, gram, weight
+        size = len(precision)
+        self.v, self.a, self.s = np.zeros((size, fold)), np.zeros((size, fold)), np.zeros(fold)
+        self.pending = 0
+        self.p_diag, self.g_diag = np.diag(precision).copy(), np.diag(gram).copy()
+
+    def cost(self) -> np.ndarray:
+        return np.maximum(self.g_diag, 0.0) / np.maximum(self.p_diag, 1e-300)
+
+    def cut(self, row: int) -> None:
+        k = self.pending
+        v, a, s = self.v[:, :k], self.a[:, :k], self.s[:k]
+        column = self.precision[:, row] - v @ v[row]
+        gram = self.gram[:, row] - v @ a[row] - a @ v[row] + v @ (s * v[row])
+        pivot = max(float(column[row]), 1e-300)
+        scale = 1.0 / np.sqrt(pivot)
+        new_v, new_a, new_s = column * scale, gram * scale, float(gram[row]) / pivot
+        self.p_diag -= new_v ** 2
+        self.g_diag += new_v * (new_s * new_v - 2.0 * new_a)
+        self.v[:, k], self.a[:, k], self.s[k] = new_v, new_a, new_s
+        self.pending = k + 1
+
+    def fold(self, keep: np.ndarray) -> None:
+        k = self.pending
+        v, a, s = self.v[keep, :k], self.a[keep, :k], self.s[:k]
+        index = np.ix_(keep, keep)
+        self.precision = self.precision[index] - v @ v.T
+        self.gram = self.gram[index] - v @ a.T - a @ v.T + (v * s) @ v.T
+        self.p_diag, self.g_diag = np.diag(self.precision).copy(), np.diag(self.gram).copy()
+        self.v, self.a = self.v[keep], self.a[keep]
+        self.v[:] = 0.0
+        self.a[:] = 0.0
+        self.pending = 0

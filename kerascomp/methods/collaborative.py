@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from kerascomp.allocation import bisect
+from kerascomp.allocation import Candidates, bisect, front_note, latency_front
 from kerascomp.cost import graph_cost
 from kerascomp.decompose.collaborative import factor_kernel, global_rates, kept_fraction, values_to_keep
 from kerascomp.errors import BudgetError, InvalidArgumentError, UnsupportedModelError
@@ -185,7 +185,7 @@ class _Conv:
     positions: np.ndarray | None
     fixed_reason: str
     sensitivity: LayerSensitivity | None = None
-    points: list | None = None  # (estimated ms, score, choice) per curve point, with a latency table
+    points: list | None = None  # (estimated ms, score, choice, MACs removed) per curve point, with a table
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -235,19 +235,26 @@ def _joint_choice(conv: _Conv, index: int) -> _Choice:
     return _Choice(removed, rank if low_rank else None, float(joint.score[index]))
 
 
-def _choose(conv: _Conv, rate: float, latency=None, mixing: str = "joint") -> _Choice:
+def _choose(conv: _Conv, rate: float, latency=None, mixing: str = "joint", guard=None) -> _Choice:
     """The layer's decision at a requested reduction ``rate`` of its MACs: the joint trajectory's
     step at that rate, without its rank part when its channels alone get there (``mixing="joint"``,
     the reference's rule), or pruning alone whenever the pruning curve gets there
     (``"pruning_first"``). With a ``latency`` table the rate is of
     the layer's estimated milliseconds instead, and the cheapest-scoring point of either curve whose
-    estimate gets there wins: a rank cut that saves MACs but not time does not count."""
+    estimate gets there wins: a rank cut that saves MACs but not time does not count. With a ``guard``
+    table (``latency=`` under a MACs or params target) the decision stands unless the table times it off
+    the layer's latency front (:func:`_guarded`)."""
     if rate <= 0:
         return _Choice(np.zeros(0, int), None, 0.0)
-    pruning, joint = conv.sensitivity.pruning, conv.sensitivity.joint
-    has_pruning, has_joint = pruning is not None and len(pruning.macs_removed) > 0, len(joint.macs_removed) > 0
     if latency is not None:
         return _choose_by_latency(conv, rate, latency)
+    choice = _choose_by_macs(conv, rate, mixing)
+    return choice if guard is None else _guarded(conv, choice, rate, guard)
+
+
+def _choose_by_macs(conv: _Conv, rate: float, mixing: str) -> _Choice:
+    pruning, joint = conv.sensitivity.pruning, conv.sensitivity.joint
+    has_pruning, has_joint = pruning is not None and len(pruning.macs_removed) > 0, len(joint.macs_removed) > 0
     if mixing == "joint" and has_joint:
         height, width, channels, filters = conv.shape
         removed, rank = joint.decision(rate, height * width, channels, filters)
@@ -289,23 +296,62 @@ def _snapped(conv: _Conv, choice: _Choice, channel_step: int, rank_step: int) ->
     return _Choice(removed, rank, choice.score)
 
 
-def _point_ms(conv: _Conv, latency) -> list[tuple[float, float, _Choice]]:
-    """(estimated ms, score, choice) of every point of the layer's curves (cached on the conv)."""
+def _point_ms(conv: _Conv, latency) -> list[tuple[float, float, _Choice, float]]:
+    """(estimated ms, score, choice, fraction of the MACs removed) of every point of the layer's curves
+    (cached on the conv)."""
     if conv.points is None:
-        height, width, channels, filters = conv.shape
         name, points = conv.spec.name, []
         pruning, joint = conv.sensitivity.pruning, conv.sensitivity.joint
         for index in range(len(pruning.macs_removed) if pruning is not None else 0):
-            choice = _pruning_choice(conv, index)
-            points.append((latency.layer_ms(name, "dense", conv.macs * (1 - pruning.macs_removed[index])),
-                           choice.score, choice))
+            choice, removed = _pruning_choice(conv, index), float(pruning.macs_removed[index])
+            points.append((latency.layer_ms(name, "dense", conv.macs * (1 - removed)), choice.score, choice, removed))
         for index in range(len(joint.macs_removed)):
-            choice = _joint_choice(conv, index)
+            choice, removed = _joint_choice(conv, index), float(joint.macs_removed[index])
             form = "dense" if choice.rank is None else "factored"
-            points.append((latency.layer_ms(name, form, conv.macs * (1 - joint.macs_removed[index])),
-                           choice.score, choice))
+            points.append((latency.layer_ms(name, form, conv.macs * (1 - removed)), choice.score, choice, removed))
         conv.points = points
     return conv.points
+
+
+def _choice_macs(conv: _Conv, choice: _Choice) -> tuple[str, float]:
+    """The form (``"dense"`` or ``"factored"``) and MACs of the conv under ``choice`` alone (its own input
+    channels and rank; outputs that a consumer prunes are that consumer's decision)."""
+    height, width, channels, filters = conv.shape
+    kept, area = channels - len(choice.removed), height * width
+    dense = area * kept * filters
+    if choice.rank is not None and choice.rank * (area * kept + filters) < dense:
+        return "factored", float(choice.rank * (area * kept + filters) * conv.pixels)
+    return "dense", float(dense * conv.pixels)
+
+
+def _front_candidates(conv: _Conv, guard, extra: list[tuple[float, float, float]] = ()) -> Candidates:
+    """The layer's options for :func:`kerascomp.allocation.latency_front`: the dense conv first, every
+    curve point, then ``extra`` (ms, score, MACs) rows."""
+    rows = [(guard.original_ms(conv.spec.name), 0.0, float(conv.macs))]
+    rows += [(ms, score, conv.macs * (1 - removed)) for ms, score, _, removed in _point_ms(conv, guard)]
+    rows += list(extra)
+    ms, score, macs = (np.array(column, float) for column in zip(*rows))
+    return Candidates(conv.spec.name, macs, score, ms)
+
+
+def _guarded(conv: _Conv, choice: _Choice, rate: float, guard) -> _Choice:
+    """``choice`` when the ``guard`` table keeps it on the layer's latency front (none of the dense conv or
+    the curves' points runs faster at a score no worse); otherwise the lowest-scoring front point that
+    removes at least ``rate`` of the layer's MACs, or, if none does, the front point that removes most (the
+    dense conv itself where every other form is timed slower: an RGB stem cut into a 3x3 conv to a few
+    channels and a 1x1 conv, say). The rate solver then finds the MACs elsewhere."""
+    form, macs = _choice_macs(conv, choice)
+    candidates = _front_candidates(conv, guard, [(guard.layer_ms(conv.spec.name, form, macs), choice.score, macs)])
+    front = latency_front(candidates)
+    if len(candidates.cost) - 1 in front:
+        return choice
+    points = [(0.0, 0.0, _Choice(np.zeros(0, int), None, 0.0))]
+    points += [(removed, score, point) for _, score, point, removed in _point_ms(conv, guard)]
+    on_front = [points[i] for i in front if i < len(points)]
+    meeting = [point for point in on_front if point[0] >= rate - 1e-12]
+    if meeting:
+        return min(meeting, key=lambda point: (point[1], -point[0]))[2]
+    return max(on_front, key=lambda point: (point[0], -point[1]))[2]
 
 
 def _choose_by_latency(conv: _Conv, rate: float, latency) -> _Choice:
@@ -493,9 +539,11 @@ def _plan_at_steps(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs:
     def realised(chosen: list[_Choice]) -> float:
         return _realised(tables, analysis, convs, chosen, metric, latency)
 
+    planning, guard = (latency, None) if metric == 2 else (None, latency)  # a table under a MACs/params target
+
     def decide(requested: float) -> tuple[np.ndarray, list[_Choice]]:
         rates = _rates(convs, requested, sizes, options)
-        return rates, [_snapped(conv, _choose(conv, rate, latency, options.mixing), channel_step, rank_step)
+        return rates, [_snapped(conv, _choose(conv, rate, planning, options.mixing, guard), channel_step, rank_step)
                        for conv, rate in zip(convs, rates)]
 
     untouched = decide(0.0)
@@ -548,6 +596,9 @@ def _plan_at_steps(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs:
     result = _plan(graph, shapes, analysis, convs, choices, rates, reasons, budget, options)[0]
     if metric == 2:
         result.settings.update(estimated_latency_ratio=realised(choices) / before, latency_checks_done=checks)
+    if guard is not None:
+        result.settings["latency_front"] = front_note([_front_candidates(conv, guard) for conv in convs
+                                                       if conv.sensitivity is not None], guard)
     return result
 
 
@@ -661,7 +712,9 @@ def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
                                       **({"tile_step": plan.settings["tile_step"]} if "tile_step" in plan.settings
                                          else {}),
                                       **({"pointwise": POINTWISE_NOTES[plan.settings["pointwise_resolved"]]}
-                                         if "pointwise_resolved" in plan.settings else {})},
+                                         if "pointwise_resolved" in plan.settings else {}),
+                                      **({"latency_front": plan.settings["latency_front"]}
+                                         if plan.settings.get("latency_front") else {})},
                                kept_outputs=kept_outputs(analysis, _removal(graph, analysis, applied)))
     return result, report
 
@@ -676,6 +729,7 @@ class CollaborativeMethod(Method):
     uses_loss = True
     uses_latency = True
     checks_latency = True  # latency_checks: its own measured corrections
+    latency_front = True  # latency= under a MACs or params target: no form the table times off the front
     cli_options = ("sensitivity", "allocation", "channel_multiple", "rank_multiple", "pointwise")
     renamed = {"max_fraction": "max_macs_fraction"}
 
