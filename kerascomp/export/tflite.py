@@ -63,9 +63,47 @@ _AGREEMENT_SAMPLES = 50
 
 def convert(model: Any, quantize: str | None, calibration: list[np.ndarray] | None, int8_io: bool,
              quantize_aware: bool = False) -> bytes:
+    """The TF converter's .tflite of a functional ``model`` (through :func:`_inference_saved_model`; a
+    tfmot quantisation-aware model through ``from_keras_model``, which knows its wrappers)."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    with tempfile.TemporaryDirectory(prefix="kerascomp_savedmodel_") as directory:
+        if quantize_aware or len(model.inputs) > 1 and quantize == "int8":
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)  # (the calibration feeds inputs by position)
+        else:
+            converter = tf.lite.TFLiteConverter.from_saved_model(_inference_saved_model(model, directory))
+        return _converted(converter, quantize, calibration, int8_io, quantize_aware)
+
+
+def _inference_saved_model(model: Any, directory: str) -> str:
+    """Save ``model``'s inference call (``training=False``, inputs named as the model's) as the only
+    function of a SavedModel in ``directory``, with the variables it reads and nothing else.
+
+    ``from_keras_model`` saves the Keras object: tf_keras traces every layer's call functions to save
+    them, and Keras 3 goes through an ``ExportArchive`` and loads it back. For the same file (same bytes,
+    same outputs) NASNetMobile at 32x32 converted in 17 s this way against 64 s in tf_keras, and 19 s
+    against 37 s in Keras 3 (one run each, beside another job)."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    # a Keras 3 variable wraps the tf.Variable that the traced call captures (``_value``): that one must be
+    # saved (saving the wrappers left the weights out of the file: NaN outputs)
+    module.model_variables = [v if isinstance(v, tf.Variable) else v._value for v in model.variables]
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0]) for t in model.inputs]
+
+    @tf.function(input_signature=specs, autograph=False)
+    def serve(*inputs):
+        return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+    module.serve = serve
+    tf.saved_model.save(module, directory, signatures={"serving_default": serve.get_concrete_function()})
+    return directory
+
+
+def _converted(converter: Any, quantize: str | None, calibration: list[np.ndarray] | None, int8_io: bool,
+               quantize_aware: bool) -> bytes:
+    import tensorflow as tf
+
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize is not None:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
