@@ -104,6 +104,11 @@ def test_collaborative_keeps_a_conv_the_table_times_slow_dense_under_a_flops_tar
     even = kerascomp.plan(module_resnet, method="collaborative", target_flops=0.5, data=labelled, verbose=0,
                           latency=_table(module_resnet, None))
     assert {entry.layer: entry for entry in even.layers}["stem_conv"].rank is not None
+    partial = _table(module_resnet, "stem_conv")  # a phone's table may lack a layer: its decision stands
+    del partial.layers["stem_conv"], partial.original_macs["stem_conv"]
+    untimed = kerascomp.plan(module_resnet, method="collaborative", target_flops=0.5, data=labelled, verbose=0,
+                             latency=partial)
+    assert {entry.layer: entry for entry in untimed.layers}["stem_conv"].rank is not None
     again = kerascomp.compress(module_resnet, method="collaborative", plan=guarded.plan, data=labelled, verbose=0)
     assert again.report.notes["latency_front"] == guarded.report.notes["latency_front"]
     assert again.report.macs_ratio == pytest.approx(guarded.report.macs_ratio)

@@ -339,7 +339,10 @@ def _guarded(conv: _Conv, choice: _Choice, rate: float, guard) -> _Choice:
     the curves' points runs faster at a score no worse); otherwise the lowest-scoring front point that
     removes at least ``rate`` of the layer's MACs, or, if none does, the front point that removes most (the
     dense conv itself where every other form is timed slower: an RGB stem cut into a 3x3 conv to a few
-    channels and a 1x1 conv, say). The rate solver then finds the MACs elsewhere."""
+    channels and a 1x1 conv, say). The rate solver then finds the MACs elsewhere. A conv the table does not
+    time (a phone's table that lacks it) keeps its decision."""
+    if conv.spec.name not in guard.layers:
+        return choice
     form, macs = _choice_macs(conv, choice)
     candidates = _front_candidates(conv, guard, [(guard.layer_ms(conv.spec.name, form, macs), choice.score, macs)])
     front = latency_front(candidates)
@@ -602,7 +605,8 @@ def _plan_at_steps(graph: Graph, shapes: dict, analysis: ChannelAnalysis, convs:
         result.settings.update(estimated_latency_ratio=realised(choices) / before, latency_checks_done=checks)
     if guard is not None:
         result.settings["latency_front"] = front_note([_front_candidates(conv, guard) for conv in convs
-                                                       if conv.sensitivity is not None], guard)
+                                                       if conv.sensitivity is not None
+                                                       and conv.spec.name in guard.layers], guard)
     return result
 
 
