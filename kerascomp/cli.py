@@ -60,8 +60,7 @@ def _method_options(method, args) -> dict:
     """The method's options that were given as flags (unset flags leave the method's defaults).
 
     A flag that only other methods use is refused, naming the methods that take it, and so are the
-    latency flags for a method that uses no table, or without a latency target for one that uses a table
-    only for that."""
+    latency flags for a method that uses no table (the planner refuses a table for any other misuse)."""
     given = {name for name in registry.cli_option_names() if getattr(args, name, None) is not None}
     unused = sorted(given - set(method.cli_options))
     if unused:
@@ -77,11 +76,6 @@ def _method_options(method, args) -> dict:
         raise InvalidArgumentError(f"method {method.name!r} uses no latency table ({' and '.join(tables)}): it meets "
                                    f"--target-latency by timing the compressed model here. Drop the flag, or choose "
                                    f"one of {', '.join(users)}.")
-    if tables and getattr(args, "target_latency", None) is None and not method.latency_front:
-        guards = sorted(name for name in registry.names() if registry.get(name).latency_front)
-        raise InvalidArgumentError(f"{' and '.join(tables)} only steer a latency target for method {method.name!r}: "
-                                   f"add --target-latency FRACTION (under --target-flops/--target-params only "
-                                   f"{', '.join(guards)} use a table, to keep the forms it times faster).")
     options = {name: getattr(args, name) for name in method.cli_options if getattr(args, name, None) is not None}
     return {name: None if value == "auto" else value for name, value in options.items()}  # None: the tile policy
 
