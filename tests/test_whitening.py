@@ -101,3 +101,42 @@ def test_input_moments_are_measured_once_per_model_and_data(keras, monkeypatch):
     assert len(measured) == calls + 1  # other weights: sampled again
     with pytest.raises(ValueError, match="read-only"):
         moments[names[0]][1][0, 0] = 1.0
+
+
+def test_convs_reading_one_tensor_share_one_sample_and_one_whitening(keras, monkeypatch):
+    """An Inception block's branch convs read the same tensor: its moments are sampled once and are the
+    moments of that tensor (checked against the Keras activations), a conv reading another tensor gets its
+    own, and method='auto' factors each shared covariance's whitening blocks once per group count."""
+    from kerascomp.graph import keras_io
+    from kerascomp.graph.keras_io import infer_shapes, read_model
+    from kerascomp.methods import auto, whitening
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 3))
+    stem = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    left = keras.layers.Conv2D(24, 3, padding="same", activation="relu", name="left")(stem)
+    right = keras.layers.Conv2D(24, 1, activation="relu", name="right")(stem)
+    merged = keras.layers.Concatenate()([left, right])
+    out = keras.layers.Conv2D(32, 3, padding="same", name="after")(merged)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(out))
+    x = np.random.default_rng(1).uniform(0, 255, (8, 12, 12, 3)).astype("float32")
+    graph = read_model(model)
+    sampled = []
+    real = keras_io.sample_node_inputs
+    monkeypatch.setattr(whitening, "sample_node_inputs",
+                        lambda g, nodes, *rest: sampled.append(list(nodes)) or real(g, nodes, *rest))
+    monkeypatch.setattr(whitening, "_MOMENTS", {})
+    found = whitening.input_moments(graph, infer_shapes(graph), ["left", "right", "after"], x, 8)
+    assert len([node for call in sampled for node in call]) == 2  # stem's output once, the concatenation once
+    assert found["left"][1] is found["right"][1] and found["left"][1] is not found["after"][1]
+    activations = np.asarray(keras.Model(inputs, stem)(x)).reshape(-1, 16).astype(np.float64)
+    np.testing.assert_allclose(found["right"][1], activations.T @ activations / len(activations), rtol=1e-5)
+    np.testing.assert_allclose(found["left"][0], np.mean(activations ** 2, axis=0), rtol=1e-5)
+
+    factored = []
+    real_whitener = auto.whitener
+    monkeypatch.setattr(auto, "whitener", lambda covariance, groups=1: factored.append(
+        (id(covariance), groups)) or real_whitener(covariance, groups))
+    monkeypatch.setattr(whitening, "_MOMENTS", {})
+    kerascomp.compress(model, "auto", target_flops=0.6, data=x, verbose=0, pointwise=True)
+    assert factored and len(factored) == len(set(factored))  # each (covariance, group count) factored once

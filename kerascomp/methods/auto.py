@@ -151,6 +151,7 @@ class _Conv:
     decomposable: bool
     energy: np.ndarray | None = None  # mean squared activation of each input channel (None: all 1)
     covariance: np.ndarray | None = None  # input-channel second moments, when whitening (None: diagonal only)
+    whiteners: dict = field(default_factory=dict, repr=False)  # groups -> whitening blocks of ``covariance``
 
     @property
     def name(self) -> str:
@@ -163,7 +164,11 @@ class _Conv:
     def whitener(self, groups: int = 1) -> list[np.ndarray] | None:
         """The whitening blocks of its input covariance (:mod:`kerascomp.decompose.whitening`), one per input
         group; ``None`` without a covariance."""
-        return None if self.covariance is None else whitener(self.covariance, groups)
+        if self.covariance is None:
+            return None
+        if groups not in self.whiteners:
+            self.whiteners[groups] = whitener(self.covariance, groups)
+        return self.whiteners[groups]
 
     def weighted(self, groups: int = 1) -> np.ndarray:
         """The kernel whose relative squared error is the option's estimated output error."""
@@ -383,8 +388,11 @@ def _energies(graph: Graph, shapes: dict, convs: list[_Conv], data, max_samples:
               verbose: int) -> None:
     """Each conv's input-channel energies and, with ``whiten``, covariance (the shared sampler)."""
     found = input_moments(graph, shapes, [conv.name for conv in convs], data, max_samples, whiten, verbose)
+    shared: dict[int, dict] = {}  # convs that read one tensor share its covariance, and so its whitening blocks
     for conv in convs:
         conv.energy, conv.covariance = found[conv.name]
+        if conv.covariance is not None:
+            conv.whiteners = shared.setdefault(id(conv.covariance), {})
 
 
 def _units(graph: Graph, shapes: dict, analysis: ChannelAnalysis, options: AutoOptions, only=None

@@ -72,31 +72,36 @@ def _moments_key(graph: Graph, data, max_samples: int, covariance: bool) -> str:
 
 def _measure_moments(graph: Graph, shapes: dict, names: list[str], data, max_samples: int, covariance: bool,
                      verbose: int) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    chunks, chunk, held = [], [], 0
+    # convs that read the same tensor (an Inception block's branches) share one sample and one set of moments
+    readers: dict[tuple[str, int], list[str]] = {}
     for name in names:
         ref = graph.nodes_of(name)[0].input_refs()[0]
-        size = max_samples * 4 * int(np.prod(shapes[ref.node][ref.index][1:]))
+        readers.setdefault((ref.node, ref.index), []).append(name)
+    chunks, chunk, held = [], [], 0
+    for (node, index), convs in readers.items():
+        size = max_samples * 4 * int(np.prod(shapes[node][index][1:]))
         if chunk and held + size > SAMPLE_BYTES:
             chunks.append(chunk)
             chunk, held = [], 0
-        chunk.append(name)
+        chunk.append(convs)
         held += size
     chunks += [chunk] if chunk else []
     found = {}
     for chunk in tqdm(chunks, desc="input moments", disable=not verbose):
-        nodes = [graph.nodes_of(name)[0].name for name in chunk]
+        nodes = [graph.nodes_of(convs[0])[0].name for convs in chunk]
         sampled = sample_node_inputs(graph, nodes, data, max_samples)
-        for name, node in zip(chunk, nodes):
+        for convs, node in zip(chunk, nodes):
             values = np.asarray(sampled.pop(node), np.float32)
             values = values.reshape(-1, values.shape[-1])
             if not covariance:
-                found[name] = (np.einsum("rc,rc->c", values, values, dtype=np.float64) / max(len(values), 1), None)
-                continue
-            if len(values) > MOMENT_ROWS:
-                values = values[np.random.default_rng(0).choice(len(values), MOMENT_ROWS, replace=False)]
-            values = values.astype(np.float64)
-            moments = values.T @ values / max(len(values), 1)
-            found[name] = (np.diag(moments).copy(), moments)
+                measured = (np.einsum("rc,rc->c", values, values, dtype=np.float64) / max(len(values), 1), None)
+            else:
+                if len(values) > MOMENT_ROWS:
+                    values = values[np.random.default_rng(0).choice(len(values), MOMENT_ROWS, replace=False)]
+                values = values.astype(np.float64)
+                moments = values.T @ values / max(len(values), 1)
+                measured = (np.diag(moments).copy(), moments)
+            found.update((name, measured) for name in convs)
     return found
 
 
