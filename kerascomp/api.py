@@ -116,7 +116,8 @@ def clone_compressed(model: Any, method: str = "fga", target_flops: float | None
             ``target_flops``/``target_params``: each layer is offered only the forms on its latency front (none
             the table times slower than the dense layer or than a form at least as accurate; collaborative
             keeps its per-layer decision unless the table puts it off that front; the report's
-            ``latency_front`` note counts what it left out). Refused for l1 and correlation.
+            ``latency_front`` note counts what it left out); l1 and correlation (``stream="auto"``) cut the residual
+            stream last or uniformly, whichever the table estimates faster (the ``stream`` note).
         verbose: 0 silences the progress bars and the report table.
         **options: the method's options (``kerascomp.FGAOptions``, ``PruneOptions``, ``SVDOptions``,
             ``TuckerOptions``, ``CollaborativeOptions``; all in one table in docs/options.md). An unknown

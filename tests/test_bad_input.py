@@ -286,12 +286,9 @@ CATALOGUE = [
     ("latency-not-a-table", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", target_latency=0.5,
                                                                      latency="table.json", verbose=0),
      InvalidArgumentError, r"latency must be a kerascomp.LatencyTable or \"host\" .*got 'table.json'"),
-    ("latency-table-for-pruning", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", target_latency=0.5,
-                                                                           latency="table.json"),
-     InvalidArgumentError, r"latency= \(a latency table\) is used by method='auto' and 'collaborative' and 'fga' \(to "
-                           r"plan target_latency\) and by 'auto', 'collaborative', 'fga', 'joint_svd', 'svd', 'tucker' .*; 'l1' meets "
-                           "target_latency "
-                           "by timing"),
+    ("latency-not-a-table-for-pruning", lambda c, mp: kerascomp.clone_compressed(c.model, "l1", target_flops=0.5,
+                                                                                  latency="table.json", verbose=0),
+     InvalidArgumentError, r"latency must be a kerascomp.LatencyTable or \"host\" .*got 'table.json'"),
     ("loss-for-fga", lambda c, mp: kerascomp.clone_compressed(c.model, "fga", loss="mse"),
      InvalidArgumentError, "loss= is used by method='collaborative' only, not 'fga'"),
     ("plan-unknown-method", lambda c, mp: kerascomp.plan(c.model, method="fgaa", target_flops=0.5, data=c.x),

@@ -145,13 +145,16 @@ def test_tile_steps_reach_the_method_and_bad_steps_are_refused(model_file, tmp_p
         assert exit_.value.code == 2 and "expected a positive integer or 'auto'" in capsys.readouterr().err
 
 
-def test_a_latency_table_is_refused_where_it_means_nothing(model_file, tmp_path, capsys):
-    for target in ([], ["--target-latency", "0.7"]):
-        assert main(["compress", str(model_file), "--method", "l1", "-o", str(tmp_path / "x.keras"),
-                     "--latency-table", str(tmp_path / "table.json"), *target]) == 2
-        error = capsys.readouterr().err
-        assert "method 'l1' uses no latency table (--latency-table): it meets --target-latency by timing" in error
-        assert "choose one of auto, collaborative, fga, joint_svd, svd, tucker" in error
+def test_a_latency_table_chooses_l1s_stream_rule(model_file, tmp_path):
+    macs = conv_macs(load_model(model_file))  # a constructed table: every form at 1 ns per MAC
+    table = LatencyTable({n: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for n, m in macs.items()},
+                         sum(macs.values()) * 1.2e-6, "constructed for a test", 1, macs)
+    table.save(tmp_path / "table.json")
+    report = tmp_path / "report.json"
+    assert main(["compress", str(model_file), "--method", "l1", "-o", str(tmp_path / "x.keras"), "-q",
+                 "--latency-table", str(tmp_path / "table.json"), "--target-flops", "0.5",
+                 "--report-json", str(report)]) == 0
+    assert "estimated by the latency table constructed for a test" in json.loads(report.read_text())["notes"]["stream"]
 
 
 def test_a_latency_table_steers_svd_under_a_flops_target(model_file, tmp_path):

@@ -10,7 +10,7 @@ from conftest import model_fingerprint, rewritten_in
 import kerascomp
 from kerascomp.allocation import Candidates, allocate, latency_front
 from kerascomp.bench.latency import LatencyTable, conv_macs
-from kerascomp.errors import BudgetError, InvalidArgumentError
+from kerascomp.errors import BudgetError
 
 GUARDED = ("fga", "svd", "joint_svd", "tucker")
 FACTORED_FORMS = ("factored", "spatial", "tucker", "fga2", "fga4")
@@ -78,12 +78,62 @@ def test_uniform_allocation_says_the_front_is_not_applied(module_resnet):
     assert result.report.notes["latency_front"].startswith("not applied: allocation='uniform'")
 
 
-def test_latency_tables_are_refused_where_they_mean_nothing(module_resnet):
-    table = _table(module_resnet, None)
-    with pytest.raises(InvalidArgumentError, match=r"'l1' meets target_latency by timing"):
-        kerascomp.compress(module_resnet, method="l1", target_flops=0.5, latency=table, verbose=0)
-    with pytest.raises(InvalidArgumentError, match=r"'correlation' meets target_latency by timing"):
-        kerascomp.compress(module_resnet, method="correlation", target_params=0.5, latency=table, verbose=0)
+def _one_sided_table(model, saves: str) -> LatencyTable:
+    """A constructed table in which only one side of a pruned conv saves time (1 ns per MAC kept on that
+    side): ``saves="inputs"`` times fewer filters as the full conv, ``saves="outputs"`` fewer inputs."""
+    macs = conv_macs(model)
+    layers = {}
+    for name, m in macs.items():
+        full = m * 1e-6
+        if saves == "inputs":
+            layers[name] = [{"form": "dense", "macs": m, "ms": full}, {"form": "pruned_out", "macs": 1, "ms": full},
+                            {"form": "pruned_out", "macs": m, "ms": full}]
+        else:
+            layers[name] = [{"form": "dense", "macs": 1, "ms": full}, {"form": "dense", "macs": m, "ms": full},
+                            {"form": "pruned_out", "macs": m, "ms": full}]
+    return LatencyTable(layers, sum(macs.values()) * 1e-6 * 1.2, "constructed for a test", 1, macs)
+
+
+def _kernel_shapes(model) -> dict:
+    return {layer.name: tuple(layer.kernel.shape) for layer in model.layers if hasattr(layer, "kernel")}
+
+
+def test_a_table_picks_the_faster_stream_rule_for_pruning(module_resnet):
+    """l1 and correlation cut a ResNet's residual stream last by default; with a table (stream="auto"), they
+    take whichever of that rule and the uniform one the table estimates faster. At 0.3 of this ResNet-8's
+    MACs the "last" plan keeps fewer input channels and the uniform plan fewer filters (MACs-weighted), so a
+    table where only input cuts save time must keep "last", and one where only filter cuts do must switch."""
+    before = model_fingerprint(module_resnet)
+    rules = {rule: kerascomp.compress(module_resnet, method="l1", target_flops=0.3, stream=rule, verbose=0)
+             for rule in ("last", "uniform")}
+    assert _kernel_shapes(rules["last"].model) != _kernel_shapes(rules["uniform"].model)
+    untimed = kerascomp.compress(module_resnet, method="l1", target_flops=0.3, verbose=0)
+    assert _kernel_shapes(untimed.model) == _kernel_shapes(rules["last"].model) and "stream" not in untimed.report.notes
+    for saves, expected in (("inputs", "last"), ("outputs", "uniform")):
+        table = _one_sided_table(module_resnet, saves)
+        result = kerascomp.compress(module_resnet, method="l1", target_flops=0.3, latency=table, verbose=0)
+        assert result.report.notes["stream"].startswith(f"{expected} (estimated by the latency table constructed")
+        assert _kernel_shapes(result.model) == _kernel_shapes(rules[expected].model)
+        assert result.report.macs_ratio <= 0.3
+        again = kerascomp.compress(module_resnet, plan=result.plan, verbose=0)  # the plan holds the counts
+        assert _kernel_shapes(again.model) == _kernel_shapes(result.model)
+    pruned = kerascomp.compress(module_resnet, method="correlation", target_flops=0.3, verbose=0,
+                                latency=_one_sided_table(module_resnet, "outputs"))
+    assert pruned.report.notes["stream"].startswith("uniform")
+    assert model_fingerprint(module_resnet) == before
+
+
+def test_the_pruned_estimate_multiplies_the_two_sides(module_resnet):
+    macs = conv_macs(module_resnet)
+    name = max(macs, key=macs.get)
+    m = macs[name]
+    table = LatencyTable({name: [{"form": "dense", "macs": m / 2, "ms": 0.8}, {"form": "dense", "macs": m, "ms": 1.0},
+                                 {"form": "pruned_out", "macs": m / 2, "ms": 0.5}]}, 2.0, "constructed", 1, {name: m})
+    assert table.pruned_ms(name, 1.0, 1.0) == pytest.approx(1.0)
+    assert table.pruned_ms(name, 0.5, 1.0) == pytest.approx(0.8)
+    assert table.pruned_ms(name, 1.0, 0.5) == pytest.approx(0.5)
+    assert table.pruned_ms(name, 0.5, 0.5) == pytest.approx(0.4)
+    assert table.pruned_ms(name, 0.75, 0.5) == pytest.approx(0.9 * 0.5)
 
 
 def test_collaborative_keeps_a_conv_the_table_times_slow_dense_under_a_flops_target(module_resnet, labelled):

@@ -9,6 +9,7 @@ from conftest import weights_hash
 
 import kerascomp
 from kerascomp.api import METHODS
+from kerascomp.bench.latency import LatencyTable, conv_macs
 from kerascomp.cli import main
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.loading import load_model
@@ -118,6 +119,22 @@ def test_a_registered_toy_method_works_through_every_entry_point(model, toy, tmp
                  "--plan-json", str(tmp_path / "plan.json")]) == 0
     assert kerascomp.Plan.load(tmp_path / "plan.json").method == toy.name
     assert main(["plan", str(path), "--method", toy.name, "-o", str(tmp_path / "plan2.json"), "-q"]) == 0
+
+
+def test_a_latency_table_is_refused_for_a_method_that_uses_none(model, toy, tmp_path, capsys):
+    """Every built-in method reads a table; a registered one that does not is refused one, by name."""
+    macs = conv_macs(model)
+    table = LatencyTable({n: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for n, m in macs.items()},
+                         sum(macs.values()) * 1.2e-6, "constructed for a test", 1, macs)
+    with pytest.raises(InvalidArgumentError, match=r"latency= \(a latency table\) is used by .*'identity_toy' meets "
+                                                   r"target_latency by timing"):
+        kerascomp.compress(model, method=toy.name, target_flops=0.5, latency=table, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    table.save(tmp_path / "table.json")
+    assert main(["compress", str(path), "--method", toy.name, "-o", str(tmp_path / "x.keras"),
+                 "--latency-table", str(tmp_path / "table.json")]) == 2
+    assert "method 'identity_toy' uses no latency table (--latency-table)" in capsys.readouterr().err
 
 
 def test_registering_twice_or_a_non_method_is_refused(toy):

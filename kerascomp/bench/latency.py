@@ -73,6 +73,17 @@ class LatencyTable:
     def original_ms(self, layer: str) -> float:
         return self.layer_ms(layer, "dense", self.original_macs[layer])
 
+    def pruned_ms(self, layer: str, in_share: float, out_share: float) -> float:
+        """Estimated milliseconds of ``layer`` keeping ``in_share`` of its input channels and ``out_share`` of
+        its filters: the fewer-inputs curve at those inputs, times the fewer-outputs curve's ratio at those
+        filters (the two cuts taken as independent; a table without ``"pruned_out"`` points scales by MACs)."""
+        full = self.original_macs[layer]
+        fewer_inputs = self.layer_ms(layer, "dense", full * in_share)
+        if out_share >= 1.0:
+            return fewer_inputs
+        original = self.original_ms(layer)
+        return fewer_inputs * self.layer_ms(layer, "pruned_out", full * out_share) / max(original, 1e-12)
+
     @property
     def fixed_ms(self) -> float:
         """The part of the model's latency outside the tabled layers (never negative)."""

@@ -50,7 +50,7 @@ from kerascomp.methods.registry import Context, Method
 from kerascomp.methods.tiles import first_step
 
 ALLOCATIONS = ("uniform", "global")
-STREAMS = ("last", "uniform")
+STREAMS = ("auto", "last", "uniform")
 SELECTIONS = ("score", "reconstruction")
 IO_REASONS = ("model input", "model output")
 
@@ -71,6 +71,9 @@ class PruneOptions:
             ``"uniform"``: the same fraction as every other group (the rule until 2026-12). On a
             bottleneck network at 224x224 it is the faster shape: ResNet50 at a quarter of the MACs
             ran at 0.27 of the original's latency with it, 0.34 with ``"last"`` (benchmarks/RESULTS.md).
+            ``"auto"`` (default): with a latency table (``latency=``), whichever of the two the table
+            estimates faster (:meth:`kerascomp.bench.latency.LatencyTable.pruned_ms`; the report's
+            ``stream`` note gives both estimates); without one, ``"last"``.
         selection: which channels of a group go, once the allocation has said how many.
             ``"score"``: the method's own order (L1 norm, correlation). ``"reconstruction"``: the
             set whose removal changes the consumers' outputs least, on ``data`` (ThiNet's greedy
@@ -90,7 +93,7 @@ class PruneOptions:
 
     allocation: str = "uniform"
     max_fraction: float = 0.8
-    stream: str = "last"
+    stream: str = "auto"
     selection: str = "score"
     channel_multiple: int | None = None
     compensate: bool | str = "auto"
@@ -286,7 +289,7 @@ def allocate_counts(orders: list[GroupOrder], tables: list[tuple], budget: Budge
     """How many channels each group loses: the least pruning whose cost meets the budget."""
     metric = 0 if budget.metric == "flops" else 1
     target = budget.fraction * total
-    if allocation == "uniform" and stream == "last" and any(is_stream(o.group) for o in orders):
+    if allocation == "uniform" and stream in ("last", "auto") and any(is_stream(o.group) for o in orders):
         knobs = np.linspace(0.0, 2.0, 2001)
         count_for = _counts_stream_last
     elif allocation == "uniform":
@@ -455,13 +458,15 @@ def _budget_error(analysis: ChannelAnalysis, orders: list[GroupOrder], tables, b
 
 
 def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, scorer: Scorer,
-                 method: str, options: PruneOptions, verbose: int = 1) -> list[GroupOrder]:
+                 method: str, options: PruneOptions, verbose: int = 1, latency=None,
+                 notes: dict | None = None) -> list[GroupOrder]:
     """Score every prunable group and decide how many channels each loses (``GroupOrder.chosen``); a
-    ``channel_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget."""
+    ``channel_multiple`` of ``None`` takes the first of 8, 4, 1 that meets the budget. With ``stream="auto"``
+    and a ``latency`` table, the stream rule the table estimates faster (said in ``notes["stream"]``)."""
     options.validate()
     if options.channel_multiple is None:
-        return first_step(partial(plan_pruning, graph, shapes, analysis, budget, scorer, method, verbose=verbose),
-                          options, ("channel_multiple",))[0]
+        return first_step(partial(plan_pruning, graph, shapes, analysis, budget, scorer, method, verbose=verbose,
+                                  latency=latency, notes=notes), options, ("channel_multiple",))[0]
     before = graph_cost(graph, shapes)
     total = before.macs if budget.metric == "flops" else before.params
     orders = []
@@ -477,9 +482,42 @@ def plan_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: 
     counts = allocate_counts(orders, tables, budget, total, options.allocation, options.stream) if orders else []
     if budget.fraction < 1.0 and not counts:
         raise _budget_error(analysis, orders, tables, budget, total, options, method)
+    if counts and options.stream == "auto" and latency is not None and options.allocation == "uniform" \
+            and any(is_stream(o.group) for o in orders):
+        counts = _faster_stream_rule(graph, analysis, orders, counts, tables, budget, total, latency, notes)
     for order, count in zip(orders, counts):
         order.chosen = count
     return orders
+
+
+def _faster_stream_rule(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], last: list[int],
+                        tables: list[tuple], budget: Budget, total: float, latency, notes: dict | None) -> list[int]:
+    """``last`` (the counts of ``stream="last"``) or those of ``stream="uniform"``, whichever the table
+    estimates faster; both meet the budget."""
+    uniform = allocate_counts(orders, tables, budget, total, "uniform", "uniform")
+    estimates = {rule: _estimated_ms(graph, analysis, orders, counts, latency)
+                 for rule, counts in (("last", last), ("uniform", uniform)) if counts}
+    chosen = min(estimates, key=lambda rule: (estimates[rule], rule != "last"))  # a tie keeps "last"
+    if notes is not None:
+        notes["stream"] = (f"{chosen} (estimated by the latency table {latency.source}: "
+                           + ", ".join(f"{rule} {ms:.3f} ms" for rule, ms in estimates.items()) + ")")
+    return last if chosen == "last" else uniform
+
+
+def _estimated_ms(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], counts: list[int],
+                  latency) -> float:
+    """The table's estimate of the model with ``counts`` channels removed from the groups of ``orders``."""
+    removal = {order.group.index: [s.channel for s in order.steps[:count]] for order, count in zip(orders, counts)
+               if count}
+    result = prune_channels(graph.copy(), analysis, removal)
+    total = latency.fixed_ms
+    for name in latency.layers:
+        if name not in graph.layers or name not in result.layers:
+            continue
+        before, after = graph.layers[name], result.layers[name]
+        shares = [(_channel_count(after, role) or 1) / (_channel_count(before, role) or 1) for role in ("in", "out")]
+        total += latency.pruned_ms(name, *shares)
+    return total
 
 
 def apply_pruning(graph: Graph, shapes: dict, analysis: ChannelAnalysis, orders: list[GroupOrder], budget: Budget,
@@ -535,10 +573,12 @@ def orders_from_choices(analysis: ChannelAnalysis, choices: dict) -> list[GroupO
 
 def prune_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Budget, scorer: Scorer, method: str,
                options: PruneOptions, data=None, pairs: bool = False,
-               verbose: int = 1, fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
-    """Plan and apply pruning to ``budget`` in one go (or realise the ``fixed`` choices of a plan)."""
+               verbose: int = 1, fixed: dict | None = None, latency=None) -> tuple[Graph, CompressionReport]:
+    """Plan and apply pruning to ``budget`` in one go (or realise the ``fixed`` choices of a plan); ``latency``:
+    a table for ``stream="auto"``."""
     options.validate()
     left = None  # per group left in score order, why (only with selection="reconstruction")
+    notes = {}
     if fixed is not None:
         orders = orders_from_choices(analysis, fixed)
     else:
@@ -546,11 +586,12 @@ def prune_pass(graph: Graph, shapes: dict, analysis: ChannelAnalysis, budget: Bu
             raise InvalidArgumentError(f"method={method!r} with selection='reconstruction' chooses the channels "
                                        "on data: pass data= (a few hundred training inputs), or use "
                                        "selection='score'.")
-        orders = plan_pruning(graph, shapes, analysis, budget, scorer, method, options, verbose)
+        orders = plan_pruning(graph, shapes, analysis, budget, scorer, method, options, verbose, latency, notes)
         if options.selection == "reconstruction":
             left = select_by_reconstruction(graph, analysis, orders, data, options, verbose)
     result, report = apply_pruning(graph, shapes, analysis, orders, budget, method, options, data, pairs, verbose)
     report.choices = pruning_choices(orders)
+    report.notes.update(notes)
     if left is not None:
         report.notes["selection"] = "reconstruction"
         if left:
@@ -599,6 +640,7 @@ class PruningMethod(Method):
     options_class = PruneOptions
     cli_options = ("allocation", "max_fraction", "channel_multiple")
     tile_options = ("channel_multiple",)
+    latency_front = True  # a table (latency=) picks the faster stream rule (PruneOptions.stream="auto")
     pairs = False  # whether steps pair each dropped channel with a kept partner (compensation)
 
     def steps(self, graph: Graph, analysis: ChannelAnalysis, group: ChannelGroup) -> list[Step]:
@@ -608,4 +650,4 @@ class PruningMethod(Method):
             fixed: dict | None = None) -> tuple[Graph, CompressionReport]:
         shapes = infer_shapes(graph)
         return prune_pass(graph, shapes, analyse_channels(graph, shapes), budget, self.steps, self.name, options,
-                          data, self.pairs, context.verbose, fixed)
+                          data, self.pairs, context.verbose, fixed, context.latency)
