@@ -3,10 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from kerascomp.bench.latency import LatencyTable, conv_macs
 from kerascomp.cli import main
 from kerascomp.loading import demo_model_path, load_model
-from tests.conftest import flavour_independent
+from tests.conftest import flavour_independent, proportional_table
 
 
 @pytest.fixture
@@ -145,28 +144,17 @@ def test_tile_steps_reach_the_method_and_bad_steps_are_refused(model_file, tmp_p
         assert exit_.value.code == 2 and "expected a positive integer or 'auto'" in capsys.readouterr().err
 
 
-def test_a_latency_table_chooses_l1s_stream_rule(model_file, tmp_path):
-    macs = conv_macs(load_model(model_file))  # a constructed table: every form at 1 ns per MAC
-    table = LatencyTable({n: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for n, m in macs.items()},
-                         sum(macs.values()) * 1.2e-6, "constructed for a test", 1, macs)
-    table.save(tmp_path / "table.json")
+@pytest.mark.parametrize("method, target, note, said", [
+    ("svd", "0.7", "latency_front", "constructed for a test"),  # the forms on each layer's latency front
+    ("l1", "0.5", "stream", "estimated by the latency table constructed for a test"),  # the faster stream rule
+])
+def test_a_latency_table_steers_a_flops_target(model_file, tmp_path, method, target, note, said):
+    proportional_table(load_model(model_file)).save(tmp_path / "table.json")
     report = tmp_path / "report.json"
-    assert main(["compress", str(model_file), "--method", "l1", "-o", str(tmp_path / "x.keras"), "-q",
-                 "--latency-table", str(tmp_path / "table.json"), "--target-flops", "0.5",
+    assert main(["compress", str(model_file), "--method", method, "-o", str(tmp_path / "x.keras"), "-q",
+                 "--latency-table", str(tmp_path / "table.json"), "--target-flops", target,
                  "--report-json", str(report)]) == 0
-    assert "estimated by the latency table constructed for a test" in json.loads(report.read_text())["notes"]["stream"]
-
-
-def test_a_latency_table_steers_svd_under_a_flops_target(model_file, tmp_path):
-    macs = conv_macs(load_model(model_file))  # a constructed table: every form at 1 ns per MAC
-    table = LatencyTable({n: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for n, m in macs.items()},
-                         sum(macs.values()) * 1.2e-6, "constructed for a test", 1, macs)
-    table.save(tmp_path / "table.json")
-    report = tmp_path / "report.json"
-    assert main(["compress", str(model_file), "--method", "svd", "-o", str(tmp_path / "x.keras"), "-q",
-                 "--latency-table", str(tmp_path / "table.json"), "--target-flops", "0.7",
-                 "--report-json", str(report)]) == 0
-    assert "constructed for a test" in json.loads(report.read_text())["notes"]["latency_front"]
+    assert said in json.loads(report.read_text())["notes"][note]
 
 
 def test_latency_table_host_asks_compress_to_measure_here(model_file, tmp_path, monkeypatch, capsys):

@@ -5,11 +5,10 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import weights_hash
+from conftest import proportional_table, weights_hash
 
 import kerascomp
 from kerascomp.api import METHODS
-from kerascomp.bench.latency import LatencyTable, conv_macs
 from kerascomp.cli import main
 from kerascomp.errors import InvalidArgumentError
 from kerascomp.loading import load_model
@@ -123,9 +122,7 @@ def test_a_registered_toy_method_works_through_every_entry_point(model, toy, tmp
 
 def test_a_latency_table_is_refused_for_a_method_that_uses_none(model, toy, tmp_path, capsys):
     """Every built-in method reads a table; a registered one that does not is refused one, by name."""
-    macs = conv_macs(model)
-    table = LatencyTable({n: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for n, m in macs.items()},
-                         sum(macs.values()) * 1.2e-6, "constructed for a test", 1, macs)
+    table = proportional_table(model)
     with pytest.raises(InvalidArgumentError, match=r"latency= \(a latency table\) is used by .*'identity_toy' meets "
                                                    r"target_latency by timing"):
         kerascomp.compress(model, method=toy.name, target_flops=0.5, latency=table, verbose=0)

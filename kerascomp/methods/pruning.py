@@ -509,7 +509,7 @@ def _estimated_ms(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrd
     """The table's estimate of the model with ``counts`` channels removed from the groups of ``orders``."""
     removal = {order.group.index: [s.channel for s in order.steps[:count]] for order, count in zip(orders, counts)
                if count}
-    result = prune_channels(graph.copy(), analysis, removal)
+    result = prune_channels(graph, analysis, removal)  # a pruned copy; graph stays as it is
     total = latency.fixed_ms
     for name in latency.layers:
         if name not in graph.layers or name not in result.layers:

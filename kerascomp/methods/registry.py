@@ -130,9 +130,10 @@ class Method:
         uses_latency: it plans against a latency table (``target_latency=`` / ``latency=``).
         checks_latency: it measures its latency-targeted result itself; for every other method
             :meth:`compress` corrects a latency target by measurement (``latency_search``).
-        latency_front: given a table (``latency=``) under any target, it offers its allocator only
-            the forms on each layer's latency front (``allocation.latency_front``): none slower than
-            the dense layer or than a form at least as accurate.
+        latency_front: given a table (``latency=``) under any target, it lets the table steer its
+            forms: the factoring methods offer their allocator only the forms on each layer's latency
+            front (``allocation.latency_front``: none slower than the dense layer or than a form at
+            least as accurate); the pruning methods pick the stream rule the table estimates faster.
         cli_options: option names the ``kerascomp compress`` command passes from its flags.
         tile_options: its step options (``channel_multiple``, ``rank_multiple``) that, left ``None``,
             take the first of 8, 4, 1 meeting the budget (:mod:`kerascomp.methods.tiles`).
