@@ -12,6 +12,7 @@ import numpy as np
 
 import kerascomp
 from kerascomp.bench.android import DeviceSettings, benchmark_on_device, layer_latency_table
+from kerascomp.bench.host import host_cpu
 from kerascomp.data import augmented_dataset, find_data, load_npz
 from kerascomp.errors import CompressionError, InvalidArgumentError
 from kerascomp.graph.flavour import keras_of
@@ -223,7 +224,7 @@ def cmd_bench(args) -> int:
         results = kerascomp.compare_tflite(args.models, num_threads=args.threads, runs=args.runs,
                                            xnnpack=not args.no_xnnpack)
         where = (f"host LiteRT, {args.threads} thread(s), XNNPACK {'off' if args.no_xnnpack else 'on'}, "
-                 f"{args.runs} runs each, interleaved")
+                 f"{args.runs} runs each, interleaved, CPU: {host_cpu()}")
     print(bench_table(results))
     print(f"({where})")
     record = {"command": command, "runner": "adb" if args.adb else "host", "conditions": where,

@@ -37,6 +37,8 @@ def test_compress_export_bench(model_file, tmp_path, images, capsys):
     assert record["runner"] == "host" and len(record["results"]) == 2
     assert record["command"].startswith("kerascomp bench ") and "--runs 5" in record["command"]
     assert (tmp_path / "bench.md").read_text().startswith("| model |")
+    from kerascomp.bench.host import host_cpu  # every latency says which CPU made it
+    assert f"CPU: {host_cpu()}" in record["conditions"] and host_cpu() in (tmp_path / "bench.md").read_text()
 
 
 def test_cli_reports_errors(model_file, tmp_path, capsys):

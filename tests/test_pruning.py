@@ -9,6 +9,7 @@ import kerascomp
 from kerascomp.graph.flavour import legacy_requested
 from kerascomp.graph.keras_io import infer_shapes, read_model, write_model
 from kerascomp.methods.calibrate import recalibrate_batchnorm
+from kerascomp.zoo import cifar_resnet
 
 
 def _fit_one_step(keras, model, batch=4, classes=10, logits=True):
@@ -106,6 +107,27 @@ def test_residual_stream_is_cut_last(small_resnet, method):
     assert all(deep[name] <= round(0.2 * original[name]) + 1 for name in inner)
     with pytest.raises(kerascomp.InvalidArgumentError, match="stream"):
         kerascomp.compress(small_resnet, method=method, target_flops=0.5, stream="first", verbose=0)
+
+
+def test_the_slack_of_a_uniform_cut_goes_back_evenly(keras):
+    """At a quarter of the MACs, halving every width overshoots the budget by a hair (the stem's three inputs
+    and the classifier's outputs do not halve). The slack of the next uniform step goes back one step at a
+    time to the most-cut group: every conv at half its width but one a step below. The rule before
+    2026-12-07 gave one group all its channels back and left the stream and the rest of its stage a step
+    below half (a full-width conv among thin ones; 1.13x the thin dense model's latency on ResNet-20)."""
+    def widths(model):
+        return {layer.name: layer.get_weights()[0].shape[-1] for layer in model.layers
+                if type(layer).__name__ == "Conv2D"}
+
+    model = cifar_resnet(depth=14, width=16, input_shape=(16, 16, 3), keras_module=keras)  # two blocks a stage
+    original = widths(model)
+    result = kerascomp.compress(model, method="l1", target_flops=0.25, stream="uniform", verbose=0)
+    pruned = widths(result.model)
+    assert 0.24 <= result.report.macs_ratio <= 0.25
+    assert all(pruned[name] <= original[name] // 2 for name in original), pruned
+    below = [name for name in original if pruned[name] < original[name] // 2]  # one group: a conv or a stream
+    assert below and all(pruned[name] == original[name] // 2 - 8 for name in below), pruned
+    assert len({name[:2] for name in below}) == 1 and len(below) <= 2, pruned
 
 
 @pytest.mark.parametrize("method", ["l1", "correlation"])
