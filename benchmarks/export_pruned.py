@@ -27,7 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("--method", default="l1")
     parser.add_argument("--target", type=float, default=0.25, help="fraction of the MACs kept")
     parser.add_argument("--options", default='{"stream": "uniform"}', help="the method's options, JSON")
-    parser.add_argument("--root", default="/work/main", help="the checkout holding the trained models")
+    parser.add_argument("--root", default=".", help="the checkout holding the trained models (default: this one; "
+                                                    "point an older checkout that lacks them at a newer one)")
     args = parser.parse_args(argv)
 
     import keras
