@@ -114,7 +114,8 @@ def test_the_slack_of_a_uniform_cut_goes_back_evenly(keras):
     and the classifier's outputs do not halve). The slack of the next uniform step goes back one step at a
     time to the most-cut group: every conv at half its width but one a step below. The rule before
     2026-12-07 gave one group all its channels back and left the stream and the rest of its stage a step
-    below half (a full-width conv among thin ones; 1.13x the thin dense model's latency on ResNet-20)."""
+    below half (a full-width conv among thin ones: the trained ResNet-20 ran at 1.03x the latency of the
+    width-8 ResNet-20 with it, 0.99x with the new rule, on an AMD EPYC; benchmarks/RESULTS.md)."""
     def widths(model):
         return {layer.name: layer.get_weights()[0].shape[-1] for layer in model.layers
                 if type(layer).__name__ == "Conv2D"}
