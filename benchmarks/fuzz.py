@@ -76,6 +76,8 @@ def main(argv=None) -> int:
             for outcome in check_graph(model, method, target, export=args.export):
                 check = {"graph": index, "method": method, "stage": outcome.stage, "status": outcome.status,
                          **outcome.measures}
+                if outcome.status == "refused":  # the kerascomp error, so that no refusal goes unexplained
+                    check["reason"] = outcome.detail.splitlines()[0][:500]
                 record["checks"].append(check)
                 if outcome.status == "failed":
                     record["failures"].append({**check, "recipe": str(recipe), "detail": outcome.detail})
@@ -124,7 +126,22 @@ def markdown(record: dict) -> str:
     return (f"# Fuzzed graphs ({record['flavour']})\n\nCommand: `{record['command']}`\n\n"
             f"{record['graphs']} random graphs in {record.get('seconds', 0)} s; target {record['target_flops']} "
             f"of the MACs. **Failures: {len(record['failures'])}.**\n\n{table(headers, rows, markdown=True)}\n\n"
-            f"## Failures\n\n{failures}\n")
+            f"## Failures\n\n{failures}\n\n## Refusals\n\n{refusals(record)}\n")
+
+
+def refusals(record: dict) -> str:
+    """The refused checks by method, stage and error type, each with one message as an example (records
+    from before 2026-12-07 kept no reason)."""
+    found: dict = {}
+    for check in record["checks"]:
+        if check["status"] == "refused":
+            reason = check.get("reason", "not recorded")
+            key = (check["method"], check["stage"], reason.split(":", 1)[0])
+            found.setdefault(key, []).append(reason)
+    if not found:
+        return "None."
+    return "\n".join(f"- {method}, {stage}, {kind}: {len(reasons)}, e.g. `{reasons[0][:300]}`"
+                     for (method, stage, kind), reasons in sorted(found.items()))
 
 
 if __name__ == "__main__":

@@ -1219,7 +1219,7 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
                 error = relative_error(outputs_of(rewritten, x), expected)
                 rebuilt_for_count = rebuilt
         except CompressionError as refusal:
-            outcomes.append(Outcome(method, "refused", stage, str(refusal)))
+            outcomes.append(Outcome(method, "refused", stage, f"{type(refusal).__name__}: {refusal}"))
         except AssertionError as wrong:
             return [Outcome(method, "failed", stage, str(wrong))]
         else:
@@ -1242,7 +1242,7 @@ def check_graph(model: Any, method: str, target: float | None = 0.5, export: boo
                 warnings.simplefilter("ignore", kerascomp.CompressionWarning)
                 result = kerascomp.compress(model, method, target_flops=target, data=data, verbose=0, **options)
         except CompressionError as refusal:
-            outcomes.append(Outcome(method, "refused", stage, str(refusal)))
+            outcomes.append(Outcome(method, "refused", stage, f"{type(refusal).__name__}: {refusal}"))
             return outcomes
         measures = {"macs_ratio": result.report.macs_ratio}
         real = kerascomp.cost(result.model).macs / max(kerascomp.cost(model).macs, 1)

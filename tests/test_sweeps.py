@@ -73,3 +73,30 @@ def test_a_zoo_case_that_runs_past_its_limit_is_a_timeout_of_that_case_alone(mon
     slow, fast = zoo._run_worker("VGG16", "l1", original, args), zoo._run_worker("VGG16", "fga", original, args)
     assert (slow["status"], slow["message"], fast["status"]) == ("timeout", "timed out after 7 s", "ok")
     assert calls[1][0][-2:] == ["--original-error", "0.00025"] and {t for _, t in calls} == {7}
+
+
+def test_the_fuzz_report_says_why_each_kind_of_check_was_refused():
+    checks = [{"graph": 0, "method": "l1", "stage": "compress", "status": "refused",
+               "reason": "BudgetError: method='l1' cannot reach target_flops=0.25 (at best 0.31)"},
+              {"graph": 1, "method": "l1", "stage": "compress", "status": "refused",
+               "reason": "BudgetError: method='l1' cannot reach target_flops=0.25 (at best 0.40)"},
+              {"graph": 2, "method": "l1", "stage": "lossless", "status": "refused"},  # an old record: no reason
+              {"graph": 3, "method": "svd", "stage": "compress", "status": "ok", "macs_ratio": 0.25}]
+    record = {"flavour": "keras 3.15.1", "command": "python -m benchmarks.fuzz", "graphs": 4, "seconds": 1.0,
+              "target_flops": 0.25, "checks": checks, "failures": []}
+    text = fuzz.markdown(record)
+    assert "## Refusals" in text
+    assert "- l1, compress, BudgetError: 2, e.g. `BudgetError: method='l1' cannot reach target_flops=0.25 (at best " \
+           "0.31)`" in text
+    assert "- l1, lossless, not recorded: 1" in text and "svd" not in text.split("## Refusals")[1]
+    assert fuzz.refusals({"checks": checks[3:]}) == "None."
+
+
+def test_a_refused_fuzz_check_carries_the_kerascomp_error(keras):
+    from kerascomp.testing import check_graph
+
+    inputs = keras.Input((8, 8, 3))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3)(inputs))))  # one conv whose outputs only feed the head: nothing to cut to 0.1
+    refused = [o for o in check_graph(model, "l1", 0.1, export=False) if o.status == "refused"]
+    assert refused and all(o.detail.split(":", 1)[0].endswith("Error") for o in refused), refused
