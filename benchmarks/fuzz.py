@@ -140,7 +140,8 @@ def refusals(record: dict) -> str:
             found.setdefault(key, []).append(reason)
     if not found:
         return "None."
-    return "\n".join(f"- {method}, {stage}, {kind}: {len(reasons)}, e.g. `{reasons[0][:300]}`"
+    return "\n".join(f"- {method}, {stage}, {kind}: {len(reasons)}"
+                     + ("" if kind == "not recorded" else f", e.g. `{reasons[0][:300]}`")
                      for (method, stage, kind), reasons in sorted(found.items()))
 
 
