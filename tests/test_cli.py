@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 
+from kerascomp.bench.host import host_cpu
 from kerascomp.cli import main
 from kerascomp.loading import demo_model_path, load_model
 from tests.conftest import flavour_independent, proportional_table
@@ -37,7 +38,6 @@ def test_compress_export_bench(model_file, tmp_path, images, capsys):
     assert record["runner"] == "host" and len(record["results"]) == 2
     assert record["command"].startswith("kerascomp bench ") and "--runs 5" in record["command"]
     assert (tmp_path / "bench.md").read_text().startswith("| model |")
-    from kerascomp.bench.host import host_cpu  # every latency says which CPU made it
     assert f"CPU: {host_cpu()}" in record["conditions"] and host_cpu() in (tmp_path / "bench.md").read_text()
 
 

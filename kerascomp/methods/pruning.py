@@ -317,9 +317,10 @@ def _give_back(orders: list[GroupOrder], tables: list[tuple], counts: list[int],
     hair, one group keeps a step less, instead of one group getting all its channels back and the rest
     (the residual stream included) a step less than half (benchmarks/RESULTS.md, 2026-12-07)."""
     counts = list(counts)
+    sizes = [max(len(order.group.prunable()), 1) for order in orders]
     open_groups = {index for index, count in enumerate(counts) if count > 0}
     while open_groups:
-        index = max(open_groups, key=lambda i: (counts[i] / max(len(orders[i].group.prunable()), 1), -i))
+        index = max(open_groups, key=lambda i: (counts[i] / sizes[i], -i))
         smaller = [c for c in orders[index].allowed if c < counts[index]]
         trial = counts[:index] + smaller[-1:] + counts[index + 1:]
         if smaller and pruned_cost(tables, _removed(orders, trial))[metric] <= target:
