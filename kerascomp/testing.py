@@ -965,8 +965,8 @@ def _composite(method: str, names: dict, name: str) -> tuple[np.ndarray, np.ndar
     else:
         suffixes = ("_v",) if method == "svd" else ("_tucker_in", "_tucker_core")
         chain = [names.get(name + suffix) for suffix in suffixes] + [names.get(name)]
-        if method == "tucker" and chain[0] is not None and chain[1] is None:
-            chain = [chain[0], chain[2]]  # a 1x1 conv factored as a low-rank pair
+        if method == "tucker":  # a 1x1 conv's low-rank pair, or a kxk conv with one factor folded: two layers
+            chain = [layer for layer in chain[:2] if layer is not None] + chain[2:]
         if chain[0] is chain[-1]:
             return None
         found = _plain_chain(chain)

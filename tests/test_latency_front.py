@@ -13,7 +13,7 @@ from kerascomp.bench.latency import LatencyTable, conv_macs
 from kerascomp.errors import BudgetError
 
 GUARDED = ("fga", "svd", "joint_svd", "tucker")
-FACTORED_FORMS = ("factored", "spatial", "tucker", "fga2", "fga4")
+FACTORED_FORMS = ("factored", "spatial", "tucker", "tucker_in", "fga2", "fga4")
 
 
 def test_the_front_drops_forms_slower_than_dense_or_than_a_more_accurate_form():
@@ -169,8 +169,8 @@ def test_a_measured_table_times_the_tucker_and_spatial_forms(keras, tmp_path):
     model = keras.Model(inputs, keras.layers.Conv2D(32, 3, padding="same", name="c")(inputs))
     table = kerascomp.latency_table(model, fractions=(0.5,), runs=3, verbose=0, cache=tmp_path)
     forms = {point["form"]: point for point in table.layers["c"]}
-    assert {"dense", "factored", "tucker", "spatial"} <= set(forms)
-    for form in ("tucker", "spatial"):
+    assert {"dense", "factored", "tucker", "tucker_in", "spatial"} <= set(forms)
+    for form in ("tucker", "tucker_in", "spatial"):
         assert 0.3 < forms[form]["macs"] / table.original_macs["c"] <= 0.5
         assert forms[form]["ms"] >= 0.0
 

@@ -97,8 +97,10 @@ def test_tucker_meets_the_budget(small_resnet, images, allocation, target):
     assert decided["s2b1_proj"].action == "kept" and "1x1" in decided["s2b1_proj"].reason
     tucked = [d for d in report.layers if d.action.startswith("tucker")]
     assert tucked and all(0 <= d.relative_error < 1 for d in tucked)
-    layer = tucked[0].layer
-    assert result.model.get_layer(f"{layer}_tucker_core").get_weights()[0].shape[2:] == tuple(tucked[0].detail["ranks"])
+    for entry in tucked:  # the kxk conv holds the ranks: the core, or the conv itself when its last factor folds
+        names = {layer.name for layer in result.model.layers}
+        core = f"{entry.layer}_tucker_core" if f"{entry.layer}_tucker_core" in names else entry.layer
+        assert result.model.get_layer(core).get_weights()[0].shape[2:] == tuple(entry.detail["ranks"])
     result.model.compile("sgd", "mse")
     result.model.fit(images, np.zeros((len(images), 10)), epochs=1, verbose=0)
 
@@ -146,3 +148,55 @@ def test_tucker_ranks_snap_to_tiles_by_default_and_fall_back(small_resnet, keras
                            verbose=0)
     with pytest.raises(InvalidArgumentError, match="rank_multiple must be an int >= 1"):
         kerascomp.compress(small_resnet, method="tucker", target_flops=0.5, rank_multiple=0, verbose=0)
+
+
+def test_a_full_rank_mode_folds_into_the_core_exactly(keras):
+    """At (C, r) the first factor (C x C, orthogonal) folds into the core: kxk C -> r then 1x1; at (r, N) the last
+    folds: 1x1 C -> r then kxk r -> N with the bias; at (C, N) the chain stays whole. Each computes the Tucker-2
+    product of its ranks, and costs one op and its MACs less than the chain."""
+    from kerascomp.graph.keras_io import read_model, write_model
+    from kerascomp.methods.tucker import factor_layer, folds, tucker_cost
+
+    rng = np.random.default_rng(4)
+    inputs = keras.Input((8, 8, 16))
+    model = keras.Model(inputs, keras.layers.Conv2D(32, 3, padding="same", name="c")(inputs))
+    kernel = rng.normal(size=(3, 3, 16, 32)).astype("float32")
+    bias = rng.normal(size=32).astype("float32")
+    model.get_layer("c").set_weights([kernel, bias])
+    x = rng.normal(size=(4, 8, 8, 16)).astype("float32")
+    for ranks, layers in (((16, 8), ["c_tucker_core", "c"]), ((8, 32), ["c_tucker_in", "c"]),
+                          ((16, 32), ["c_tucker_in", "c_tucker_core", "c"]), ((8, 8), ["c_tucker_in", "c_tucker_core", "c"])):
+        graph = read_model(model)
+        factor_layer(graph, graph.layers["c"], ranks, 30, keras)
+        factored = write_model(graph)
+        assert [layer.name for layer in factored.layers[1:]] == layers
+        reference = keras.Model(inputs, keras.layers.Conv2D(32, 3, padding="same")(inputs))
+        reference.set_weights([compose(*tucker2(kernel, *ranks)), bias])
+        np.testing.assert_allclose(factored.predict(x, verbose=0), reference.predict(x, verbose=0), atol=2e-4)
+        chain = sum(int(np.prod(w.shape)) for w in tucker2(kernel, *ranks))
+        assert kerascomp.cost(factored).params == (sum(int(np.prod(w.shape)) for w in factored.get_weights())) \
+            and kerascomp.cost(factored).params - 32 == tucker_cost(kernel.shape, ranks, 64, 64, "params")
+        first, last = folds(kernel.shape, ranks)
+        assert (len(layers) == 2) == (first or last)
+        if first or last:
+            assert tucker_cost(kernel.shape, ranks, 64, 64, "params") < chain
+            assert kerascomp.cost(factored).macs == tucker_cost(kernel.shape, ranks, 64, 64, "flops")
+
+
+def test_the_global_allocation_keeps_a_full_mode_and_folds_it(keras):
+    """A kernel of rank 8 in its output mode and full rank in its input mode: the chain must truncate the input
+    mode (error), the folded kxk(8) + 1x1 loses nothing; the allocation takes it. (Before the fold, ranks were one
+    rho on both modes.)"""
+    rng = np.random.default_rng(5)
+    inputs = keras.Input((8, 8, 16))
+    hidden = keras.layers.Conv2D(32, 3, padding="same", name="c")(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(10, 1, name="head")(hidden))
+    low = np.einsum("hwcr,rn->hwcn", rng.normal(size=(3, 3, 16, 8)), rng.normal(size=(8, 32))).astype("float32")
+    model.get_layer("c").set_weights([low, np.zeros(32, "float32")])
+    result = kerascomp.compress(model, method="tucker", target_flops=0.5, pointwise=False, verbose=0)
+    assert result.report.choices["layers"]["c"] == [16, 8]
+    entry = {d.layer: d for d in result.report.layers}["c"]
+    assert "first factor folded" in entry.action and entry.relative_error < 1e-5
+    assert "c_tucker_in" not in {layer.name for layer in result.model.layers}
+    x = rng.normal(size=(4, 8, 8, 16)).astype("float32")
+    np.testing.assert_allclose(result.model.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-3, atol=1e-3)

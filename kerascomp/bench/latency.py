@@ -4,7 +4,7 @@
 candidate forms: the original, the conv with fewer input channels and with fewer output channels
 (pruning its consumer side and its producer side; at the fractions asked and at multiples of 8),
 the kxk(r) + 1x1 pair at several ranks (decomposition), FGA's grouped kxk + 1x1 for each group count, Tucker-2's
-1x1 + kxk + 1x1 and spatial SVD's kx1 + 1xk. Candidates of one layer shape are timed interleaved, and
+1x1 + kxk + 1x1 and its 1x1 + kxk with the last factor folded, and spatial SVD's kx1 + 1xk. Candidates of one layer shape are timed interleaved, and
 layers of the same shape share one measurement. The whole original model is timed too; what
 the convs do not account for is a fixed remainder.
 
@@ -150,7 +150,8 @@ def _candidates(keras, kernel_shape, config: dict, input_shape: tuple, fractions
     """(form, MACs fraction, single-layer model) for the original conv and its smaller forms: fewer
     inputs (``"dense"``), fewer outputs (``"pruned_out"``, a pruned producer), kxk(r) + 1x1 (``"factored"``),
     FGA's grouped kxk + 1x1 (``"fga{g}"``) and,
-    for a kxk conv, Tucker-2's 1x1 + kxk core + 1x1 (``"tucker"``) and spatial SVD's kx1 + 1xk (``"spatial"``)."""
+    for a kxk conv, Tucker-2's 1x1 + kxk core + 1x1 (``"tucker"``), 1x1 + kxk (``"tucker_in"``, its last
+    factor folded) and spatial SVD's kx1 + 1xk (``"spatial"``)."""
     height, width, channels, filters = kernel_shape
     base = {key: config.get(key) for key in ("kernel_size", "strides", "padding", "dilation_rate") if key in config}
     spatial = tuple(input_shape[1:-1])
@@ -219,8 +220,9 @@ def _spatial(keras, model, kernel_shape, base: dict, fraction: float, found: lis
 
 def _tucker(keras, model, channels: int, filters: int, area: int, base: dict, fraction: float,
             found: list) -> list[tuple[str, float, Any]]:
-    """The Tucker-2 candidate of a kxk conv at about ``fraction`` of its MACs (the stride sits on the
-    core, as ``methods/tucker.py`` builds it), unless ``found`` has it at those ranks already."""
+    """The Tucker-2 candidates of a kxk conv at about ``fraction`` of its MACs, the chain and the 1x1 + kxk
+    with its last factor folded (the stride sits on the kxk conv, as ``methods/tucker.py`` builds them),
+    unless ``found`` has them at those ranks already."""
     strides = base.get("strides") or (1, 1)
     step = int(np.prod(strides)) if isinstance(strides, (list, tuple)) else int(strides) ** 2
 
@@ -233,11 +235,20 @@ def _tucker(keras, model, channels: int, filters: int, area: int, base: dict, fr
         middle = 0.5 * (low + high)
         low, high = (middle, high) if macs(middle)[0] <= fraction else (low, middle)
     ratio, into, out = macs(low)
-    if ratio >= 1.0 or any(form == "tucker" and abs(f - ratio) < 1e-9 for form, f, _ in found):
-        return []
-    layers = [keras.layers.Conv2D(into, 1, use_bias=False), keras.layers.Conv2D(out, use_bias=False, **base),
-              keras.layers.Conv2D(filters, 1)]
-    return [("tucker", ratio, model(channels, layers))]
+    made = []
+    if ratio < 1.0 and not any(form == "tucker" and abs(f - ratio) < 1e-9 for form, f, _ in found):
+        layers = [keras.layers.Conv2D(into, 1, use_bias=False), keras.layers.Conv2D(out, use_bias=False, **base),
+                  keras.layers.Conv2D(filters, 1)]
+        made.append(("tucker", ratio, model(channels, layers)))
+    # the last factor folded (the output mode at full rank): 1x1 to r channels, then the kxk conv from r to N;
+    # the first folded is the kxk(r) + 1x1 pair, timed as "factored"
+    rank = int(fraction * area * channels * filters / (step * channels + area * filters))
+    ratio = rank * (step * channels + area * filters) / (area * channels * filters)
+    if 1 <= rank < channels and ratio < 1.0 and not any(form == "tucker_in" and abs(f - ratio) < 1e-9
+                                                         for form, f, _ in found):
+        made.append(("tucker_in", ratio, model(channels, [keras.layers.Conv2D(rank, 1, use_bias=False),
+                                                           keras.layers.Conv2D(filters, **base)])))
+    return made
 
 
 def default_cache() -> Path:
@@ -328,7 +339,8 @@ def latency_table(model: Any, fractions=(0.75, 0.5, 0.25, 0.1), num_threads: int
         raise InvalidArgumentError(f"cache must be True, False or a folder, got {type(cache).__name__}.")
     store = TimingCache(cache, num_threads, runs)
     options = {"fractions": [float(f) for f in fractions], "min_channels_per_group": min_channels_per_group,
-               "forms": 3}  # 2: with Tucker-2 and spatial SVD; 3: with fewer output channels and multiples of 8
+               "forms": 4}  # 2: with Tucker-2 and spatial SVD; 3: with fewer output channels and multiples of 8;
+    # 4: with Tucker-2's last factor folded ("tucker_in")
     graph = read_model(model)
     shapes = infer_shapes(graph)
     keras = module_for(graph)

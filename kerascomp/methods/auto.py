@@ -77,7 +77,8 @@ from kerascomp.methods.reconstruct import RIDGE
 from kerascomp.methods.registry import Context, Method
 from kerascomp.methods.sensitivity import conv_layers
 from kerascomp.methods.tiles import run_with_tile_steps
-from kerascomp.methods.tucker import factor_layer, tucker_cost
+from kerascomp.methods.tucker import factor_layer, input_factor, tucker_cost
+from kerascomp.methods.tucker import table_form as tucker_table_form
 from kerascomp.methods.whitening import input_moments, unwhiten_layer, whitened_spec, whitening_on
 
 FORMS = ("prune", "fga", "svd", "tucker")
@@ -675,7 +676,7 @@ def _realise(graph: Graph, shapes: dict, analysis: ChannelAnalysis, units: list[
                 first = next(iter(sorted(set(result.layers) - before)))  # the kx1 conv, which reads the input
             else:
                 error = factor_layer(result, source, (form[1], form[2]), options.iterations, keras)
-                first = next(n for n in sorted(set(result.layers) - before) if n.startswith(f"{conv.name}_tucker_in"))
+                first = input_factor(set(result.layers) - before, conv.name)
             unwhiten_layer(result, first, blocks)
             if form[0] != "fga":
                 parts[conv.name] = [conv.name] + sorted(set(result.layers) - before)
@@ -722,7 +723,7 @@ def _table_form(conv: _Conv, form: tuple) -> str:
         return fga_form(form[1])
     if form[0] == "svd":
         return "spatial"
-    return "factored" if conv.shape[:2] == (1, 1) else "tucker"
+    return tucker_table_form(conv.shape, (form[1], form[2]))
 
 
 class AutoMethod(Method):

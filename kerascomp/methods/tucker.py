@@ -1,6 +1,9 @@
 """``method="tucker"``: every kxk Conv2D becomes 1x1 -> kxk -> 1x1 by Tucker-2 (tensorly).
 
-Ranks are ``(round(rho * C), round(rho * N))``. A 1x1 conv (``pointwise``, by default only when
+Ranks are ``(round(rho * C), round(rho * N))``. A mode kept at full rank has a square orthogonal factor,
+which folds into the core exactly: ``(C, r_out)`` is the pair kxk ``C -> r_out`` -> 1x1 and ``(r_in, N)`` the pair
+1x1 ``C -> r_in`` -> kxk, one op and its MACs fewer than the chain (on small inputs each op has a fixed cost; the
+global allocation offers both, and a latency table times them). A 1x1 conv (``pointwise``, by default only when
 the kxk convs alone cannot reach the budget) has no spatial core: its Tucker-2 at ranks ``(r, r)``
 is a low-rank pair 1x1 ``C -> r`` -> 1x1 ``r -> N`` (the core folded into the second factor). ``allocation="uniform"`` bisects one ``rho`` for
 every layer until the model meets the budget (the uniform-rate baseline collaborative compression
@@ -81,9 +84,40 @@ def tucker_cost(kernel_shape: tuple[int, ...], ranks: tuple[int, int] | None, in
     r_in, r_out = ranks
     if (height, width) == (1, 1):
         return (channels + filters) * r_in * (1 if metric == "params" else out_pixels)
+    first, last = folds(kernel_shape, ranks)
     if metric == "params":
-        return channels * r_in + height * width * r_in * r_out + r_out * filters
-    return in_pixels * channels * r_in + out_pixels * (height * width * r_in * r_out + r_out * filters)
+        return (0 if first else channels * r_in) + height * width * r_in * r_out + (0 if last else r_out * filters)
+    return ((0 if first else in_pixels * channels * r_in)
+            + out_pixels * (height * width * r_in * r_out + (0 if last else r_out * filters)))
+
+
+def folds(kernel_shape: tuple[int, ...], ranks: tuple[int, int]) -> tuple[bool, bool]:
+    """Whether a kxk conv's Tucker-2 at ``ranks`` folds its first and its last factor into the core: a mode
+    at full rank has a square factor, which the core absorbs exactly. Only one of the two folds (at
+    ``(C, N)`` the chain stays whole: the full-rank Tucker-2 that the lossless checks rewrite to)."""
+    _, _, channels, filters = kernel_shape
+    if tuple(kernel_shape[:2]) == (1, 1) or (ranks[0] == channels and ranks[1] == filters):
+        return False, False
+    return ranks[0] == channels, ranks[1] == filters
+
+
+def table_form(kernel_shape: tuple[int, ...], ranks: tuple[int, int]) -> str:
+    """The latency table's form of a Tucker-2 at ``ranks``: ``"factored"`` (kxk(r) + 1x1: a 1x1 conv's
+    low-rank pair, or the first factor folded), ``"tucker_in"`` (1x1 + kxk: the last folded) or
+    ``"tucker"`` (the chain)."""
+    if tuple(kernel_shape[:2]) == (1, 1):
+        return "factored"
+    first, last = folds(kernel_shape, ranks)
+    return "factored" if first else "tucker_in" if last else "tucker"
+
+
+def input_factor(made: set[str], name: str) -> str:
+    """The layer of conv ``name``'s Tucker-2 (``made``: the names it added) that reads the conv's input."""
+    for prefix in (f"{name}_tucker_in", f"{name}_tucker_core"):
+        found = sorted(n for n in made if n.startswith(prefix))
+        if found:
+            return found[0]
+    return name
 
 
 def snap(value: float, step: int, full: int) -> int:
@@ -117,6 +151,17 @@ class _Layer:
         """The ranks at ``rho``, or ``None`` (stay dense) where they save nothing."""
         ranks = self.ranks(rho)
         return ranks if self.cost(ranks, metric) < self.cost(None, metric) else None
+
+    def offers(self, metric: str) -> list[tuple[int, int] | None]:
+        """The global allocation's ranks: one ``rho`` on both modes, or one mode at full rank (folded) and the
+        other at ``rho``; each ``None`` where it saves nothing over the dense conv."""
+        _, _, channels, filters = self.spec.weights[0].shape
+        found = []
+        for rho in RHOS:
+            r_in, r_out = self.ranks(rho)
+            for ranks in ((r_in, r_out), (channels, r_out), (r_in, filters)):
+                found.append(ranks if self.cost(ranks, metric) < self.cost(None, metric) else None)
+        return found
 
     def best_at(self, rank: int, metric: str) -> bool:
         """Whether the pair of rank ``rank`` is cheaper than the dense 1x1 conv."""
@@ -183,20 +228,19 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     else:
         chosen, offered = _global(layers, metric, fixed, goal, total, reasons, options.pointwise, latency)
     result = graph.copy()
-    errors = {}
+    errors, parts = {}, {}
     for layer, ranks in tqdm(list(zip(layers, chosen)), desc="tucker", disable=not verbose):
         if ranks is None:
             continue
-        made = set(result.layers)
+        before_names = set(result.layers)
         errors[layer.spec.name] = factor_layer(result, layer.spec, ranks, options.iterations, keras)
-        if blocks.get(layer.spec.name) is not None:  # the first 1x1 reads the input: undo the whitening on it
-            first = next(n for n in sorted(set(result.layers) - made) if n.startswith(f"{layer.spec.name}_tucker_in"))
-            unwhiten_layer(result, first, blocks[layer.spec.name])
+        made = set(result.layers) - before_names
+        if blocks.get(layer.spec.name) is not None:  # the factor that reads the input: undo the whitening on it
+            unwhiten_layer(result, input_factor(made, layer.spec.name), blocks[layer.spec.name])
+        parts[layer.spec.name] = [layer.spec.name] + sorted(made)
     rewritten = {layer.spec.name: (_label(layer, ranks),
                                    errors.get(layer.spec.name), {"ranks": list(ranks) if ranks else None})
                  for layer, ranks in zip(layers, chosen)}
-    parts = {layer.spec.name: [layer.spec.name, f"{layer.spec.name}_tucker_in"]
-             + ([] if layer.pair else [f"{layer.spec.name}_tucker_core"]) for layer in layers if layer.spec.name in errors}
     notes = {"allocation": options.allocation}
     note = front_note(offered, latency, options.allocation, from_plan=plan_choices is not None)
     if note:
@@ -210,13 +254,19 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
 def _label(layer: _Layer, ranks: tuple[int, int] | None) -> str:
     if ranks is None:
         return "dense"
-    return f"tucker pair r={ranks[0]}" if layer.pair else f"tucker r_in={ranks[0]} r_out={ranks[1]}"
+    if layer.pair:
+        return f"tucker pair r={ranks[0]}"
+    first, last = folds(layer.spec.weights[0].shape, ranks)
+    return f"tucker r_in={ranks[0]} r_out={ranks[1]}" + (" (first factor folded)" if first else
+                                                         " (last factor folded)" if last else "")
 
 
 def factor_layer(graph: Graph, spec: LayerSpec, ranks: tuple[int, int], iterations: int, keras) -> float:
     """Replace the conv ``spec`` in ``graph`` by its Tucker-2 chain 1x1(r_in) -> kxk(r_in, r_out) -> 1x1
-    (a 1x1 conv: the pair 1x1(r) -> 1x1, its core folded into the second factor); return the kernel's
-    relative reconstruction error."""
+    (a 1x1 conv: the pair 1x1(r) -> 1x1, its core folded into the second factor; a kxk conv with one mode
+    at full rank: that mode's factor folded into the core, :func:`folds`); return the kernel's relative
+    reconstruction error. The layer that reads the input is named ``<name>_tucker_in`` (or
+    ``<name>_tucker_core`` when the first factor is folded); the last keeps ``name`` and the bias."""
     first, core, last = tucker2(spec.weights[0], *ranks, iterations=iterations)
     error = float(np.linalg.norm(compose(first, core, last) - spec.weights[0]) /
                   max(np.linalg.norm(spec.weights[0]), 1e-12))
@@ -230,12 +280,23 @@ def factor_layer(graph: Graph, spec: LayerSpec, ranks: tuple[int, int], iteratio
                           keras)]
         graph.replace_layer(spec.name, pair)
         return error
-    chain = [conv_spec(graph.unique_name(f"{spec.name}_tucker_in"), first, (1, 1), "valid", (1, 1), None, None,
-                       trainable, keras),
-             conv_spec(graph.unique_name(f"{spec.name}_tucker_core"), core, config.get("strides", (1, 1)),
-                       config.get("padding", "valid"), config.get("dilation_rate", (1, 1)), None, None, trainable,
-                       keras),
-             conv_spec(spec.name, last, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable, keras)]
+    fold_first, fold_last = folds(spec.weights[0].shape, ranks)
+    if fold_first:  # first is C x C orthogonal: the core reads the input directly
+        core = np.einsum("ca,hwab->hwcb", first[0, 0], core).astype(core.dtype)
+    if fold_last:
+        core = np.einsum("hwab,bn->hwan", core, last[0, 0]).astype(core.dtype)
+    spatial = dict(strides=config.get("strides", (1, 1)), padding=config.get("padding", "valid"),
+                   dilation_rate=config.get("dilation_rate", (1, 1)))
+    chain = [] if fold_first else [conv_spec(graph.unique_name(f"{spec.name}_tucker_in"), first, (1, 1), "valid",
+                                             (1, 1), None, None, trainable, keras)]
+    if fold_last:
+        chain.append(conv_spec(spec.name, core, spatial["strides"], spatial["padding"], spatial["dilation_rate"],
+                               bias, config.get("activation"), trainable, keras))
+    else:
+        chain += [conv_spec(graph.unique_name(f"{spec.name}_tucker_core"), core, spatial["strides"],
+                            spatial["padding"], spatial["dilation_rate"], None, None, trainable, keras),
+                  conv_spec(spec.name, last, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable,
+                            keras)]
     graph.replace_layer(spec.name, chain)
     return error
 
@@ -263,7 +324,7 @@ def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total:
             choices = [None] + [(r, r) for r in dict.fromkeys(snap(r, layer.step, top) for r in range(1, top + 1))
                                 if layer.best_at(r, metric)]
         else:
-            choices = [None] + list(dict.fromkeys(layer.best(rho, metric) for rho in RHOS if layer.best(rho, metric)))
+            choices = [None] + list(dict.fromkeys(ranks for ranks in layer.offers(metric) if ranks is not None))
         options.append(choices)
         cost = [layer.cost(c, metric) for c in choices]
         error = [0.0 if c is None else float(drop_in[c[0]] if layer.pair else drop_in[c[0]] + drop_out[c[1]])
@@ -282,9 +343,9 @@ def _layer_ms(layer: _Layer, choices: list, latency) -> np.ndarray | None:
     name = layer.spec.name
     if latency is None or name not in latency.layers:
         return None
-    form = "factored" if layer.pair else "tucker"
-    return np.array([latency.original_ms(name) if c is None else latency.layer_ms(name, form, layer.cost(c, "flops"))
-                     for c in choices], float)
+    shape = layer.spec.weights[0].shape
+    return np.array([latency.original_ms(name) if c is None else
+                     latency.layer_ms(name, table_form(shape, c), layer.cost(c, "flops")) for c in choices], float)
 
 
 def _budget_error(metric: str, floor: float, goal: float, reasons: dict, pointwise: bool,
