@@ -34,6 +34,9 @@ SETTINGS = {
 }
 
 
+COMPRESS_ARGUMENTS = {"latency"}  # kerascomp.compress's own arguments a setting may carry, e.g. {"latency": "host"}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="baseline .keras (default: the shipped demo model)")
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
         for setting in args.settings.split(","):
             if (method, setting, args.target) in done:
                 continue
-            known = {f.name for f in dataclasses.fields(registry.get(name).options_class)}
+            known = {f.name for f in dataclasses.fields(registry.get(name).options_class)} | COMPRESS_ARGUMENTS
             if setting not in SETTINGS:
                 parser.error(f"unknown setting {setting!r}: pick from {', '.join(SETTINGS)} or define it with --setting")
             if not set(SETTINGS[setting]) <= known:

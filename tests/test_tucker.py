@@ -185,16 +185,29 @@ def test_a_full_rank_mode_folds_into_the_core_exactly(keras):
 
 def test_the_global_allocation_keeps_a_full_mode_and_folds_it(keras):
     """A kernel of rank 8 in its output mode and full rank in its input mode: the chain must truncate the input
-    mode (error), the folded kxk(8) + 1x1 loses nothing; the allocation takes it. (Before the fold, ranks were one
-    rho on both modes.)"""
+    mode (error), the folded kxk(8) + 1x1 loses nothing; with a latency table (here one that follows the MACs)
+    the allocation takes it. Without a table it keeps one rho on both modes (the folded forms are offered only
+    where they are timed)."""
+    from kerascomp.bench.latency import LatencyTable, conv_macs
+
     rng = np.random.default_rng(5)
     inputs = keras.Input((8, 8, 16))
     hidden = keras.layers.Conv2D(32, 3, padding="same", name="c")(inputs)
     model = keras.Model(inputs, keras.layers.Conv2D(10, 1, name="head")(hidden))
     low = np.einsum("hwcr,rn->hwcn", rng.normal(size=(3, 3, 16, 8)), rng.normal(size=(8, 32))).astype("float32")
     model.get_layer("c").set_weights([low, np.zeros(32, "float32")])
-    result = kerascomp.compress(model, method="tucker", target_flops=0.5, pointwise=False, verbose=0)
+    macs = conv_macs(model)
+    table = LatencyTable({name: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for name, m in macs.items()},
+                         sum(macs.values()) * 1.1e-6, "constructed: 1 ns per MAC", 1, macs)
+    plain = kerascomp.compress(model, method="tucker", target_flops=0.5, pointwise=False, verbose=0)
+    ranks = plain.report.choices["layers"]["c"]
+    assert ranks[0] * 2 == ranks[1] and ranks != [16, 32]  # one rho: r_in = rho * 16, r_out = rho * 32
+    result = kerascomp.compress(model, method="tucker", target_flops=0.5, pointwise=False, verbose=0, latency=table)
     assert result.report.choices["layers"]["c"] == [16, 8]
+    forced = kerascomp.compress(model, method="tucker", target_flops=0.5, pointwise=False, verbose=0, fold=True)
+    assert forced.report.choices["layers"]["c"] == [16, 8]
+    with pytest.raises(InvalidArgumentError, match="fold"):
+        kerascomp.compress(model, method="tucker", target_flops=0.5, verbose=0, fold="always")
     entry = {d.layer: d for d in result.report.layers}["c"]
     assert "first factor folded" in entry.action and entry.relative_error < 1e-5
     assert "c_tucker_in" not in {layer.name for layer in result.model.layers}

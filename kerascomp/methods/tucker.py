@@ -3,7 +3,7 @@
 Ranks are ``(round(rho * C), round(rho * N))``. A mode kept at full rank has a square orthogonal factor,
 which folds into the core exactly: ``(C, r_out)`` is the pair kxk ``C -> r_out`` -> 1x1 and ``(r_in, N)`` the pair
 1x1 ``C -> r_in`` -> kxk, one op and its MACs fewer than the chain (on small inputs each op has a fixed cost; the
-global allocation offers both, and a latency table times them). A 1x1 conv (``pointwise``, by default only when
+global allocation offers both when it has a latency table to time them). A 1x1 conv (``pointwise``, by default only when
 the kxk convs alone cannot reach the budget) has no spatial core: its Tucker-2 at ranks ``(r, r)``
 is a low-rank pair 1x1 ``C -> r`` -> 1x1 ``r -> N`` (the core folded into the second factor). ``allocation="uniform"`` bisects one ``rho`` for
 every layer until the model meets the budget (the uniform-rate baseline collaborative compression
@@ -47,7 +47,9 @@ class TuckerOptions:
     ``rank_multiple``: both ranks are multiples of this, or the full channel count where that is smaller
     (XNNPACK computes channels in tiles, so a rank of 6 costs about what 8 costs); ``None``, the
     default since 2026-12-05: the first of 8, 4 and 1 that meets the budget
-    (:mod:`kerascomp.methods.tiles`)."""
+    (:mod:`kerascomp.methods.tiles`); ``fold``: whether the global allocation also offers the forms with one
+    mode at full rank, its factor folded into the core (one op fewer): ``True``, ``False``, or ``"auto"``, the
+    default: only with a latency table to time them."""
 
     allocation: str = "global"
     pointwise: bool | str = "auto"
@@ -59,8 +61,10 @@ class TuckerOptions:
     max_samples: int = 256
     whiten: bool | str = "auto"
     rank_multiple: int | None = None
+    fold: bool | str = "auto"
 
     def validate(self) -> None:
+        check_auto("fold", self.fold)
         check_choice("allocation", self.allocation, ALLOCATIONS)
         if self.rank_multiple is not None:
             check_int("rank_multiple", self.rank_multiple)
@@ -152,14 +156,14 @@ class _Layer:
         ranks = self.ranks(rho)
         return ranks if self.cost(ranks, metric) < self.cost(None, metric) else None
 
-    def offers(self, metric: str) -> list[tuple[int, int] | None]:
-        """The global allocation's ranks: one ``rho`` on both modes, or one mode at full rank (folded) and the
-        other at ``rho``; each ``None`` where it saves nothing over the dense conv."""
+    def offers(self, metric: str, folded: bool) -> list[tuple[int, int] | None]:
+        """The global allocation's ranks: one ``rho`` on both modes and, with ``folded``, one mode at full rank
+        (its factor folded) and the other at ``rho``; each ``None`` where it saves nothing over the dense conv."""
         _, _, channels, filters = self.spec.weights[0].shape
         found = []
         for rho in RHOS:
             r_in, r_out = self.ranks(rho)
-            for ranks in ((r_in, r_out), (channels, r_out), (r_in, filters)):
+            for ranks in ((r_in, r_out),) + (((channels, r_out), (r_in, filters)) if folded else ()):
                 found.append(ranks if self.cost(ranks, metric) < self.cost(None, metric) else None)
         return found
 
@@ -226,7 +230,8 @@ def tucker_pass(graph: Graph, shapes: dict, budget: Budget, data, options: Tucke
     elif options.allocation == "uniform":
         chosen = _uniform(layers, metric, fixed, goal, total, reasons, options.pointwise)
     else:
-        chosen, offered = _global(layers, metric, fixed, goal, total, reasons, options.pointwise, latency)
+        folded = latency is not None if options.fold == "auto" else bool(options.fold)
+        chosen, offered = _global(layers, metric, fixed, goal, total, reasons, options.pointwise, latency, folded)
     result = graph.copy()
     errors, parts = {}, {}
     for layer, ranks in tqdm(list(zip(layers, chosen)), desc="tucker", disable=not verbose):
@@ -315,7 +320,7 @@ def _uniform(layers: list[_Layer], metric: str, fixed: float, goal: float, total
 
 
 def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total: float, reasons: dict,
-            pointwise: bool, latency=None) -> tuple[list[tuple[int, int] | None], list[Candidates]]:
+            pointwise: bool, latency=None, folded: bool = False) -> tuple[list[tuple[int, int] | None], list[Candidates]]:
     candidates, options = [], []
     for layer in layers:
         drop_in, drop_out = truncation_errors(layer.spec.weights[0])
@@ -324,7 +329,11 @@ def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total:
             choices = [None] + [(r, r) for r in dict.fromkeys(snap(r, layer.step, top) for r in range(1, top + 1))
                                 if layer.best_at(r, metric)]
         else:
-            choices = [None] + list(dict.fromkeys(ranks for ranks in layer.offers(metric) if ranks is not None))
+            # fold="auto": the folded forms only with a table to time them; offered by MACs alone, the allocation put every
+            # stage-3 conv of the trained ResNet-20 behind a rank-8 projection of its 64 inputs at 0.25 of the
+            # MACs (its error proxy, each mode's truncation, does not see that bottleneck compound): top-1
+            # before finetuning 47.1% against 62.5% for one rho on both modes (benchmarks/results/start_point_tucker_fold.md)
+            choices = [None] + list(dict.fromkeys(ranks for ranks in layer.offers(metric, folded) if ranks is not None))
         options.append(choices)
         cost = [layer.cost(c, metric) for c in choices]
         error = [0.0 if c is None else float(drop_in[c[0]] if layer.pair else drop_in[c[0]] + drop_out[c[1]])
