@@ -42,6 +42,25 @@ def test_int8_needs_calibration(compressed, tmp_path):
         kerascomp.export_tflite(compressed, tmp_path / "q.tflite", quantize="int8")
 
 
+def test_int8_calibrates_on_up_to_2000_rows_and_checks_500(compressed, tmp_path, monkeypatch):
+    """The converter's representative dataset gets the first 2,000 rows (500 until 2026-12-07), the parity check
+    the first 500."""
+    from kerascomp.export import tflite
+
+    seen = []
+    real = tflite.convert
+
+    def spy(model, quantize, calibration, *args, **kwargs):
+        seen.append(None if calibration is None else len(calibration[0]))
+        return real(model, None, None, *args, **kwargs)  # fp32: the rows seen are what this test is about
+
+    monkeypatch.setattr(tflite, "convert", spy)
+    images = np.random.default_rng(2).uniform(0, 255, (2100, 16, 16, 3)).astype("float32")
+    result = kerascomp.export_tflite(compressed, tmp_path / "c.tflite", quantize="int8", representative_data=images)
+    assert seen == [tflite.CALIBRATION_ROWS] == [2000]
+    assert result.samples == 500
+
+
 def test_bad_quantize_mode(compressed, tmp_path):
     with pytest.raises(InvalidArgumentError, match="quantize='int4'"):
         kerascomp.export_tflite(compressed, tmp_path / "q.tflite", quantize="int4")
