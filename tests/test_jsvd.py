@@ -346,8 +346,11 @@ def test_svd_refuses_groups_and_impossible_targets(resnet14):
 def test_full_budget_changes_nothing_and_recalibration_uses_data(resnet14, images):
     result = kerascomp.compress(resnet14, "joint_svd", target_params=1.0, verbose=0)
     np.testing.assert_allclose(result.model.predict(images, verbose=0), resnet14.predict(images, verbose=0), atol=1e-6)
-    calibrated = kerascomp.compress(resnet14, "joint_svd", target_params=0.5, data=images, verbose=0)
+    calibrated = kerascomp.compress(resnet14, "joint_svd", target_params=0.5, data=images, verbose=0,
+                                    reconstruct=False)  # recalibrate="auto" runs where reconstruction does not
     assert calibrated.report.notes["recalibrated_batchnorms"] > 0
+    refit = kerascomp.compress(resnet14, "joint_svd", target_params=0.5, data=images, verbose=0)
+    assert refit.report.notes["recalibrated_batchnorms"] == 0 and "skipped" in refit.report.notes["recalibration"]
 
 
 def test_global_allocation_and_rank_multiple(resnet14):

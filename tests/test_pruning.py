@@ -236,7 +236,8 @@ def test_recalibration_stores_data_statistics(small_resnet, images, monkeypatch,
 
 def test_report_lists_pruned_layers(small_resnet, images):
     report = kerascomp.compress(small_resnet, method="correlation", target_flops=0.5, data=images, stream="uniform",
-                                channel_multiple=1, verbose=0).report  # the stream pruned too: the logits lose inputs
+                                channel_multiple=1, recalibrate=True,
+                                verbose=0).report  # the stream pruned too: the logits lose inputs
     actions = {d.layer: d.action for d in report.layers}
     assert actions["s1b1_conv1"].startswith("pruned") and "out 16->" in actions["s1b1_conv1"]
     assert actions["logits"].startswith("pruned in")

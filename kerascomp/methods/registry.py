@@ -84,11 +84,13 @@ def finish(original: Graph, result: Graph, report: CompressionReport, data: Any,
            verbose: int = 1) -> Graph:
     """The steps every method shares after its rewrite, in order: reconstruction (the ``reconstruct`` option:
     refit each changed layer's last linear map so the compressed model's outputs match the original's, see
-    :mod:`kerascomp.methods.reconstruct`), then BatchNormalization recalibration (the ``recalibrate`` option).
+    :mod:`kerascomp.methods.reconstruct`), then BatchNormalization recalibration (the ``recalibrate`` option;
+    ``"auto"`` runs it only where reconstruction did not, see :func:`recalibrate_if_asked`).
     Options objects without these fields skip the step. Records what was done in ``report``."""
     check_finishing(options, data)
     changed = fingerprint(original) != fingerprint(result)
-    if changed and reconstruct_active(options, data):
+    reconstructed = changed and reconstruct_active(options, data)
+    if reconstructed:
         units, skipped = find_units(original, result, report.kept_outputs)
         result, details = reconstruct(original, result, units, data, options.reconstruct_samples, verbose)
         rows = {record.layer: record for record in report.layers}
@@ -103,8 +105,10 @@ def finish(original: Graph, result: Graph, report: CompressionReport, data: Any,
             report.notes["not_reconstructed"] = len(skipped)
     if hasattr(options, "recalibrate"):
         result, recalibrated = recalibrate_if_asked(result, data, options.recalibrate,
-                                                    getattr(options, "max_samples", 256), changed)
+                                                    getattr(options, "max_samples", 256), changed, reconstructed)
         report.notes["recalibrated_batchnorms"] = recalibrated
+        if reconstructed and options.recalibrate == "auto":
+            report.notes["recalibration"] = "skipped: recalibrate='auto' runs only where reconstruction did not"
     return result
 
 
