@@ -72,7 +72,7 @@ def check_recalibrate(recalibrate: bool | str, data: Any) -> None:
 def recalibrate_if_asked(graph: Graph, data: Any, recalibrate: bool | str, max_samples: int,
                          changed: bool = True, reconstructed: bool = False) -> tuple[Graph, int]:
     """BN recalibration as every method's ``recalibrate`` option asks: ``True`` (needs ``data``), ``False``, or
-    ``"auto"`` (when ``data`` is given and reconstruction did not run: ``reconstructed``); only when the method
+    ``"auto"`` (when ``data`` is given and reconstruction refit no layer: ``reconstructed``); only when the method
     ``changed`` something. Returns the graph and the number of BatchNormalization layers re-estimated.
 
     Why not after reconstruction: the refit already matches each layer's output to the original's, whose BN

@@ -85,12 +85,12 @@ def finish(original: Graph, result: Graph, report: CompressionReport, data: Any,
     """The steps every method shares after its rewrite, in order: reconstruction (the ``reconstruct`` option:
     refit each changed layer's last linear map so the compressed model's outputs match the original's, see
     :mod:`kerascomp.methods.reconstruct`), then BatchNormalization recalibration (the ``recalibrate`` option;
-    ``"auto"`` runs it only where reconstruction did not, see :func:`recalibrate_if_asked`).
+    ``"auto"`` runs it only where reconstruction refit no layer, see :func:`recalibrate_if_asked`).
     Options objects without these fields skip the step. Records what was done in ``report``."""
     check_finishing(options, data)
     changed = fingerprint(original) != fingerprint(result)
-    reconstructed = changed and reconstruct_active(options, data)
-    if reconstructed:
+    reconstructed = False  # whether reconstruction refit at least one layer
+    if changed and reconstruct_active(options, data):
         units, skipped = find_units(original, result, report.kept_outputs)
         result, details = reconstruct(original, result, units, data, options.reconstruct_samples, verbose)
         rows = {record.layer: record for record in report.layers}
@@ -100,6 +100,7 @@ def finish(original: Graph, result: Graph, report: CompressionReport, data: Any,
         for name, reason in skipped.items():
             if name in rows:
                 rows[name].detail["not_reconstructed"] = reason
+        reconstructed = any(d["refit"] for d in details.values())
         report.notes["reconstructed_layers"] = f"{sum(d['refit'] for d in details.values())}/{len(units)}"
         if skipped:
             report.notes["not_reconstructed"] = len(skipped)
@@ -108,7 +109,7 @@ def finish(original: Graph, result: Graph, report: CompressionReport, data: Any,
                                                     getattr(options, "max_samples", 256), changed, reconstructed)
         report.notes["recalibrated_batchnorms"] = recalibrated
         if reconstructed and options.recalibrate == "auto":
-            report.notes["recalibration"] = "skipped: recalibrate='auto' runs only where reconstruction did not"
+            report.notes["recalibration"] = "skipped: recalibrate='auto' runs only where reconstruction refit nothing"
     return result
 
 
