@@ -156,16 +156,18 @@ class _Layer:
         ranks = self.ranks(rho)
         return ranks if self.cost(ranks, metric) < self.cost(None, metric) else None
 
-    def offers(self, metric: str, folded: bool) -> list[tuple[int, int] | None]:
-        """The global allocation's ranks: one ``rho`` on both modes and, with ``folded``, one mode at full rank
-        (its factor folded) and the other at ``rho``; each ``None`` where it saves nothing over the dense conv."""
+    def offers(self, metric: str, folded: bool) -> list[tuple[int, int]]:
+        """The global allocation's ranks, each saving over the dense conv, in order and without repeats: one
+        ``rho`` on both modes and, with ``folded``, one mode at full rank (its factor folded), the other at ``rho``."""
         _, _, channels, filters = self.spec.weights[0].shape
-        found = []
+        dense = self.cost(None, metric)
+        found = {}
         for rho in RHOS:
             r_in, r_out = self.ranks(rho)
             for ranks in ((r_in, r_out),) + (((channels, r_out), (r_in, filters)) if folded else ()):
-                found.append(ranks if self.cost(ranks, metric) < self.cost(None, metric) else None)
-        return found
+                if self.cost(ranks, metric) < dense:
+                    found[ranks] = None
+        return list(found)
 
     def best_at(self, rank: int, metric: str) -> bool:
         """Whether the pair of rank ``rank`` is cheaper than the dense 1x1 conv."""
@@ -333,7 +335,7 @@ def _global(layers: list[_Layer], metric: str, fixed: float, goal: float, total:
             # stage-3 conv of the trained ResNet-20 behind a rank-8 projection of its 64 inputs at 0.25 of the
             # MACs (its error proxy, each mode's truncation, does not see that bottleneck compound): top-1
             # before finetuning 47.1% against 62.5% for one rho on both modes (benchmarks/results/start_point_tucker_fold.md)
-            choices = [None] + list(dict.fromkeys(ranks for ranks in layer.offers(metric, folded) if ranks is not None))
+            choices = [None] + layer.offers(metric, folded)
         options.append(choices)
         cost = [layer.cost(c, metric) for c in choices]
         error = [0.0 if c is None else float(drop_in[c[0]] if layer.pair else drop_in[c[0]] + drop_out[c[1]])
