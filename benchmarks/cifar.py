@@ -47,7 +47,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import DATA_HELP, cpu_model, load_cifar
+from benchmarks.common import DATA_HELP, cpu_model, load_cifar, result_file
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
     if data is None:
         return 2
     out = Path(args.out) if args.out else RESULTS / (f"cifar_{args.model}" + (f"_{preset}" if preset else ""))
-    store = Store(out.with_suffix(".json"), setup={
+    store = Store(result_file(out, ".json"), setup={
         "model": args.model, "epochs": args.epochs, "train_samples": args.train_samples, "lr": args.lr,
         "data": args.data, **({"alpha": args.alpha, "temperature": args.temperature} if args.alpha else {}),
         **({"calibration": args.calibration} if args.calibration != 256 else {})})
@@ -269,7 +269,7 @@ class Store:
         from benchmarks.cifar_report import model_table
 
         state = self._load()
-        self.path.with_suffix(".md").write_text(model_table(state) + "\n")
+        result_file(self.path, ".md").write_text(model_table(state) + "\n")
 
 
 class Bench:

@@ -29,15 +29,23 @@ def command_line(module: str) -> str:
     return f"python -m {module} " + " ".join(sys.argv[1:])
 
 
+def result_file(out, extension: str) -> Path:
+    """``out`` + ``extension`` (``".json"``, ``".md"``): a results stem may hold dots (``--out cifar_0.25``), which
+    ``Path.with_suffix`` would take for a suffix and replace (0.25 and 0.5 both writing ``cifar_0.json``)."""
+    out = Path(out)
+    if out.suffix in (".json", ".md"):
+        out = out.with_suffix("")
+    return out.parent / f"{out.name}{extension}"
+
+
 def write_results(out, record: dict, markdown: str) -> None:
     """``out``.json (the record) and ``out``.md (the Markdown text), written whole each time."""
     import json
-    from pathlib import Path
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
-    out.with_suffix(".md").write_text(markdown)
+    result_file(out, ".json").write_text(json.dumps(record, indent=2, default=str))
+    result_file(out, ".md").write_text(markdown)
 
 
 def calibrated(model, x):

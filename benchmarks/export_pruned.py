@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from benchmarks.common import DATA_HELP, load_cifar
+
 MODELS = {"r20": ("kerascomp/assets/resnet20_cifar10.keras", 20),
           "r56": ("benchmarks/models/resnet56_cifar10.keras", 56)}
 
@@ -27,6 +29,9 @@ def main(argv=None) -> None:
     parser.add_argument("--method", default="l1")
     parser.add_argument("--target", type=float, default=0.25, help="fraction of the MACs kept")
     parser.add_argument("--options", default='{"stream": "uniform"}', help="the method's options, JSON")
+    parser.add_argument("--calibration", type=int, default=0,
+                        help="labelled training images passed as data= (collaborative needs them; 0: none)")
+    parser.add_argument("--data", default=None, help=DATA_HELP)
     parser.add_argument("--root", default=".", help="the checkout holding the trained models (default: this one; "
                                                     "point an older checkout that lacks them at a newer one)")
     args = parser.parse_args(argv)
@@ -36,6 +41,12 @@ def main(argv=None) -> None:
     import kerascomp
     from kerascomp.zoo import cifar_resnet
 
+    data = None
+    if args.calibration:
+        cifar = load_cifar(args.data)
+        if cifar is None:
+            raise SystemExit(2)
+        data = (cifar["x_train"][:args.calibration].astype("float32"), cifar["y_train"][:args.calibration])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for key, (path, depth) in MODELS.items():
@@ -44,7 +55,8 @@ def main(argv=None) -> None:
             kerascomp.export_tflite(model, out / f"{key}_original.tflite")
             kerascomp.export_tflite(cifar_resnet(depth, 8), out / f"{key}_anchor8.tflite")
             continue
-        result = kerascomp.compress(model, args.method, target_flops=args.target, verbose=0, **json.loads(args.options))
+        result = kerascomp.compress(model, args.method, target_flops=args.target, verbose=0, data=data,
+                                    **json.loads(args.options))
         widths = [layer.filters for layer in kerascomp.strip(result.model).layers if type(layer).__name__ == "Conv2D"]
         print(key, args.tag, f"MACs {result.report.macs_ratio:.4f}", "conv widths", widths)
         kerascomp.export_tflite(result.model, out / f"{key}_{args.tag}.tflite")

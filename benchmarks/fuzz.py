@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.common import command_line, write_results
+from benchmarks.common import command_line, result_file, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
            "target_flops": args.target}
     record = {"command": command_line("benchmarks.fuzz"), "machine": platform.platform(), **run,
               "graphs": 0, "seconds": 0.0, "checks": [], "failures": []}
-    if args.resume and Path(args.out).with_suffix(".json").exists():
-        record = _resumed(Path(args.out).with_suffix(".json"), run, record["command"])
+    if args.resume and result_file(Path(args.out), ".json").exists():
+        record = _resumed(result_file(Path(args.out), ".json"), run, record["command"])
     done, spent = record["graphs"], record["seconds"]
     started = time.perf_counter()
     for index in range(args.graphs):

@@ -17,6 +17,7 @@ import platform
 import sys
 from pathlib import Path
 
+from benchmarks.common import result_file
 from kerascomp.decompose import jsvd
 from kerascomp.graph.keras_io import infer_shapes, read_model
 from kerascomp.loading import load_demo_model, load_model
@@ -59,12 +60,12 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else RESULTS / f"jsvd_weights_{model.name}"
     command = "python -m benchmarks.jsvd_weights " + " ".join(sys.argv[1:] if argv is None else argv)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "model": model.name,
+    result_file(out, ".json").write_text(json.dumps({"command": command, "model": model.name,
                                                     "machine": platform.platform(), "rows": rows}, indent=2))
     body = table(["group", "convs", "svd rank", "svd", "left", "right", "bi"],
                  [[r["group"], str(r["n"]), str(r["svd_rank"]), f"{r['svd']:.3f}", f"{r['left']:.3f}",
                    f"{r['right']:.3f}", f"{r['bi']:.3f}"] for r in rows], markdown=True)
-    out.with_suffix(".md").write_text(f"Relative squared weight error at matched params, {model.name}, before any "
+    result_file(out, ".md").write_text(f"Relative squared weight error at matched params, {model.name}, before any "
                                       f"training.\n\n{body}\n\nMade with `{command}`.\n")
     print(body)
     return 0

@@ -39,7 +39,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import calibrated
+from benchmarks.common import calibrated, result_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -297,8 +297,8 @@ def main(argv=None) -> int:
 
 def write(out: Path, meta: dict, records: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": records}, indent=2, default=str) + "\n")
-    out.with_suffix(".md").write_text(markdown_report(meta, records))
+    result_file(out, ".json").write_text(json.dumps({"meta": meta, "results": records}, indent=2, default=str) + "\n")
+    result_file(out, ".md").write_text(markdown_report(meta, records))
 
 
 HEADERS = ["model", "method", "target", "precision", "MACs ratio", "latency ratio", "realised fraction",
@@ -386,8 +386,8 @@ def markdown_report(meta: dict, records: list[dict]) -> str:
 
 def regenerate(path: Path) -> None:
     """Rewrite the Markdown of an existing JSON (``--report``), e.g. after the table format changed."""
-    data = json.loads(path.with_suffix(".json").read_text())
-    path.with_suffix(".md").write_text(markdown_report(data["meta"], data["results"]))
+    data = json.loads(result_file(path, ".json").read_text())
+    result_file(path, ".md").write_text(markdown_report(data["meta"], data["results"]))
 
 
 if __name__ == "__main__":

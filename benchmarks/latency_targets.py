@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import DATA_HELP, command_line, cpu_model, load_cifar, write_results
+from benchmarks.common import DATA_HELP, command_line, cpu_model, load_cifar, result_file, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RESNET56 = Path(__file__).resolve().parent / "models" / "resnet56_cifar10.keras"
@@ -128,8 +128,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     out = Path(args.out)
     record = {"rows": []}
-    if (args.resume or args.report) and out.with_suffix(".json").exists():
-        record = json.loads(out.with_suffix(".json").read_text())
+    if (args.resume or args.report) and result_file(out, ".json").exists():
+        record = json.loads(result_file(out, ".json").read_text())
     if args.report:
         write_results(out, record, markdown(record))
         return 0

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import DATA_HELP, load_cifar
+from benchmarks.common import DATA_HELP, load_cifar, result_file
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ("fp32", "float16", "dynamic", "int8_ptq", "int8_qat")
@@ -110,13 +110,13 @@ def main(argv=None) -> int:
               "wall_s": round(time.time() - started), "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    result_file(out, ".json").write_text(json.dumps(record, indent=2))
     lines = [[key, f"{row['top1']:.4f}", f"{row['agreement_with_keras_fp32']:.3f}", f"{row['size_bytes'] / 1024:.0f}",
               f"{row['latency_ratio_vs_original_fp32']:.2f}", f"{row['macs'] / rows['original/fp32']['macs']:.2f}"]
              for key, row in rows.items()]
     markdown = table(["model/mode", f"top-1 ({args.eval_images} test, LiteRT)", "agreement with fp32 Keras",
                       "size KiB", "latency vs original fp32", "MACs vs original"], lines, markdown=True)
-    out.with_suffix(".md").write_text(
+    result_file(out, ".md").write_text(
         f"# Quantised export on CIFAR-10 (ResNet-20)\n\n{markdown}\n\nLiteRT, 1 thread, XNNPACK on, {args.runs} runs "
         f"per file interleaved. CIFAR copy is JPEG-degraded: compare rows with each other only.\n\n"
         f"Made with `{command}` ({record['wall_s']} s).\n")

@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.common import DATA_HELP, command_line, cpu_model, load_cifar, write_results
+from benchmarks.common import DATA_HELP, command_line, cpu_model, load_cifar, result_file, write_results
 
 SETTINGS = {
     "default": {},
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     model = load_model(args.model) if args.model else load_demo_model()
     stem = Path(args.model).stem if args.model else "demo"
     out = Path(args.out or Path(__file__).parent / "results" / f"start_point_{stem}")
-    previous = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").is_file() else {}
+    previous = json.loads(result_file(out, ".json").read_text()) if result_file(out, ".json").is_file() else {}
     rows = [] if args.fresh else previous.get("rows", [])
     done = {(r["method"], r["setting"], r["target"]) for r in rows}
     rng = np.random.default_rng(0)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
 
 def _merge_rows(out: Path, rows: list) -> None:
     """Add to ``rows`` (in place) the rows the results file holds now and ``rows`` lacks."""
-    path = out.with_suffix(".json")
+    path = result_file(out, ".json")
     if not path.is_file():
         return
     mine = {(r["method"], r["setting"], r["target"]) for r in rows}

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import calibrated, command_line, write_results
+from benchmarks.common import calibrated, command_line, result_file, write_results
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = "fga,l1,correlation,svd,joint_svd,tucker,collaborative,auto"
@@ -211,15 +211,15 @@ def main(argv=None) -> int:
              else args.models.split(","))
     out = Path(args.out)
     if args.report_only:
-        record = json.loads(out.with_suffix(".json").read_text())
+        record = json.loads(result_file(out, ".json").read_text())
         for case in record["cases"]:  # runs before the timeout status existed
             if case["status"] == "failed" and case.get("message", "").startswith("timed out"):
                 case["status"] = "timeout"
         write_results(out, record, markdown(record))
         return 0
     record = {"cases": []}
-    if out.with_suffix(".json").exists() and not args.fresh:
-        record = json.loads(out.with_suffix(".json").read_text())
+    if result_file(out, ".json").exists() and not args.fresh:
+        record = json.loads(result_file(out, ".json").read_text())
     from kerascomp.bench.host import host_cpu
     from kerascomp.graph.flavour import legacy_requested
 

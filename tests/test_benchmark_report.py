@@ -176,3 +176,16 @@ def test_benchmark_random_weight_models_get_batchnorm_statistics_from_the_images
     assert np.all(model.get_layer("bn").moving_mean.numpy() == 0)  # the model passed in keeps its own
     normalised = np.asarray(calibrated(x, training=False)).reshape(-1, 4)
     assert np.all(np.abs(normalised.mean(0)) < 1e-2) and np.all(np.abs(normalised.std(0) - 1) < 1e-2)
+
+
+def test_results_stems_with_a_dot_keep_it(tmp_path):
+    """--out cifar_0.25 and --out cifar_0.5 write two files (Path.with_suffix took ".25" for a suffix: both
+    wrote cifar_0.json)."""
+    from benchmarks.common import result_file, write_results
+
+    for stem, rows in (("cifar_0.25", 1), ("cifar_0.5", 2)):
+        write_results(tmp_path / stem, {"rows": rows}, f"{rows} rows\n")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cifar_0.25.json", "cifar_0.25.md", "cifar_0.5.json",
+                                                                "cifar_0.5.md"]
+    assert json.loads(result_file(tmp_path / "cifar_0.25", ".json").read_text()) == {"rows": 1}
+    assert result_file(tmp_path / "cifar.json", ".md") == tmp_path / "cifar.md"

@@ -3,6 +3,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import flavour_independent
 
 from kerascomp.decompose.collaborative import (
     channel_matrix,
@@ -482,3 +483,98 @@ def test_pointwise_auto_still_cuts_the_rank_of_a_1x1_conv_on_one_pixel(keras, la
                                     verbose=0)
         ranks = {entry.layer: entry.rank for entry in result.plan.layers if entry.rank is not None}
         assert result.report.macs_ratio <= 0.5 and "wide" not in ranks and "pooled" in ranks, ranks
+
+
+@pytest.mark.parametrize("stream", ["wide", 0, 1.5, True])
+def test_stream_option_is_checked(stream):
+    from kerascomp.methods.collaborative import CollaborativeOptions
+
+    for accepted in ("keep", "uniform", "auto", 0.5, 1):
+        CollaborativeOptions(stream=accepted).validate()
+    with pytest.raises(InvalidArgumentError, match="stream must be one of 'keep', 'uniform', 'auto' or a fraction"):
+        CollaborativeOptions(stream=stream).validate()
+
+
+def test_composed_kept_outputs_index_the_original_channels():
+    from kerascomp.methods.collaborative import _composed
+
+    assert _composed({"a": [0, 2, 3, 5], "b": [1]}, {"a": [1, 3], "c": [0, 4]}) == {"a": [2, 5], "b": [1], "c": [0, 4]}
+
+
+def _stream_widths(model):
+    """Output widths of the convs that write a ResNet's residual stream: the stem and each block's second conv."""
+    return {layer.name: layer.filters for layer in model.layers
+            if type(layer).__name__ == "Conv2D" and (layer.name == "stem_conv" or layer.name.endswith("_conv2"))}
+
+
+def test_stream_uniform_cuts_the_residual_stream_then_plans_the_rest(keras, small_resnet, labelled):
+    """stream="uniform" at a quarter of the MACs: every stream group keeps sqrt(0.25) = half its channels (the stem
+    and every block's output conv write 8 of 16 ... 32 of 64), collaborative meets the budget on the rest, the
+    report says so in the original model's costs, and the plan re-applies to the same weights. The default
+    ("auto", without a latency table) leaves every stream conv at full width."""
+    import kerascomp
+
+    kept = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0)
+    cut = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                             stream="uniform")
+    original = _stream_widths(small_resnet)
+    assert original == {"stem_conv": 16, "s1b1_conv2": 16, "s2b1_conv2": 32, "s3b1_conv2": 64}
+    assert kept.report.notes["stream"].startswith("auto: keep (a choice by measured latency needs a host")
+    assert all(kept.report.kept_outputs.get(name) is None for name in original)
+    assert {name: len(cut.report.kept_outputs[name]) for name in original} == \
+        {name: width // 2 for name, width in original.items()}
+    assert cut.report.notes["stream"].startswith("kept 56 of 112 stream channels (3 groups)")
+    assert cut.report.macs_ratio <= 0.25 and cut.report.macs_before == kept.report.macs_before
+    assert cut.plan.macs_before == kept.plan.macs_before and cut.plan.macs_after <= 0.25 * cut.plan.macs_before
+    again = kerascomp.clone_compressed(small_resnet, plan=kerascomp.Plan.from_json(cut.plan.to_json()),
+                                       data=labelled, verbose=0)
+    assert all(np.array_equal(a, b) for a, b in zip(again.get_weights(), cut.model.get_weights()))
+    assert kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                              stream=1.0).report.notes["stream"].startswith("no stream channels cut")
+
+
+@flavour_independent
+def test_stream_auto_keeps_the_rule_that_measures_faster(small_resnet, labelled):
+    """With a host table under a MACs target, both plans are timed and the stream is cut only if that measures
+    more than STREAM_MARGIN faster; the note gives both measured ratios."""
+    import re
+
+    import kerascomp
+    from kerascomp.methods.collaborative import STREAM_MARGIN
+
+    table = kerascomp.latency_table(small_resnet, fractions=(0.5,), runs=3, verbose=0, cache=False)
+    result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                                stream="auto", latency=table)
+    note = result.report.notes["stream"]
+    found = dict(re.findall(r"(keep|uniform) ([0-9.]+)", note.split("measured latency / original:")[1]))
+    chosen = note.split()[1]
+    faster = float(found["uniform"]) < (1 - STREAM_MARGIN) * float(found["keep"])
+    assert set(found) == {"keep", "uniform"} and chosen == ("uniform" if faster else "keep")
+    narrowed = result.report.kept_outputs.get("stem_conv") is not None
+    assert narrowed == (chosen == "uniform") and result.report.macs_ratio <= 0.25
+
+
+@flavour_independent
+@pytest.mark.parametrize("keep_ratio, uniform_ratio, chosen", [(0.50, 0.48, "keep"), (0.50, 0.46, "uniform")])
+def test_stream_auto_cuts_the_stream_only_when_it_measures_clearly_faster(small_resnet, labelled, monkeypatch,
+                                                                        keep_ratio, uniform_ratio, chosen):
+    """The measured ratios are faked (one per candidate, told apart by the stem's width): 4% faster keeps the
+    reference's scope, 8% faster cuts the stream."""
+    import kerascomp
+    import kerascomp.planner as planner
+    from kerascomp.bench.latency import conv_macs
+
+    macs = conv_macs(small_resnet)
+    table = kerascomp.LatencyTable({name: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for name, m in macs.items()},
+                                   sum(macs.values()) * 1.2e-6, "host (constructed for a test)", 1, macs)
+
+    def fake(num_threads=1):
+        return lambda original, compressed: (uniform_ratio if compressed.layers["stem_conv"].weights[0].shape[-1] < 16
+                                             else keep_ratio)
+
+    monkeypatch.setattr(planner, "measured_latency_ratio", fake)
+    result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                                latency=table)
+    note = result.report.notes["stream"]
+    assert note.startswith(f"auto: {chosen} (") and f"keep {keep_ratio:.3f}, uniform {uniform_ratio:.3f}" in note
+    assert (result.report.kept_outputs.get("stem_conv") is not None) == (chosen == "uniform")

@@ -49,8 +49,17 @@ from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, Lay
 from kerascomp.methods.conv_views import restore_views, with_views
 from kerascomp.methods.eligibility import eligible_convs
 from kerascomp.methods.inputs import check_auto, check_bool, check_choice, check_int, check_number
+from kerascomp.methods.l1 import l1_steps
 from kerascomp.methods.pointwise import check_pointwise
-from kerascomp.methods.pruning import cost_tables, pruned_cost
+from kerascomp.methods.pruning import (
+    GroupOrder,
+    cost_tables,
+    estimated_pruned_ms,
+    is_stream,
+    orders_from_choices,
+    pruned_cost,
+    pruning_choices,
+)
 from kerascomp.methods.registry import (
     Context,
     Method,
@@ -67,6 +76,10 @@ ALLOCATIONS = ("global", "uniform")
 MIXING = ("joint", "pruning_first")
 OBJECTIVES = ("flops", "sum")
 VALUES = ("largest", "taylor")
+STREAMS = ("keep", "uniform", "auto")
+# stream="auto" cuts the stream only when that measures this much faster: the cut costs accuracy at milder targets
+# (trained ResNet-20 at half the MACs, before finetuning: 81.2% kept, 75.0% cut; at a quarter 52.0% both, 8% faster)
+STREAM_MARGIN = 0.05
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,17 @@ class CollaborativeOptions:
             per image, and the pair reads fewer (MobileNetV3Small's ``logits``: 0.053 ms pruned to 484 inputs,
             0.010 ms as auto's 1024->72->1000 pair). ``True``: the reference's rule (every conv's rank may be
             cut); ``False``: never a 1x1 conv's on a feature map.
+        stream: the *stream* channels (those several producers write through an ``Add``: a ResNet's residual
+            stream), which the joint units cannot reach (a conv's input channels go only where it is their sole
+            consumer). ``"keep"`` (the reference's scope): untouched. ``"uniform"``: first cut every stream
+            group to ``sqrt(target)`` of its channels (smallest L1 first, in steps of 8 where the group has
+            them), then allocate the rest of the budget over channels and ranks as usual, on the cut model; so
+            at a quarter of the MACs the model is about half as wide everywhere, as a dense model built thin
+            is. A number in (0, 1]: keep that fraction of each stream group. ``"auto"`` (the default since
+            2026-12-07): with a host latency table under a MACs or params target, plan both ``"keep"`` and
+            ``"uniform"`` and cut the stream only if that measures more than 5% faster (said in the report's
+            notes, with both ratios; planning takes twice as long); otherwise ``"keep"``. At a quarter of a trained ResNet-20's MACs the full-width
+            stream left collaborative at 1.29 of the thin model's latency (benchmarks/RESULTS.md).
     """
 
     prune: bool = True
@@ -145,6 +169,7 @@ class CollaborativeOptions:
     channel_multiple: int | None = 1
     rank_multiple: int | None = 1
     pointwise: bool | str = "auto"
+    stream: str | float = "auto"
 
     def validate(self) -> None:
         for name in ("prune", "decompose"):
@@ -169,6 +194,10 @@ class CollaborativeOptions:
             if getattr(self, name) is not None:
                 check_int(name, getattr(self, name))
         check_pointwise(self.pointwise)
+        if isinstance(self.stream, bool) or not (self.stream in STREAMS or (
+                isinstance(self.stream, (int, float)) and 0.0 < float(self.stream) <= 1.0)):
+            raise InvalidArgumentError(f"stream must be one of {', '.join(map(repr, STREAMS))} or a fraction of the "
+                                       f"stream channels to keep in (0, 1], got {self.stream!r}.")
 
 
 def collaborative_options(options: dict) -> CollaborativeOptions:
@@ -658,9 +687,11 @@ def _factored(spec: LayerSpec, kernel: np.ndarray, kept: list[int], basis_name: 
             conv_spec(spec.name, pointwise, (1, 1), "valid", (1, 1), bias, config.get("activation"), trainable, keras)]
 
 
-def _realise(graph: Graph, analysis: ChannelAnalysis, plan: Plan, gradients: dict[str, np.ndarray] | None) -> Graph:
+def _realise(graph: Graph, analysis: ChannelAnalysis, plan: Plan, gradients: dict[str, np.ndarray] | None,
+             original: Graph | None = None) -> Graph:
     """Build the compressed graph of ``plan``; with ``gradients`` (planning) choose the kept singular
-    values, without (re-applying) use the plan's. Fills in each entry's action and costs."""
+    values, without (re-applying) use the plan's. Fills in each entry's action and costs (the costs before
+    from ``original``, where ``graph`` is the stream-cut copy of it)."""
     keras = module_for(graph)
     removal = _removal(graph, analysis, plan)
     result = prune_channels(graph, analysis, removal)
@@ -684,7 +715,8 @@ def _realise(graph: Graph, analysis: ChannelAnalysis, plan: Plan, gradients: dic
                                        f"{kernel.shape}; re-plan for this model.")
         chain = _factored(spec, kernel, entry.kept_values, result.unique_name(f"{entry.layer}_basis"), keras)
         result.replace_layer(entry.layer, chain)
-    total_before, total_after = graph_cost(graph, infer_shapes(graph)), graph_cost(result, infer_shapes(result))
+    original = original if original is not None else graph
+    total_before, total_after = graph_cost(original, infer_shapes(original)), graph_cost(result, infer_shapes(result))
     before, after = total_before.by_name(), total_after.by_name()
     for entry in plan.layers:
         entry.macs_before, entry.params_before = before[entry.layer].macs, before[entry.layer].params
@@ -702,14 +734,53 @@ def _realise(graph: Graph, analysis: ChannelAnalysis, plan: Plan, gradients: dic
     return result
 
 
+def _stream_orders(graph: Graph, analysis: ChannelAnalysis, keep: float) -> list[GroupOrder]:
+    """Every stream group cut to ``keep`` of its channels (rounded up, in steps of 8 where the group has
+    them), smallest group L1 first (``method="l1"``'s order)."""
+    orders = []
+    for group in analysis.groups:
+        if not is_stream(group):
+            continue
+        steps = l1_steps(graph, analysis, group)
+        step = 8 if group.size % 8 == 0 and group.size >= 16 else 1
+        kept = min(group.size, max(step, int(np.ceil(keep * group.size / step - 1e-9)) * step))
+        count = min(group.size - kept, len(steps))
+        if count > 0:
+            orders.append(GroupOrder(group, steps, count, count))
+    return orders
+
+
+def _order_removal(orders: list[GroupOrder]) -> dict[int, list[int]]:
+    return {order.group.index: [step.channel for step in order.steps[:order.chosen]] for order in orders}
+
+
+def _stream_cut(graph: Graph, plan: Plan) -> tuple[Graph, ChannelAnalysis, dict[str, list[int]]]:
+    """The graph a plan's collaborative part applies to (``graph`` with the plan's stream cut, if any), its
+    channel analysis, and the outputs that cut keeps of each layer it narrows (original indices)."""
+    analysis = analyse_channels(graph, infer_shapes(graph))
+    choices = plan.settings.get("stream_cut")
+    if not choices:
+        return graph, analysis, {}
+    removal = _order_removal(orders_from_choices(analysis, choices))
+    cut = prune_channels(graph, analysis, removal)
+    return cut, analyse_channels(cut, infer_shapes(cut)), kept_outputs(analysis, removal)
+
+
+def _composed(first: dict[str, list[int]], then: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Kept output indices of two removals in sequence, in the original layers' indices."""
+    merged = dict(first)
+    for layer, kept in then.items():
+        merged[layer] = [first[layer][i] for i in kept] if layer in first else kept
+    return merged
+
+
 def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
     """Realise ``plan`` on ``graph`` (which must be the model it was made for), without data: reconstruction
     and BN recalibration are the shared steps :meth:`CollaborativeMethod.apply` runs afterwards."""
     check_plan(graph, plan)
-    shapes = infer_shapes(graph)
-    analysis = analyse_channels(graph, shapes)
+    base, analysis, stream_kept = _stream_cut(graph, plan)
     applied = Plan.from_json(plan.to_json())
-    result = _realise(graph, analysis, applied, None)
+    result = _realise(base, analysis, applied, None, original=graph)
     decisions = [LayerDecision(e.layer, e.class_name, e.action, e.macs_before, e.macs_after, e.params_before,
                                e.params_after, detail={"rank": e.rank, "inputs_removed": len(e.removed_inputs),
                                                        "rate": round(e.rate, 4), "score": e.score}, reason=e.reason)
@@ -722,9 +793,90 @@ def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
                                       **({"pointwise": POINTWISE_NOTES[plan.settings["pointwise_resolved"]]}
                                          if "pointwise_resolved" in plan.settings else {}),
                                       **({"latency_front": plan.settings["latency_front"]}
-                                         if plan.settings.get("latency_front") else {})},
-                               kept_outputs=kept_outputs(analysis, _removal(graph, analysis, applied)))
+                                         if plan.settings.get("latency_front") else {}),
+                                      **({"stream": plan.settings["stream_note"]} if "stream_note" in plan.settings
+                                         else {})},
+                               kept_outputs=_composed(stream_kept, kept_outputs(analysis, _removal(base, analysis,
+                                                                                                   applied))))
     return result, report
+
+
+def _inner_budget(graph: Graph, cut: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], budget: Budget,
+                  latency) -> Budget:
+    """What is left of ``budget`` once ``orders`` have cut ``graph`` to ``cut``, as a fraction of ``cut``."""
+    if budget.metric == "latency":  # the table's estimate of the cut (measured corrections follow, on the cut)
+        share = estimated_pruned_ms(graph, analysis, orders, [o.chosen for o in orders], latency) / latency.total_ms
+    else:
+        before, after = graph_cost(graph, infer_shapes(graph)), graph_cost(cut, infer_shapes(cut))
+        share = after.macs / before.macs if budget.metric == "flops" else after.params / before.params
+    if budget.fraction >= share:
+        raise BudgetError(f"stream cut alone keeps {share:.3f} of the {budget.metric}, within target_{budget.metric}="
+                          f"{budget.fraction}: keep more of the stream (a larger stream= fraction, or 'keep').")
+    return Budget(budget.metric, budget.fraction / share)
+
+
+def _plan_stream(graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context,
+                 keep: float) -> Plan:
+    """The collaborative plan on ``graph`` with its stream groups first cut to ``keep`` of their channels."""
+    shapes = infer_shapes(graph)
+    analysis = analyse_channels(graph, shapes)
+    orders = _stream_orders(graph, analysis, keep)
+    if not orders:
+        plan = plan_collaborative(graph, shapes, budget, data, context.loss, options, context.verbose, context.latency,
+                                  context.measure)
+        plan.settings["stream_note"] = (f"no stream channels cut (keeping {keep:.3f} of each stream group removes "
+                                        "none)" if any(is_stream(g) for g in analysis.groups)
+                                        else "no stream channels cut (no Add joins conv outputs)")
+        return plan
+    cut = prune_channels(graph, analysis, _order_removal(orders))
+    inner = _inner_budget(graph, cut, analysis, orders, budget, context.latency)
+    plan = plan_collaborative(cut, infer_shapes(cut), inner, data, context.loss, options, context.verbose,
+                              context.latency, context.measure)
+    plan.settings["stream_cut"] = pruning_choices(orders)
+    kept = sum(o.group.size - o.chosen for o in orders), sum(o.group.size for o in orders)
+    plan.settings["stream_note"] = f"kept {kept[0]} of {kept[1]} stream channels ({len(orders)} groups)"
+    plan.target, plan.fingerprint = budget.fraction, fingerprint(graph)
+    _realise(cut, analyse_channels(cut, infer_shapes(cut)), plan, None, original=graph)  # costs against graph
+    return plan
+
+
+def plan_with_stream(graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:
+    """:func:`plan_collaborative` under ``options.stream`` (see :class:`CollaborativeOptions`)."""
+    def keep_plan() -> Plan:
+        return plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,
+                                  context.latency, context.measure)
+
+    uniform = float(np.sqrt(budget.fraction))
+    if options.stream == "keep":
+        return keep_plan()
+    if options.stream != "auto":
+        keep = uniform if options.stream == "uniform" else float(options.stream)
+        plan = _plan_stream(graph, budget, data, options, context, keep)
+        plan.settings["stream_note"] += f" (stream={options.stream!r})"
+        return plan
+    latency = context.latency
+    if latency is None or budget.metric == "latency" or context.measure is None \
+            or not latency.source.startswith("host"):
+        plan = keep_plan()
+        plan.settings["stream_note"] = ("auto: keep (a choice by measured latency needs a host latency table and a "
+                                        "MACs or params target)")
+        return plan
+    candidates = {"keep": keep_plan()}
+    try:
+        candidates["uniform"] = _plan_stream(graph, budget, data, options, context, uniform)
+    except BudgetError as error:
+        candidates["keep"].settings["stream_note"] = f"auto: keep (uniform cannot: {error})"
+        return candidates["keep"]
+    if "stream_cut" not in candidates["uniform"].settings:
+        candidates["keep"].settings["stream_note"] = f"auto: keep ({candidates['uniform'].settings['stream_note']})"
+        return candidates["keep"]
+    measured = {rule: context.measure(graph, apply_plan(graph, plan)[0]) for rule, plan in candidates.items()}
+    chosen = "uniform" if measured["uniform"] < (1.0 - STREAM_MARGIN) * measured["keep"] else "keep"
+    plan = candidates[chosen]
+    plan.settings["stream_note"] = (f"auto: {chosen} ({plan.settings.get('stream_note', 'stream untouched')}; "
+                                    "measured latency / original: " + ", ".join(f"{rule} {ratio:.3f}" for rule, ratio
+                                                                              in measured.items()) + ")")
+    return plan
 
 
 class CollaborativeMethod(Method):
@@ -743,8 +895,7 @@ class CollaborativeMethod(Method):
 
     def plan(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:
         graph = with_views(graph)[0]  # SeparableConv2D split, Dense on feature maps as 1x1 convs (conv_views.py)
-        return plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,
-                                  context.latency, context.measure)
+        return plan_with_stream(graph, budget, data, options, context)
 
     def apply(self, graph: Graph, plan: Plan, data, context: Context) -> tuple[Graph, CompressionReport]:
         options = self.plan_options(plan)

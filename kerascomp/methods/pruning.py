@@ -501,7 +501,7 @@ def _faster_stream_rule(graph: Graph, analysis: ChannelAnalysis, orders: list[Gr
     """``last`` (the counts of ``stream="last"``) or those of ``stream="uniform"``, whichever the table
     estimates faster; both meet the budget."""
     uniform = allocate_counts(orders, tables, budget, total, "uniform", "uniform")
-    estimates = {rule: _estimated_ms(graph, analysis, orders, counts, latency)
+    estimates = {rule: estimated_pruned_ms(graph, analysis, orders, counts, latency)
                  for rule, counts in (("last", last), ("uniform", uniform)) if counts}
     chosen = min(estimates, key=lambda rule: (estimates[rule], rule != "last"))  # a tie keeps "last"
     if notes is not None:
@@ -510,7 +510,7 @@ def _faster_stream_rule(graph: Graph, analysis: ChannelAnalysis, orders: list[Gr
     return last if chosen == "last" else uniform
 
 
-def _estimated_ms(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], counts: list[int],
+def estimated_pruned_ms(graph: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], counts: list[int],
                   latency) -> float:
     """The table's estimate of the model with ``counts`` channels removed from the groups of ``orders``."""
     removal = {order.group.index: [s.channel for s in order.steps[:count]] for order, count in zip(orders, counts)
