@@ -511,7 +511,7 @@ def test_stream_uniform_cuts_the_residual_stream_then_plans_the_rest(keras, smal
     """stream="uniform" at a quarter of the MACs: every stream group keeps sqrt(0.25) = half its channels (the stem
     and every block's output conv write 8 of 16 ... 32 of 64), collaborative meets the budget on the rest, the
     report says so in the original model's costs, and the plan re-applies to the same weights. The default
-    ("auto", without a latency table) leaves every stream conv at full width."""
+    ("keep"), and "auto" without a latency table, leave every stream conv at full width."""
     import kerascomp
 
     kept = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0)
@@ -519,7 +519,11 @@ def test_stream_uniform_cuts_the_residual_stream_then_plans_the_rest(keras, smal
                              stream="uniform")
     original = _stream_widths(small_resnet)
     assert original == {"stem_conv": 16, "s1b1_conv2": 16, "s2b1_conv2": 32, "s3b1_conv2": 64}
-    assert kept.report.notes["stream"].startswith("auto: keep (a choice by measured latency needs a host")
+    assert "stream" not in kept.report.notes and kept.plan.settings["stream"] == "keep"
+    auto = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                              stream="auto")  # without a latency table: the reference's scope
+    assert auto.report.notes["stream"].startswith("auto: keep (a choice by measured latency needs a host")
+    assert all(np.array_equal(a, b) for a, b in zip(auto.model.get_weights(), kept.model.get_weights()))
     assert all(kept.report.kept_outputs.get(name) is None for name in original)
     assert {name: len(cut.report.kept_outputs[name]) for name in original} == \
         {name: width // 2 for name, width in original.items()}
@@ -574,7 +578,7 @@ def test_stream_auto_cuts_the_stream_only_when_it_measures_clearly_faster(small_
 
     monkeypatch.setattr(planner, "measured_latency_ratio", fake)
     result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
-                                latency=table)
+                                latency=table, stream="auto")
     note = result.report.notes["stream"]
     assert note.startswith(f"auto: {chosen} (") and f"keep {keep_ratio:.3f}, uniform {uniform_ratio:.3f}" in note
     assert (result.report.kept_outputs.get("stem_conv") is not None) == (chosen == "uniform")
