@@ -204,11 +204,16 @@ def main(argv=None) -> int:
         worker(args.worker, methods, args.target, args.original_error)
         return 0
 
-    from kerascomp.graph.flavour import default_keras
+    from kerascomp.graph.flavour import default_keras, legacy_requested
 
     keras = default_keras()
     names = (FAMILIES if args.models == "families" else application_names(keras) if args.models == "all"
              else args.models.split(","))
+    unknown = sorted(set(names) - set(application_names(keras))) if not args.report_only else []
+    if unknown:  # before any case runs: a name this flavour lacks is a typo or another flavour's model, not a failure
+        raise SystemExit(f"{', '.join(unknown)}: not in this flavour's keras.applications "
+                         f"({'tf_keras' if legacy_requested() else 'Keras 3'}; RegNet is tf_keras only); it has "
+                         f"{', '.join(application_names(keras))}.")
     out = Path(args.out)
     if args.report_only:
         record = json.loads(result_file(out, ".json").read_text())
@@ -221,7 +226,6 @@ def main(argv=None) -> int:
     if result_file(out, ".json").exists() and not args.fresh:
         record = json.loads(result_file(out, ".json").read_text())
     from kerascomp.bench.host import host_cpu
-    from kerascomp.graph.flavour import legacy_requested
 
     for case in record["cases"]:  # cases from before per-case CPU records ran on the record's CPU
         case.setdefault("cpu", record.get("cpu", "CPU not recorded"))
