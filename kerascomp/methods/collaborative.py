@@ -804,13 +804,13 @@ def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
     return result, report
 
 
-def _inner_budget(graph: Graph, cut: Graph, analysis: ChannelAnalysis, orders: list[GroupOrder], budget: Budget,
-                  latency) -> Budget:
+def _inner_budget(graph: Graph, shapes: dict, cut: Graph, cut_shapes: dict, analysis: ChannelAnalysis,
+                  orders: list[GroupOrder], budget: Budget, latency) -> Budget:
     """What is left of ``budget`` once ``orders`` have cut ``graph`` to ``cut``, as a fraction of ``cut``."""
     if budget.metric == "latency":  # the table's estimate of the cut (measured corrections follow, on the cut)
         share = estimated_pruned_ms(graph, analysis, orders, [o.chosen for o in orders], latency) / latency.total_ms
     else:
-        before, after = graph_cost(graph, infer_shapes(graph)), graph_cost(cut, infer_shapes(cut))
+        before, after = graph_cost(graph, shapes), graph_cost(cut, cut_shapes)
         share = after.macs / before.macs if budget.metric == "flops" else after.params / before.params
     if budget.fraction >= share:
         raise BudgetError(f"stream cut alone keeps {share:.3f} of the {budget.metric}, within target_{budget.metric}="
@@ -819,28 +819,26 @@ def _inner_budget(graph: Graph, cut: Graph, analysis: ChannelAnalysis, orders: l
 
 
 def _plan_stream(graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context,
-                 keep: float) -> Plan:
-    """The collaborative plan on ``graph`` with its stream groups first cut to ``keep`` of their channels."""
+                 keep: float) -> tuple[Plan | None, str]:
+    """The collaborative plan on ``graph`` with its stream groups first cut to ``keep`` of their channels, and
+    its note; ``None`` (and why) where that cuts nothing."""
     shapes = infer_shapes(graph)
     analysis = analyse_channels(graph, shapes)
     orders = _stream_orders(graph, analysis, keep)
     if not orders:
-        plan = plan_collaborative(graph, shapes, budget, data, context.loss, options, context.verbose, context.latency,
-                                  context.measure)
-        plan.settings["stream_note"] = (f"no stream channels cut (keeping {keep:.3f} of each stream group removes "
-                                        "none)" if any(is_stream(g) for g in analysis.groups)
-                                        else "no stream channels cut (no Add joins conv outputs)")
-        return plan
+        return None, (f"no stream channels cut (keeping {keep:.3f} of each stream group removes none)"
+                      if any(is_stream(g) for g in analysis.groups)
+                      else "no stream channels cut (no Add joins conv outputs)")
     cut = prune_channels(graph, analysis, _order_removal(orders))
-    inner = _inner_budget(graph, cut, analysis, orders, budget, context.latency)
-    plan = plan_collaborative(cut, infer_shapes(cut), inner, data, context.loss, options, context.verbose,
+    cut_shapes = infer_shapes(cut)
+    inner = _inner_budget(graph, shapes, cut, cut_shapes, analysis, orders, budget, context.latency)
+    plan = plan_collaborative(cut, cut_shapes, inner, data, context.loss, options, context.verbose,
                               context.latency, context.measure)
     plan.settings["stream_cut"] = pruning_choices(orders)
-    kept = sum(o.group.size - o.chosen for o in orders), sum(o.group.size for o in orders)
-    plan.settings["stream_note"] = f"kept {kept[0]} of {kept[1]} stream channels ({len(orders)} groups)"
     plan.target, plan.fingerprint = budget.fraction, fingerprint(graph)
-    _realise(cut, analyse_channels(cut, infer_shapes(cut)), plan, None, original=graph)  # costs against graph
-    return plan
+    _realise(cut, analyse_channels(cut, cut_shapes), plan, None, original=graph)  # costs against graph
+    kept = sum(o.group.size - o.chosen for o in orders), sum(o.group.size for o in orders)
+    return plan, f"kept {kept[0]} of {kept[1]} stream channels ({len(orders)} groups)"
 
 
 def plan_with_stream(graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:
@@ -852,38 +850,40 @@ def plan_with_stream(graph: Graph, budget: Budget, data, options: CollaborativeO
 
 
 def _stream_rule(graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:
-    def keep_plan() -> Plan:
-        return plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,
+    def keep_plan(note: str | None = None) -> Plan:
+        plan = plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,
                                   context.latency, context.measure)
+        if note is not None:
+            plan.settings["stream_note"] = note
+        return plan
 
     uniform = float(np.sqrt(budget.fraction))
     if options.stream == "keep":
         return keep_plan()
     if options.stream != "auto":
-        keep = uniform if options.stream == "uniform" else float(options.stream)
-        plan = _plan_stream(graph, budget, data, options, context, keep)
-        plan.settings["stream_note"] += f" (stream={options.stream!r})"
+        plan, note = _plan_stream(graph, budget, data, options, context,
+                                  uniform if options.stream == "uniform" else float(options.stream))
+        note = f"{note} (stream={options.stream!r})"
+        if plan is None:
+            return keep_plan(note)
+        plan.settings["stream_note"] = note
         return plan
     latency = context.latency
     if latency is None or budget.metric == "latency" or context.measure is None \
             or not latency.source.startswith("host"):
-        plan = keep_plan()
-        plan.settings["stream_note"] = ("auto: keep (a choice by measured latency needs a host latency table and a "
-                                        "MACs or params target)")
-        return plan
-    candidates = {"keep": keep_plan()}
+        return keep_plan("auto: keep (a choice by measured latency needs a host latency table and a MACs or params "
+                         "target)")
     try:
-        candidates["uniform"] = _plan_stream(graph, budget, data, options, context, uniform)
+        cut, note = _plan_stream(graph, budget, data, options, context, uniform)
     except BudgetError as error:
-        candidates["keep"].settings["stream_note"] = f"auto: keep (uniform cannot: {error})"
-        return candidates["keep"]
-    if "stream_cut" not in candidates["uniform"].settings:
-        candidates["keep"].settings["stream_note"] = f"auto: keep ({candidates['uniform'].settings['stream_note']})"
-        return candidates["keep"]
+        return keep_plan(f"auto: keep (uniform cannot: {error})")
+    if cut is None:
+        return keep_plan(f"auto: keep ({note})")
+    candidates = {"keep": keep_plan(), "uniform": cut}
     measured = {rule: context.measure(graph, apply_plan(graph, plan)[0]) for rule, plan in candidates.items()}
     chosen = "uniform" if measured["uniform"] < (1.0 - STREAM_MARGIN) * measured["keep"] else "keep"
     plan = candidates[chosen]
-    plan.settings["stream_note"] = (f"auto: {chosen} ({plan.settings.get('stream_note', 'stream untouched')}; "
+    plan.settings["stream_note"] = (f"auto: {chosen} ({note if chosen == 'uniform' else 'stream untouched'}; "
                                     "measured latency / original: " + ", ".join(f"{rule} {ratio:.3f}" for rule, ratio
                                                                               in measured.items()) + ")")
     return plan
