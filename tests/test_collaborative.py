@@ -511,7 +511,7 @@ def test_stream_uniform_cuts_the_residual_stream_then_plans_the_rest(keras, smal
     """stream="uniform" at a quarter of the MACs: every stream group keeps sqrt(0.25) = half its channels (the stem
     and every block's output conv write 8 of 16 ... 32 of 64), collaborative meets the budget on the rest, the
     report says so in the original model's costs, and the plan re-applies to the same weights. The default
-    ("keep"), and "auto" without a latency table, leave every stream conv at full width."""
+    ("auto") without a latency table, and "keep", leave every stream conv at full width."""
     import kerascomp
 
     kept = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0)
@@ -519,11 +519,12 @@ def test_stream_uniform_cuts_the_residual_stream_then_plans_the_rest(keras, smal
                              stream="uniform")
     original = _stream_widths(small_resnet)
     assert original == {"stem_conv": 16, "s1b1_conv2": 16, "s2b1_conv2": 32, "s3b1_conv2": 64}
-    assert "stream" not in kept.report.notes and kept.plan.settings["stream"] == "keep"
-    auto = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
-                              stream="auto")  # without a latency table: the reference's scope
-    assert auto.report.notes["stream"].startswith("auto: keep (a choice by measured latency needs a host")
-    assert all(np.array_equal(a, b) for a, b in zip(auto.model.get_weights(), kept.model.get_weights()))
+    assert kept.plan.settings["stream"] == "auto"  # the default; without a latency table, the reference's scope
+    assert kept.report.notes["stream"].startswith("auto: keep (a choice by measured latency needs a host")
+    scoped = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                                stream="keep")
+    assert "stream" not in scoped.report.notes
+    assert all(np.array_equal(a, b) for a, b in zip(scoped.model.get_weights(), kept.model.get_weights()))
     assert all(kept.report.kept_outputs.get(name) is None for name in original)
     assert {name: len(cut.report.kept_outputs[name]) for name in original} == \
         {name: width // 2 for name, width in original.items()}
@@ -540,31 +541,46 @@ def test_stream_uniform_cuts_the_residual_stream_then_plans_the_rest(keras, smal
 @flavour_independent
 def test_stream_auto_keeps_the_rule_that_measures_faster(small_resnet, labelled):
     """With a host table under a MACs target, both plans are timed and the stream is cut only if that measures
-    more than STREAM_MARGIN faster; the note gives both measured ratios."""
+    more than STREAM_MARGIN faster and its loss on data is not more than STREAM_LOSS_MARGIN higher; the note gives
+    both measured ratios (and both losses, when they were needed)."""
     import re
 
     import kerascomp
-    from kerascomp.methods.collaborative import STREAM_MARGIN
+    from kerascomp.methods.collaborative import STREAM_LOSS_MARGIN, STREAM_MARGIN
 
     table = kerascomp.latency_table(small_resnet, fractions=(0.5,), runs=3, verbose=0, cache=False)
     result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
                                 stream="auto", latency=table)
     note = result.report.notes["stream"]
-    found = dict(re.findall(r"(keep|uniform) ([0-9.]+)", note.split("measured latency / original:")[1]))
+
+    def numbers(label: str) -> dict[str, float]:
+        return {rule: float(value) for rule, value in re.findall(r"(keep|uniform) ([0-9.]+)",
+                                                                 re.split(r"[;)]", note.split(label)[1])[0])}
+
+    found = numbers("measured latency / original:")
     chosen = note.split()[1]
-    faster = float(found["uniform"]) < (1 - STREAM_MARGIN) * float(found["keep"])
-    assert set(found) == {"keep", "uniform"} and chosen == ("uniform" if faster else "keep")
+    faster = found["uniform"] < (1 - STREAM_MARGIN) * found["keep"]
+    assert set(found) == {"keep", "uniform"}
+    if faster:  # then both candidates were scored on data, and the cut taken unless its loss is clearly higher
+        losses = numbers("loss on data after reconstruction:")
+        assert chosen == ("uniform" if losses["uniform"] <= (1 + STREAM_LOSS_MARGIN) * losses["keep"] else "keep")
+    else:
+        assert chosen == "keep" and "loss on data" not in note
     narrowed = result.report.kept_outputs.get("stem_conv") is not None
     assert narrowed == (chosen == "uniform") and result.report.macs_ratio <= 0.25
 
 
 @flavour_independent
-@pytest.mark.parametrize("keep_ratio, uniform_ratio, chosen", [(0.50, 0.48, "keep"), (0.50, 0.46, "uniform")])
+@pytest.mark.parametrize("keep_ratio, uniform_ratio, uniform_loss, chosen", [
+    (0.50, 0.48, 1.0, "keep"), (0.50, 0.46, 1.015, "uniform"), (0.50, 0.46, 1.025, "keep")])
 def test_stream_auto_cuts_the_stream_only_when_it_measures_clearly_faster(small_resnet, labelled, monkeypatch,
-                                                                        keep_ratio, uniform_ratio, chosen):
-    """The measured ratios are faked (one per candidate, told apart by the stem's width): 4% faster keeps the
-    reference's scope, 8% faster cuts the stream."""
+                                                                        keep_ratio, uniform_ratio, uniform_loss,
+                                                                        chosen):
+    """The measured ratios and the finished candidates' losses are faked (one per candidate, told apart by the
+    stem's width; the uncut plan's loss is 1.0): 4% faster keeps the reference's scope without scoring either
+    candidate; 8% faster cuts the stream when its loss is 1.5% higher, not when it is 2.5% higher."""
     import kerascomp
+    import kerascomp.methods.collaborative as collaborative
     import kerascomp.planner as planner
     from kerascomp.bench.latency import conv_macs
 
@@ -572,13 +588,46 @@ def test_stream_auto_cuts_the_stream_only_when_it_measures_clearly_faster(small_
     table = kerascomp.LatencyTable({name: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for name, m in macs.items()},
                                    sum(macs.values()) * 1.2e-6, "host (constructed for a test)", 1, macs)
 
+    def cut(graph) -> bool:
+        return graph.layers["stem_conv"].weights[0].shape[-1] < 16
+
     def fake(num_threads=1):
-        return lambda original, compressed: (uniform_ratio if compressed.layers["stem_conv"].weights[0].shape[-1] < 16
-                                             else keep_ratio)
+        return lambda original, compressed: uniform_ratio if cut(compressed) else keep_ratio
+
+    scored = []
+
+    def fake_loss(graph, plan, data, options, context):
+        scored.append(plan.settings.get("stream_cut") is not None)
+        return uniform_loss if plan.settings.get("stream_cut") is not None else 1.0
 
     monkeypatch.setattr(planner, "measured_latency_ratio", fake)
+    monkeypatch.setattr(collaborative, "finished_loss", fake_loss)
     result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
                                 latency=table, stream="auto")
     note = result.report.notes["stream"]
     assert note.startswith(f"auto: {chosen} (") and f"keep {keep_ratio:.3f}, uniform {uniform_ratio:.3f}" in note
     assert (result.report.kept_outputs.get("stem_conv") is not None) == (chosen == "uniform")
+    faster = uniform_ratio < 0.95 * keep_ratio
+    assert sorted(scored) == ([False, True] if faster else [])  # only a clearly faster cut is scored, both then
+    assert ("loss on data after reconstruction: keep 1.0000, uniform" in note) == faster
+    assert ("the cut's over 2% higher" in note) == (faster and chosen == "keep")
+
+
+def test_finished_loss_is_the_loss_of_the_model_apply_returns(small_resnet, labelled):
+    """What "auto" compares is the loss on data of exactly the model a compression with that plan returns
+    (reconstructed and recalibrated): scored independently with Keras here."""
+    import kerascomp
+    from kerascomp.graph.keras_io import read_model
+    from kerascomp.methods.collaborative import CollaborativeOptions, finished_loss
+    from kerascomp.methods.registry import Context
+
+    result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                                stream="uniform")
+    x, y = labelled
+    options = CollaborativeOptions(stream="uniform", max_samples=len(y))
+    loss = finished_loss(read_model(small_resnet), result.plan, labelled, options, Context(verbose=0))
+    logits = result.model.predict(x, verbose=0).astype(np.float64)  # the small ResNet's head has no softmax
+    top = logits.max(-1)
+    expected = float(np.mean(top + np.log(np.exp(logits - top[:, None]).sum(-1)) - logits[np.arange(len(y)), y]))
+    assert loss == pytest.approx(expected, rel=1e-3)
+    assert loss > 0.0

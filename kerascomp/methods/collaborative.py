@@ -43,7 +43,7 @@ from kerascomp.graph.channels import (
     sole_input_group,
 )
 from kerascomp.graph.ir import Graph, LayerSpec, conv_spec
-from kerascomp.graph.keras_io import infer_shapes, module_for
+from kerascomp.graph.keras_io import infer_shapes, module_for, write_model
 from kerascomp.methods import latency_search
 from kerascomp.methods.base import Budget, CompressionReport, LayerDecision, LayerRecord, Plan, fingerprint
 from kerascomp.methods.conv_views import restore_views, with_views
@@ -69,7 +69,13 @@ from kerascomp.methods.registry import (
     finish,
     method_inputs,
 )
-from kerascomp.methods.sensitivity import LayerSensitivity, layer_sensitivities
+from kerascomp.methods.sensitivity import (
+    LayerSensitivity,
+    default_loss,
+    labelled_batches,
+    layer_sensitivities,
+    loss_on,
+)
 from kerascomp.methods.tiles import first_step
 
 ALLOCATIONS = ("global", "uniform")
@@ -80,6 +86,10 @@ STREAMS = ("keep", "uniform", "auto")
 # stream="auto" cuts the stream only when that measures this much faster: the cut costs accuracy at milder targets
 # (trained ResNet-20 at half the MACs, before finetuning: 81.2% kept, 75.0% cut; at a quarter 52.0% both, 8% faster)
 STREAM_MARGIN = 0.05
+# ... and only when, reconstructed and recalibrated as apply() will, its loss on data is at most this much (relative)
+# above the uncut plan's. At a quarter of the MACs with the host table the cut measured 5.5% / 18% faster on the trained
+# ResNet-20 / ResNet-56, with losses 2.9% / 47% higher (ResNet-20: 5.0 pt less test top-1 before finetuning; RESULTS.md)
+STREAM_LOSS_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -138,18 +148,21 @@ class CollaborativeOptions:
             cut); ``False``: never a 1x1 conv's on a feature map.
         stream: the *stream* channels (those several producers write through an ``Add``: a ResNet's residual
             stream), which the joint units cannot reach (a conv's input channels go only where it is their sole
-            consumer). ``"keep"`` (the default; the reference's scope): untouched. ``"uniform"``: first cut every stream
+            consumer). ``"keep"`` (the reference's scope): untouched. ``"uniform"``: first cut every stream
             group to ``sqrt(target)`` of its channels (smallest L1 first, in steps of 8 where the group has
             them), then allocate the rest of the budget over channels and ranks as usual, on the cut model; so
             at a quarter of the MACs the model is about half as wide everywhere, as a dense model built thin
-            is. A number in (0, 1]: keep that fraction of each stream group. ``"auto"``: with a host latency table under a MACs or params target, plan both ``"keep"`` and
-            ``"uniform"`` and cut the stream only if that measures more than 5% faster (said in the report's
-            notes, with both ratios; planning takes twice as long); otherwise ``"keep"``. Under a
-            ``target_latency`` the cut's share of the latency is the table's estimate. At a quarter of the
-            MACs of the trained CIFAR ResNet-20 / ResNet-56 the full-width stream left collaborative at 1.30 /
-            1.35 of the latency of a dense model built thin; with the cut 1.20 / 1.16, but the trained
-            ResNet-56 then started 11.9 pt lower before finetuning (44.9% against 56.8%; ResNet-20: 52.0% both),
-            which is why the default keeps the stream (benchmarks/RESULTS.md).
+            is. A number in (0, 1]: keep that fraction of each stream group. ``"auto"`` (the default since
+            2026-12-07, the fourteenth session; ``"keep"`` before): with a host latency table under a MACs or
+            params target, plan both ``"keep"`` and ``"uniform"``, time both, and when the cut measures more
+            than 5% faster (``STREAM_MARGIN``) finish both (reconstruction, recalibration) and score their loss
+            on ``data``: the stream is cut only if its loss is at most 2% higher (``STREAM_LOSS_MARGIN``). The
+            report's ``stream`` note gives the ratios and losses; planning then takes about twice as long.
+            Without a host table, or under ``target_latency`` (the cut's share of the latency would be the
+            table's estimate), ``"keep"``. At a quarter of the MACs with this host's table the cut measured 5.5%
+            faster on the trained CIFAR ResNet-20 and 18% on ResNet-56, but its loss was 2.9% and 47% higher
+            (ResNet-20: 49.1% test top-1 before finetuning against 54.2% uncut, same table; ResNet-56 without a
+            table: 44.9% against 56.8%), so ``"auto"`` keeps both streams there (benchmarks/RESULTS.md).
     """
 
     prune: bool = True
@@ -172,7 +185,7 @@ class CollaborativeOptions:
     channel_multiple: int | None = 1
     rank_multiple: int | None = 1
     pointwise: bool | str = "auto"
-    stream: str | float = "keep"
+    stream: str | float = "auto"
 
     def validate(self) -> None:
         for name in ("prune", "decompose"):
@@ -853,9 +866,7 @@ def _stream_rule(graph: Graph, budget: Budget, data, options: CollaborativeOptio
     def keep_plan(note: str | None = None) -> Plan:
         plan = plan_collaborative(graph, infer_shapes(graph), budget, data, context.loss, options, context.verbose,
                                   context.latency, context.measure)
-        if note is not None:
-            plan.settings["stream_note"] = note
-        return plan
+        return plan if note is None else _noted(plan, note)
 
     uniform = float(np.sqrt(budget.fraction))
     if options.stream == "keep":
@@ -864,10 +875,7 @@ def _stream_rule(graph: Graph, budget: Budget, data, options: CollaborativeOptio
         plan, note = _plan_stream(graph, budget, data, options, context,
                                   uniform if options.stream == "uniform" else float(options.stream))
         note = f"{note} (stream={options.stream!r})"
-        if plan is None:
-            return keep_plan(note)
-        plan.settings["stream_note"] = note
-        return plan
+        return keep_plan(note) if plan is None else _noted(plan, note)
     latency = context.latency
     if latency is None or budget.metric == "latency" or context.measure is None \
             or not latency.source.startswith("host"):
@@ -881,12 +889,33 @@ def _stream_rule(graph: Graph, budget: Budget, data, options: CollaborativeOptio
         return keep_plan(f"auto: keep ({note})")
     candidates = {"keep": keep_plan(), "uniform": cut}
     measured = {rule: context.measure(graph, apply_plan(graph, plan)[0]) for rule, plan in candidates.items()}
-    chosen = "uniform" if measured["uniform"] < (1.0 - STREAM_MARGIN) * measured["keep"] else "keep"
-    plan = candidates[chosen]
-    plan.settings["stream_note"] = (f"auto: {chosen} ({note if chosen == 'uniform' else 'stream untouched'}; "
-                                    "measured latency / original: " + ", ".join(f"{rule} {ratio:.3f}" for rule, ratio
-                                                                              in measured.items()) + ")")
+    ratios = "measured latency / original: " + ", ".join(f"{rule} {ratio:.3f}" for rule, ratio in measured.items())
+    if not measured["uniform"] < (1.0 - STREAM_MARGIN) * measured["keep"]:
+        return _noted(candidates["keep"], f"auto: keep (stream untouched; {ratios}, the cut is not "
+                                          f"{STREAM_MARGIN:.0%} faster)")
+    losses = {rule: finished_loss(graph, plan, data, options, context) for rule, plan in candidates.items()}
+    accurate = losses["uniform"] - losses["keep"] <= STREAM_LOSS_MARGIN * abs(losses["keep"])
+    chosen = "uniform" if accurate else "keep"
+    detail = note if accurate else "stream untouched"
+    scored = "loss on data after reconstruction: " + ", ".join(f"{rule} {value:.4f}" for rule, value in losses.items())
+    refused = "" if accurate else f", the cut's over {STREAM_LOSS_MARGIN:.0%} higher"
+    return _noted(candidates[chosen], f"auto: {chosen} ({detail}; {ratios}; {scored}{refused})")
+
+
+def _noted(plan: Plan, note: str) -> Plan:
+    plan.settings["stream_note"] = note
     return plan
+
+
+def finished_loss(graph: Graph, plan: Plan, data, options: CollaborativeOptions, context: Context) -> float:
+    """The loss on ``data`` (its first ``max_samples`` labelled rows) of ``plan`` applied to ``graph`` and finished
+    as :meth:`CollaborativeMethod.apply` finishes it (reconstruction, BN recalibration): what the user's model
+    would start its finetuning from."""
+    result, report = apply_plan(graph, plan)
+    result = finish(graph, result, report, method_inputs(graph, data, options), options, verbose=0)
+    model = write_model(result)
+    return loss_on(model, labelled_batches(data, options.batch_size, options.max_samples),
+                   context.loss or default_loss(model))()
 
 
 class CollaborativeMethod(Method):

@@ -198,7 +198,7 @@ def layer_sensitivities(graph: Graph, data: Any, loss: Callable | None = None, b
     missing = [name for name in layers if name not in gradients]
     if missing:
         gradients.update(kernel_gradients(model, missing, batches, loss, verbose, rms))
-    evaluate = _loss_on(model, batches, loss) if mode == "measured" else None
+    evaluate = loss_on(model, batches, loss) if mode == "measured" else None
     base = evaluate() if evaluate else 0.0
     result = []
     for name in tqdm(layers, desc="sensitivity", disable=not verbose):
@@ -238,7 +238,7 @@ def normalization(normalize, kernel: np.ndarray, gradient: np.ndarray, scores: n
     return float(np.sum((gradient * kernel) ** 2))
 
 
-def _loss_on(model: Any, batches: list, loss: Callable) -> Callable[[], float]:
+def loss_on(model: Any, batches: list, loss: Callable) -> Callable[[], float]:
     """A function returning the mean loss of ``model``'s current weights on ``batches``."""
     import tensorflow as tf
 
