@@ -78,7 +78,22 @@ def _method_options(method, args) -> dict:
                                    f"--target-latency by timing the compressed model here. Drop the flag, or choose "
                                    f"one of {', '.join(users)}.")
     options = {name: getattr(args, name) for name in method.cli_options if getattr(args, name, None) is not None}
-    return {name: None if value == "auto" else value for name, value in options.items()}  # None: the tile policy
+    return {name: None if name in _STEP_OPTIONS and value == "auto" else value  # None: the tile policy
+            for name, value in options.items()}
+
+
+_STEP_OPTIONS = ("channel_multiple", "rank_multiple")
+STREAM_RULES = ("auto", "keep", "last", "uniform")  # the union; each method checks its own (pruning: no "keep")
+
+
+def _stream(text: str) -> str | float:
+    """``--stream``: a rule name, or the fraction of each stream group to keep (collaborative)."""
+    if text in STREAM_RULES:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(STREAM_RULES)} or a fraction, got {text!r}") from None
 
 
 def _step(text: str) -> int | str:
@@ -307,7 +322,7 @@ def cmd_demo(args) -> int:
 
 
 def _add_target_arguments(parser) -> None:
-    """The collaborative planner's arguments shared by ``compress`` and ``plan``."""
+    """The arguments shared by ``compress`` and ``plan`` (targets, tables, collaborative's and the stream's)."""
     parser.add_argument("--target-latency", type=float, default=None,
                         help="fraction of the original latency to keep (collaborative, fga plan it by a latency table: "
                              "--latency-table, --phone-json, or measured here; the others by timing)")
@@ -316,6 +331,11 @@ def _add_target_arguments(parser) -> None:
     parser.add_argument("--phone-json", help="JSON from kerascomp bench --adb --op-profile --layers-from MODEL")
     parser.add_argument("--sensitivity", default=None, choices=["taylor", "measured"],
                         help="collaborative: first-order Taylor scores (reference) or measured loss changes")
+    parser.add_argument("--stream", type=_stream, default=None, metavar="RULE",
+                        help="l1, correlation, collaborative: how the residual stream (channels several convs write "
+                             "through an Add) is cut. l1/correlation: auto (default), last or uniform; collaborative: "
+                             "auto (default), keep, uniform, or the fraction of each stream group to keep "
+                             "(docs/options.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

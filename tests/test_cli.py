@@ -115,6 +115,7 @@ def test_plan_then_compress_with_the_plan(model_file, tmp_path, images, capsys):
     ("collaborative", ["--max-fraction", "0.5", "--groups", "s1.*"], "does not use --groups, --max-fraction"),
     ("l1", ["--rank-multiple", "8"], "--rank-multiple is used by auto, collaborative, fga, joint_svd, svd, tucker"),
     ("svd", ["--channel-multiple", "auto"], "--channel-multiple is used by auto, collaborative, correlation, l1"),
+    ("tucker", ["--stream", "uniform"], "--stream is used by collaborative, correlation, l1"),
 ])
 def test_compress_refuses_a_flag_the_method_does_not_use(model_file, tmp_path, capsys, method, flags, named):
     out = tmp_path / "x.keras"
@@ -122,6 +123,33 @@ def test_compress_refuses_a_flag_the_method_does_not_use(model_file, tmp_path, c
     error = capsys.readouterr().err
     assert f"method {method!r} does not use" in error and named in error
     assert not out.exists()
+
+
+def test_stream_reaches_the_method_and_bad_rules_are_refused(model_file, tmp_path, images, capsys):
+    """--stream: l1 with "last" keeps the residual stream (the stem's 16 filters) where "uniform" cuts it; a rule
+    the method lacks ("keep" is collaborative's) and a word that is no rule are refused with exit code 2;
+    collaborative's plan takes a fraction and "auto" stays "auto" (not the tile policy's None)."""
+    from kerascomp.loading import load_model
+
+    widths = {}
+    for rule in ("last", "uniform"):
+        out = tmp_path / f"{rule}.keras"
+        assert main(["compress", str(model_file), "--method", "l1", "--target-flops", "0.6", "--stream", rule, "-o",
+                     str(out), "-q"]) == 0
+        widths[rule] = load_model(out).get_layer("stem_conv").filters
+    assert widths["last"] == 16 and widths["uniform"] < 16
+    capsys.readouterr()
+    assert main(["compress", str(model_file), "--method", "l1", "--stream", "keep", "-o", str(tmp_path / "k.keras")]) == 2
+    assert "stream must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["compress", str(model_file), "--method", "l1", "--stream", "wide", "-o", str(tmp_path / "w.keras")])
+    assert exited.value.code == 2 and "expected one of auto, keep, last, uniform or a fraction" in capsys.readouterr().err
+    np.savez(tmp_path / "val.npz", x_val=images, y_val=np.arange(len(images)) % 10)
+    for rule, setting in (("0.75", 0.75), ("auto", "auto")):
+        plan_path = tmp_path / f"plan_{rule}.json"
+        assert main(["plan", str(model_file), "--data", str(tmp_path / "val.npz"), "--target-flops", "0.5",
+                     "--stream", rule, "-o", str(plan_path), "-q"]) == 0
+        assert json.loads(plan_path.read_text())["settings"]["stream"] == setting
 
 
 def test_tile_steps_reach_the_method_and_bad_steps_are_refused(model_file, tmp_path, monkeypatch, capsys):

@@ -929,7 +929,7 @@ class CollaborativeMethod(Method):
     uses_latency = True
     checks_latency = True  # latency_checks: its own measured corrections
     latency_front = True  # latency= under a MACs or params target: no form the table times off the front
-    cli_options = ("sensitivity", "allocation", "channel_multiple", "rank_multiple", "pointwise")
+    cli_options = ("sensitivity", "allocation", "channel_multiple", "rank_multiple", "pointwise", "stream")
     renamed = {"max_fraction": "max_macs_fraction"}
 
     def plan(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions, context: Context) -> Plan:

@@ -644,7 +644,7 @@ class PruningMethod(Method):
     (``steps``: the order in which they go); coupling, allocation and removal are common."""
 
     options_class = PruneOptions
-    cli_options = ("allocation", "max_fraction", "channel_multiple")
+    cli_options = ("allocation", "max_fraction", "channel_multiple", "stream")
     tile_options = ("channel_multiple",)
     latency_front = True  # a table (latency=) picks the faster stream rule (PruneOptions.stream="auto")
     pairs = False  # whether steps pair each dropped channel with a kept partner (compensation)
