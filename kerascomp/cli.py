@@ -17,7 +17,7 @@ from kerascomp.data import augmented_dataset, find_data, load_npz
 from kerascomp.errors import CompressionError, InvalidArgumentError
 from kerascomp.graph.flavour import keras_of
 from kerascomp.loading import load_demo_model, load_model
-from kerascomp.methods import registry
+from kerascomp.methods import collaborative, pruning, registry
 from kerascomp.startup import native_lines_filtered, quiet_requested
 from kerascomp.tables import table
 
@@ -83,7 +83,7 @@ def _method_options(method, args) -> dict:
 
 
 _STEP_OPTIONS = ("channel_multiple", "rank_multiple")
-STREAM_RULES = ("auto", "keep", "last", "uniform")  # the union; each method checks its own (pruning: no "keep")
+STREAM_RULES = tuple(sorted(set(collaborative.STREAMS) | set(pruning.STREAMS)))  # each method checks its own
 
 
 def _stream(text: str) -> str | float:

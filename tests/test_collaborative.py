@@ -596,9 +596,9 @@ def test_stream_auto_cuts_the_stream_only_when_it_measures_clearly_faster(small_
 
     scored = []
 
-    def fake_loss(graph, plan, data, options, context):
-        scored.append(plan.settings.get("stream_cut") is not None)
-        return uniform_loss if plan.settings.get("stream_cut") is not None else 1.0
+    def fake_loss(graph, result, report, data, options, context):
+        scored.append(cut(result))
+        return uniform_loss if cut(result) else 1.0
 
     monkeypatch.setattr(planner, "measured_latency_ratio", fake)
     monkeypatch.setattr(collaborative, "finished_loss", fake_loss)
@@ -618,14 +618,15 @@ def test_finished_loss_is_the_loss_of_the_model_apply_returns(small_resnet, labe
     (reconstructed and recalibrated): scored independently with Keras here."""
     import kerascomp
     from kerascomp.graph.keras_io import read_model
-    from kerascomp.methods.collaborative import CollaborativeOptions, finished_loss
+    from kerascomp.methods.collaborative import CollaborativeOptions, apply_plan, finished_loss
     from kerascomp.methods.registry import Context
 
     result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
                                 stream="uniform")
     x, y = labelled
     options = CollaborativeOptions(stream="uniform", max_samples=len(y))
-    loss = finished_loss(read_model(small_resnet), result.plan, labelled, options, Context(verbose=0))
+    graph = read_model(small_resnet)
+    loss = finished_loss(graph, *apply_plan(graph, result.plan), labelled, options, Context(verbose=0))
     logits = result.model.predict(x, verbose=0).astype(np.float64)  # the small ResNet's head has no softmax
     top = logits.max(-1)
     expected = float(np.mean(top + np.log(np.exp(logits - top[:, None]).sum(-1)) - logits[np.arange(len(y)), y]))

@@ -888,12 +888,13 @@ def _stream_rule(graph: Graph, budget: Budget, data, options: CollaborativeOptio
     if cut is None:
         return keep_plan(f"auto: keep ({note})")
     candidates = {"keep": keep_plan(), "uniform": cut}
-    measured = {rule: context.measure(graph, apply_plan(graph, plan)[0]) for rule, plan in candidates.items()}
+    applied = {rule: apply_plan(graph, plan) for rule, plan in candidates.items()}  # (graph, report) each
+    measured = {rule: context.measure(graph, result) for rule, (result, _) in applied.items()}
     ratios = "measured latency / original: " + ", ".join(f"{rule} {ratio:.3f}" for rule, ratio in measured.items())
     if not measured["uniform"] < (1.0 - STREAM_MARGIN) * measured["keep"]:
         return _noted(candidates["keep"], f"auto: keep (stream untouched; {ratios}, the cut is not "
                                           f"{STREAM_MARGIN:.0%} faster)")
-    losses = {rule: finished_loss(graph, plan, data, options, context) for rule, plan in candidates.items()}
+    losses = {rule: finished_loss(graph, *applied[rule], data, options, context) for rule in candidates}
     accurate = losses["uniform"] - losses["keep"] <= STREAM_LOSS_MARGIN * abs(losses["keep"])
     chosen = "uniform" if accurate else "keep"
     detail = note if accurate else "stream untouched"
@@ -907,11 +908,11 @@ def _noted(plan: Plan, note: str) -> Plan:
     return plan
 
 
-def finished_loss(graph: Graph, plan: Plan, data, options: CollaborativeOptions, context: Context) -> float:
-    """The loss on ``data`` (its first ``max_samples`` labelled rows) of ``plan`` applied to ``graph`` and finished
-    as :meth:`CollaborativeMethod.apply` finishes it (reconstruction, BN recalibration): what the user's model
-    would start its finetuning from."""
-    result, report = apply_plan(graph, plan)
+def finished_loss(graph: Graph, result: Graph, report: CompressionReport, data, options: CollaborativeOptions,
+                  context: Context) -> float:
+    """The loss on ``data`` (its first ``max_samples`` labelled rows) of a plan's rewrite of ``graph``
+    (``result, report = apply_plan(graph, plan)``) finished as :meth:`CollaborativeMethod.apply` finishes it
+    (reconstruction, BN recalibration): what the user's model would start its finetuning from."""
     result = finish(graph, result, report, method_inputs(graph, data, options), options, verbose=0)
     model = write_model(result)
     return loss_on(model, labelled_batches(data, options.batch_size, options.max_samples),
