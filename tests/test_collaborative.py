@@ -596,7 +596,7 @@ def test_stream_auto_cuts_the_stream_only_when_it_measures_clearly_faster(small_
 
     scored = []
 
-    def fake_loss(graph, result, report, data, options, context):
+    def fake_loss(graph, result, report, data, options, context, keep=None):
         scored.append(cut(result))
         return uniform_loss if cut(result) else 1.0
 
@@ -611,6 +611,44 @@ def test_stream_auto_cuts_the_stream_only_when_it_measures_clearly_faster(small_
     assert sorted(scored) == ([False, True] if faster else [])  # only a clearly faster cut is scored, both then
     assert ("loss on data after reconstruction: keep 1.0000, uniform" in note) == faster
     assert ("the cut's over 2% higher" in note) == (faster and chosen == "keep")
+
+
+@flavour_independent
+def test_stream_auto_returns_the_candidate_it_finished_without_finishing_it_again(small_resnet, labelled,
+                                                                                 monkeypatch):
+    """When "auto" scores both candidates it has finished (reconstructed, recalibrated) each: compress returns the
+    chosen one as it was scored, two finishes in all, and that model equals the plan applied afresh."""
+    import kerascomp
+    import kerascomp.methods.collaborative as collaborative
+    import kerascomp.planner as planner
+    from kerascomp.bench.latency import conv_macs
+
+    macs = conv_macs(small_resnet)
+    table = kerascomp.LatencyTable({name: [{"form": "dense", "macs": m, "ms": m * 1e-6}] for name, m in macs.items()},
+                                   sum(macs.values()) * 1.2e-6, "host (constructed for a test)", 1, macs)
+    monkeypatch.setattr(planner, "measured_latency_ratio",  # the cut measures 20% faster: both get scored
+                        lambda num_threads=1: lambda original, compressed: 0.4 if compressed.layers[
+                            "stem_conv"].weights[0].shape[-1] < 16 else 0.5)
+    finishes = []
+    real_finish = collaborative.finish
+
+    def counted(*args, **kwargs):
+        finishes.append(1)
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(collaborative, "finish", counted)
+    result = kerascomp.compress(small_resnet, "collaborative", target_flops=0.25, data=labelled, verbose=0,
+                                latency=table, stream="auto")
+    assert "loss on data after reconstruction" in result.report.notes["stream"]
+    assert len(finishes) == 2  # one per candidate; before, apply finished the chosen one a third time
+    assert "_finished" not in result.plan.__dict__  # a saved or re-applied plan is finished afresh
+    assert any("output_error_before" in d.detail for d in result.report.layers)  # the report says what was refit
+    again = kerascomp.compress(small_resnet, plan=result.plan, data=labelled, verbose=0)
+    assert len(finishes) == 3
+    x = labelled[0][:32]
+    np.testing.assert_allclose(result.model.predict(x, verbose=0), again.model.predict(x, verbose=0),
+                               rtol=1e-4, atol=1e-4)
+    assert [w.shape for w in result.model.get_weights()] == [w.shape for w in again.model.get_weights()]
 
 
 def test_finished_loss_is_the_loss_of_the_model_apply_returns(small_resnet, labelled):

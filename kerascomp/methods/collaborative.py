@@ -803,18 +803,20 @@ def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
                  for e in applied.layers]
     report = CompressionReport("collaborative", Budget(plan.metric, plan.target), decisions, applied.macs_before,
                                applied.macs_after, applied.params_before, applied.params_after,
-                               notes={"planned_in_s": round(plan.seconds, 1),
-                                      **({"tile_step": plan.settings["tile_step"]} if "tile_step" in plan.settings
-                                         else {}),
-                                      **({"pointwise": POINTWISE_NOTES[plan.settings["pointwise_resolved"]]}
-                                         if "pointwise_resolved" in plan.settings else {}),
-                                      **({"latency_front": plan.settings["latency_front"]}
-                                         if plan.settings.get("latency_front") else {}),
-                                      **({"stream": plan.settings["stream_note"]} if "stream_note" in plan.settings
-                                         else {})},
-                               kept_outputs=_composed(stream_kept, kept_outputs(analysis, _removal(base, analysis,
+                               notes=_plan_notes(plan), kept_outputs=_composed(stream_kept, kept_outputs(analysis, _removal(base, analysis,
                                                                                                    applied))))
     return result, report
+
+
+def _plan_notes(plan: Plan) -> dict:
+    """What the report of ``plan``'s compression says about how it was planned."""
+    settings = plan.settings
+    return {"planned_in_s": round(plan.seconds, 1),
+            **({"tile_step": settings["tile_step"]} if "tile_step" in settings else {}),
+            **({"pointwise": POINTWISE_NOTES[settings["pointwise_resolved"]]} if "pointwise_resolved" in settings
+               else {}),
+            **({"latency_front": settings["latency_front"]} if settings.get("latency_front") else {}),
+            **({"stream": settings["stream_note"]} if "stream_note" in settings else {})}
 
 
 def _inner_budget(graph: Graph, shapes: dict, cut: Graph, cut_shapes: dict, analysis: ChannelAnalysis,
@@ -894,9 +896,13 @@ def _stream_rule(graph: Graph, budget: Budget, data, options: CollaborativeOptio
     if not measured["uniform"] < (1.0 - STREAM_MARGIN) * measured["keep"]:
         return _noted(candidates["keep"], f"auto: keep (stream untouched; {ratios}, the cut is not "
                                           f"{STREAM_MARGIN:.0%} faster)")
-    losses = {rule: finished_loss(graph, *applied[rule], data, options, context) for rule in candidates}
+    finished = {rule: {} for rule in candidates}
+    losses = {rule: finished_loss(graph, *applied[rule], data, options, context, keep=finished[rule])
+              for rule in candidates}
     accurate = losses["uniform"] - losses["keep"] <= STREAM_LOSS_MARGIN * abs(losses["keep"])
     chosen = "uniform" if accurate else "keep"
+    if "graph" in finished[chosen]:  # compress() returns this one rather than finishing the same rewrite again
+        candidates[chosen]._finished = (finished[chosen]["graph"], applied[chosen][1])
     detail = note if accurate else "stream untouched"
     scored = "loss on data after reconstruction: " + ", ".join(f"{rule} {value:.4f}" for rule, value in losses.items())
     refused = "" if accurate else f", the cut's over {STREAM_LOSS_MARGIN:.0%} higher"
@@ -909,11 +915,14 @@ def _noted(plan: Plan, note: str) -> Plan:
 
 
 def finished_loss(graph: Graph, result: Graph, report: CompressionReport, data, options: CollaborativeOptions,
-                  context: Context) -> float:
+                  context: Context, keep: dict | None = None) -> float:
     """The loss on ``data`` (its first ``max_samples`` labelled rows) of a plan's rewrite of ``graph``
     (``result, report = apply_plan(graph, plan)``) finished as :meth:`CollaborativeMethod.apply` finishes it
-    (reconstruction, BN recalibration): what the user's model would start its finetuning from."""
+    (reconstruction, BN recalibration): what the user's model would start its finetuning from. The finished
+    graph goes into ``keep["graph"]`` when ``keep`` is given."""
     result = finish(graph, result, report, method_inputs(graph, data, options), options, verbose=0)
+    if keep is not None:
+        keep["graph"] = result
     model = write_model(result)
     return loss_on(model, labelled_batches(data, options.batch_size, options.max_samples),
                    context.loss or default_loss(model))()
@@ -948,4 +957,9 @@ class CollaborativeMethod(Method):
     def compress(self, graph: Graph, budget: Budget, data, options: CollaborativeOptions,
                  context: Context) -> tuple[Graph, CompressionReport, Plan]:
         plan = self.plan(graph, budget, data, options, context)
+        finished = plan.__dict__.pop("_finished", None)  # stream="auto" finished its choice already, on these data
+        if finished is not None:
+            result, report = finished
+            report.notes.update(_plan_notes(plan))  # (the note on the stream was written after it was scored)
+            return restore_views(result, with_views(graph)[1]), report, plan
         return (*self.apply(graph, plan, data, context), plan)
