@@ -40,8 +40,8 @@ def one_cycle(keras, peak_lr: float, total_steps: int, warmup_fraction: float = 
 
 def recipe(args) -> dict:
     """The training recipe, as this script applies it."""
-    return {"arch": args.arch, "depth": args.depth, "width": args.width, "alpha": args.alpha,
-            "epochs": args.epochs, "batch_size": args.batch_size,
+    shape = {"alpha": args.alpha} if args.arch == "mobilenetv2" else {"depth": args.depth, "width": args.width}
+    return {"arch": args.arch, **shape, "epochs": args.epochs, "batch_size": args.batch_size,
             "optimizer": "SGD momentum 0.9 nesterov", "schedule": "one-cycle: linear warm-up over 15% of the steps "
             f"to {args.lr}, cosine to 0", "weight_decay": args.weight_decay,
             "augmentation": "kerascomp.data.augmented_dataset (random crop with 4-pixel padding, horizontal flip)",
