@@ -53,7 +53,10 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 KEPT = HERE / "models" / "compressed"
 MCT_PYTHON = HERE.parent / ".venv-mct" / "bin" / "python"
-MODELS = {"resnet20": (20, None), "resnet56": (56, HERE / "models" / "resnet56_cifar10.keras")}
+# name -> (the kerascomp.zoo architecture: "resnet" with its depth, or "mobilenetv2" with its alpha; the baseline
+# .keras, None for the shipped demo model)
+MODELS = {"resnet20": (("resnet", 20), None), "resnet56": (("resnet", 56), HERE / "models" / "resnet56_cifar10.keras"),
+          "mobilenetv2": (("mobilenetv2", 1.0), HERE / "models" / "mobilenetv2_cifar10.keras")}
 METHODS = ("none", "fga", "l1", "correlation", "svd", "joint_svd", "tucker", "collaborative", "tfmot", "mct")
 LEGACY = ("tfmot", "mct", "mct_simd1")  # need tf_keras: run in a child process with TF_USE_LEGACY_KERAS=1
 # A row name -> (how it is built, the kerascomp method, its options, the budget it targets).
@@ -500,16 +503,17 @@ def load_baseline(name: str):
 
     import kerascomp
     from kerascomp.loading import load_demo_model
-    from kerascomp.zoo import cifar_resnet
+    from kerascomp.zoo import cifar_mobilenetv2, cifar_resnet
 
-    depth, path = MODELS[name]
+    (arch, size), path = MODELS[name]
     if path is None:
         return load_demo_model()
     model = keras3.models.load_model(path, custom_objects=kerascomp.custom_objects(keras3), compile=False)
     flavour = kerascomp._default_keras()
     if flavour is keras3:
         return model
-    twin = cifar_resnet(depth, 16, keras_module=flavour)
+    twin = (cifar_resnet(size, 16, keras_module=flavour) if arch == "resnet"
+            else cifar_mobilenetv2(size, keras_module=flavour))
     twin.set_weights(model.get_weights())
     return twin
 

@@ -1,6 +1,7 @@
 """benchmarks/cifar_report.py: the RESULTS.md tables and the targets check, on made-up rows."""
 import json
 
+import numpy as np
 import pytest
 
 report = pytest.importorskip("benchmarks.cifar_report")
@@ -93,6 +94,27 @@ def test_every_benchmark_variant_and_preset_is_valid():
     assert {"latency": "host"} == VARIANTS["auto"][2]  # the exclusion above is needed, not vacuous
     for preset in PRESETS.values():
         assert set(preset["methods"].split(",")) <= {"none", *VARIANTS, *LEGACY}
+
+
+def test_every_cifar_baseline_loads_in_this_flavour_with_the_trained_outputs(keras):
+    """``benchmarks.cifar --model M`` finetunes the committed baseline in the flavour under test: under tf_keras
+    a twin of the architecture gets the Keras 3 file's weights, and must compute what that file computes."""
+    import keras as keras3
+
+    import kerascomp
+    from benchmarks.cifar import MODELS, load_baseline
+
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    for name, (_, path) in MODELS.items():
+        if path is None:  # the shipped demo model (tests/test_demo_model.py)
+            continue
+        model = load_baseline(name)
+        assert type(model).__module__.split(".")[0] == keras.__name__.split(".")[0], name
+        stored = keras3.models.load_model(path, custom_objects=kerascomp.custom_objects(keras3), compile=False)
+        expected = np.asarray(stored(images, training=False))
+        assert expected.std(axis=0).mean() > 1e-2, name  # outputs that vary with the image: the check can fail
+        np.testing.assert_allclose(np.asarray(model(images, training=False)), expected, rtol=1e-4, atol=1e-4,
+                                   err_msg=name)
 
 
 def test_params_variants_count_for_their_method_and_ablations_get_their_own_table():
