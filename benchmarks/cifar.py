@@ -6,6 +6,8 @@
     python -m benchmarks.cifar --verify        # reload the kept .keras files, check checksums and top-1
     python -m benchmarks.cifar --preset pruning   # an ablation grid: results/cifar_resnet20_pruning.{json,md}
 
+``--model``: ``resnet20`` (the shipped demo model), ``resnet56`` or ``mobilenetv2`` (the baselines in
+``benchmarks/models/``, each with its recipe JSON; under tf_keras a twin of the architecture gets their weights).
 ``--methods`` takes the names in ``VARIANTS`` (a kerascomp method with options: ``fga_no_refine``,
 ``correlation_x4``, ``collaborative_prune_only``, ``joint_bi``, ...) as well as ``none``, ``tfmot`` and
 ``mct``. ``--preset`` fills in the methods, targets and epochs of the ablations that once had scripts of
