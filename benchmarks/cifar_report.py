@@ -16,6 +16,7 @@ REPORT = HERE / "RESULTS.md"
 PLOT = RESULTS / "cifar_accuracy_vs_macs.png"
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
 PEERS = ("l1", "tfmot", "mct", "mct_simd1")
+MACS_SLACK = 0.02  # a row counts as at a MACs target when it keeps at most this much more
 OURS = ("fga", "correlation", "svd", "joint_svd", "tucker", "collaborative")
 ORDER = ("none",) + OURS + PEERS
 # Ablation rows of the shared steps, by the full-recipe row they are read against (benchmarks/cifar.py VARIANTS).
@@ -162,13 +163,17 @@ def claims(state: dict) -> list[str]:
                               f"{b['accuracy_after_finetune']:.4f}: {gap:+.2f} pt"))
     for target in sorted({r["target"] for r in ok}, reverse=True):
         mine = [r for r in ours if r["target"] == target and r["target_kind"] == "macs"]
-        peers = [r for r in ok if r["target"] == target and r["target_kind"] == "macs" and _base(r) in PEERS]
+        named = [r for r in ok if r["target"] == target and r["target_kind"] == "macs" and _base(r) in PEERS]
+        # a peer that keeps more MACs than asked (tfmot's masks keep them all) is not at this budget
+        peers = [r for r in named if r["macs_ratio"] <= target + MACS_SLACK]
+        over = "".join(f"; not counted: {r['method']} {r['accuracy_after_finetune']:.4f}, which keeps "
+                       f"{r['macs_ratio']:.3f} of the MACs" for r in named if r not in peers)
         if mine and peers:
             a, b = max(mine, key=change), max(peers, key=change)
             gap = 100 * (a["accuracy_after_finetune"] - b["accuracy_after_finetune"])
             out.append(_claim(f"≥ 1 pt ahead of the best peer at {target:g} MACs", gap >= 1.0,
                               f"{a['method']} {a['accuracy_after_finetune']:.4f} vs {b['method']} "
-                              f"{b['accuracy_after_finetune']:.4f}: {gap:+.2f} pt"))
+                              f"{b['accuracy_after_finetune']:.4f}: {gap:+.2f} pt{over}"))
     realised = [(r["realised_fraction_fp32"], r) for r in ours if r["target_kind"] == "macs"]
     if realised:
         worst = min(realised, key=lambda p: p[0])

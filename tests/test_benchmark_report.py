@@ -44,6 +44,8 @@ def test_targets_met_and_missed():
     assert "| met |" in lines["≤ 2.0 pt below the reference at 0.25 MACs"]
     assert "| met |" in lines["≥ 2 pt above mct at 0.5 params"] and "+2.50 pt" in lines["≥ 2 pt above mct at 0.5 params"]
     assert "| not met |" in lines["≥ 1 pt ahead of the best peer at 0.5 MACs"]  # fga 0.806 vs l1 0.815
+    assert "not counted: tfmot 0.7000, which keeps 1.000 of the MACs" in lines[
+        "≥ 1 pt ahead of the best peer at 0.5 MACs"]
     assert "| met |" in lines["≥ 1 pt ahead of the best peer at 0.25 MACs"]
     assert "| not met |" in lines["realised speed-up ≥ 0.9 of ideal (fp32)"]
     assert "collaborative@0.25 0.83" in lines["realised speed-up ≥ 0.9 of ideal (fp32)"]
@@ -51,6 +53,18 @@ def test_targets_met_and_missed():
     state["rows"]["fga@0.5"]["accuracy_after_finetune"] = 0.796
     lines = {line.split("|")[1].strip(): line for line in report.claims(state)}
     assert "| not met |" in lines["≤ 0.5 pt below the reference at 0.5 MACs"]
+
+
+def test_a_peer_that_keeps_the_macs_is_not_the_best_peer_at_a_macs_target():
+    """tfmot's masks remove no MACs: however accurate, its row is not a peer *at* 0.25 MACs (named, not counted)."""
+    state = _state(_row("none", 1.0, 0.81, 1.0), _row("svd", 0.25, 0.79, 0.25), _row("l1", 0.25, 0.77, 0.25),
+                   _row("tfmot", 0.25, 0.805, 1.0))
+    line = next(line for line in report.claims(state) if "best peer at 0.25 MACs" in line)
+    assert "| met |" in line and "svd 0.7900 vs l1 0.7700: +2.00 pt" in line
+    assert "not counted: tfmot 0.8050, which keeps 1.000 of the MACs" in line
+    state["rows"]["tfmot@0.25"]["macs_ratio"] = 0.26  # within the slack: counted, and ahead of svd
+    line = next(line for line in report.claims(state) if "best peer at 0.25 MACs" in line)
+    assert "| not met |" in line and "vs tfmot 0.8050" in line
 
 
 def test_refused_rows_are_listed_and_ignored_by_the_checks():
