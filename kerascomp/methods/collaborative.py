@@ -803,7 +803,8 @@ def apply_plan(graph: Graph, plan: Plan) -> tuple[Graph, CompressionReport]:
                  for e in applied.layers]
     report = CompressionReport("collaborative", Budget(plan.metric, plan.target), decisions, applied.macs_before,
                                applied.macs_after, applied.params_before, applied.params_after,
-                               notes=_plan_notes(plan), kept_outputs=_composed(stream_kept, kept_outputs(analysis, _removal(base, analysis,
+                               notes=_plan_notes(plan),
+                               kept_outputs=_composed(stream_kept, kept_outputs(analysis, _removal(base, analysis,
                                                                                                    applied))))
     return result, report
 
