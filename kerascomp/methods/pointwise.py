@@ -26,7 +26,8 @@ AUTO = "auto"
 ONE_BY_ONE = "1x1 conv left dense (pointwise=False, or pointwise='auto' met the budget without it)"
 KXK_ONLY = "auto: kxk convs only (enough for the budget)"
 WITH_ONE_BY_ONE = "auto: 1x1 convs factored too (the kxk convs alone could not reach the budget)"
-EXPANSIONS = "auto: expansion channels pruned, kxk convs factored (the kxk convs alone could not reach the budget)"
+EXPANSIONS = ("auto: expansion channels pruned first, then kxk convs factored where the budget still needs it (the kxk "
+              "convs alone could not reach the budget; the expansions note says whether any was)")
 
 
 def check_pointwise(value: Any) -> None:
